@@ -1,0 +1,230 @@
+"""``[tool.trainlint]`` in pyproject.toml, merged with the command line into one Settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from trainlint.rule import Rule, all_rules
+
+# Codes for problems with the input itself, reported whatever is selected (as ruff does).
+SYNTAX_ERROR = "TL001"
+IO_ERROR = "TL002"
+INTERNAL_ERROR = "TL003"
+ALWAYS_ON = frozenset({SYNTAX_ERROR, IO_ERROR, INTERNAL_ERROR})
+
+_LIST_KEYS = ("select", "ignore", "extend-select", "exclude", "extend-exclude")
+_BOOL_KEYS = ("bare-noqa", "force-exclude", "unsafe-fixes", "respect-gitignore")
+_KNOWN_KEYS = frozenset({*_LIST_KEYS, *_BOOL_KEYS, "per-file-ignores", "rules", "cache-dir"})
+
+DEFAULT_EXCLUDES = (
+    ".bzr", ".direnv", ".eggs", ".git", ".hg", ".ipynb_checkpoints", ".mypy_cache", ".nox",
+    ".pytype", ".ruff_cache", ".svn", ".tox", ".trainlint_cache", ".venv", "__pypackages__",
+    "_build", "buck-out", "build", "dist", "node_modules", "site-packages", "venv",
+)
+
+
+class ConfigError(Exception):
+    """A bad option, key or code: exit 2 with this one-line message."""
+
+
+@dataclass
+class Settings:
+    root: Path = field(default_factory=Path.cwd)
+    config_path: Path | None = None
+    select: list[str] | None = None
+    extend_select: list[str] = field(default_factory=list)
+    ignore: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDES))
+    extend_exclude: list[str] = field(default_factory=list)
+    per_file_ignores: dict[str, list[str]] = field(default_factory=dict)
+    rule_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    bare_noqa: bool = False
+    force_exclude: bool = False
+    unsafe_fixes: bool = False
+    respect_gitignore: bool = True
+    cache_dir: Path | None = None
+
+    def enabled_codes(self) -> frozenset[str]:
+        rules = all_rules()
+        if self.select is None:
+            enabled = {code for code, rule in rules.items() if rule.default_enabled}
+        else:
+            enabled = set(expand_selectors(self.select, "select"))
+        enabled |= set(expand_selectors(self.extend_select, "extend-select"))
+        enabled -= set(expand_selectors(self.ignore, "ignore"))
+        return frozenset(enabled)
+
+    def make_rules(self) -> list[Rule]:
+        rules = all_rules()
+        return [rules[code](self.rule_options.get(code)) for code in sorted(self.enabled_codes())]
+
+    def ignored_for(self, relative_path: str) -> frozenset[str]:
+        from fnmatch import fnmatch
+
+        name = relative_path.rsplit("/", 1)[-1]
+        codes: set[str] = set()
+        for pattern, selectors in self.per_file_ignores.items():
+            if fnmatch(relative_path, pattern) or fnmatch(name, pattern):
+                codes |= set(expand_selectors(selectors, "per-file-ignores"))
+        return frozenset(codes)
+
+    def digest(self) -> str:
+        """What the cache key needs: everything that can change a file's findings."""
+        data = {
+            "codes": sorted(self.enabled_codes()),
+            "per_file_ignores": self.per_file_ignores,
+            "rule_options": self.rule_options,
+            "bare_noqa": self.bare_noqa,
+        }
+        return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=12).hexdigest()
+
+    @property
+    def cache_path(self) -> Path:
+        return self.cache_dir or self.root / ".trainlint_cache"
+
+
+def expand_selectors(selectors: Iterable[str], where: str) -> list[str]:
+    """Codes matched by selectors such as ``TL101``, ``TL1`` or ``ALL``; unknown ones are errors."""
+    codes = [*all_rules(), *ALWAYS_ON]
+    expanded: list[str] = []
+    for selector in selectors:
+        if not isinstance(selector, str):
+            raise ConfigError(f"{where}: expected a rule code, got {selector!r}")
+        selector = selector.strip().upper()
+        matched = codes if selector == "ALL" else [c for c in codes if c.startswith(selector)]
+        if not selector or not matched:
+            raise ConfigError(f"{where}: unknown rule code or prefix {selector!r}")
+        expanded.extend(matched)
+    return expanded
+
+
+def find_config(start: Path) -> Path | None:
+    """The nearest pyproject.toml above ``start`` that has a [tool.trainlint] table."""
+    directory = start.resolve()
+    if directory.is_file():
+        directory = directory.parent
+    for candidate_dir in (directory, *directory.parents):
+        candidate = candidate_dir / "pyproject.toml"
+        if candidate.is_file():
+            try:
+                data = tomllib.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+                continue
+            if "trainlint" in data.get("tool", {}):
+                return candidate
+    return None
+
+
+def load_settings(config_file: Path | None, start: Path) -> Settings:
+    """Settings from ``config_file`` (``--config``) or the nearest pyproject.toml above ``start``."""
+    path = config_file if config_file is not None else find_config(start)
+    if path is None:
+        return Settings(root=Path.cwd())
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--config: {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    table = data.get("tool", {}).get("trainlint", {}) if path.name == "pyproject.toml" else data
+    return settings_from_table(table, path)
+
+
+def _string_list(table: Mapping[str, Any], key: str, where: str) -> list[str] | None:
+    if key not in table:
+        return None
+    value = table[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: '{key}' must be a list of strings")
+    return list(value)
+
+
+def settings_from_table(table: Mapping[str, Any], path: Path) -> Settings:
+    where = f"{path.name} [tool.trainlint]" if path.name == "pyproject.toml" else str(path)
+    unknown = sorted(set(table) - _KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}'")
+    settings = Settings(root=path.resolve().parent, config_path=path)
+    settings.select = _string_list(table, "select", where)
+    settings.extend_select = _string_list(table, "extend-select", where) or []
+    settings.ignore = _string_list(table, "ignore", where) or []
+    exclude = _string_list(table, "exclude", where)
+    if exclude is not None:
+        settings.exclude = exclude
+    settings.extend_exclude = _string_list(table, "extend-exclude", where) or []
+    for key in _BOOL_KEYS:
+        if key in table:
+            if not isinstance(table[key], bool):
+                raise ConfigError(f"{where}: '{key}' must be true or false")
+            setattr(settings, key.replace("-", "_"), table[key])
+    if "cache-dir" in table:
+        settings.cache_dir = settings.root / str(table["cache-dir"])
+    settings.per_file_ignores = _per_file_ignores(table.get("per-file-ignores", {}), where)
+    settings.rule_options = _rule_options(table.get("rules", {}), where)
+    settings.enabled_codes()  # validates every selector now, so errors surface before linting
+    return settings
+
+
+def _per_file_ignores(value: Any, where: str) -> dict[str, list[str]]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: 'per-file-ignores' must be a table of pattern = [codes]")
+    result = {}
+    for pattern, codes in value.items():
+        listed = _string_list({pattern: codes}, pattern, f"{where} per-file-ignores")
+        expand_selectors(listed or [], f"per-file-ignores '{pattern}'")
+        result[pattern] = listed or []
+    return result
+
+
+def _rule_options(value: Any, where: str) -> dict[str, dict[str, Any]]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: 'rules' must be a table of [tool.trainlint.rules.<CODE>]")
+    rules = all_rules()
+    result: dict[str, dict[str, Any]] = {}
+    for code, options in value.items():
+        rule = rules.get(code.upper())
+        if rule is None:
+            raise ConfigError(f"{where}: unknown rule code '{code}' in [tool.trainlint.rules]")
+        if not isinstance(options, dict):
+            raise ConfigError(f"{where}: [tool.trainlint.rules.{code}] must be a table")
+        for key, option in options.items():
+            if key not in rule.default_options:
+                raise ConfigError(f"{where}: unknown option '{key}' for rule {rule.code}")
+            expected = type(rule.default_options[key])
+            if not isinstance(option, expected) and not (expected is float and isinstance(option, int)):
+                raise ConfigError(
+                    f"{where}: option '{key}' of rule {rule.code} must be {expected.__name__}"
+                )
+        result[rule.code] = dict(options)
+    return result
+
+
+def apply_cli_overrides(
+    settings: Settings,
+    select: Sequence[str] | None,
+    extend_select: Sequence[str] | None,
+    ignore: Sequence[str] | None,
+) -> Settings:
+    if select is not None:
+        settings.select = list(select)
+        expand_selectors(settings.select, "--select")
+    if extend_select:
+        settings.extend_select = [*settings.extend_select, *extend_select]
+        expand_selectors(extend_select, "--extend-select")
+    if ignore:
+        settings.ignore = [*settings.ignore, *ignore]
+        expand_selectors(ignore, "--ignore")
+    return settings

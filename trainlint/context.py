@@ -1,0 +1,245 @@
+"""Everything a rule may ask about one file, computed once and shared by all rules."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import libcst as cst
+from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
+
+from trainlint.findings import Applicability, Edit, Finding, Fix, Position
+from trainlint.source import SourceText
+
+if TYPE_CHECKING:
+    from trainlint.analysis.imports import ImportResolver
+    from trainlint.project import ProjectIndex
+    from trainlint.rule import Rule
+
+N = TypeVar("N", bound=cst.CSTNode)
+A = TypeVar("A")
+
+# Fields that hold only whitespace, comments or punctuation: the walk skips them, which makes it
+# about five times cheaper than a full LibCST visit (measured: 0.2x the parse against 1.0x).
+_SKIPPED_FIELDS = frozenset(
+    {
+        "lpar", "rpar", "comma", "semicolon", "header", "footer", "leading_lines",
+        "lines_after_decorators", "newline", "trailing_whitespace", "empty_lines", "dot",
+        "equal", "colon", "lbracket", "rbracket", "lbrace", "rbrace", "operator",
+        "asynchronous", "arrow", "star", "star_tok", "whitespace", "indent",
+    }
+)
+_fields_by_type: dict[type, tuple[str, ...]] = {}
+
+
+def _walked_fields(node_type: type) -> tuple[str, ...]:
+    names = _fields_by_type.get(node_type)
+    if names is None:
+        names = tuple(
+            f.name
+            for f in dataclasses.fields(node_type)
+            if f.name not in _SKIPPED_FIELDS
+            and not f.name.startswith("whitespace")
+            and not f.name.endswith("whitespace")
+        )
+        _fields_by_type[node_type] = names
+    return names
+
+
+class NodeIndex:
+    """One walk over the tree: nodes by type in source order, and each node's parent."""
+
+    def __init__(self, module: cst.Module) -> None:
+        self.by_type: dict[type, list[cst.CSTNode]] = {}
+        self.parents: dict[cst.CSTNode, cst.CSTNode] = {}
+        by_type, parents, node_base = self.by_type, self.parents, cst.CSTNode
+        stack: list[cst.CSTNode] = [module]
+        while stack:
+            node = stack.pop()
+            kind = type(node)
+            bucket = by_type.get(kind)
+            if bucket is None:
+                by_type[kind] = bucket = []
+            bucket.append(node)
+            children: list[cst.CSTNode] = []
+            for name in _walked_fields(kind):
+                value = getattr(node, name)
+                if isinstance(value, node_base):
+                    children.append(value)
+                elif type(value) is tuple or type(value) is list:
+                    children.extend(v for v in value if isinstance(v, node_base))
+            for child in children:
+                parents[child] = node
+            children.reverse()
+            stack.extend(children)
+
+    def of(self, node_type: type[N]) -> list[N]:
+        return self.by_type.get(node_type, [])  # type: ignore[return-value]
+
+
+class FileContext:
+    """A parsed file with its shared analyses. Analyses are built on first request, once."""
+
+    def __init__(
+        self,
+        path: str,
+        source: SourceText,
+        module: cst.Module,
+        project: ProjectIndex,
+        module_name: str | None = None,
+        real_path: Path | None = None,
+    ) -> None:
+        self.path = path
+        self.real_path = real_path  # None for stdin and in-memory text
+        self.source = source
+        self.module = module
+        self.project = project
+        self.module_name = module_name
+        self._analyses: dict[type, Any] = {}
+        self._rule: Rule | None = None
+
+    # -- shared analyses -------------------------------------------------------------------
+    @cached_property
+    def nodes(self) -> NodeIndex:
+        return NodeIndex(self.module)
+
+    def get(self, analysis: type[A]) -> A:
+        """The analysis of this file of the given class, built once: ``analysis(ctx)``."""
+        found = self._analyses.get(analysis)
+        if found is None:
+            found = self._analyses[analysis] = analysis(self)  # type: ignore[call-arg]
+        return found  # type: ignore[no-any-return]
+
+    @property
+    def imports(self) -> ImportResolver:
+        from trainlint.analysis.imports import ImportResolver
+
+        return self.get(ImportResolver)
+
+    def qualified_name(self, expr: cst.BaseExpression) -> str | None:
+        """``torch.nn.functional.log_softmax`` for ``F.log_softmax`` and so on; None if unknown."""
+        return self.imports.qualified_name(expr)
+
+    def parent(self, node: cst.CSTNode) -> cst.CSTNode | None:
+        return self.nodes.parents.get(node)
+
+    def ancestors(self, node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+        parents = self.nodes.parents
+        current = parents.get(node)
+        while current is not None:
+            yield current
+            current = parents.get(current)
+
+    def enclosing(self, node: cst.CSTNode, node_type: type[N]) -> N | None:
+        for ancestor in self.ancestors(node):
+            if isinstance(ancestor, node_type):
+                return ancestor
+        return None
+
+    def code(self, node: cst.CSTNode) -> str:
+        return self.module.code_for_node(node)
+
+    # -- positions (computed only for files that report something) ---------------------------
+    @cached_property
+    def _positions(self) -> Mapping[cst.CSTNode, CodeRange]:
+        wrapper = MetadataWrapper(self.module, unsafe_skip_copy=True)
+        return wrapper.resolve(PositionProvider)
+
+    def range(self, node: cst.CSTNode) -> CodeRange:
+        return self._positions[node]
+
+    def span(self, node: cst.CSTNode) -> tuple[int, int]:
+        """Character offsets of the node's code, without surrounding whitespace."""
+        code_range = self.range(node)
+        return (
+            self.source.offset(code_range.start.line, code_range.start.column),
+            self.source.offset(code_range.end.line, code_range.end.column),
+        )
+
+    # -- reporting ---------------------------------------------------------------------------
+    def report(
+        self,
+        rule: Rule,
+        node: cst.CSTNode,
+        message: str,
+        fix: Fix | None = None,
+    ) -> Finding:
+        start, end = self.span(node)
+        return Finding(
+            code=rule.code,
+            name=rule.name,
+            message=message,
+            path=self.path,
+            start=Position(*self.source.line_column(start)),
+            end=Position(*self.source.line_column(end)),
+            level=rule.level,
+            fix=fix,
+            offset=start,
+        )
+
+    # -- building fixes ----------------------------------------------------------------------
+    @staticmethod
+    def fix(edits: Iterable[Edit | None], applicability: Applicability, message: str) -> Fix | None:
+        """A fix from its edits; None when any edit could not be made (the rule then reports
+        without a fix rather than a partial one)."""
+        collected = list(edits)
+        if not collected or any(e is None for e in collected):
+            return None
+        return Fix(tuple(sorted(collected)), applicability, message)  # type: ignore[arg-type]
+
+    def replace(self, node: cst.CSTNode, new: cst.CSTNode | str) -> Edit:
+        start, end = self.span(node)
+        content = new if isinstance(new, str) else self.module.code_for_node(new)
+        return Edit(start, end, content)
+
+    def statement_indent(self, statement: cst.CSTNode) -> str | None:
+        """The indentation of a statement that starts its own line, or None (``if x: y()``)."""
+        start, _ = self.span(statement)
+        line, column = self.source.line_column(start)
+        prefix = self.source.text[start - column + 1 : start]
+        return prefix if prefix.strip() == "" else None
+
+    def _owns_lines(self, statement: cst.CSTNode) -> bool:
+        """True when nothing but whitespace and a comment shares the statement's lines."""
+        if self.statement_indent(statement) is None:
+            return False
+        _, end = self.span(statement)
+        rest = self.source.text[end : self.source.line_end_offset(self.source.line_column(end)[0])]
+        return rest.strip() == "" or rest.strip().startswith("#")
+
+    def insert_before(self, statement: cst.CSTNode, code: str) -> Edit | None:
+        """Insert ``code`` (one or more lines, unindented) as statements before ``statement``."""
+        indent = self.statement_indent(statement)
+        if indent is None:
+            return None
+        start, _ = self.span(statement)
+        line_start = start - len(indent)
+        return Edit(line_start, line_start, self._indented(code, indent))
+
+    def insert_after(self, statement: cst.CSTNode, code: str) -> Edit | None:
+        """Insert ``code`` as statements after ``statement`` at the same indentation."""
+        if not self._owns_lines(statement):
+            return None
+        indent = self.statement_indent(statement) or ""
+        _, end = self.span(statement)
+        line_end = self.source.line_end_offset(self.source.line_column(end)[0])
+        text = self.source.text
+        if line_end == len(text) and not text.endswith(("\n", "\r")):
+            return Edit(line_end, line_end, self.source.newline + self._indented(code, indent).rstrip("\r\n"))
+        return Edit(line_end, line_end, self._indented(code, indent))
+
+    def remove(self, statement: cst.CSTNode) -> Edit | None:
+        """Delete a statement that owns its lines, with its line break."""
+        if not self._owns_lines(statement):
+            return None
+        start, end = self.span(statement)
+        indent = self.statement_indent(statement) or ""
+        line_end = self.source.line_end_offset(self.source.line_column(end)[0])
+        return Edit(start - len(indent), line_end, "")
+
+    def _indented(self, code: str, indent: str) -> str:
+        newline = self.source.newline
+        return "".join(f"{indent}{line}{newline}" for line in code.splitlines())

@@ -1,0 +1,130 @@
+"""Which files a run lints: Python files under the given paths, minus the excluded ones."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+
+import pathspec
+
+from trainlint.config import Settings
+
+SOURCE_SUFFIXES = (".py", ".pyi")
+
+
+@dataclass(frozen=True)
+class Target:
+    path: Path
+    display: str  # as the user named it: relative to the current directory when below it
+    missing: bool = False  # named on the command line but absent: reported as TL002
+
+
+def display_path(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+class _Excluder:
+    def __init__(self, settings: Settings) -> None:
+        self.root = settings.root.resolve()
+        self.patterns = [*settings.exclude, *settings.extend_exclude]
+        self.respect_gitignore = settings.respect_gitignore
+        self._gitignores: dict[Path, pathspec.PathSpec | None] = {}
+
+    def _relative(self, path: Path) -> str | None:
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return None
+
+    def by_pattern(self, path: Path) -> bool:
+        relative = self._relative(path)
+        for pattern in self.patterns:
+            pattern = pattern.rstrip("/")
+            if fnmatch(path.name, pattern):
+                return True
+            if relative is not None and (fnmatch(relative, pattern) or relative == pattern):
+                return True
+        return False
+
+    def _gitignore(self, directory: Path) -> pathspec.PathSpec | None:
+        if directory not in self._gitignores:
+            spec = None
+            ignore_file = directory / ".gitignore"
+            if ignore_file.is_file():
+                try:
+                    lines = ignore_file.read_text(encoding="utf-8", errors="replace").splitlines()
+                    spec = pathspec.GitIgnoreSpec.from_lines(lines)
+                except OSError:
+                    spec = None
+            self._gitignores[directory] = spec
+        return self._gitignores[directory]
+
+    def by_gitignore(self, path: Path, is_dir: bool) -> bool:
+        """Whether a .gitignore in the path's repository, from its top down, ignores it."""
+        if not self.respect_gitignore:
+            return False
+        for directory in path.parents:
+            spec = self._gitignore(directory)
+            if spec is not None:
+                relative = path.relative_to(directory).as_posix() + ("/" if is_dir else "")
+                if spec.match_file(relative):
+                    return True
+            if (directory / ".git").exists():
+                break
+        return False
+
+    def excluded(self, path: Path, is_dir: bool) -> bool:
+        return self.by_pattern(path) or self.by_gitignore(path, is_dir)
+
+    def excluded_with_parents(self, path: Path) -> bool:
+        if self.excluded(path, path.is_dir()):
+            return True
+        relative = self._relative(path)
+        if relative is None:
+            return False
+        return any(self.excluded(parent, True) for parent in path.parents if self.root in parent.parents)
+
+
+def discover(paths: Iterable[str], settings: Settings) -> list[Target]:
+    """Targets in a stable order. Directory walks never follow symlinked directories, which
+    also makes symlink loops harmless."""
+    excluder = _Excluder(settings)
+    found: dict[Path, Target] = {}
+    for raw in paths:
+        path = Path(raw)
+        absolute = Path(os.path.abspath(path))
+        if path.is_dir():
+            for file in _walk(absolute, excluder):
+                found.setdefault(file, Target(file, display_path(file)))
+        elif path.exists() or path.is_symlink():
+            if settings.force_exclude and excluder.excluded_with_parents(absolute):
+                continue
+            found.setdefault(absolute, Target(absolute, display_path(path)))
+        else:
+            found.setdefault(absolute, Target(absolute, display_path(path), missing=True))
+    return sorted(found.values(), key=lambda t: t.display)
+
+
+def _walk(directory: Path, excluder: _Excluder) -> Iterator[Path]:
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+            is_file = entry.is_file()
+        except OSError:
+            continue
+        if is_dir:
+            if not excluder.excluded(path, True):
+                yield from _walk(path, excluder)
+        elif is_file and path.suffix in SOURCE_SUFFIXES and not excluder.excluded(path, False):
+            yield path

@@ -1,0 +1,67 @@
+"""``# noqa`` comments: which findings they suppress, and which of their codes suppress nothing."""
+
+from __future__ import annotations
+
+import io
+import re
+import tokenize
+from dataclasses import dataclass, field
+
+_NOQA = re.compile(
+    r"#\s*noqa(?::[\s]*(?P<codes>[A-Z]+[0-9]+(?:[\s,]+[A-Z]+[0-9]+)*))?",
+    re.IGNORECASE,
+)
+_CODE = re.compile(r"[A-Z]+[0-9]+", re.IGNORECASE)
+_SKIP_FILE = re.compile(r"#\s*trainlint:\s*skip-file\b")
+
+
+@dataclass
+class NoqaComment:
+    line: int
+    column: int  # 1-based column of the '#'
+    codes: tuple[str, ...]  # empty for a bare "# noqa"
+    used: set[str] = field(default_factory=set)
+
+
+def has_skip_file(text: str) -> bool:
+    return "skip-file" in text and any(
+        _SKIP_FILE.match(comment) for _, _, comment in _comments(text, "skip-file")
+    )
+
+
+def _comments(text: str, needle: str) -> list[tuple[int, int, str]]:
+    """(line, 0-based column, text) of each comment; tokenized only when the needle occurs."""
+    if needle not in text:
+        return []
+    comments = []
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            if token.type == tokenize.COMMENT:
+                comments.append((token.start[0], token.start[1], token.string))
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        pass
+    return comments
+
+
+def parse_noqa(text: str) -> dict[int, NoqaComment]:
+    by_line: dict[int, NoqaComment] = {}
+    lowered = text if "noqa" in text else text.lower()
+    if "noqa" not in lowered:
+        return by_line
+    for line, column, comment in _comments(text, "noqa") or _comments(text, "NOQA"):
+        match = _NOQA.search(comment)
+        if match is None:
+            continue
+        codes = tuple(c.upper() for c in _CODE.findall(match.group("codes") or ""))
+        by_line[line] = NoqaComment(line, column + 1 + match.start(), codes)
+    return by_line
+
+
+def suppresses(comment: NoqaComment, code: str, bare_noqa: bool) -> bool:
+    """Whether the comment suppresses ``code``; records the code as used when it does."""
+    if not comment.codes:
+        return bare_noqa
+    if code in comment.codes:
+        comment.used.add(code)
+        return True
+    return False

@@ -1,0 +1,235 @@
+"""The project-level index: which local modules exist, and which layers each model class holds.
+
+Rules ask questions that span files ("does the model built by ``build_model`` in another module
+contain an ``nn.Conv3d``?"). The index answers from a summary of each module made with Python's
+``ast`` (about a tenth of a LibCST parse), loaded on first need, so linting one file still
+resolves the local modules it imports. Imports resolve as Python would: a script's own directory
+first (``sys.path[0]``), then the linted roots.
+
+Every file an answer was read from is recorded, so a cached result can be checked against them.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ModuleSummary:
+    name: str
+    path: Path
+    digest: str
+    is_package: bool
+    imports: dict[str, str] = field(default_factory=dict)  # local name -> qualified name
+    # class name -> qualified names of what it calls (layers, submodules) and its bases
+    class_calls: dict[str, set[str]] = field(default_factory=dict)
+    class_bases: dict[str, list[str]] = field(default_factory=dict)
+    # function name -> qualified names of the callables whose result it returns
+    function_returns: dict[str, set[str]] = field(default_factory=dict)
+
+
+def _dotted(node: ast.expr) -> str | None:
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def module_name_for(path: Path) -> tuple[str, Path]:
+    """Dotted module name of a file and the directory it is importable from (first non-package)."""
+    path = path.resolve()
+    parts = [] if path.name == "__init__.py" else [path.stem]
+    directory = path.parent
+    while (directory / "__init__.py").exists() and directory.parent != directory:
+        parts.append(directory.name)
+        directory = directory.parent
+    return ".".join(reversed(parts)), directory
+
+
+class _Summarizer:
+    def __init__(self, summary: ModuleSummary) -> None:
+        self.summary = summary
+
+    def qualify(self, node: ast.expr) -> str | None:
+        dotted = _dotted(node)
+        if dotted is None:
+            return None
+        head, _, rest = dotted.partition(".")
+        bound = self.summary.imports.get(head)
+        if bound is None:
+            return None
+        return f"{bound}.{rest}" if rest else bound
+
+    def read_imports(self, tree: ast.Module) -> None:
+        summary = self.summary
+        package = summary.name if summary.is_package else summary.name.rpartition(".")[0]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.asname:
+                        summary.imports[alias.asname] = alias.name
+                    else:
+                        head = alias.name.split(".")[0]
+                        summary.imports[head] = head
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".") if package else []
+                    anchor = anchor[: len(anchor) - (node.level - 1)] if node.level > 1 else anchor
+                    base = ".".join([*anchor, base] if base else anchor)
+                for alias in node.names:
+                    if alias.name != "*":
+                        summary.imports[alias.asname or alias.name] = f"{base}.{alias.name}"
+        for node in tree.body:
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                summary.imports[node.name] = f"{summary.name}.{node.name}"
+
+    def calls_in(self, nodes: Iterable[ast.AST]) -> set[str]:
+        found: set[str] = set()
+        for root in nodes:
+            for node in ast.walk(root):
+                if isinstance(node, ast.Call):
+                    name = self.qualify(node.func)
+                    if name:
+                        found.add(name)
+        return found
+
+    def returned_calls(self, function: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+        """Callables whose result the function returns, directly or through a local name."""
+        assigned: dict[str, set[str]] = {}
+        for node in ast.walk(function):
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+                name = self.qualify(node.value.func)
+                for target in node.targets:
+                    if name and isinstance(target, ast.Name):
+                        assigned.setdefault(target.id, set()).add(name)
+        returned: set[str] = set()
+        for node in ast.walk(function):
+            if isinstance(node, ast.Return) and node.value is not None:
+                value = node.value
+                if isinstance(value, ast.Call):
+                    name = self.qualify(value.func)
+                    if name:
+                        returned.add(name)
+                elif isinstance(value, ast.Name):
+                    returned |= assigned.get(value.id, set())
+        return returned
+
+    def read_definitions(self, tree: ast.Module) -> None:
+        summary = self.summary
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                summary.class_calls[node.name] = self.calls_in(node.body)
+                summary.class_bases[node.name] = [b for b in map(self.qualify, node.bases) if b]
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                summary.function_returns[node.name] = self.returned_calls(node)
+
+
+def summarize(name: str, path: Path, data: bytes) -> ModuleSummary:
+    summary = ModuleSummary(
+        name=name,
+        path=path,
+        digest=hashlib.blake2b(data, digest_size=16).hexdigest(),
+        is_package=path.name == "__init__.py",
+    )
+    try:
+        tree = ast.parse(data, filename=str(path))
+    except (SyntaxError, ValueError):
+        return summary
+    summarizer = _Summarizer(summary)
+    summarizer.read_imports(tree)
+    summarizer.read_definitions(tree)
+    return summary
+
+
+class ProjectIndex:
+    """Local modules, found from the linted roots and from each importing script's directory."""
+
+    def __init__(self, roots: Iterable[Path] = ()) -> None:
+        self.roots = [Path(r).resolve() for r in roots]
+        self._by_path: dict[Path, ModuleSummary | None] = {}
+        self._by_name: dict[str, ModuleSummary | None] = {}
+        self.consulted: dict[str, str] = {}  # path -> digest of every module read for an answer
+
+    # -- finding modules ----------------------------------------------------------------------
+    def _search_roots(self, importer: Path | None) -> list[Path]:
+        roots = []
+        if importer is not None:
+            roots.append(module_name_for(importer)[1])
+        roots.extend(r if r.is_dir() else r.parent for r in self.roots)
+        return list(dict.fromkeys(roots))
+
+    def module(self, name: str, importer: Path | None = None) -> ModuleSummary | None:
+        if name in self._by_name:
+            return self._by_name[name]
+        relative = Path(*name.split("."))
+        for root in self._search_roots(importer):
+            for candidate in (root / relative.with_suffix(".py"), root / relative / "__init__.py"):
+                if candidate.is_file():
+                    summary = self.summary(candidate, name)
+                    self._by_name[name] = summary
+                    return summary
+        return None
+
+    def summary(self, path: Path, name: str | None = None) -> ModuleSummary | None:
+        path = path.resolve()
+        if path not in self._by_path:
+            try:
+                data = path.read_bytes()
+            except OSError:
+                self._by_path[path] = None
+                return None
+            self._by_path[path] = summarize(name or module_name_for(path)[0], path, data)
+        summary = self._by_path[path]
+        if summary is not None:
+            self.consulted[str(path)] = summary.digest
+        return summary
+
+    def _definition(self, qualified: str, importer: Path | None, depth: int = 0) -> tuple[ModuleSummary, str] | None:
+        """The module and top-level name that define ``qualified``, following re-exports."""
+        module_name, _, attr = qualified.rpartition(".")
+        if not module_name or depth > 8:
+            return None
+        summary = self.module(module_name, importer)
+        if summary is None:
+            return None
+        if attr in summary.class_calls or attr in summary.function_returns:
+            return summary, attr
+        reexport = summary.imports.get(attr)
+        if reexport and reexport != qualified:
+            return self._definition(reexport, summary.path, depth + 1)
+        return None
+
+    # -- questions rules ask ------------------------------------------------------------------
+    def layers_of(self, qualified: str, importer: Path | None = None) -> frozenset[str]:
+        """Qualified names of every torch callable used, transitively, by the model that a class
+        or factory function of the project builds (``torch.nn.Conv3d``, ``torch.nn.functional.conv3d``).
+        Empty when the name is not a local class or factory."""
+        return frozenset(self._torch_calls(qualified, importer, set()))
+
+    def _torch_calls(self, qualified: str, importer: Path | None, seen: set[str]) -> Iterator[str]:
+        if qualified in seen:
+            return
+        seen.add(qualified)
+        found = self._definition(qualified, importer)
+        if found is None:
+            return
+        summary, attr = found
+        called = summary.class_calls.get(attr)
+        if called is None:
+            called = summary.function_returns.get(attr, set())
+        else:
+            called = called | set(summary.class_bases.get(attr, []))
+        for name in called:
+            if name.startswith("torch."):
+                yield name
+            else:
+                yield from self._torch_calls(name, summary.path, seen)

@@ -1,0 +1,224 @@
+"""A whole run: files -> (cache | parallel linting and fixing) -> results, in a stable order."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainlint import __version__
+from trainlint.config import IO_ERROR, SYNTAX_ERROR, Settings
+from trainlint.discovery import Target
+from trainlint.engine import Linter, meta_finding
+from trainlint.findings import Finding, is_fix_allowed
+from trainlint.fixes import write_atomic
+from trainlint.project import ProjectIndex
+from trainlint.source import SourceError, SourceText
+
+
+@dataclass
+class RunOptions:
+    fix: bool = False
+    unsafe_fixes: bool = False
+    write: bool = True  # False with --diff: compute fixes, change nothing
+    use_cache: bool = True
+    jobs: int = 0  # 0: all cores
+
+
+@dataclass
+class FileResult:
+    display: str
+    findings: list[Finding] = field(default_factory=list)  # what remains
+    fixed: list[Finding] = field(default_factory=list)
+    original_text: str | None = None  # set when fixes changed the text
+    fixed_text: str | None = None
+    digest: str | None = None
+    dependencies: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    files: list[FileResult]
+
+    @property
+    def findings(self) -> list[Finding]:
+        return sorted((f for r in self.files for f in r.findings), key=lambda f: f.sort_key)
+
+    @property
+    def fixed(self) -> list[Finding]:
+        return sorted((f for r in self.files for f in r.fixed), key=lambda f: f.sort_key)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+class Cache:
+    """Per-file results keyed by content, trainlint's version and the effective configuration,
+    plus the digests of the local modules each answer read (the project index's dependencies).
+    One JSON file per configuration, replaced atomically."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.path = settings.cache_path / f"v{__version__}-{settings.digest()}.json"
+        self.entries: dict[str, Any] = {}
+        self._dependency_digests: dict[str, str | None] = {}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if data.get("version") == __version__:
+                self.entries = data["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            self.entries = {}
+
+    def _current_digest(self, path: str) -> str | None:
+        if path not in self._dependency_digests:
+            try:
+                self._dependency_digests[path] = _digest(Path(path).read_bytes())
+            except OSError:
+                self._dependency_digests[path] = None
+        return self._dependency_digests[path]
+
+    def lookup(self, target: Target, digest: str) -> list[Finding] | None:
+        entry = self.entries.get(str(target.path))
+        if not entry or entry.get("digest") != digest:
+            return None
+        if any(self._current_digest(p) != d for p, d in entry.get("dependencies", {}).items()):
+            return None
+        try:
+            return [Finding.from_json(f).with_path(target.display) for f in entry["findings"]]
+        except (KeyError, TypeError):
+            return None
+
+    def store(self, target: Target, result: FileResult) -> None:
+        if result.digest is None or any(f.code in (IO_ERROR,) for f in result.findings):
+            return
+        self.entries[str(target.path)] = {
+            "digest": result.digest,
+            "dependencies": result.dependencies,
+            "findings": [f.to_json() for f in result.findings],
+        }
+
+    def save(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            gitignore = self.path.parent / ".gitignore"
+            if not gitignore.exists():
+                gitignore.write_text("# Created by trainlint\n*\n", encoding="utf-8")
+            temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps({"version": __version__, "files": self.entries}), encoding="utf-8")
+            os.replace(temporary, self.path)
+        except OSError:
+            pass  # a cache that cannot be written only costs time
+
+
+# -- per-process state for the worker pool ---------------------------------------------------
+_linter: Linter | None = None
+
+
+def _init_worker(settings: Settings, roots: Sequence[Path]) -> None:
+    global _linter
+    _linter = Linter(settings, ProjectIndex(roots))
+
+
+def process(target: Target, options: RunOptions) -> FileResult:
+    """Read, lint and (with --fix) fix and write one file. Never raises for the file's sake."""
+    assert _linter is not None
+    linter = _linter
+    result = FileResult(target.display)
+    if target.missing:
+        result.findings = [meta_finding(IO_ERROR, "no such file or directory", target.display)]
+        return result
+    try:
+        raw = target.path.read_bytes()
+    except OSError as exc:
+        result.findings = [meta_finding(IO_ERROR, f"cannot read: {exc.strerror or exc}", target.display)]
+        return result
+    result.digest = _digest(raw)
+    try:
+        source = SourceText.from_bytes(raw)
+    except SourceError as exc:
+        result.findings = [meta_finding(SYNTAX_ERROR, exc.message, target.display)]
+        return result
+    linter.project.consulted = {}
+    if options.fix:
+        outcome = linter.fix(source.text, target.display, target.path, options.unsafe_fixes)
+        result.fixed, result.findings = outcome.fixed, outcome.remaining
+        if outcome.text != source.text:
+            result.original_text, result.fixed_text = source.text, outcome.text
+            if options.write:
+                _write(target, source, outcome.text, result)
+    else:
+        result.findings = linter.lint(source.text, target.display, target.path)
+    result.dependencies = {p: d for p, d in linter.project.consulted.items() if p != str(target.path.resolve())}
+    return result
+
+
+def _write(target: Target, source: SourceText, text: str, result: FileResult) -> None:
+    try:
+        write_atomic(target.path, source.to_bytes(text))
+    except (OSError, UnicodeEncodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        # Nothing was written, so what the fixes would have removed is still there.
+        result.findings = sorted([*result.fixed, *result.findings], key=lambda f: f.sort_key)
+        result.findings.append(meta_finding(IO_ERROR, f"fixes not written: {reason}", target.display))
+        result.fixed = []
+        result.fixed_text = None
+        result.digest = None
+
+
+def _process_many(targets: Sequence[Target], options: RunOptions) -> list[FileResult]:
+    return [process(t, options) for t in targets]
+
+
+def _chunks(items: Sequence[Target], count: int) -> Iterable[Sequence[Target]]:
+    size = max(1, min(32, len(items) // (count * 4) or 1))
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def run(targets: Sequence[Target], settings: Settings, options: RunOptions, roots: Sequence[Path]) -> RunResult:
+    cache = Cache(settings) if options.use_cache else None
+    results: dict[Target, FileResult] = {}
+    pending: list[Target] = []
+    for target in targets:
+        cached = _from_cache(cache, target, options)
+        if cached is not None:
+            results[target] = cached
+        else:
+            pending.append(target)
+    jobs = options.jobs or os.cpu_count() or 1
+    if jobs == 1 or len(pending) < 8:
+        _init_worker(settings, roots)
+        for target in pending:
+            results[target] = process(target, options)
+    else:
+        context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
+        with ProcessPoolExecutor(jobs, context, initializer=_init_worker, initargs=(settings, roots)) as pool:
+            chunks = list(_chunks(pending, jobs))
+            for chunk, chunk_results in zip(chunks, pool.map(_process_many, chunks, [options] * len(chunks))):
+                results.update(zip(chunk, chunk_results))
+    if cache is not None:
+        for target in pending:
+            cache.store(target, results[target])
+        cache.save()
+    return RunResult([results[t] for t in targets])
+
+
+def _from_cache(cache: Cache | None, target: Target, options: RunOptions) -> FileResult | None:
+    if cache is None or target.missing:
+        return None
+    try:
+        digest = _digest(target.path.read_bytes())
+    except OSError:
+        return None
+    findings = cache.lookup(target, digest)
+    if findings is None:
+        return None
+    if options.fix and any(is_fix_allowed(f.fix, options.unsafe_fixes) for f in findings):
+        return None  # there is something to fix: lint and fix it for real
+    return FileResult(target.display, findings=findings, digest=digest)

@@ -1,0 +1,92 @@
+"""Reading a source file exactly as it is, so a fix can write back every untouched byte."""
+
+from __future__ import annotations
+
+import bisect
+import codecs
+import io
+import re
+import tokenize
+from dataclasses import dataclass, field
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+class SourceError(Exception):
+    """A file that cannot be read or decoded; becomes a finding, never a traceback."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class SourceText:
+    """Decoded text plus what is needed to encode it back byte for byte."""
+
+    text: str
+    encoding: str = "utf-8"
+    bom: bool = False
+    _line_starts: list[int] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> SourceText:
+        if b"\x00" in raw:
+            raise SourceError("TL001", "source contains a NUL byte")
+        try:
+            encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
+        except SyntaxError as exc:
+            raise SourceError("TL001", f"cannot detect the encoding: {exc}") from None
+        bom = raw.startswith(codecs.BOM_UTF8)
+        if encoding == "utf-8-sig":
+            encoding = "utf-8"
+        body = raw[len(codecs.BOM_UTF8) :] if bom else raw
+        try:
+            text = body.decode(encoding)
+        except (UnicodeDecodeError, LookupError) as exc:
+            raise SourceError("TL001", f"cannot decode as {encoding}: {exc}") from None
+        return cls(text=text, encoding=encoding, bom=bom)
+
+    def to_bytes(self, text: str | None = None) -> bytes:
+        data = (self.text if text is None else text).encode(self.encoding)
+        return codecs.BOM_UTF8 + data if self.bom else data
+
+    @property
+    def newline(self) -> str:
+        """The file's first line ending; inserted lines use it."""
+        index = self.text.find("\n")
+        if index > 0 and self.text[index - 1] == "\r":
+            return "\r\n"
+        if index < 0 and "\r" in self.text:
+            return "\r"
+        return "\n"
+
+    @property
+    def line_starts(self) -> list[int]:
+        if not self._line_starts:
+            self._line_starts = [0] + [m.end() for m in _LINE_BREAK.finditer(self.text)]
+        return self._line_starts
+
+    def offset(self, line: int, column: int) -> int:
+        """Character offset of a 1-based line and 0-based column (LibCST's convention)."""
+        starts = self.line_starts
+        if line - 1 >= len(starts):
+            return len(self.text)
+        return starts[line - 1] + column
+
+    def line_column(self, offset: int) -> tuple[int, int]:
+        """1-based line and 1-based column of a character offset (ruff's and flake8's convention)."""
+        line_index = bisect.bisect_right(self.line_starts, offset) - 1
+        return line_index + 1, offset - self.line_starts[line_index] + 1
+
+    def line_text(self, line: int) -> str:
+        starts = self.line_starts
+        start = starts[line - 1]
+        end = starts[line] if line < len(starts) else len(self.text)
+        return self.text[start:end].rstrip("\r\n")
+
+    def line_end_offset(self, line: int) -> int:
+        """Offset just past the line's terminator (start of the next line)."""
+        starts = self.line_starts
+        return starts[line] if line < len(starts) else len(self.text)
