@@ -181,14 +181,22 @@ class FileContext:
         )
 
     # -- building fixes ----------------------------------------------------------------------
-    @staticmethod
-    def fix(edits: Iterable[Edit | None], applicability: Applicability, message: str) -> Fix | None:
+    def fix(self, edits: Iterable[Edit | None], applicability: Applicability, message: str) -> Fix | None:
         """A fix from its edits; None when any edit could not be made (the rule then reports
         without a fix rather than a partial one)."""
         collected = list(edits)
         if not collected or any(e is None for e in collected):
             return None
-        return Fix(tuple(sorted(collected)), applicability, message)  # type: ignore[arg-type]
+        located = [
+            dataclasses.replace(
+                edit,
+                location=Position(*self.source.line_column(edit.start)),
+                end_location=Position(*self.source.line_column(edit.end)),
+            )
+            for edit in collected
+            if edit is not None
+        ]
+        return Fix(tuple(sorted(located)), applicability, message)
 
     def replace(self, node: cst.CSTNode, new: cst.CSTNode | str) -> Edit:
         start, end = self.span(node)

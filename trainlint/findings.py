@@ -9,13 +9,24 @@ Applicability = Literal["safe", "unsafe"]
 Level = Literal["error", "warning"]
 
 
+@dataclass(frozen=True)
+class Position:
+    """1-based line and 1-based column, as ruff and flake8 print them."""
+
+    row: int
+    column: int
+
+
 @dataclass(frozen=True, order=True)
 class Edit:
-    """Replace ``text[start:end]`` (character offsets) with ``content``; ``start == end`` inserts."""
+    """Replace ``text[start:end]`` (character offsets) with ``content``; ``start == end`` inserts.
+    ``location``/``end_location`` are the same range as printed positions (for JSON and SARIF)."""
 
     start: int
     end: int
     content: str
+    location: Position | None = field(default=None, compare=False)
+    end_location: Position | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -27,14 +38,6 @@ class Fix:
     @property
     def span(self) -> tuple[int, int]:
         return min(e.start for e in self.edits), max(e.end for e in self.edits)
-
-
-@dataclass(frozen=True)
-class Position:
-    """1-based line and 1-based column, as ruff and flake8 print them."""
-
-    row: int
-    column: int
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ class Finding:
             end=Position(**data["end"]),
             level=data["level"],
             fix=Fix(
-                edits=tuple(Edit(**e) for e in fix["edits"]),
+                edits=tuple(_edit_from_json(e) for e in fix["edits"]),
                 applicability=fix["applicability"],
                 message=fix["message"],
             )
@@ -87,3 +90,14 @@ class Finding:
 
 def is_fix_allowed(fix: Fix | None, unsafe_fixes: bool) -> bool:
     return fix is not None and (fix.applicability == "safe" or unsafe_fixes)
+
+
+def _edit_from_json(data: dict[str, Any]) -> Edit:
+    location, end_location = data.get("location"), data.get("end_location")
+    return Edit(
+        data["start"],
+        data["end"],
+        data["content"],
+        Position(**location) if location else None,
+        Position(**end_location) if end_location else None,
+    )

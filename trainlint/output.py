@@ -1,0 +1,244 @@
+"""Printing findings: full, concise, json (ruff's shape), sarif (2.1.0) and github annotations."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from trainlint import __version__
+from trainlint.findings import Finding, Position
+from trainlint.rule import all_rules
+from trainlint.source import SourceText
+
+FORMATS = ("full", "concise", "json", "sarif", "github")
+MACHINE_FORMATS = frozenset({"json", "sarif", "github"})
+
+
+def use_colour(stream: TextIO) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+class _Style:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, text: str, code: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.enabled else text
+
+
+def doc_url(code: str) -> str:
+    """Where the rule's page lives in the repository (also printed by ``--explain``)."""
+    return f"rules/{code}.md"
+
+
+def _marker(finding: Finding) -> str:
+    return "[*] " if finding.fix is not None and finding.fix.applicability == "safe" else ""
+
+
+def concise(findings: Sequence[Finding], stream: TextIO) -> None:
+    style = _Style(use_colour(stream))
+    for f in findings:
+        location = f"{f.path}:{f.start.row}:{f.start.column}:"
+        stream.write(f"{style(location, '1')} {style(f.code, '1;31')} {_marker(f)}{f.message}\n")
+
+
+def full(findings: Sequence[Finding], stream: TextIO, sources: Callable[[str], SourceText | None]) -> None:
+    style = _Style(use_colour(stream))
+    for f in findings:
+        location = f"{f.path}:{f.start.row}:{f.start.column}:"
+        stream.write(f"{style(location, '1')} {style(f.code, '1;31')} {_marker(f)}{f.message}\n")
+        source = sources(f.path)
+        if source is not None and f.start.row <= len(source.line_starts):
+            line = source.line_text(f.start.row)
+            gutter = " " * len(str(f.start.row))
+            end_column = f.end.column if f.end.row == f.start.row else len(line) + 1
+            width = max(1, end_column - f.start.column)
+            caret = " " * (f.start.column - 1) + style("^" * width, "1;31")
+            stream.write(f"{gutter} |\n{f.start.row} | {line}\n{gutter} | {caret}\n")
+            if f.fix is not None:
+                hint = f.fix.message + ("" if f.fix.applicability == "safe" else " (unsafe fix)")
+                stream.write(f"{gutter} = {style('help', '1;36')}: {hint}\n")
+            stream.write("\n")
+
+
+def _location(position: Position | None) -> dict[str, int] | None:
+    return None if position is None else {"column": position.column, "row": position.row}
+
+
+def json_records(findings: Sequence[Finding]) -> list[dict[str, Any]]:
+    """ruff's JSON shape, so tools that read ruff can read trainlint."""
+    records = []
+    for f in findings:
+        fix = None
+        if f.fix is not None:
+            fix = {
+                "applicability": f.fix.applicability,
+                "edits": [
+                    {"content": e.content, "end_location": _location(e.end_location), "location": _location(e.location)}
+                    for e in f.fix.edits
+                ],
+                "message": f.fix.message,
+            }
+        records.append(
+            {
+                "cell": None,
+                "code": f.code,
+                "end_location": _location(f.end),
+                "filename": str(Path(f.path).resolve()) if f.path != "-" else "-",
+                "fix": fix,
+                "level": f.level,
+                "location": _location(f.start),
+                "message": f.message,
+                "name": f.name,
+                "noqa_row": f.start.row,
+                "url": doc_url(f.code),
+            }
+        )
+    return records
+
+
+def sarif(findings: Sequence[Finding]) -> dict[str, Any]:
+    from trainlint.docs import render_page
+
+    rules = all_rules()
+    codes = sorted({f.code for f in findings} | set(rules))
+    index = {code: i for i, code in enumerate(codes)}
+    descriptors = [
+        {
+            "id": code,
+            "name": rules[code].name,
+            "shortDescription": {"text": rules[code].summary},
+            "help": {"text": rules[code].summary, "markdown": render_page(rules[code])},
+            "defaultConfiguration": {"level": rules[code].level},
+            "properties": {"fix": rules[code].fix_applicability or "none"},
+        }
+        for code in codes
+    ]
+    results = []
+    for f in findings:
+        uri = Path(f.path).as_posix()
+        result: dict[str, Any] = {
+            "ruleId": f.code,
+            "ruleIndex": index[f.code],
+            "level": f.level,
+            "message": {"text": f.message},
+            "locations": [
+                {
+                    "physicalLocation": {
+                        "artifactLocation": {"uri": uri},
+                        "region": {
+                            "startLine": f.start.row,
+                            "startColumn": f.start.column,
+                            "endLine": f.end.row,
+                            "endColumn": f.end.column,
+                        },
+                    }
+                }
+            ],
+        }
+        if f.fix is not None and all(e.location and e.end_location for e in f.fix.edits):
+            result["fixes"] = [
+                {
+                    "description": {"text": f.fix.message},
+                    "artifactChanges": [
+                        {
+                            "artifactLocation": {"uri": uri},
+                            "replacements": [
+                                {
+                                    "deletedRegion": {
+                                        "startLine": e.location.row,  # type: ignore[union-attr]
+                                        "startColumn": e.location.column,  # type: ignore[union-attr]
+                                        "endLine": e.end_location.row,  # type: ignore[union-attr]
+                                        "endColumn": e.end_location.column,  # type: ignore[union-attr]
+                                    },
+                                    "insertedContent": {"text": e.content},
+                                }
+                                for e in f.fix.edits
+                            ],
+                        }
+                    ],
+                }
+            ]
+        results.append(result)
+    return {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{"tool": {"driver": {"name": "trainlint", "version": __version__, "rules": descriptors}}, "results": results}],
+    }
+
+
+def _escape_annotation(value: str, property_value: bool = False) -> str:
+    value = value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return value.replace(":", "%3A").replace(",", "%2C") if property_value else value
+
+
+def github(findings: Sequence[Finding], stream: TextIO) -> None:
+    for f in findings:
+        kind = "error" if f.level == "error" else "warning"
+        properties = ",".join(
+            [
+                f"title={_escape_annotation(f'trainlint ({f.code})', True)}",
+                f"file={_escape_annotation(f.path, True)}",
+                f"line={f.start.row}",
+                f"col={f.start.column}",
+                f"endLine={f.end.row}",
+                f"endColumn={f.end.column}",
+            ]
+        )
+        text = f"{f.path}:{f.start.row}:{f.start.column}: {f.code} {f.message}"
+        stream.write(f"::{kind} {properties}::{_escape_annotation(text)}\n")
+
+
+def write_findings(
+    findings: Sequence[Finding],
+    output_format: str,
+    stream: TextIO,
+    sources: Callable[[str], SourceText | None],
+) -> None:
+    if output_format == "json":
+        stream.write(json.dumps(json_records(findings), indent=2) + "\n")
+    elif output_format == "sarif":
+        stream.write(json.dumps(sarif(findings), indent=2) + "\n")
+    elif output_format == "github":
+        github(findings, stream)
+    elif output_format == "concise":
+        concise(findings, stream)
+    else:
+        full(findings, stream, sources)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def summary(remaining: Sequence[Finding], fixed: int, fix_mode: bool, unsafe_fixes: bool) -> str:
+    if fix_mode and fixed:
+        return f"Found {_plural(fixed + len(remaining), 'error')} ({fixed} fixed, {len(remaining)} remaining)."
+    if not remaining:
+        return "All checks passed!"
+    safe = sum(1 for f in remaining if f.fix is not None and f.fix.applicability == "safe")
+    unsafe = sum(1 for f in remaining if f.fix is not None and f.fix.applicability == "unsafe")
+    parts = [f"Found {_plural(len(remaining), 'error')}."]
+    if safe or (unsafe and unsafe_fixes):
+        parts.append(f"[*] {safe + (unsafe if unsafe_fixes else 0)} fixable with `trainlint --fix`.")
+    if unsafe and not unsafe_fixes:
+        parts.append(f"{unsafe} more fixable with `--fix --unsafe-fixes`.")
+    return " ".join(parts)
+
+
+def statistics(findings: Sequence[Finding], stream: TextIO) -> None:
+    counts = Counter(f.code for f in findings)
+    names = {f.code: f.name for f in findings}
+    fixable = {f.code for f in findings if f.fix is not None and f.fix.applicability == "safe"}
+    width = max((len(str(c)) for c in counts.values()), default=1)
+    for code, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        marker = "[*]" if code in fixable else "   "
+        stream.write(f"{count:>{width}}\t{code}\t{marker} {names[code]}\n")
