@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from trainlint import __version__, output
 from trainlint.config import ConfigError, Settings, apply_cli_overrides, load_settings
 from trainlint.discovery import Target, discover
 from trainlint.engine import Linter
+from trainlint.notebook import linter_for
 from trainlint.project import ProjectIndex
 from trainlint.rule import all_rules
 from trainlint.runner import FileResult, RunOptions, RunResult, run
@@ -55,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list-rules", action="store_true", help="print the rules as a table")
     parser.add_argument("--explain", metavar="CODE", help="print a rule's documentation")
     parser.add_argument("--config", type=Path, help="a pyproject.toml (its [tool.trainlint]) or trainlint TOML file")
+    parser.add_argument(
+        "--force-exclude",
+        action="store_true",
+        help="apply the exclude settings also to files named on the command line (for pre-commit)",
+    )
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write .trainlint_cache/")
     parser.add_argument("--jobs", "-j", type=int, default=0, help="parallel processes (default: all cores)")
     parser.add_argument("--quiet", "-q", action="store_true", help="print findings only, no summary")
@@ -105,7 +112,11 @@ def _lint(args: argparse.Namespace) -> int:
         return _lint_stdin(args, settings, unsafe)
     if "-" in paths:
         raise UsageError("'-' (stdin) cannot be combined with other paths")
+    settings.force_exclude = settings.force_exclude or args.force_exclude
     targets = discover(paths, settings)
+    if not targets and not args.quiet:
+        # pre-commit with no Python file staged, or a directory without Python: not an error
+        print("trainlint: warning: no Python files found under the given paths", file=sys.stderr)
     options = RunOptions(
         fix=args.fix or args.diff,
         unsafe_fixes=unsafe,
@@ -113,9 +124,19 @@ def _lint(args: argparse.Namespace) -> int:
         use_cache=not args.no_cache,
         jobs=args.jobs,
     )
-    roots = [settings.root, *(Path(p) for p in paths)]
-    result = run(targets, settings, options, roots)
+    result = run(targets, settings, options, _project_roots(settings, paths))
     return _report(args, result, unsafe, {t.display: t for t in targets})
+
+
+def _project_roots(settings: Settings, paths: Sequence[str]) -> list[Path]:
+    """Where local imports are looked up: the configuration's directory and each linted
+    directory (a linted file's own directory is added per file, as ``sys.path[0]``)."""
+    roots = [settings.root]
+    for raw in paths:
+        path = Path(os.path.abspath(raw))
+        if path.is_dir():
+            roots.append(path)
+    return roots
 
 
 def _explain(code: str) -> int:
@@ -143,14 +164,15 @@ def _lint_stdin(args: argparse.Namespace, settings: Settings, unsafe: bool) -> i
     display = args.stdin_filename or "-"
     real = Path(display) if args.stdin_filename and Path(display).is_file() else None
     roots = [settings.root] + ([real.parent] if real else [])
-    linter = Linter(settings, ProjectIndex(roots))
+    linter = linter_for(display, Linter(settings, ProjectIndex(roots)))  # --stdin-filename nb.ipynb
     raw = sys.stdin.buffer.read()
     try:
         source = SourceText.from_bytes(raw)
     except SourceError as exc:
         from trainlint.engine import meta_finding
 
-        result = RunResult([FileResult(display, findings=[meta_finding(exc.code, exc.message, display)])])
+        finding = meta_finding(exc.code, exc.message, display, exc.line, exc.column)
+        result = RunResult([FileResult(display, findings=[finding])])
         return _report(args, result, unsafe, {})
     file_result = FileResult(display)
     if args.fix or args.diff:
@@ -194,10 +216,11 @@ def _report(
         except (OSError, SourceError):
             return None
 
-    output.write_findings(findings, args.output_format, stream, sources)
     machine = args.output_format in output.MACHINE_FORMATS
     if args.statistics and not machine:
-        output.statistics(findings, stream)
+        output.statistics(findings, stream)  # instead of the findings, as ruff does
+    else:
+        output.write_findings(findings, args.output_format, stream, sources)
     if args.show_fixes and fixed and not machine:
         _print_fixes(fixed, stream)
     if not args.quiet and not machine:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,9 +70,15 @@ class Settings:
         rules = all_rules()
         return [rules[code](self.rule_options.get(code)) for code in sorted(self.enabled_codes())]
 
-    def ignored_for(self, relative_path: str) -> frozenset[str]:
+    def ignored_for(self, path: str) -> frozenset[str]:
+        """Codes that ``per-file-ignores`` switches off for a file. Patterns are relative to the
+        configuration's directory, whatever the current directory (``path`` is as displayed:
+        relative to the current directory, or absolute)."""
         from fnmatch import fnmatch
 
+        if not self.per_file_ignores:
+            return frozenset()
+        relative_path = _relative_to(path, self.root)
         name = relative_path.rsplit("/", 1)[-1]
         codes: set[str] = set()
         for pattern, selectors in self.per_file_ignores.items():
@@ -94,9 +101,17 @@ class Settings:
         return self.cache_dir or self.root / ".trainlint_cache"
 
 
+def _relative_to(path: str, root: Path) -> str:
+    absolute = os.path.abspath(path)
+    base = os.path.abspath(root)
+    if absolute.startswith(base.rstrip(os.sep) + os.sep):
+        return Path(os.path.relpath(absolute, base)).as_posix()
+    return Path(path).as_posix()
+
+
 def expand_selectors(selectors: Iterable[str], where: str) -> list[str]:
     """Codes matched by selectors such as ``TL101``, ``TL1`` or ``ALL``; unknown ones are errors."""
-    codes = [*all_rules(), *ALWAYS_ON]
+    codes = list(dict.fromkeys([*all_rules(), *sorted(ALWAYS_ON)]))
     expanded: list[str] = []
     for selector in selectors:
         if not isinstance(selector, str):
@@ -118,10 +133,18 @@ def find_config(start: Path) -> Path | None:
         candidate = candidate_dir / "pyproject.toml"
         if candidate.is_file():
             try:
-                data = tomllib.loads(candidate.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+                text = candidate.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
                 continue
-            if "trainlint" in data.get("tool", {}):
+            if "trainlint" not in text:
+                continue
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as exc:
+                # it names trainlint: silently ignoring it would lint with the wrong settings
+                raise ConfigError(f"{candidate}: invalid TOML: {exc}") from None
+            tool = data.get("tool", {})
+            if isinstance(tool, dict) and "trainlint" in tool:
                 return candidate
     return None
 
@@ -171,7 +194,9 @@ def settings_from_table(table: Mapping[str, Any], path: Path) -> Settings:
                 raise ConfigError(f"{where}: '{key}' must be true or false")
             setattr(settings, key.replace("-", "_"), table[key])
     if "cache-dir" in table:
-        settings.cache_dir = settings.root / str(table["cache-dir"])
+        if not isinstance(table["cache-dir"], str):
+            raise ConfigError(f"{where}: 'cache-dir' must be a string")
+        settings.cache_dir = settings.root / table["cache-dir"]
     settings.per_file_ignores = _per_file_ignores(table.get("per-file-ignores", {}), where)
     settings.rule_options = _rule_options(table.get("rules", {}), where)
     settings.enabled_codes()  # validates every selector now, so errors surface before linting
@@ -184,7 +209,7 @@ def _per_file_ignores(value: Any, where: str) -> dict[str, list[str]]:
     result = {}
     for pattern, codes in value.items():
         listed = _string_list({pattern: codes}, pattern, f"{where} per-file-ignores")
-        expand_selectors(listed or [], f"per-file-ignores '{pattern}'")
+        expand_selectors(listed or [], f"{where}: per-file-ignores '{pattern}'")
         result[pattern] = listed or []
     return result
 
@@ -218,12 +243,13 @@ def apply_cli_overrides(
     extend_select: Sequence[str] | None,
     ignore: Sequence[str] | None,
 ) -> Settings:
-    if select is not None:
-        settings.select = list(select)
-        expand_selectors(settings.select, "--select")
-    if extend_select:
-        settings.extend_select = [*settings.extend_select, *extend_select]
-        expand_selectors(extend_select, "--extend-select")
+    """The command line is a second layer over the file, as in ruff: ``--select`` starts afresh
+    (the file's ``ignore`` no longer applies), ``--extend-select`` re-enables what the file
+    ignores, and ``--ignore`` removes from the result."""
+    if select is not None or extend_select:
+        chosen = set(expand_selectors(select, "--select")) if select is not None else set(settings.enabled_codes())
+        chosen |= set(expand_selectors(extend_select or [], "--extend-select"))
+        settings.select, settings.extend_select, settings.ignore = sorted(chosen), [], []
     if ignore:
         settings.ignore = [*settings.ignore, *ignore]
         expand_selectors(ignore, "--ignore")

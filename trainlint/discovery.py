@@ -12,7 +12,7 @@ import pathspec
 
 from trainlint.config import Settings
 
-SOURCE_SUFFIXES = (".py", ".pyi")
+SOURCE_SUFFIXES = (".py", ".pyi", ".ipynb")  # notebooks are read by trainlint.notebook
 
 
 @dataclass(frozen=True)
@@ -20,13 +20,32 @@ class Target:
     path: Path
     display: str  # as the user named it: relative to the current directory when below it
     missing: bool = False  # named on the command line but absent: reported as TL002
+    problem: str | None = None  # named on the command line but not a readable file (TL002)
 
 
 def display_path(path: Path) -> str:
+    """The path relative to the current directory when below it, else absolute. Symlinks are not
+    resolved: the user sees the name they gave (and a symlink loop cannot raise here)."""
+    absolute = os.path.abspath(path)
+    cwd = os.path.abspath(os.getcwd())
+    if absolute == cwd or absolute.startswith(cwd.rstrip(os.sep) + os.sep):
+        return Path(os.path.relpath(absolute, cwd)).as_posix()
+    return Path(absolute).as_posix()
+
+
+def is_python_file(path: Path) -> bool:
+    """A file named explicitly is linted when it is Python source: a ``.py``/``.pyi`` suffix, or
+    no suffix and a ``python`` shebang (as pre-commit's ``types: [python]`` also passes)."""
+    if path.suffix in SOURCE_SUFFIXES:
+        return True
+    if path.suffix:
+        return False
     try:
-        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
-    except ValueError:
-        return path.as_posix()
+        with open(path, "rb") as stream:
+            first = stream.readline(256)
+    except OSError:
+        return False
+    return first.startswith(b"#!") and b"python" in first
 
 
 class _Excluder:
@@ -93,7 +112,9 @@ class _Excluder:
 
 def discover(paths: Iterable[str], settings: Settings) -> list[Target]:
     """Targets in a stable order. Directory walks never follow symlinked directories, which
-    also makes symlink loops harmless."""
+    also makes symlink loops harmless. A file named explicitly is linted even when excluded
+    (as ruff does) unless ``force-exclude`` is set; one that is not Python source is skipped, so
+    that ``trainlint README.md`` (pre-commit with nothing relevant staged) lints nothing."""
     excluder = _Excluder(settings)
     found: dict[Path, Target] = {}
     for raw in paths:
@@ -102,13 +123,33 @@ def discover(paths: Iterable[str], settings: Settings) -> list[Target]:
         if path.is_dir():
             for file in _walk(absolute, excluder):
                 found.setdefault(file, Target(file, display_path(file)))
-        elif path.exists() or path.is_symlink():
-            if settings.force_exclude and excluder.excluded_with_parents(absolute):
-                continue
-            found.setdefault(absolute, Target(absolute, display_path(path)))
-        else:
-            found.setdefault(absolute, Target(absolute, display_path(path), missing=True))
+            continue
+        if settings.force_exclude and excluder.excluded_with_parents(absolute):
+            continue
+        target = _explicit_target(path, absolute)
+        if target is not None:
+            found.setdefault(absolute, target)
     return sorted(found.values(), key=lambda t: t.display)
+
+
+def _explicit_target(path: Path, absolute: Path) -> Target | None:
+    display = display_path(path)
+    if path.is_symlink() and not path.exists():
+        # a dangling link or a loop: say so, rather than skipping a file the user named
+        return Target(absolute, display, problem=_link_problem(path))
+    if not path.exists():
+        return Target(absolute, display, missing=True)
+    if not path.is_file():
+        return Target(absolute, display, problem="not a regular file") if path.suffix in SOURCE_SUFFIXES else None
+    return Target(absolute, display) if is_python_file(path) else None
+
+
+def _link_problem(path: Path) -> str:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    return "cannot read"
 
 
 def _walk(directory: Path, excluder: _Excluder) -> Iterator[Path]:

@@ -6,6 +6,7 @@ selection -> fixes. Each file is parsed once per pass; rules share one walk of t
 
 from __future__ import annotations
 
+import ast
 import gc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -91,8 +92,7 @@ class Linter:
         try:
             module = parse(text)
         except cst.ParserSyntaxError as exc:
-            message = str(exc.message).splitlines()[0] if exc.message else "invalid syntax"
-            return [meta_finding(SYNTAX_ERROR, f"syntax error: {message}", display, exc.raw_line, exc.raw_column + 1)]
+            return [_syntax_error(text, display, exc)]
         except (RecursionError, MemoryError, Exception) as exc:  # the native parser's own limits
             return [meta_finding(SYNTAX_ERROR, f"cannot parse: {type(exc).__name__}: {exc}", display)]
         ctx = FileContext(
@@ -159,8 +159,8 @@ class Linter:
                 break
             chosen = non_overlapping(fixable)
             new_text = self._apply_parsable(outcome.text, chosen)
-            if new_text is None:
-                break
+            if new_text is None or new_text == outcome.text:
+                break  # nothing that parses, or fixes that change nothing: counting them would lie
             outcome.text = new_text
             outcome.fixed.extend(chosen)
             findings = self.lint(new_text, display, real_path)
@@ -177,6 +177,21 @@ class Linter:
                 chosen[:] = [finding]
                 return single
         return None
+
+
+def _syntax_error(text: str, display: str, exc: cst.ParserSyntaxError) -> Finding:
+    """TL001 with Python's own message and position ("'(' was never closed" at the bracket)
+    when Python's parser also rejects the text; LibCST's otherwise (it is stricter in places)."""
+    try:
+        compile(text, display, "exec", flags=ast.PyCF_ONLY_AST, dont_inherit=True)
+    except SyntaxError as error:
+        if error.lineno:
+            column = max(1, error.offset or 1)
+            return meta_finding(SYNTAX_ERROR, f"syntax error: {error.msg}", display, error.lineno, column)
+    except Exception:  # RecursionError, MemoryError, ValueError: fall back to LibCST's report
+        pass
+    message = str(exc.message).splitlines()[0] if exc.message else "invalid syntax"
+    return meta_finding(SYNTAX_ERROR, f"syntax error: {message}", display, exc.editor_line, exc.editor_column)
 
 
 def _parses(text: str) -> bool:

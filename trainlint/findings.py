@@ -52,10 +52,12 @@ class Finding:
     fix: Fix | None = None
     # Offsets into the source the finding was made on; fixes use them, output does not.
     offset: int = field(default=0, compare=False)
+    # In a notebook: the 1-based cell, and start/end are the line and column within that cell.
+    cell: int | None = None
 
     @property
-    def sort_key(self) -> tuple[str, int, int, str]:
-        return (self.path, self.start.row, self.start.column, self.code)
+    def sort_key(self) -> tuple[str, int, int, int, str]:
+        return (self.path, self.cell or 0, self.start.row, self.start.column, self.code)
 
     def with_path(self, path: str) -> Finding:
         return replace(self, path=path)
@@ -85,6 +87,7 @@ class Finding:
             if fix
             else None,
             offset=data.get("offset", 0),
+            cell=data.get("cell"),
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -34,11 +35,13 @@ def apply_fixes(text: str, fixes: Sequence[Fix]) -> str:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace the file's content in one rename, keeping its permissions. Raises OSError when
-    the file is not writable (a read-only file stays read-only and untouched)."""
-    if not os.access(path, os.W_OK):
-        raise PermissionError(f"permission denied: {path}")
-    mode = stat.S_IMODE(os.stat(path).st_mode)
+    """Replace the file's content in one rename, keeping its permissions (and owner, where we
+    may). Raises OSError when the file is not writable: a read-only file stays read-only and
+    untouched, also for root, who could write it but should not (mode bits say "do not edit")."""
+    status = os.stat(path)
+    mode = stat.S_IMODE(status.st_mode)
+    if not os.access(path, os.W_OK) or not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        raise PermissionError(errno.EACCES, "the file is read-only")
     real = Path(os.path.realpath(path))
     handle, temporary = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".trainlint.tmp", dir=real.parent)
     try:
@@ -47,6 +50,11 @@ def write_atomic(path: Path, data: bytes) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, mode)
+        if hasattr(os, "chown") and (status.st_uid, status.st_gid) != (os.getuid(), os.getgid()):
+            try:
+                os.chown(temporary, status.st_uid, status.st_gid)
+            except OSError:
+                pass  # only root may give a file away; the content is what matters
         os.replace(temporary, real)
     except BaseException:
         try:

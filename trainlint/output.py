@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 from trainlint import __version__
 from trainlint.findings import Finding, Position
+from trainlint.notebook import cell_source
 from trainlint.rule import all_rules
 from trainlint.source import SourceText
 
@@ -43,19 +44,27 @@ def _marker(finding: Finding) -> str:
     return "[*] " if finding.fix is not None and finding.fix.applicability == "safe" else ""
 
 
+def location(f: Finding) -> str:
+    """``path:row:column``, or ``nb.ipynb:cell 4:row:column`` for a notebook's cell (as ruff)."""
+    cell = f"cell {f.cell}:" if f.cell is not None else ""
+    return f"{f.path}:{cell}{f.start.row}:{f.start.column}"
+
+
 def concise(findings: Sequence[Finding], stream: TextIO) -> None:
     style = _Style(use_colour(stream))
     for f in findings:
-        location = f"{f.path}:{f.start.row}:{f.start.column}:"
-        stream.write(f"{style(location, '1')} {style(f.code, '1;31')} {_marker(f)}{f.message}\n")
+        where = location(f) + ":"
+        stream.write(f"{style(where, '1')} {style(f.code, '1;31')} {_marker(f)}{f.message}\n")
 
 
 def full(findings: Sequence[Finding], stream: TextIO, sources: Callable[[str], SourceText | None]) -> None:
     style = _Style(use_colour(stream))
     for f in findings:
-        location = f"{f.path}:{f.start.row}:{f.start.column}:"
-        stream.write(f"{style(location, '1')} {style(f.code, '1;31')} {_marker(f)}{f.message}\n")
+        where = location(f) + ":"
+        stream.write(f"{style(where, '1')} {style(f.code, '1;31')} {_marker(f)}{f.message}\n")
         source = sources(f.path)
+        if source is not None and f.cell is not None:
+            source = cell_source(source, f.cell)
         if source is not None and f.start.row <= len(source.line_starts):
             line = source.line_text(f.start.row)
             gutter = " " * len(str(f.start.row))
@@ -89,7 +98,7 @@ def json_records(findings: Sequence[Finding]) -> list[dict[str, Any]]:
             }
         records.append(
             {
-                "cell": None,
+                "cell": f.cell,
                 "code": f.code,
                 "end_location": _location(f.end),
                 "filename": str(Path(f.path).resolve()) if f.path != "-" else "-",
@@ -103,6 +112,17 @@ def json_records(findings: Sequence[Finding]) -> list[dict[str, Any]]:
             }
         )
     return records
+
+
+def _artifact_uri(path: str) -> str:
+    """A SARIF artifact URI: relative paths stay relative (code scanning resolves them against the
+    repository), absolute ones become ``file://`` URIs; both percent-encoded."""
+    from urllib.parse import quote
+
+    posix = Path(path).as_posix()
+    if Path(path).is_absolute():
+        return Path(path).as_uri()
+    return quote(posix, safe="/")
 
 
 def sarif(findings: Sequence[Finding]) -> dict[str, Any]:
@@ -124,7 +144,7 @@ def sarif(findings: Sequence[Finding]) -> dict[str, Any]:
     ]
     results = []
     for f in findings:
-        uri = Path(f.path).as_posix()
+        uri = _artifact_uri(f.path)
         result: dict[str, Any] = {
             "ruleId": f.code,
             "ruleIndex": index[f.code],
@@ -193,7 +213,7 @@ def github(findings: Sequence[Finding], stream: TextIO) -> None:
                 f"endColumn={f.end.column}",
             ]
         )
-        text = f"{f.path}:{f.start.row}:{f.start.column}: {f.code} {f.message}"
+        text = f"{location(f)}: {f.code} {f.message}"
         stream.write(f"::{kind} {properties}::{_escape_annotation(text)}\n")
 
 

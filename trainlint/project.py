@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,29 +155,46 @@ class ProjectIndex:
     """Local modules, found from the linted roots and from each importing script's directory."""
 
     def __init__(self, roots: Iterable[Path] = ()) -> None:
-        self.roots = [Path(r).resolve() for r in roots]
+        self.roots = [Path(os.path.realpath(r)) for r in roots]  # realpath: a symlink loop cannot raise
         self._by_path: dict[Path, ModuleSummary | None] = {}
-        self._by_name: dict[str, ModuleSummary | None] = {}
+        # (module name, importer's sys.path[0]) -> summary: two scripts in different directories
+        # may each import their own ``models``
+        self._by_name: dict[tuple[str, Path | None], ModuleSummary | None] = {}
+        self._importer_roots: dict[Path, Path] = {}
         self.consulted: dict[str, str] = {}  # path -> digest of every module read for an answer
 
     # -- finding modules ----------------------------------------------------------------------
+    def _importer_root(self, importer: Path | None) -> Path | None:
+        if importer is None:
+            return None
+        root = self._importer_roots.get(importer)
+        if root is None:
+            root = self._importer_roots[importer] = module_name_for(importer)[1]
+        return root
+
     def _search_roots(self, importer: Path | None) -> list[Path]:
         roots = []
-        if importer is not None:
-            roots.append(module_name_for(importer)[1])
+        importer_root = self._importer_root(importer)
+        if importer_root is not None:
+            roots.append(importer_root)
         roots.extend(r if r.is_dir() else r.parent for r in self.roots)
         return list(dict.fromkeys(roots))
 
     def module(self, name: str, importer: Path | None = None) -> ModuleSummary | None:
-        if name in self._by_name:
-            return self._by_name[name]
+        key = (name, self._importer_root(importer))
+        if key not in self._by_name:
+            self._by_name[key] = self._find_module(name, importer)
+        summary = self._by_name[key]
+        if summary is not None:
+            self.consulted[str(summary.path)] = summary.digest  # every answer records its sources
+        return summary
+
+    def _find_module(self, name: str, importer: Path | None) -> ModuleSummary | None:
         relative = Path(*name.split("."))
         for root in self._search_roots(importer):
             for candidate in (root / relative.with_suffix(".py"), root / relative / "__init__.py"):
                 if candidate.is_file():
-                    summary = self.summary(candidate, name)
-                    self._by_name[name] = summary
-                    return summary
+                    return self.summary(candidate, name)
         return None
 
     def summary(self, path: Path, name: str | None = None) -> ModuleSummary | None:

@@ -18,6 +18,7 @@ from trainlint.discovery import Target
 from trainlint.engine import Linter, meta_finding
 from trainlint.findings import Finding, is_fix_allowed
 from trainlint.fixes import write_atomic
+from trainlint.notebook import linter_for
 from trainlint.project import ProjectIndex
 from trainlint.source import SourceError, SourceText
 
@@ -130,8 +131,9 @@ def process(target: Target, options: RunOptions) -> FileResult:
     assert _linter is not None
     linter = _linter
     result = FileResult(target.display)
-    if target.missing:
-        result.findings = [meta_finding(IO_ERROR, "no such file or directory", target.display)]
+    if target.missing or target.problem:
+        message = target.problem or "no such file or directory"
+        result.findings = [meta_finding(IO_ERROR, message, target.display)]
         return result
     try:
         raw = target.path.read_bytes()
@@ -142,25 +144,31 @@ def process(target: Target, options: RunOptions) -> FileResult:
     try:
         source = SourceText.from_bytes(raw)
     except SourceError as exc:
-        result.findings = [meta_finding(SYNTAX_ERROR, exc.message, target.display)]
+        result.findings = [meta_finding(SYNTAX_ERROR, exc.message, target.display, exc.line, exc.column)]
         return result
     linter.project.consulted = {}
+    engine = linter_for(target.path, linter)  # a notebook is linted through its code cells
     if options.fix:
-        outcome = linter.fix(source.text, target.display, target.path, options.unsafe_fixes)
+        outcome = engine.fix(source.text, target.display, target.path, options.unsafe_fixes)
         result.fixed, result.findings = outcome.fixed, outcome.remaining
         if outcome.text != source.text:
             result.original_text, result.fixed_text = source.text, outcome.text
+            # What remains describes the fixed text, so the cache entry must be keyed by the bytes
+            # written, and not be kept at all when nothing is written (--diff).
+            result.digest = None
             if options.write:
                 _write(target, source, outcome.text, result)
     else:
-        result.findings = linter.lint(source.text, target.display, target.path)
+        result.findings = engine.lint(source.text, target.display, target.path)
     result.dependencies = {p: d for p, d in linter.project.consulted.items() if p != str(target.path.resolve())}
     return result
 
 
 def _write(target: Target, source: SourceText, text: str, result: FileResult) -> None:
     try:
-        write_atomic(target.path, source.to_bytes(text))
+        data = source.to_bytes(text)
+        write_atomic(target.path, data)
+        result.digest = _digest(data)
     except (OSError, UnicodeEncodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         # Nothing was written, so what the fixes would have removed is still there.
@@ -210,7 +218,7 @@ def run(targets: Sequence[Target], settings: Settings, options: RunOptions, root
 
 
 def _from_cache(cache: Cache | None, target: Target, options: RunOptions) -> FileResult | None:
-    if cache is None or target.missing:
+    if cache is None or target.missing or target.problem:
         return None
     try:
         digest = _digest(target.path.read_bytes())

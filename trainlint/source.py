@@ -15,10 +15,19 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 class SourceError(Exception):
     """A file that cannot be read or decoded; becomes a finding, never a traceback."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, line: int = 1, column: int = 1) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.line = line  # 1-based, where the problem is (the first bad byte)
+        self.column = column
+
+
+def _position_of_byte(raw: bytes, index: int) -> tuple[int, int]:
+    """1-based line and column (counted in bytes) of ``raw[index]``."""
+    line_start = max(raw.rfind(b"\n", 0, index), raw.rfind(b"\r", 0, index)) + 1
+    line = raw.count(b"\n", 0, index) + 1 if b"\n" in raw else raw.count(b"\r", 0, index) + 1
+    return line, index - line_start + 1
 
 
 @dataclass
@@ -33,7 +42,7 @@ class SourceText:
     @classmethod
     def from_bytes(cls, raw: bytes) -> SourceText:
         if b"\x00" in raw:
-            raise SourceError("TL001", "source contains a NUL byte")
+            raise SourceError("TL001", "source contains a NUL byte", *_position_of_byte(raw, raw.index(b"\x00")))
         try:
             encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
         except SyntaxError as exc:
@@ -44,8 +53,13 @@ class SourceText:
         body = raw[len(codecs.BOM_UTF8) :] if bom else raw
         try:
             text = body.decode(encoding)
-        except (UnicodeDecodeError, LookupError) as exc:
-            raise SourceError("TL001", f"cannot decode as {encoding}: {exc}") from None
+        except UnicodeDecodeError as exc:
+            offset = exc.start + (len(codecs.BOM_UTF8) if bom else 0)
+            line, column = _position_of_byte(raw, offset)
+            message = f"cannot decode: byte 0x{raw[offset]:02x} is not valid {encoding}"
+            raise SourceError("TL001", message, line, column) from None
+        except LookupError:
+            raise SourceError("TL001", f"cannot decode: unknown encoding {encoding!r}") from None
         return cls(text=text, encoding=encoding, bom=bom)
 
     def to_bytes(self, text: str | None = None) -> bytes:

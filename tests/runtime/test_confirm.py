@@ -1,0 +1,56 @@
+"""What "reproduced" and "confirmed" mean: the checks each example declares."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+pytest.importorskip("torch")
+
+from trainlint.runtime.confirm import (  # noqa: E402
+    CONFIRMED,
+    NOT_CONFIRMED,
+    Check,
+    ExampleSpec,
+    example_specs,
+    judge,
+)
+from trainlint.runtime.monitor import Record, StepRecord  # noqa: E402
+from trainlint.runtime.report import summarize  # noqa: E402
+
+
+def report_with(losses: list[float], norm: float = 1.0):
+    steps = [StepRecord(i, 0, v, norm, norm, 0, 0, None, False, 1) for i, v in enumerate(losses)]
+    return summarize(Record(steps=steps, backward_losses=losses, backward_calls=len(losses), optimizers=["SGD"]))
+
+
+def spec(original, fixed) -> ExampleSpec:
+    return ExampleSpec(path=None, rules=["TL000"], steps=10, unsafe_fixes=False, original=original, fixed=fixed)  # type: ignore[arg-type]
+
+
+def test_confirmed_only_when_the_original_shows_the_failure_and_the_fix_removes_it():
+    stuck, learning = report_with([1.0] * 20), report_with([1.0 - 0.04 * i for i in range(20)])
+    rule = spec([Check("loss_fell", "is", False)], [Check("loss_fell", "is", True)])
+    assert judge(rule, stuck, learning, "cpu") == (CONFIRMED, "")
+    status, detail = judge(rule, learning, learning, "cpu")
+    assert status == "not reproduced on cpu" and detail == "original did not show: loss_fell is False"
+    assert judge(rule, stuck, stuck, "cpu")[0] == NOT_CONFIRMED
+
+
+def test_checks_relative_to_the_original_and_nan_never_passes():
+    original, fixed = report_with([1.0] * 5, norm=1e-9), report_with([1.0] * 5, norm=1e-5)
+    check = Check("grad_norm_median", ">", "1000x original")
+    assert check.holds({"grad_norm_median": 1e-5}, {"grad_norm_median": 1e-9})
+    assert not check.holds({"grad_norm_median": 1e-7}, {"grad_norm_median": 1e-9})
+    assert not Check("loss_ratio", "<", 1.0).holds({"loss_ratio": math.nan})
+    assert judge(spec([], [check]), original, fixed, "cpu")[0] == CONFIRMED
+
+
+def test_every_example_declares_its_rules_and_checks():
+    specs = example_specs()
+    assert {s.name for s in specs} >= {f"tl{n}" for n in (101, 102, 103, 104, 105, 106, 107, 108, 109, 201, 202, 203, 204, 205, 301, 302, 401, 402, 403)}
+    for s in specs:
+        assert s.name.split("_")[0].upper() == s.rules[0] and s.original and s.fixed
+        assert all(c.metric and c.op for c in s.original + s.fixed)
+    assert [s.name for s in example_specs(["tl107"])] == ["tl101_tl107_tl109", "tl107"]

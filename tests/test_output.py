@@ -1,0 +1,253 @@
+"""Output formats, each read by its own consumer: full (source line and caret, colour only on a
+terminal), concise, json (ruff's shape), sarif (validated against the SARIF 2.1.0 schema), github
+annotations; the summary line, --statistics, --quiet, --exit-zero; sorted, 1-based, stable."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURES, ROOT, run_cli
+from trainlint import output
+from trainlint.findings import Edit, Finding, Fix, Position
+
+SARIF_SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "sarif-schema-2.1.0.json"
+AMP_VIDEO = FIXTURES / "cli" / "amp_video.py"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """a_broken.py (TL001, error), b_amp.py and sub/d_amp.py (TL108, warning, unsafe fix),
+    c_clean.py (nothing)."""
+    root = tmp_path_factory.mktemp("output")
+    shutil.copy(AMP_VIDEO, root / "b_amp.py")
+    (root / "sub").mkdir()
+    shutil.copy(AMP_VIDEO, root / "sub" / "d_amp.py")
+    (root / "a_broken.py").write_text("import torch\nx = (\n", encoding="utf-8")
+    (root / "c_clean.py").write_text("import torch\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tl108_message(project: Path) -> str:
+    from trainlint.api import lint_source
+
+    findings = lint_source(AMP_VIDEO.read_text(encoding="utf-8"), "x.py", select=["TL108"])
+    assert len(findings) == 1
+    return findings[0].message
+
+
+def lint(project: Path, *arguments: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    return run_cli("--no-cache", *arguments, cwd=project, env=env)
+
+
+def test_full_shows_the_line_and_a_caret_under_the_range(project: Path, tl108_message: str) -> None:
+    result = lint(project, "a_broken.py", "b_amp.py")
+    assert result.returncode == 1
+    assert result.stdout == (
+        "a_broken.py:2:5: TL001 syntax error: '(' was never closed\n"
+        "  |\n"
+        "2 | x = (\n"
+        "  |     ^\n"
+        "\n"
+        f"b_amp.py:15:14: TL108 {tl108_message}\n"
+        "   |\n"
+        '15 |         with torch.autocast("cuda"):\n'
+        "   |              ^^^^^^^^^^^^^^^^^^^^^^\n"
+        "   = help: Add `dtype=torch.bfloat16` (unsafe fix)\n"
+        "\n"
+        "Found 2 errors. 1 more fixable with `--fix --unsafe-fixes`.\n"
+    )
+
+
+def test_concise_is_sorted_by_path_line_column_and_stable(project: Path, tl108_message: str) -> None:
+    result = lint(project, "--output-format", "concise", "sub", ".", "c_clean.py")
+    assert result.stdout.splitlines() == [
+        "a_broken.py:2:5: TL001 syntax error: '(' was never closed",
+        f"b_amp.py:15:14: TL108 {tl108_message}",
+        f"sub/d_amp.py:15:14: TL108 {tl108_message}",
+        "Found 3 errors. 2 more fixable with `--fix --unsafe-fixes`.",
+    ]
+    assert lint(project, "--output-format", "concise", ".", "--jobs", "2").stdout == result.stdout
+
+
+def test_json_has_ruffs_shape(project: Path, tl108_message: str) -> None:
+    result = lint(project, "--output-format", "json", ".")
+    assert result.returncode == 1
+    records = json.loads(result.stdout)  # nothing but JSON on stdout: no summary line
+    ruff_keys = {"cell", "code", "end_location", "filename", "fix", "location", "message", "noqa_row", "url"}
+    assert all(ruff_keys <= set(record) for record in records)
+    assert [(r["code"], Path(r["filename"]).relative_to(project).as_posix()) for r in records] == [
+        ("TL001", "a_broken.py"),
+        ("TL108", "b_amp.py"),
+        ("TL108", "sub/d_amp.py"),
+    ]
+    broken, amp = records[0], records[1]
+    assert Path(amp["filename"]).is_absolute()
+    assert broken["fix"] is None and broken["location"] == {"row": 2, "column": 5}
+    assert amp["message"] == tl108_message and amp["noqa_row"] == 15 and amp["cell"] is None
+    assert amp["location"] == {"row": 15, "column": 14} and amp["end_location"] == {"row": 15, "column": 36}
+    assert amp["url"].endswith("TL108.md")
+    assert amp["fix"] == {
+        "applicability": "unsafe",
+        "message": "Add `dtype=torch.bfloat16`",
+        "edits": [
+            {
+                "content": 'torch.autocast("cuda", dtype=torch.bfloat16)',
+                "location": {"row": 15, "column": 14},
+                "end_location": {"row": 15, "column": 36},
+            }
+        ],
+    }
+    clean = lint(project, "--output-format", "json", "c_clean.py")
+    assert (clean.returncode, json.loads(clean.stdout)) == (0, [])
+
+
+def test_sarif_validates_against_the_2_1_0_schema(project: Path) -> None:
+    if not SARIF_SCHEMA.exists():
+        pytest.skip(f"SARIF schema not found at {SARIF_SCHEMA} (it ships with the team's shared folder)")
+    import jsonschema
+
+    result = lint(project, "--output-format", "sarif", ".")
+    document = json.loads(result.stdout)
+    schema = json.loads(SARIF_SCHEMA.read_text(encoding="utf-8"))
+    validator_class = jsonschema.validators.validator_for(schema)
+    validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
+    errors = sorted(validator.iter_errors(document), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors[:5])
+
+    run = document["runs"][0]
+    rules = run["tool"]["driver"]["rules"]
+    assert [r["id"] for r in rules] == sorted(r["id"] for r in rules)
+    results = run["results"]
+    assert [(r["ruleId"], r["level"]) for r in results] == [("TL001", "error"), ("TL108", "warning"), ("TL108", "warning")]
+    for entry in results:
+        assert rules[entry["ruleIndex"]]["id"] == entry["ruleId"]
+    location = results[1]["locations"][0]["physicalLocation"]
+    assert location["artifactLocation"]["uri"] == "b_amp.py"
+    assert location["region"] == {"startLine": 15, "startColumn": 14, "endLine": 15, "endColumn": 36}
+    assert results[1]["fixes"][0]["artifactChanges"][0]["replacements"][0]["insertedContent"] == {
+        "text": 'torch.autocast("cuda", dtype=torch.bfloat16)'
+    }
+
+
+def test_sarif_of_awkward_paths_is_still_valid() -> None:
+    if not SARIF_SCHEMA.exists():
+        pytest.skip(f"SARIF schema not found at {SARIF_SCHEMA}")
+    import jsonschema
+
+    findings = [
+        Finding("TL001", "syntax-error", "m", path, Position(1, 1), Position(1, 1))
+        for path in ("dir with space/x.py", "/abs/päth/y.py", "-")
+    ]
+    document = output.sarif(findings)
+    jsonschema.validate(document, json.loads(SARIF_SCHEMA.read_text(encoding="utf-8")))
+    uris = [r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in document["runs"][0]["results"]]
+    assert uris == ["dir%20with%20space/x.py", "file:///abs/p%C3%A4th/y.py", "-"]
+
+
+def test_github_annotations(project: Path, tl108_message: str) -> None:
+    result = lint(project, "--output-format", "github", "a_broken.py", "b_amp.py")
+    assert result.stdout.splitlines() == [
+        "::error title=trainlint (TL001),file=a_broken.py,line=2,col=5,endLine=2,endColumn=5::"
+        "a_broken.py:2:5: TL001 syntax error: '(' was never closed",
+        "::warning title=trainlint (TL108),file=b_amp.py,line=15,col=14,endLine=15,endColumn=36::"
+        f"b_amp.py:15:14: TL108 {tl108_message}",
+    ]
+    assert result.returncode == 1
+
+
+def test_github_annotations_escape_what_the_runner_would_parse() -> None:
+    finding = Finding("TL001", "n", "100% bad\nline, two: x", "a,b:c.py", Position(1, 2), Position(3, 4), level="warning")
+    stream = io.StringIO()
+    output.github([finding], stream)
+    assert stream.getvalue() == (
+        "::warning title=trainlint (TL001),file=a%2Cb%3Ac.py,line=1,col=2,endLine=3,endColumn=4::"
+        "a,b:c.py:1:2: TL001 100%25 bad%0Aline, two: x\n"
+    )
+
+
+def test_statistics_quiet_and_exit_zero(project: Path) -> None:
+    statistics = lint(project, "--statistics", ".")
+    assert statistics.stdout.splitlines() == [
+        "2\tTL108\t    fp16-autocast-conv3d",
+        "1\tTL001\t    syntax-error",
+        "Found 3 errors. 2 more fixable with `--fix --unsafe-fixes`.",
+    ]
+    quiet = lint(project, "--quiet", "--exit-zero", "--output-format", "concise", "a_broken.py")
+    assert quiet.stdout == "a_broken.py:2:5: TL001 syntax error: '(' was never closed\n"
+    assert quiet.returncode == 0
+
+
+def test_summary_counts_fixable_findings() -> None:
+    def finding(applicability: str | None) -> Finding:
+        fix = Fix((Edit(0, 0, "", Position(1, 1), Position(1, 1)),), applicability, "m") if applicability else None
+        return Finding("TL001", "n", "m", "p", Position(1, 1), Position(1, 1), fix=fix)
+
+    found = [finding("safe"), finding("safe"), finding("unsafe"), finding(None)]
+    assert output.summary([], 0, False, False) == "All checks passed!"
+    assert output.summary(found, 0, False, False) == (
+        "Found 4 errors. [*] 2 fixable with `trainlint --fix`. 1 more fixable with `--fix --unsafe-fixes`."
+    )
+    assert output.summary(found, 0, False, True) == "Found 4 errors. [*] 3 fixable with `trainlint --fix`."
+    assert output.summary(found[3:], 2, True, False) == "Found 3 errors (2 fixed, 1 remaining)."
+    assert output.summary([], 1, True, False) == "Found 1 error (1 fixed, 0 remaining)."
+
+
+def _run_on_a_terminal(arguments: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """Run the command line with stdout on a pseudo-terminal and return what it printed."""
+    leader, follower = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "trainlint", *arguments],
+            cwd=cwd,
+            stdout=follower,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        process.wait(timeout=60)
+    finally:
+        os.close(leader)
+    return b"".join(chunks).decode()
+
+
+def test_colour_only_on_a_terminal_unless_forced_or_disabled(project: Path) -> None:
+    base = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
+    base["PYTHONPATH"] = str(ROOT)
+    arguments = ["--no-cache", "a_broken.py"]
+    on_terminal = _run_on_a_terminal(arguments, project, base)
+    assert "\x1b[1;31mTL001\x1b[0m" in on_terminal and "\x1b[1;31m^\x1b[0m" in on_terminal
+    assert "\x1b[" not in _run_on_a_terminal(arguments, project, {**base, "NO_COLOR": "1"})
+    piped = run_cli(*arguments, cwd=project, env={"NO_COLOR": ""})
+    assert "\x1b[" not in piped.stdout
+    forced = run_cli(*arguments, cwd=project, env={"NO_COLOR": "", "FORCE_COLOR": "1"})
+    assert "\x1b[1;31mTL001\x1b[0m" in forced.stdout
+
+
+def test_positions_are_one_based_like_ruff_and_flake8(tmp_path: Path) -> None:
+    """A finding at the very start of a file is 1:1, not 0:0 or 1:0."""
+    (tmp_path / "x.py").write_text("(\nimport torch\n", encoding="utf-8")
+    (tmp_path / "y.py").write_text(")\nimport torch\n", encoding="utf-8")
+    result = run_cli("--no-cache", "--output-format", "concise", ".", cwd=tmp_path)
+    assert result.stdout.splitlines()[:2] == [
+        "x.py:1:1: TL001 syntax error: '(' was never closed",
+        "y.py:1:1: TL001 syntax error: unmatched ')'",
+    ]

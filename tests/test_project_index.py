@@ -1,0 +1,102 @@
+"""The project-level index: questions that span files, resolved the way Python imports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trainlint.project import ProjectIndex, module_name_for
+
+CONV3D_MODEL = """import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(3, 8, 3)
+"""
+LINEAR_MODEL = CONV3D_MODEL.replace("nn.Conv3d(3, 8, 3)", "nn.Linear(3, 8)")
+
+
+def write(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+
+
+def test_module_name_and_import_root_follow_packages(tmp_path: Path) -> None:
+    write(tmp_path, {"src/pkg/__init__.py": "", "src/pkg/sub/__init__.py": "", "src/pkg/sub/train.py": ""})
+    assert module_name_for(tmp_path / "src/pkg/sub/train.py") == ("pkg.sub.train", (tmp_path / "src").resolve())
+    assert module_name_for(tmp_path / "src/pkg/sub/__init__.py") == ("pkg.sub", (tmp_path / "src").resolve())
+    assert module_name_for(tmp_path / "script.py") == ("script", tmp_path.resolve())
+
+
+def test_layers_of_a_class_in_another_module(tmp_path: Path) -> None:
+    write(tmp_path, {"models.py": CONV3D_MODEL, "train.py": "from models import Net\n"})
+    index = ProjectIndex([tmp_path])
+    assert "torch.nn.Conv3d" in index.layers_of("models.Net", tmp_path / "train.py")
+    assert index.layers_of("models.Missing", tmp_path / "train.py") == frozenset()
+    assert index.layers_of("numpy.array", tmp_path / "train.py") == frozenset()
+
+
+def test_script_directory_comes_first_like_sys_path0(tmp_path: Path) -> None:
+    """Two scripts in different directories each import their own `models`."""
+    write(tmp_path, {"video/models.py": CONV3D_MODEL, "text/models.py": LINEAR_MODEL, "models.py": LINEAR_MODEL})
+    index = ProjectIndex([tmp_path])
+    assert "torch.nn.Conv3d" in index.layers_of("models.Net", tmp_path / "video/train.py")
+    assert "torch.nn.Conv3d" not in index.layers_of("models.Net", tmp_path / "text/train.py")
+    assert "torch.nn.Linear" in index.layers_of("models.Net", tmp_path / "text/train.py")
+    # and the root's own models.py for a script at the root
+    assert "torch.nn.Linear" in index.layers_of("models.Net", tmp_path / "train.py")
+
+
+def test_package_reexports_nested_submodules_bases_and_factories(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "nets/__init__.py": "from .video import build_model\nfrom .video import VideoNet as Net\n",
+            "nets/blocks.py": CONV3D_MODEL.replace("class Net", "class Block"),
+            "nets/base.py": "import torch\nclass Base(torch.nn.Module):\n    def __init__(self):\n"
+            "        self.head = torch.nn.Linear(8, 2)\n",
+            "nets/video.py": "from . import blocks\nfrom .base import Base\n\n\n"
+            "class VideoNet(Base):\n    def __init__(self):\n        self.stem = blocks.Block()\n\n\n"
+            "def build_model(cfg):\n    model = VideoNet()\n    return model\n",
+        },
+    )
+    index = ProjectIndex([tmp_path])
+    importer = tmp_path / "train.py"
+    for name in ("nets.build_model", "nets.Net", "nets.video.VideoNet"):
+        layers = index.layers_of(name, importer)
+        assert {"torch.nn.Conv3d", "torch.nn.Linear"} <= layers, name
+
+
+def test_import_cycles_and_broken_modules_terminate(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "a.py": "from b import B\nclass A(B):\n    pass\n",
+            "b.py": "from a import A\nclass B(A):\n    pass\n",
+            "broken.py": "class Net(:\n",
+        },
+    )
+    index = ProjectIndex([tmp_path])
+    assert index.layers_of("a.A", tmp_path / "t.py") == frozenset()
+    assert index.layers_of("broken.Net", tmp_path / "t.py") == frozenset()
+
+
+def test_every_answer_records_the_modules_it_read(tmp_path: Path) -> None:
+    """The cache checks these digests: a second question about the same module must record it
+    again, or editing the model would not invalidate the second importer's cached result."""
+    write(tmp_path, {"models.py": CONV3D_MODEL})
+    index = ProjectIndex([tmp_path])
+    for importer in ("one.py", "two.py"):
+        index.consulted = {}
+        index.layers_of("models.Net", tmp_path / importer)
+        assert list(index.consulted) == [str((tmp_path / "models.py").resolve())]
+
+
+def test_a_symlink_loop_among_the_roots_is_harmless(tmp_path: Path) -> None:
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    write(tmp_path, {"models.py": CONV3D_MODEL})
+    index = ProjectIndex([tmp_path / "loop", tmp_path])
+    assert "torch.nn.Conv3d" in index.layers_of("models.Net", None)

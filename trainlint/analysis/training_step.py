@@ -1,0 +1,1367 @@
+"""What a training step does, in what order, on which optimizer and which GradScaler.
+
+One ``TrainingStep`` per function or method that runs a backward or an optimizer step itself.
+Its events (backward, ``scaler.unscale_``, gradient inspections, clipping, ``scaler.step``,
+``opt.step``, ``scaler.update``, ``zero_grad``, early ``continue``/``return``) are listed in source
+order, with calls to helpers defined in the same module inlined where they are called, and
+``paths()`` walks them through ``if``/``else``, ``try``, ``match`` and loops so that two calls in
+exclusive branches are never seen together. Rules ask this analysis; they never walk the tree
+for these facts themselves.
+
+When a loop repeats the step (``for batch in loader:`` around the backward and the optimizer
+step), the step is that loop's body: a ``continue`` or ``break`` of that loop, or a ``return``,
+that bypasses part of the step is a SKIP event and ends its path.
+
+Scalers are told apart by how they were made: a ``GradScaler`` constructor (any import path or
+alias; ``enabled=False`` written literally makes it no scaler at all), a parameter or an
+attribute named like a scaler that is used like one. A receiver used like a scaler but made by an
+unknown call is *uncertain*: its events are listed, it is not in ``TrainingStep.scalers``, and
+rules stay quiet about it.
+
+API (stable; extended, never renamed): ``EventKind``, ``StepEvent``, ``SkipGuard``,
+``ScalerInfo``, ``OptimizerInfo``, ``TrainingStep``, ``TrainingSteps`` (``ctx.get(TrainingSteps)``),
+and for fixes ``unscale_insertion`` and ``removal_edit``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Union
+
+import libcst as cst
+
+from trainlint.analysis.imports import dotted_name
+
+if TYPE_CHECKING:
+    from trainlint.context import FileContext
+    from trainlint.findings import Edit
+
+MAX_PATHS = 256  # paths() stops here (a step with 9 independent ifs already has 512)
+HELPER_DEPTH = 2  # helpers of helpers are followed, one level further is not
+
+
+class EventKind(Enum):
+    BACKWARD = "backward"  # loss.backward(), torch.autograd.backward(loss)
+    SCALED_BACKWARD = "scaled_backward"  # scaler.scale(loss).backward()
+    UNSCALE = "unscale"  # scaler.unscale_(opt)
+    GRAD_INSPECT = "grad_inspect"  # reads gradient values: isnan/isfinite/norm/logging of .grad
+    CLIP = "clip"  # torch.nn.utils.clip_grad_norm_ / clip_grad_value_
+    SCALER_STEP = "scaler_step"  # scaler.step(opt)
+    OPT_STEP = "opt_step"  # opt.step()
+    SCALER_UPDATE = "scaler_update"  # scaler.update()
+    ZERO_GRAD = "zero_grad"  # opt.zero_grad(), model.zero_grad(), p.grad = None, p.grad.zero_()
+    SKIP = "skip"  # continue / return / break that leaves the rest of the step
+
+
+# A function holding one of these itself (not through a helper) is a TrainingStep.
+CORE_KINDS = frozenset({EventKind.BACKWARD, EventKind.SCALED_BACKWARD, EventKind.OPT_STEP, EventKind.SCALER_STEP})
+BACKWARD_KINDS = frozenset({EventKind.BACKWARD, EventKind.SCALED_BACKWARD})
+# Events that finish a step: an exit that bypasses one of them skips the step.
+_FINISHING_KINDS = frozenset(
+    {EventKind.OPT_STEP, EventKind.SCALER_STEP, EventKind.SCALER_UPDATE, EventKind.ZERO_GRAD}
+)
+
+GRAD_SCALER_CONSTRUCTORS = frozenset(
+    {
+        "torch.amp.GradScaler",
+        "torch.amp.grad_scaler.GradScaler",
+        "torch.cuda.amp.GradScaler",
+        "torch.cuda.amp.grad_scaler.GradScaler",
+        "torch.cpu.amp.GradScaler",
+        "torch.cpu.amp.grad_scaler.GradScaler",
+        "torch.distributed.fsdp.sharded_grad_scaler.ShardedGradScaler",
+    }
+)
+CLIP_FUNCTIONS = frozenset(
+    {
+        "torch.nn.utils.clip_grad_norm_",
+        "torch.nn.utils.clip_grad_value_",
+        "torch.nn.utils.clip_grad_norm",
+        "torch.nn.utils.clip_grad.clip_grad_norm_",
+        "torch.nn.utils.clip_grad.clip_grad_value_",
+        "torch.nn.utils.clip_grad.clip_grad_norm",
+    }
+)
+_FINITENESS_CALLS = frozenset({"isnan", "isinf", "isfinite", "isposinf", "isneginf"})
+# Calls and methods that turn gradient values into a number someone looks at.
+_INSPECTING_METHODS = frozenset(
+    {"norm", "max", "min", "amax", "amin", "mean", "std", "var", "item", "tolist", "numpy", "any", "all",
+     "median", "nansum", "count_nonzero", *_FINITENESS_CALLS}
+)
+_INSPECTING_CALLS = frozenset(
+    {"norm", "vector_norm", "matrix_norm", "get_total_norm", "max", "min", "amax", "amin", "mean", "std", "var",
+     "float", "any", "all", "allclose", "isclose", "count_nonzero", "print", "log", "log_dict", "log_metrics",
+     "info", "debug", "warning", "warn", "error", "add_scalar", "add_scalars", "add_histogram", "histogram",
+     *_FINITENESS_CALLS}
+)
+# Operations that pass gradient values on unchanged in meaning (a norm of their result still reads them).
+_PASSING_METHODS = frozenset(
+    {"detach", "clone", "float", "double", "half", "cpu", "cuda", "to", "view", "reshape", "flatten", "ravel",
+     "contiguous", "abs", "pow", "square", "sqrt", "sum", "data", "T", "values"}
+)
+_PASSING_CALLS = frozenset(
+    {"stack", "cat", "concat", "hstack", "vstack", "tensor", "as_tensor", "abs", "sum", "sqrt", "pow", "square",
+     "flatten", "list", "tuple", "sorted", "parameters_to_vector"}
+)
+_OPTIMIZER_NAME = re.compile(r"optimi[sz]er|^optim(_|$)|(^|_)opt(_|$)|^opt[a-z0-9]{0,2}$|_opt[a-z0-9]?$")
+_OPTIMIZER_LIBRARIES = ("torch.optim.", "transformers.", "bitsandbytes.", "apex.optimizers.", "timm.optim.",
+                        "deepspeed.ops.", "torch_optimizer.", "lion_pytorch.")
+
+
+class _Unknown:
+    """A value whose origin cannot be followed (tuple unpacking, ``with ... as``)."""
+
+
+_UNKNOWN = _Unknown()
+
+
+@dataclass(frozen=True, eq=False)
+class _Assigned:
+    value: cst.BaseExpression | _Unknown
+    function: cst.FunctionDef | None  # where the assignment is (None: module level)
+
+
+@dataclass(frozen=True)
+class SkipGuard:
+    """What the ``if`` tests around a skip look at (for SKIP events)."""
+
+    test: cst.BaseExpression | None = field(repr=False)  # the innermost enclosing `if` test inside the step
+    checks_finiteness: bool = False  # isnan/isinf/isfinite (of anything: loss, gradients, a norm), or a flag set by one
+    reads_grads: bool = False  # the tests read gradient values (directly, via a norm or a flag set from them)
+
+
+@dataclass(frozen=True, eq=False)
+class StepEvent:
+    """One event of a step. Compared by identity."""
+
+    kind: EventKind
+    node: cst.CSTNode  # the call (or continue/return/break statement); inside the helper when inlined
+    statement: cst.CSTNode  # the statement a fix edits, in the step's own function (the helper's call site)
+    scaler: str | None = None  # "self.scaler" as written in the step's function
+    optimizer: str | None = None  # "self.optimizer" / "opt" for unscale_/step/zero_grad (and clip, when known)
+    via_helper: cst.FunctionDef | None = None  # the helper (outermost) the event was found in
+    target: cst.BaseExpression | None = None  # the loss of a backward, the params of a clip, the `.grad` read
+    call_site: cst.Call | None = None  # the call of the helper in the step's function, when inlined
+    local_statement: cst.CSTNode | None = None  # the statement holding `node`, in whatever function holds it
+    guard: SkipGuard | None = None  # for SKIP: what its enclosing `if` tests look at
+    skip_keyword: str | None = None  # for SKIP: "continue" | "return" | "break"
+
+    @property
+    def anchor(self) -> cst.CSTNode:
+        """The node to report: the helper's call when inlined, else the event's own node."""
+        return self.call_site if self.call_site is not None else self.node
+
+
+@dataclass(frozen=True)
+class ScalerInfo:
+    expr: str  # "self.scaler" as written
+    constructor: str | None  # "torch.cuda.amp.GradScaler"; None when known by usage (a parameter `scaler`)
+    enabled: bool | None  # True: always on; None: depends on a runtime value (`enabled=self.amp`)
+
+
+@dataclass(frozen=True)
+class OptimizerInfo:
+    expr: str  # "self.optimizer" as written
+    constructor: str | None  # "torch.optim.AdamW"; None when known by usage or name
+    params_code: str | None  # "model.parameters()" when the constructor is seen
+
+
+# ---------------------------------------------------------------------------------------------
+# The step's control flow: a small tree of items, walked by paths().
+
+
+@dataclass(eq=False)
+class _Branch:
+    """Exactly one alternative runs (if/else, try body/handlers, match cases)."""
+
+    alternatives: list[list[_Item]]
+
+
+@dataclass(eq=False)
+class _Loop:
+    """A loop inside the step: its body runs zero times or once (for path purposes)."""
+
+    body: list[_Item]
+    node: cst.CSTNode
+
+
+@dataclass(eq=False)
+class _Inline:
+    """A helper's body at its call site: its ``return`` ends the helper, not the step."""
+
+    body: list[_Item]
+
+
+@dataclass(eq=False)
+class _Exit:
+    keyword: str  # "return" | "continue" | "break" | "raise"
+    node: cst.CSTNode
+    loop: cst.CSTNode | None  # the loop a continue/break leaves
+    statement: cst.CSTNode
+    event: StepEvent | None = None  # set when it is a SKIP of the step
+
+
+_Item = Union[StepEvent, _Branch, _Loop, _Inline, _Exit]
+_Outcome = tuple[tuple[StepEvent, ...], "_Exit | None"]
+
+
+def _run(items: Sequence[_Item], limit: int) -> list[_Outcome]:
+    """Every way through ``items``: the events met and the exit that ended it (None: fell off)."""
+    outcomes: list[_Outcome] = [((), None)]
+    for item in items:
+        following: dict[tuple[int, ...], _Outcome] = {}
+        for events, exit_ in outcomes:
+            if exit_ is not None:
+                _keep(following, (events, exit_))
+                continue
+            for more, item_exit in _item_outcomes(item, limit):
+                _keep(following, (events + more, item_exit))
+            if len(following) > limit:
+                break
+        outcomes = list(following.values())[: limit + 1]
+    return outcomes
+
+
+def _keep(outcomes: dict[tuple[int, ...], _Outcome], outcome: _Outcome) -> None:
+    key = (*(id(e) for e in outcome[0]), id(outcome[1]))
+    outcomes.setdefault(key, outcome)
+
+
+def _item_outcomes(item: _Item, limit: int) -> list[_Outcome]:
+    if isinstance(item, StepEvent):
+        return [((item,), None)]
+    if isinstance(item, _Exit):
+        return [((item.event,) if item.event is not None else (), item)]
+    if isinstance(item, _Branch):
+        return [o for alternative in item.alternatives for o in _run(alternative, limit)]
+    if isinstance(item, _Inline):
+        return [(events, None if e is not None and e.keyword == "return" else e) for events, e in _run(item.body, limit)]
+    # a loop: skipped, or its body once; its own continue/break fall through to after the loop
+    outcomes: list[_Outcome] = [((), None)]
+    for events, exit_ in _run(item.body, limit):
+        own = exit_ is not None and exit_.keyword in ("continue", "break") and exit_.loop is item.node
+        outcomes.append((events, None if own else exit_))
+    return outcomes
+
+
+def _flatten(items: Iterable[_Item]) -> Iterator[StepEvent]:
+    for item in items:
+        if isinstance(item, StepEvent):
+            yield item
+        elif isinstance(item, _Exit):
+            if item.event is not None:
+                yield item.event
+        elif isinstance(item, _Branch):
+            for alternative in item.alternatives:
+                yield from _flatten(alternative)
+        else:
+            yield from _flatten(item.body)
+
+
+@dataclass
+class TrainingStep:
+    """A function whose body (or whose loop body, when a loop repeats the step) is one step."""
+
+    function: cst.FunctionDef
+    events: list[StepEvent]  # source order, helpers inlined at their call sites
+    scalers: dict[str, ScalerInfo]  # the known (enabled or maybe-enabled) GradScalers used in the step
+    optimizers: dict[str, OptimizerInfo]  # the optimizers the step uses
+    loop: cst.For | cst.While | None  # the loop that repeats the step, when there is one
+    uncertain_scalers: frozenset[str] = frozenset()  # used like scalers but of unknown origin: stay quiet
+    helpers: frozenset[cst.FunctionDef] = frozenset()  # functions inlined into this step
+    _items: list[_Item] = field(default_factory=list, repr=False)
+    _paths: list[list[StepEvent]] | None = field(default=None, repr=False)
+    truncated: bool = False  # paths() stopped at MAX_PATHS; set once paths() has run
+
+    def paths(self) -> Iterator[list[StepEvent]]:
+        """Every path through one execution of the step (if/else, try, loop bodies run zero or
+        once); a SKIP (early continue/return/break) ends its path; paths that raise are left
+        out. Bounded: at most MAX_PATHS distinct paths (``truncated`` then says so)."""
+        if self._paths is None:
+            outcomes = _run(self._items, MAX_PATHS)
+            self.truncated = len(outcomes) > MAX_PATHS
+            distinct: dict[tuple[int, ...], list[StepEvent]] = {}
+            for events, exit_ in outcomes[:MAX_PATHS]:
+                if exit_ is None or exit_.keyword != "raise":
+                    distinct.setdefault(tuple(id(e) for e in events), list(events))
+            self._paths = list(distinct.values())
+        yield from (list(path) for path in self._paths)
+
+    def scaler_of(self, event: StepEvent) -> ScalerInfo | None:
+        """The known GradScaler of a scaler event (None when unknown, uncertain or disabled)."""
+        return self.scalers.get(event.scaler) if event.scaler is not None else None
+
+    def of_kind(self, *kinds: EventKind) -> list[StepEvent]:
+        return [e for e in self.events if e.kind in kinds]
+
+    def index(self, event: StepEvent) -> int:
+        """The event's position in source order (``events``)."""
+        for position, candidate in enumerate(self.events):
+            if candidate is event:
+                return position
+        raise ValueError("event is not in this step")
+
+
+# ---------------------------------------------------------------------------------------------
+# Module-wide facts: functions, classes, what names and attributes are assigned.
+
+
+def _descendants(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    """Every node under ``node`` (not ``node`` itself), nested function and class bodies excluded."""
+    stack = list(reversed(node.children))
+    while stack:
+        current = stack.pop()
+        yield current
+        if not isinstance(current, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+            stack.extend(reversed(current.children))
+
+
+def _call_name(call: cst.Call) -> str | None:
+    """``isnan`` for ``torch.isnan(...)``, ``log`` for ``self.log(...)``, ``print`` for ``print``."""
+    func = call.func
+    if isinstance(func, cst.Attribute):
+        return func.attr.value
+    if isinstance(func, cst.Name):
+        return func.value
+    return None
+
+
+def _last_part(text: str) -> str:
+    return text.rsplit(".", 1)[-1]
+
+
+def _is_none(expr: cst.BaseExpression) -> bool:
+    return isinstance(expr, cst.Name) and expr.value == "None"
+
+
+def _keyword(call: cst.Call, name: str) -> cst.BaseExpression | None:
+    for arg in call.args:
+        if arg.keyword is not None and arg.keyword.value == name:
+            return arg.value
+    return None
+
+
+def _first_positional(call: cst.Call) -> cst.BaseExpression | None:
+    for arg in call.args:
+        if arg.keyword is None and not arg.star:
+            return arg.value
+        break
+    return None
+
+
+def _literal_bool(expr: cst.BaseExpression | None) -> bool | None:
+    if isinstance(expr, cst.Name) and expr.value in ("True", "False"):
+        return expr.value == "True"
+    return None
+
+
+def _parameters(function: cst.FunctionDef) -> list[cst.Param]:
+    params = function.params
+    return [*params.posonly_params, *params.params, *params.kwonly_params]
+
+
+def _is_static(function: cst.FunctionDef) -> bool:
+    return any(isinstance(d.decorator, cst.Name) and d.decorator.value == "staticmethod" for d in function.decorators)
+
+
+class _Module:
+    """Who defines what in this file, and where names and ``self`` attributes get their values."""
+
+    def __init__(self, ctx: FileContext) -> None:
+        self.ctx = ctx
+        self.top_functions: dict[str, cst.FunctionDef] = {}
+        self.classes: dict[str, cst.ClassDef] = {}
+        for statement in ctx.module.body:
+            if isinstance(statement, cst.FunctionDef):
+                self.top_functions[statement.name.value] = statement
+            elif isinstance(statement, cst.ClassDef):
+                self.classes[statement.name.value] = statement
+        # (function, class or None for module level; text) -> what is assigned, and in which function
+        self.values: dict[tuple[cst.CSTNode | None, str], list[_Assigned]] = {}
+        self._collect_assignments()
+        self.unscaled_receivers = {
+            text
+            for call in ctx.nodes.of(cst.Call)
+            if isinstance(call.func, cst.Attribute) and call.func.attr.value == "unscale_"
+            and (text := dotted_name(call.func.value)) is not None
+        }
+        self.scaler_arguments = self._scaler_call_arguments()
+        self._scaler_cache: dict[tuple[str, cst.CSTNode | None], tuple[str, ScalerInfo | None]] = {}
+        self._optimizer_cache: dict[tuple[str, cst.CSTNode | None], OptimizerInfo | None] = {}
+        self._derived_cache: dict[cst.FunctionDef, tuple[frozenset[str], frozenset[str]]] = {}
+        self._reads_cache: dict[cst.FunctionDef, tuple[bool, bool]] = {}
+
+    # -- where things are ----------------------------------------------------------------------
+    def function_of(self, node: cst.CSTNode) -> cst.FunctionDef | None:
+        for ancestor in self.ctx.ancestors(node):
+            if isinstance(ancestor, cst.FunctionDef):
+                return ancestor
+            if isinstance(ancestor, (cst.ClassDef, cst.Lambda)):
+                return None
+        return None
+
+    def class_of(self, function: cst.FunctionDef | None) -> cst.ClassDef | None:
+        if function is None:
+            return None
+        parent = self.ctx.parent(function)
+        grandparent = self.ctx.parent(parent) if parent is not None else None
+        return grandparent if isinstance(grandparent, cst.ClassDef) else None
+
+    def _classes_upward(self, cls: cst.ClassDef) -> Iterator[cst.ClassDef]:
+        """The class and its base classes defined in this module (nearest first)."""
+        seen: set[int] = set()
+        queue = [cls]
+        while queue:
+            current = queue.pop(0)
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            yield current
+            for base in current.bases:
+                if isinstance(base.value, cst.Name) and base.value.value in self.classes:
+                    queue.append(self.classes[base.value.value])
+
+    def method(self, cls: cst.ClassDef, name: str) -> cst.FunctionDef | None:
+        for current in self._classes_upward(cls):
+            for statement in current.body.body:
+                if isinstance(statement, cst.FunctionDef) and statement.name.value == name:
+                    return statement
+        return None
+
+    def helper_for(self, call: cst.Call, caller: cst.FunctionDef) -> tuple[cst.FunctionDef, bool] | None:
+        """The function of this module a call runs, and whether it is a bound method (skip self)."""
+        func = call.func
+        if isinstance(func, cst.Attribute) and isinstance(func.value, cst.Name) and func.value.value == "self":
+            cls = self.class_of(caller)
+            found = self.method(cls, func.attr.value) if cls is not None else None
+            return (found, not _is_static(found)) if found is not None else None
+        if isinstance(func, cst.Name):
+            for statement in caller.body.body if isinstance(caller.body, cst.IndentedBlock) else ():
+                if isinstance(statement, cst.FunctionDef) and statement.name.value == func.value:
+                    return statement, False
+            found = self.top_functions.get(func.value)
+            return (found, False) if found is not None else None
+        return None
+
+    # -- assignments -------------------------------------------------------------------------
+    def _collect_assignments(self) -> None:
+        ctx = self.ctx
+        for node in ctx.nodes.of(cst.Assign):
+            for target in node.targets:
+                self._bind(target.target, node.value, node)
+        for node in ctx.nodes.of(cst.AnnAssign):
+            if node.value is not None:
+                self._bind(node.target, node.value, node)
+        for node in ctx.nodes.of(cst.For):
+            self._bind(node.target, _UNKNOWN, node)
+        for node in ctx.nodes.of(cst.WithItem):
+            if node.asname is not None:
+                self._bind(node.asname.name, _UNKNOWN, node)
+
+    def _bind(self, target: cst.BaseExpression, value: cst.BaseExpression | _Unknown, node: cst.CSTNode) -> None:
+        if isinstance(target, (cst.Tuple, cst.List)):
+            for element in target.elements:
+                self._bind(element.value, _UNKNOWN, node)
+            return
+        text = dotted_name(target)
+        if text is None:
+            return
+        function = self.function_of(node)
+        scope: cst.CSTNode | None = function
+        if "." in text:
+            cls = self.class_of(function)
+            head, _, rest = text.partition(".")
+            params = _parameters(function) if function is not None else []
+            if cls is None or not params or params[0].name.value != head or "." in rest:
+                return
+            scope, text = cls, f"self.{rest}"
+        self.values.setdefault((scope, text), []).append(_Assigned(value, function))
+
+    def origin(self, text: str, function: cst.FunctionDef | None) -> tuple[list[_Assigned], cst.Param | None]:
+        """The values assigned to ``text`` as seen from ``function`` (for ``self.x``: anywhere in
+        the class and its bases in this module), or the Param when it is a parameter."""
+        if text.startswith("self.") and text.count(".") == 1:
+            cls = self.class_of(function)
+            if cls is None:
+                return [], None
+            values: list[_Assigned] = []
+            for current in self._classes_upward(cls):
+                values.extend(self.values.get((current, text), []))
+            return values, None
+        if "." in text:
+            return [], None
+        scope = function
+        while scope is not None:
+            found = self.values.get((scope, text))
+            if found:
+                return found, None
+            for param in _parameters(scope):
+                if param.name.value == text:
+                    return [], param
+            scope = self.function_of(scope)
+        return self.values.get((None, text), []), None
+
+    def _scaler_call_arguments(self) -> set[str]:
+        """Texts passed to ``X.step(...)``/``X.unscale_(...)`` where X is named like a scaler."""
+        found = set()
+        for call in self.ctx.nodes.of(cst.Call):
+            func = call.func
+            if isinstance(func, cst.Attribute) and func.attr.value in ("step", "unscale_"):
+                receiver = dotted_name(func.value)
+                argument = _first_positional(call)
+                if receiver and "scaler" in _last_part(receiver).lower() and argument is not None:
+                    text = dotted_name(argument)
+                    if text:
+                        found.add(text)
+        return found
+
+    # -- what a receiver is ------------------------------------------------------------------
+    def is_scalerish(self, text: str) -> bool:
+        return "scaler" in _last_part(text).lower() or text in self.unscaled_receivers
+
+    def scaler_status(self, text: str, function: cst.FunctionDef | None, depth: int = 0) -> tuple[str, ScalerInfo | None]:
+        """("known", info) | ("disabled", None) | ("uncertain", None) | ("none", None)."""
+        key = (text, function)
+        if key not in self._scaler_cache:
+            self._scaler_cache[key] = ("uncertain", None)  # a cycle stays uncertain
+            self._scaler_cache[key] = self._scaler_status(text, function, depth)
+        return self._scaler_cache[key]
+
+    def _scaler_status(self, text: str, function: cst.FunctionDef | None, depth: int) -> tuple[str, ScalerInfo | None]:
+        values, param = self.origin(text, function)
+        named_like_one = "scaler" in _last_part(text).lower()
+        if param is not None:
+            annotation = param.annotation.annotation if param.annotation is not None else None
+            constructor = self.ctx.qualified_name(annotation) if annotation is not None else None
+            if constructor in GRAD_SCALER_CONSTRUCTORS:
+                return "known", ScalerInfo(text, constructor, None)
+            return ("known", ScalerInfo(text, None, None)) if named_like_one else ("uncertain", None)
+        verdicts = [
+            self._scaler_value(a.value, a.function, depth)
+            for a in values
+            if not (isinstance(a.value, cst.BaseExpression) and _is_none(a.value))
+        ]
+        if not values:
+            return ("known", ScalerInfo(text, None, None)) if named_like_one and "." in text else ("uncertain", None)
+        if not verdicts:
+            return "none", None
+        if any(v is None for v in verdicts):
+            return "uncertain", None
+        enabled_verdicts = [v for v in verdicts if v is not False]
+        if not enabled_verdicts:
+            return "disabled", None
+        constructor = next((v.constructor for v in enabled_verdicts if isinstance(v, ScalerInfo) and v.constructor), None)
+        all_on = len(enabled_verdicts) == len(verdicts) and all(isinstance(v, ScalerInfo) and v.enabled for v in enabled_verdicts)
+        return "known", ScalerInfo(text, constructor, True if all_on else None)
+
+    def _scaler_value(self, value: cst.BaseExpression | _Unknown, function: cst.FunctionDef | None, depth: int) -> ScalerInfo | bool | None:
+        """A ScalerInfo, False (a disabled scaler or None), or None (unknown)."""
+        if isinstance(value, _Unknown):
+            return None
+        if isinstance(value, cst.Call):
+            constructor = self.ctx.qualified_name(value.func)
+            if constructor not in GRAD_SCALER_CONSTRUCTORS:
+                return None
+            enabled = _keyword(value, "enabled")
+            flag = _literal_bool(enabled) if enabled is not None else True
+            return False if flag is False else ScalerInfo("", constructor, flag)
+        if isinstance(value, cst.IfExp):
+            parts = [self._scaler_value(v, function, depth) for v in (value.body, value.orelse) if not _is_none(v)]
+            if any(p is None for p in parts):
+                return None
+            on = [p for p in parts if isinstance(p, ScalerInfo)]
+            return ScalerInfo("", on[0].constructor, None) if on else False
+        text = dotted_name(value)
+        if text is not None and depth < 3:
+            status, info = self.scaler_status(text, function, depth + 1)
+            if status == "known":
+                return info
+            if status == "disabled":
+                return False
+        return None
+
+    def optimizer_info(self, text: str, function: cst.FunctionDef | None) -> OptimizerInfo | None:
+        key = (text, function)
+        if key not in self._optimizer_cache:
+            self._optimizer_cache[key] = None
+            self._optimizer_cache[key] = self._optimizer_info(text, function)
+        return self._optimizer_cache[key]
+
+    def _optimizer_info(self, text: str, function: cst.FunctionDef | None) -> OptimizerInfo | None:
+        values, _ = self.origin(text, function)
+        last = _last_part(text).lower()
+        if "sched" in last:
+            return None
+        named_like_one = bool(_OPTIMIZER_NAME.search(last)) or text in self.scaler_arguments
+        for assigned in values:
+            value = assigned.value
+            if isinstance(value, cst.Call):
+                constructor = self.ctx.qualified_name(value.func) or ""
+                if "lr_scheduler" in constructor or "Scheduler" in constructor:
+                    return None
+                if constructor.startswith(_OPTIMIZER_LIBRARIES):
+                    return OptimizerInfo(text, constructor, self._params_code(value))
+            if isinstance(value, cst.BaseExpression) and self._from_kwargs(value, assigned.function):
+                return None  # passed through **kwargs: not sure what it is
+        return OptimizerInfo(text, None, None) if named_like_one else None
+
+    @staticmethod
+    def _from_kwargs(value: cst.BaseExpression, function: cst.FunctionDef | None) -> bool:
+        if function is None or not isinstance(function.params.star_kwarg, cst.Param):
+            return False
+        kwargs = function.params.star_kwarg.name.value
+        return any(isinstance(n, cst.Name) and n.value == kwargs for n in (value, *_descendants(value)))
+
+    def _params_code(self, constructor: cst.Call) -> str | None:
+        params = _keyword(constructor, "params") or _first_positional(constructor)
+        return self.ctx.code(params) if params is not None else None
+
+    def optimizer_for_params(self, params_code: str, function: cst.FunctionDef | None) -> str | None:
+        """The one optimizer visible from ``function`` built over exactly these parameters
+        (``clip_grad_norm_(self.netD.parameters())`` -> ``self.opt_d``)."""
+        scopes = {function, self.class_of(function), None}
+        matches = set()
+        for (scope, text), values in self.values.items():
+            if scope not in scopes:
+                continue
+            for assigned in values:
+                value = assigned.value
+                if isinstance(value, cst.Call) and (self.ctx.qualified_name(value.func) or "").startswith(_OPTIMIZER_LIBRARIES):
+                    if self._params_code(value) == params_code:
+                        matches.add(text)
+        return matches.pop() if len(matches) == 1 else None
+
+    # -- names holding gradient values ----------------------------------------------------------
+    def derived_names(self, function: cst.FunctionDef) -> tuple[frozenset[str], frozenset[str]]:
+        """Names holding values computed from gradients, and names holding a finiteness verdict
+        (``found_inf = True`` under ``if torch.isnan(p.grad).any():`` counts for both)."""
+        if function not in self._derived_cache:
+            self._derived_cache[function] = frozenset(), frozenset()
+            self._derived_cache[function] = self._derived_names(function)
+        return self._derived_cache[function]
+
+    def _derived_names(self, function: cst.FunctionDef) -> tuple[frozenset[str], frozenset[str]]:
+        bindings: list[tuple[list[str], cst.CSTNode, list[cst.BaseExpression]]] = []
+        for node in _descendants(function.body):
+            if isinstance(node, (cst.Assign, cst.AnnAssign, cst.AugAssign)) and node.value is not None:
+                targets = [t.target for t in node.targets] if isinstance(node, cst.Assign) else [node.target]
+                names = [n for t in targets for n in _bound_texts(t)]
+                bindings.append((names, node.value, self._tests_around(node, function)))
+            elif isinstance(node, (cst.For, cst.CompFor)):
+                bindings.append((list(_bound_texts(node.target)), node.iter, []))
+        grad: set[str] = set()
+        finite: set[str] = set()
+        changed = True
+        while changed:
+            changed = False
+            for names, value, tests in bindings:
+                reads = self.reads_grads(value, function, grad) or any(self.reads_grads(t, function, grad) for t in tests)
+                checks = self.checks_finiteness(value, function, finite) or any(
+                    self.checks_finiteness(t, function, finite) for t in tests
+                )
+                for name in names:
+                    if reads and name not in grad:
+                        grad.add(name)
+                        changed = True
+                    if checks and name not in finite:
+                        finite.add(name)
+                        changed = True
+        return frozenset(grad), frozenset(finite)
+
+    def _tests_around(self, node: cst.CSTNode, function: cst.FunctionDef) -> list[cst.BaseExpression]:
+        tests = []
+        child = node
+        for ancestor in self.ctx.ancestors(node):
+            if ancestor is function:
+                break
+            if isinstance(ancestor, cst.If) and child is not ancestor.test:
+                tests.append(ancestor.test)
+            child = ancestor
+        return tests
+
+    def reads_grads(self, expr: cst.CSTNode, function: cst.FunctionDef, names: Iterable[str] | None = None) -> bool:
+        """Whether an expression uses gradient values: a ``.grad`` (not an ``is None`` test), a
+        name holding them, a clip's result, or a call of a helper that reads them."""
+        held = self.derived_names(function)[0] if names is None else names
+        for node in (expr, *_descendants(expr)):
+            if isinstance(node, cst.Attribute) and node.attr.value == "grad" and not self._is_none_test(node):
+                return True
+            if isinstance(node, (cst.Name, cst.Attribute)) and dotted_name(node) in held:
+                return True
+            if isinstance(node, cst.Call) and (self.ctx.qualified_name(node.func) in CLIP_FUNCTIONS or self._helper_reads(node, function)[0]):
+                return True
+        return False
+
+    def checks_finiteness(self, expr: cst.CSTNode, function: cst.FunctionDef, names: Iterable[str] | None = None) -> bool:
+        held = self.derived_names(function)[1] if names is None else names
+        for node in (expr, *_descendants(expr)):
+            if isinstance(node, cst.Call) and (_call_name(node) in _FINITENESS_CALLS or self._helper_reads(node, function)[1]):
+                return True
+            if isinstance(node, (cst.Name, cst.Attribute)) and dotted_name(node) in held:
+                return True
+        return False
+
+    def _is_none_test(self, node: cst.CSTNode) -> bool:
+        parent = self.ctx.parent(node)
+        if isinstance(parent, cst.ComparisonTarget):
+            parent = self.ctx.parent(parent)
+        return isinstance(parent, cst.Comparison) and any(
+            isinstance(t.operator, (cst.Is, cst.IsNot)) for t in parent.comparisons
+        )
+
+    def _helper_reads(self, call: cst.Call, function: cst.FunctionDef) -> tuple[bool, bool]:
+        """(reads gradients, checks finiteness) for a call of a helper of this module."""
+        found = self.helper_for(call, function)
+        if found is None or found[0] is function:
+            return False, False
+        helper = found[0]
+        if helper not in self._reads_cache:
+            self._reads_cache[helper] = (False, False)
+            nodes = list(_descendants(helper.body))
+            reads = any(
+                (isinstance(n, cst.Attribute) and n.attr.value == "grad" and not self._is_none_test(n))
+                or (isinstance(n, cst.Call) and self.ctx.qualified_name(n.func) in CLIP_FUNCTIONS)
+                for n in nodes
+            )
+            checks = any(isinstance(n, cst.Call) and _call_name(n) in _FINITENESS_CALLS for n in nodes)
+            self._reads_cache[helper] = (reads, checks)
+        return self._reads_cache[helper]
+
+    def value_use(self, node: cst.CSTNode, function: cst.FunctionDef) -> cst.CSTNode | None:
+        """Where a read of gradient values (``p.grad`` or a name holding them) is turned into
+        something looked at: a norm, a NaN/Inf test, a comparison, a log line. None when the
+        value is only passed on (``all_reduce``, ``mul_``, collected in a list) or tested for None."""
+        current = node
+        for _ in range(64):
+            parent = self.ctx.parent(current)
+            if parent is None:
+                return None
+            if isinstance(parent, cst.Attribute) and parent.value is current:
+                call = self.ctx.parent(parent)
+                is_call = isinstance(call, cst.Call) and call.func is parent
+                if parent.attr.value in _INSPECTING_METHODS:
+                    return call if is_call else parent
+                if parent.attr.value not in _PASSING_METHODS:
+                    return None
+                current = call if is_call else parent
+            elif isinstance(parent, (cst.Subscript, cst.BinaryOperation, cst.UnaryOperation, cst.BooleanOperation, cst.IfExp)):
+                current = parent
+            elif isinstance(parent, (cst.ComparisonTarget, cst.Comparison)):
+                comparison = parent if isinstance(parent, cst.Comparison) else self.ctx.parent(parent)
+                return None if self._is_none_test(current) else comparison
+            elif isinstance(parent, cst.Arg):
+                call = self.ctx.parent(parent)
+                if not isinstance(call, cst.Call) or self.ctx.qualified_name(call.func) in CLIP_FUNCTIONS:
+                    return None
+                name = _call_name(call)
+                if name in _INSPECTING_CALLS:
+                    return call
+                if name not in _PASSING_CALLS:
+                    return None
+                current = call
+            elif isinstance(parent, (cst.Element, cst.StarredElement, cst.DictElement)):
+                current = self.ctx.parent(parent) or parent
+            elif isinstance(parent, (cst.List, cst.Tuple, cst.Set, cst.Dict)):
+                current = parent
+            elif isinstance(parent, (cst.ListComp, cst.GeneratorExp, cst.SetComp)) and parent.elt is current:
+                current = parent
+            elif isinstance(parent, cst.FormattedStringExpression):
+                return self.ctx.parent(parent)
+            else:
+                return None
+        return None
+
+
+def _bound_texts(target: cst.BaseExpression) -> Iterator[str]:
+    if isinstance(target, (cst.Tuple, cst.List)):
+        for element in target.elements:
+            yield from _bound_texts(element.value)
+        return
+    text = dotted_name(target)
+    if text is not None:
+        yield text
+
+
+# ---------------------------------------------------------------------------------------------
+# Building one function's items.
+
+
+@dataclass
+class _BuildState:
+    """Shared by a step's builder and the builders of the helpers it inlines."""
+
+    root: cst.FunctionDef
+    counter: int = 0
+    order: dict[int, tuple[int, tuple[tuple[int, int], ...]]] = field(default_factory=dict)
+    exits: list[tuple[_Exit, tuple[tuple[int, int], ...], int]] = field(default_factory=list)
+    scalers: dict[str, ScalerInfo] = field(default_factory=dict)
+    uncertain: set[str] = field(default_factory=set)
+    optimizers: dict[str, OptimizerInfo] = field(default_factory=dict)
+    helpers: set[cst.FunctionDef] = field(default_factory=set)
+
+
+class _Builder:
+    def __init__(
+        self,
+        module: _Module,
+        state: _BuildState,
+        function: cst.FunctionDef,
+        *,
+        depth: int = 0,
+        substitutions: dict[str, str] | None = None,
+        call_site: cst.Call | None = None,
+        call_statement: cst.CSTNode | None = None,
+        via_helper: cst.FunctionDef | None = None,
+        chain: tuple[cst.FunctionDef, ...] = (),
+    ) -> None:
+        self.module = module
+        self.ctx = module.ctx
+        self.state = state
+        self.function = function
+        self.depth = depth
+        self.substitutions = substitutions or {}
+        self.call_site = call_site
+        self.call_statement = call_statement
+        self.via_helper = via_helper
+        self.chain = (*chain, function)
+        self.loops: list[cst.CSTNode] = []
+        self.statement: cst.CSTNode = function
+        self.nesting: tuple[tuple[int, int], ...] = ()
+        self.scaled_names: dict[str, str] = self._scaled_names()
+
+    # -- statements --------------------------------------------------------------------------
+    def block(self, body: cst.BaseSuite | Sequence[cst.BaseStatement]) -> list[_Item]:
+        statements: Sequence[cst.CSTNode]
+        if isinstance(body, cst.IndentedBlock):
+            statements = body.body
+        elif isinstance(body, cst.SimpleStatementSuite):
+            statements = [body]
+        else:
+            statements = body  # type: ignore[assignment]
+        items: list[_Item] = []
+        for statement in statements:
+            items.extend(self.compound(statement))
+        return items
+
+    def branch(self, node: cst.CSTNode, alternatives: list[Sequence[cst.CSTNode] | cst.BaseSuite | None]) -> _Branch:
+        built = []
+        outer = self.nesting
+        for index, alternative in enumerate(alternatives):
+            self.nesting = (*outer, (id(node), index))
+            built.append(self.block(alternative) if alternative is not None else [])
+        self.nesting = outer
+        return _Branch(built)
+
+    def compound(self, statement: cst.CSTNode) -> list[_Item]:
+        self.statement = statement
+        if isinstance(statement, (cst.SimpleStatementLine, cst.SimpleStatementSuite)):
+            items: list[_Item] = []
+            for small in statement.body:
+                self.statement = statement
+                items.extend(self.small(small, statement))
+            return items
+        if isinstance(statement, cst.If):
+            items = self.expression(statement.test)
+            orelse = statement.orelse
+            other: Sequence[cst.CSTNode] | cst.BaseSuite | None = None
+            if isinstance(orelse, cst.If):
+                other = [orelse]
+            elif isinstance(orelse, cst.Else):
+                other = orelse.body
+            return [*items, self.branch(statement, [statement.body, other])]
+        if isinstance(statement, (cst.For, cst.While)):
+            header = self.expression(statement.iter if isinstance(statement, cst.For) else statement.test)
+            self.loops.append(statement)
+            body = self.block(statement.body)
+            self.loops.pop()
+            after = self.block(statement.orelse.body) if statement.orelse is not None else []
+            return [*header, _Loop(body, statement), *after]
+        if isinstance(statement, (cst.Try, cst.TryStar)):
+            body = [*statement.body.body, *(statement.orelse.body.body if statement.orelse is not None else [])]
+            alternatives: list[Sequence[cst.CSTNode] | cst.BaseSuite | None] = [body]
+            alternatives.extend(handler.body for handler in statement.handlers)
+            items = [self.branch(statement, alternatives)]
+            if statement.finalbody is not None:
+                items.extend(self.block(statement.finalbody.body))
+            return items
+        if isinstance(statement, cst.With):
+            items = [i for item in statement.items for i in self.expression(item.item)]
+            return [*items, *self.block(statement.body)]
+        if isinstance(statement, cst.Match):
+            items = self.expression(statement.subject)
+            cases: list[Sequence[cst.CSTNode] | cst.BaseSuite | None] = [case.body for case in statement.cases]
+            cases.append(None)
+            return [*items, self.branch(statement, cases)]
+        return []  # nested def/class: not run here
+
+    def small(self, small: cst.BaseSmallStatement, statement: cst.CSTNode) -> list[_Item]:
+        if isinstance(small, (cst.Return, cst.Continue, cst.Break, cst.Raise)):
+            items: list[_Item] = []
+            value = small.value if isinstance(small, cst.Return) else small.exc if isinstance(small, cst.Raise) else None
+            if value is not None:
+                items.extend(self.expression(value))
+            keyword = {cst.Return: "return", cst.Continue: "continue", cst.Break: "break", cst.Raise: "raise"}[type(small)]
+            loop = self.loops[-1] if keyword in ("continue", "break") and self.loops else None
+            exit_ = _Exit(keyword, small, loop, statement)
+            if self.depth == 0:
+                self.state.exits.append((exit_, self.nesting, self._tick()))
+            return [*items, exit_]
+        if isinstance(small, cst.Expr):
+            return self.expression(small.value)
+        if isinstance(small, (cst.Assign, cst.AnnAssign, cst.AugAssign)):
+            items = self.expression(small.value) if small.value is not None else []
+            targets = [t.target for t in small.targets] if isinstance(small, cst.Assign) else [small.target]
+            for target in targets:
+                if isinstance(target, cst.Attribute) and target.attr.value == "grad" and small.value is not None and _is_none(small.value):
+                    items.append(self.event(EventKind.ZERO_GRAD, target, target=target.value))
+            return items
+        if isinstance(small, cst.Assert):
+            return self.expression(small.test)
+        return []
+
+    # -- expressions -------------------------------------------------------------------------
+    def expression(self, expr: cst.BaseExpression) -> list[_Item]:
+        """Events of an expression in evaluation order; one GRAD_INSPECT at most per expression."""
+        items: list[_Item] = []
+        inspected = False
+        grad_names = self.module.derived_names(self.function)[0]
+        for node in _evaluation_order(expr):
+            if isinstance(node, cst.Call):
+                items.extend(self.call(node))
+            elif not inspected and self._holds_grads(node, grad_names):
+                use = self.module.value_use(node, self.function)
+                if use is not None:
+                    items.append(self.event(EventKind.GRAD_INSPECT, use, target=node))  # type: ignore[arg-type]
+                    inspected = True
+        return items
+
+    def _holds_grads(self, node: cst.CSTNode, grad_names: frozenset[str]) -> bool:
+        if isinstance(node, cst.Attribute) and node.attr.value == "grad":
+            return True
+        if isinstance(node, (cst.Name, cst.Attribute)) and grad_names:
+            return dotted_name(node) in grad_names
+        return False
+
+    def call(self, call: cst.Call) -> list[_Item]:
+        func = call.func
+        if isinstance(func, cst.Attribute):
+            found = self.method_call(call, func.attr.value, func.value)
+            if found is not None:
+                return found
+        qualified = self.ctx.qualified_name(func)
+        if qualified in CLIP_FUNCTIONS:
+            params = _keyword(call, "parameters") or _first_positional(call)
+            optimizer = self.module.optimizer_for_params(self.ctx.code(params), self.function) if params is not None else None
+            return [self.event(EventKind.CLIP, call, optimizer=self.subst(optimizer), target=params)]
+        if qualified == "torch.autograd.backward":
+            tensors = _keyword(call, "tensors") or _first_positional(call)
+            if tensors is not None:
+                return [self.backward(call, tensors)]
+        return self.inline(call)
+
+    def method_call(self, call: cst.Call, method: str, receiver: cst.BaseExpression) -> list[_Item] | None:
+        if method == "backward":
+            positional = _first_positional(call)
+            text = dotted_name(receiver)
+            if positional is not None and text is not None and "loss" not in text.lower():
+                return None  # accelerator.backward(loss), engine.backward(loss): they scale themselves
+            return [self.backward(call, receiver)]
+        text = dotted_name(receiver)
+        if text is None:
+            return None
+        if method == "zero_" and isinstance(receiver, cst.Attribute) and receiver.attr.value in ("grad", "data"):
+            return [self.event(EventKind.ZERO_GRAD, call, target=receiver)]
+        if method in ("unscale_", "update", "step", "scale") and self.module.is_scalerish(text):
+            found = self.scaler_call(call, method, text)
+            if found is not None:
+                return found
+        if method == "step" and len(call.args) <= 1:
+            if self.optimizer(text) is not None:
+                return [self.event(EventKind.OPT_STEP, call, optimizer=self.subst(text), target=receiver)]
+        if method == "zero_grad":
+            optimizer = self.subst(text) if self.optimizer(text) is not None else None
+            return [self.event(EventKind.ZERO_GRAD, call, optimizer=optimizer, target=receiver)]
+        return None
+
+    def scaler_call(self, call: cst.Call, method: str, text: str) -> list[_Item] | None:
+        status = self.scaler(text)
+        argument = _first_positional(call)
+        argument_text = self.subst(dotted_name(argument)) if argument is not None else None
+        if status == "none":
+            return None
+        if status == "disabled":
+            if method == "step" and argument_text is not None:
+                self.optimizer(dotted_name(argument) or "")
+                return [self.event(EventKind.OPT_STEP, call, optimizer=argument_text, target=argument)]
+            return []
+        kinds = {"unscale_": EventKind.UNSCALE, "update": EventKind.SCALER_UPDATE, "step": EventKind.SCALER_STEP}
+        if method == "scale" or (method in ("unscale_", "step") and argument is None):
+            return []
+        if argument is not None and method != "update":
+            self.optimizer(dotted_name(argument) or "", by_use=True)
+        return [self.event(kinds[method], call, scaler=self.subst(text), optimizer=argument_text, target=argument)]
+
+    def backward(self, call: cst.Call, tensor: cst.BaseExpression) -> StepEvent:
+        scaler, loss = self._scaled(tensor)
+        if scaler is not None:
+            status = self.scaler(scaler)
+            if status in ("known", "uncertain"):
+                return self.event(EventKind.SCALED_BACKWARD, call, scaler=self.subst(scaler), target=loss)
+        return self.event(EventKind.BACKWARD, call, target=loss if scaler is not None else tensor)
+
+    def _scaled(self, tensor: cst.BaseExpression) -> tuple[str | None, cst.BaseExpression]:
+        """(scaler text, loss) when the tensor is ``scaler.scale(loss)`` (or a name holding it)."""
+        while isinstance(tensor, cst.BinaryOperation):
+            tensor = tensor.left
+        if isinstance(tensor, cst.Call) and isinstance(tensor.func, cst.Attribute) and tensor.func.attr.value == "scale":
+            text = dotted_name(tensor.func.value)
+            loss = _first_positional(tensor)
+            if text is not None and loss is not None and self.module.is_scalerish(text):
+                return text, loss
+        text = dotted_name(tensor)
+        if text is not None and text in self.scaled_names:
+            return self.scaled_names[text], tensor
+        return None, tensor
+
+    def _scaled_names(self) -> dict[str, str]:
+        found = {}
+        for node in _descendants(self.function.body):
+            if isinstance(node, cst.Assign) and len(node.targets) == 1:
+                text = dotted_name(node.targets[0].target)
+                scaler, _ = self._scaled_value(node.value)
+                if text is not None and scaler is not None:
+                    found[text] = scaler
+        return found
+
+    def _scaled_value(self, value: cst.BaseExpression) -> tuple[str | None, cst.BaseExpression]:
+        if isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute) and value.func.attr.value == "scale":
+            text = dotted_name(value.func.value)
+            loss = _first_positional(value)
+            if text is not None and loss is not None and self.module.is_scalerish(text):
+                return text, loss
+        return None, value
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def inline(self, call: cst.Call) -> list[_Item]:
+        if self.depth >= HELPER_DEPTH:
+            return []
+        found = self.module.helper_for(call, self.function)
+        if found is None or found[0] in self.chain:
+            return []
+        helper, bound = found
+        builder = _Builder(
+            self.module,
+            self.state,
+            helper,
+            depth=self.depth + 1,
+            substitutions=self._arguments(call, helper, bound),
+            call_site=self.call_site or call,
+            call_statement=self.call_statement or self.statement,
+            via_helper=self.via_helper or helper,
+            chain=self.chain,
+        )
+        builder.nesting = self.nesting
+        body = builder.block(helper.body)
+        if not any(True for _ in _flatten(body)):
+            return []
+        self.state.helpers.add(helper)
+        return [_Inline(body)]
+
+    def _arguments(self, call: cst.Call, helper: cst.FunctionDef, bound: bool) -> dict[str, str]:
+        """Helper parameter -> the caller's expression text, for names the caller can spell."""
+        params = [*helper.params.posonly_params, *helper.params.params]
+        if bound:
+            params = params[1:]
+        by_name = {p.name.value: p for p in _parameters(helper)}
+        mapping: dict[str, str] = {}
+        for index, arg in enumerate(call.args):
+            if arg.star:
+                break
+            name = arg.keyword.value if arg.keyword is not None else (params[index].name.value if index < len(params) else None)
+            text = dotted_name(arg.value)
+            if name is not None and name in by_name and text is not None:
+                mapping[name] = self.subst(text) or text
+        return mapping
+
+    # -- naming --------------------------------------------------------------------------------
+    def subst(self, text: str | None) -> str | None:
+        """The text as the step's own function spells it (helper parameters replaced)."""
+        if text is None:
+            return None
+        head, dot, rest = text.partition(".")
+        if head in self.substitutions:
+            return self.substitutions[head] + dot + rest
+        return text
+
+    def _context(self, text: str) -> tuple[str, cst.FunctionDef]:
+        """Where to look a name up: the step's own function once substituted."""
+        spelled = self.subst(text) or text
+        return (spelled, self.state.root) if spelled != text else (text, self.function)
+
+    def scaler(self, text: str) -> str:
+        spelled, function = self._context(text)
+        status, info = self.module.scaler_status(spelled, function)
+        if status == "known" and info is not None:
+            self.state.scalers[spelled] = ScalerInfo(spelled, info.constructor, info.enabled)
+        elif status == "uncertain":
+            self.state.uncertain.add(spelled)
+        return status
+
+    def optimizer(self, text: str, by_use: bool = False) -> OptimizerInfo | None:
+        if not text:
+            return None
+        spelled, function = self._context(text)
+        info = self.module.optimizer_info(spelled, function)
+        if info is None and by_use:
+            info = OptimizerInfo(spelled, None, None)
+        if info is not None:
+            self.state.optimizers[spelled] = OptimizerInfo(spelled, info.constructor, info.params_code)
+        return info
+
+    # -- events --------------------------------------------------------------------------------
+    def _tick(self) -> int:
+        self.state.counter += 1
+        return self.state.counter
+
+    def event(self, kind: EventKind, node: cst.CSTNode, **fields: object) -> StepEvent:
+        event = StepEvent(
+            kind=kind,
+            node=node,
+            statement=self.call_statement or self.statement,
+            via_helper=self.via_helper,
+            call_site=self.call_site,
+            local_statement=self.statement,
+            **fields,  # type: ignore[arg-type]
+        )
+        self.state.order[id(event)] = (self._tick(), self.nesting)
+        return event
+
+
+def _evaluation_order(expr: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    """Calls, attributes and names of an expression, operands before the operation (a call's
+    receiver and arguments before the call); lambdas and nested scopes are not entered."""
+    if isinstance(expr, (cst.Lambda, cst.FunctionDef, cst.ClassDef)):
+        return
+    for child in expr.children:
+        yield from _evaluation_order(child)
+    if isinstance(expr, (cst.Call, cst.Attribute, cst.Name)):
+        yield expr
+
+
+# ---------------------------------------------------------------------------------------------
+# The analysis.
+
+
+class TrainingSteps:
+    """All training steps of a file: ``ctx.get(TrainingSteps).steps``."""
+
+    def __init__(self, ctx: FileContext) -> None:
+        self.ctx = ctx
+        self.module = _Module(ctx)
+        candidates = self._candidate_functions()
+        built = [step for function in candidates if (step := self._build(function)) is not None]
+        inlined = {helper for step in built for helper in step.helpers}
+        self.steps: list[TrainingStep] = [step for step in built if step.function not in inlined]
+
+    def _candidate_functions(self) -> list[cst.FunctionDef]:
+        """Functions that call ``.backward``/``.step`` themselves, in source order."""
+        found: dict[cst.FunctionDef, None] = {}
+        for call in self.ctx.nodes.of(cst.Call):
+            func = call.func
+            name = func.attr.value if isinstance(func, cst.Attribute) else None
+            if name in ("backward", "step") or self.ctx.qualified_name(func) == "torch.autograd.backward":
+                function = self.module.function_of(call)
+                if function is not None:
+                    found.setdefault(function, None)
+        return list(found)
+
+    def _build(self, function: cst.FunctionDef) -> TrainingStep | None:
+        state = _BuildState(root=function)
+        builder = _Builder(self.module, state, function)
+        items = builder.block(function.body)
+        own = [e for e in _flatten(items) if e.via_helper is None and e.kind in CORE_KINDS]
+        if not own:
+            return None
+        loop = self._step_loop(function, [e for e in _flatten(items) if e.kind in CORE_KINDS])
+        scope = _find_loop_body(items, loop) if loop is not None else items
+        if scope is None:
+            loop, scope = None, items
+        self._mark_skips(scope, loop, state)
+        return TrainingStep(
+            function=function,
+            events=list(_flatten(scope)),
+            scalers=dict(state.scalers),
+            optimizers=dict(state.optimizers),
+            loop=loop,  # type: ignore[arg-type]
+            uncertain_scalers=frozenset(state.uncertain - set(state.scalers)),
+            helpers=frozenset(state.helpers),
+            _items=scope,
+        )
+
+    def _step_loop(self, function: cst.FunctionDef, core: list[StepEvent]) -> cst.For | cst.While | None:
+        """The innermost loop of the function around every backward and optimizer step."""
+        common: list[cst.CSTNode] | None = None
+        for event in core:
+            loops = [a for a in self._ancestors_within(event.statement, function) if isinstance(a, (cst.For, cst.While))]
+            loops = [loop for loop in loops if not _in_orelse(self.ctx, event.statement, loop)]
+            common = loops if common is None else [loop for loop in common if loop in loops]
+        return common[0] if common else None  # type: ignore[return-value]
+
+    def _ancestors_within(self, node: cst.CSTNode, function: cst.FunctionDef) -> Iterator[cst.CSTNode]:
+        for ancestor in self.ctx.ancestors(node):
+            if ancestor is function:
+                return
+            yield ancestor
+
+    def _mark_skips(self, scope: list[_Item], loop: cst.CSTNode | None, state: _BuildState) -> None:
+        """An exit of the step that bypasses a finishing event (step, update, zero_grad) is a SKIP."""
+        finishing = [state.order[id(e)] for e in _flatten(scope) if e.kind in _FINISHING_KINDS]
+        scope_exits = {id(x) for x in _exits(scope)}
+        for exit_, nesting, order in state.exits:
+            if id(exit_) not in scope_exits or exit_.keyword == "raise":
+                continue
+            if exit_.keyword in ("continue", "break") and exit_.loop is not loop:
+                continue
+            bypasses = any(seq > order or _exclusive(n, nesting) for seq, n in finishing)
+            if bypasses:
+                exit_.event = StepEvent(
+                    kind=EventKind.SKIP,
+                    node=exit_.node,
+                    statement=exit_.statement,
+                    local_statement=exit_.statement,
+                    guard=self._guard(exit_, state.root, loop),
+                    skip_keyword=exit_.keyword,
+                )
+
+    def _guard(self, exit_: _Exit, function: cst.FunctionDef, loop: cst.CSTNode | None) -> SkipGuard:
+        tests = []
+        child: cst.CSTNode = exit_.node
+        for ancestor in self.ctx.ancestors(exit_.node):
+            if ancestor is function or ancestor is loop:
+                break
+            if isinstance(ancestor, cst.If) and child is not ancestor.test:
+                tests.append(ancestor.test)
+            child = ancestor
+        return SkipGuard(
+            test=tests[0] if tests else None,
+            checks_finiteness=any(self.module.checks_finiteness(t, function) for t in tests),
+            reads_grads=any(self.module.reads_grads(t, function) for t in tests),
+        )
+
+
+def _exits(items: Iterable[_Item]) -> Iterator[_Exit]:
+    for item in items:
+        if isinstance(item, _Exit):
+            yield item
+        elif isinstance(item, _Branch):
+            for alternative in item.alternatives:
+                yield from _exits(alternative)
+        elif isinstance(item, _Loop):
+            yield from _exits(item.body)
+
+
+def _exclusive(first: tuple[tuple[int, int], ...], second: tuple[tuple[int, int], ...]) -> bool:
+    """Whether two places lie in different alternatives of one branch."""
+    alternatives = dict(first)
+    return any(node in alternatives and alternatives[node] != index for node, index in second)
+
+
+def _in_orelse(ctx: FileContext, node: cst.CSTNode, loop: cst.CSTNode) -> bool:
+    orelse = getattr(loop, "orelse", None)
+    return orelse is not None and any(a is orelse for a in ctx.ancestors(node))
+
+
+def _find_loop_body(items: Iterable[_Item], loop: cst.CSTNode) -> list[_Item] | None:
+    for item in items:
+        if isinstance(item, _Loop):
+            if item.node is loop:
+                return item.body
+            found = _find_loop_body(item.body, loop)
+        elif isinstance(item, _Branch):
+            found = next((f for a in item.alternatives if (f := _find_loop_body(a, loop)) is not None), None)
+        else:
+            continue
+        if found is not None:
+            return found
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared fix helpers (rules that insert or remove scaler calls).
+
+
+def removal_edit(ctx: FileContext, statement: cst.CSTNode) -> Edit | None:
+    """Delete a one-call statement line; when it is the only statement of an ``if`` without
+    ``else`` whose test calls nothing, delete that ``if`` instead. None when neither is safe."""
+    if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
+        return None
+    block = ctx.parent(statement)
+    owner = ctx.parent(block) if block is not None else None
+    if isinstance(block, cst.IndentedBlock) and len(block.body) == 1:
+        if isinstance(owner, cst.If) and owner.orelse is None and not _calls_anything(owner.test):
+            parent = ctx.parent(owner)
+            if isinstance(parent, cst.IndentedBlock) and len(parent.body) > 1:
+                return ctx.remove(owner)
+        return None
+    return ctx.remove(statement)
+
+
+def _calls_anything(expr: cst.BaseExpression) -> bool:
+    return isinstance(expr, cst.Call) or any(isinstance(n, cst.Call) for n in _descendants(expr))
+
+
+def unscale_insertion(step: TrainingStep, at: StepEvent, scaler: str, optimizer: str) -> list[StepEvent] | None:
+    """Whether ``scaler.unscale_(optimizer)`` may be run right at ``at`` (after a backward, or
+    before a clip), and which later ``unscale_`` calls of the same optimizer it makes redundant.
+
+    Safe when, on every path through ``at``: no ``unscale_`` of that optimizer already ran since
+    the last update; after ``at`` the path reaches ``scaler.update()`` or a skip on a gradient or
+    NaN/Inf test (TL109 adds the update there), so the next step does not unscale twice; and each
+    later ``unscale_`` to remove is reached only through ``at``. Returns the calls to remove, or
+    None when it is not safe (gradient accumulation that skips the update, for example)."""
+    removals: dict[int, StepEvent] = {}
+    for path in step.paths():
+        position = next((i for i, e in enumerate(path) if e is at), None)
+        later = [e for e in path[position + 1 :]] if position is not None else path
+        redundant = [e for e in later if _unscales(e, scaler, optimizer)]
+        if position is None:
+            if any(id(e) in removals for e in redundant):
+                return None
+            continue
+        if any(_unscales(e, scaler, optimizer) for e in _since_update(path[:position], scaler)):
+            return None
+        if not _reaches_update_or_checked_skip(later, scaler):
+            return None
+        for event in redundant:
+            removals[id(event)] = event
+    for path in step.paths():  # a removed call must never run without ``at`` before it
+        seen_at = False
+        for event in path:
+            seen_at = seen_at or event is at
+            if id(event) in removals and not seen_at:
+                return None
+    return list(removals.values())
+
+
+def _unscales(event: StepEvent, scaler: str, optimizer: str) -> bool:
+    return event.kind is EventKind.UNSCALE and event.scaler == scaler and event.optimizer == optimizer
+
+
+def _since_update(events: Sequence[StepEvent], scaler: str) -> Sequence[StepEvent]:
+    for index in range(len(events) - 1, -1, -1):
+        if events[index].kind is EventKind.SCALER_UPDATE and events[index].scaler == scaler:
+            return events[index + 1 :]
+    return events
+
+
+def _reaches_update_or_checked_skip(events: Sequence[StepEvent], scaler: str) -> bool:
+    for event in events:
+        if event.kind is EventKind.SCALER_UPDATE and event.scaler == scaler:
+            return True
+        if event.kind is EventKind.SKIP:
+            guard = event.guard
+            return guard is not None and (guard.checks_finiteness or guard.reads_grads)
+    return False

@@ -1,0 +1,580 @@
+"""Where a value comes from inside one function: name bindings, the bindings that reach a use,
+and every load of a name.
+
+A small, flow-approximate data flow over simple names, built lazily per function:
+
+- ``bindings(function)``: every simple name the function binds, with the assigned expressions
+  (``x = v``, ``a = b = v``, ``x: T = v``, ``(x := v)``; for ``x += v`` the right operand ``v``).
+- ``records(function)``: the same as :class:`Binding` records, which also carry the names bound
+  in ways whose value cannot be followed (parameters, ``for``/``with``/``except`` targets, tuple
+  unpacking, imports, nested ``def``/``class``).
+- ``reaching(name)``: the bindings that may give a loaded name its value at that point. Bindings
+  are ordered by source position; a binding *dominates* a later use when it is not inside a
+  branch, loop body or handler that the use is outside of (``with`` and ``try`` bodies count as
+  straight-line code). The search walks back from the use and stops at the first dominating
+  binding; inside a loop, bindings later in the loop body reach too (the previous iteration).
+- ``origins(expr)``: the expressions a value may come from, following names through their
+  reaching bindings transitively (bounded). Name leaves are values that cannot be followed: a
+  parameter (the Name inside its ``cst.Param``), a name bound by unpacking/``for``/``with``/
+  ``import`` (the bound Name), or a free, global or possibly unbound name (the loaded Name).
+- ``uses(name, function)``: every load of a name in the function, nested scopes included unless
+  they rebind it.
+- ``attribute_values(class_def, attr)``: the values assigned to ``self.<attr>`` in the class's
+  methods and to ``<attr>`` in its body (``self.scale = 0.1``, ``self.loss = nn.BCELoss()``).
+
+Nothing here is specific to a rule. ``origins`` does not follow attributes (``self.p``): their
+value may be set anywhere; ``attribute_values`` lists the candidates for callers that accept that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import libcst as cst
+
+if TYPE_CHECKING:
+    from trainlint.context import FileContext
+
+BindingKind = Literal["assign", "annotated", "augmented", "walrus", "parameter", "opaque"]
+# Kinds whose value is the whole new value of the name.
+FOLLOWED_KINDS = frozenset({"assign", "annotated", "walrus"})
+MAX_ORIGIN_STEPS = 64
+
+_SKIPPED = frozenset(
+    {"lpar", "rpar", "comma", "semicolon", "header", "footer", "leading_lines", "lines_after_decorators",
+     "newline", "trailing_whitespace", "empty_lines", "dot", "equal", "colon", "lbracket", "rbracket",
+     "lbrace", "rbrace", "operator", "asynchronous", "arrow", "star", "star_tok", "whitespace", "indent"}
+)
+_field_cache: dict[type, tuple[str, ...]] = {}
+_SCOPES = (cst.FunctionDef, cst.Lambda, cst.ClassDef)
+_COMPREHENSIONS = (cst.ListComp, cst.SetComp, cst.DictComp, cst.GeneratorExp)
+# A block whose parent is one of these runs only on some paths.
+_CONDITIONAL_PARENTS = (cst.If, cst.Else, cst.For, cst.While, cst.ExceptHandler, cst.ExceptStarHandler, cst.MatchCase)
+
+
+def _children(node: cst.CSTNode) -> list[cst.CSTNode]:
+    names = _field_cache.get(type(node))
+    if names is None:
+        names = tuple(
+            f.name for f in dataclasses.fields(node)  # type: ignore[arg-type]
+            if f.name not in _SKIPPED and "whitespace" not in f.name
+        )
+        _field_cache[type(node)] = names
+    children: list[cst.CSTNode] = []
+    for name in names:
+        value = getattr(node, name)
+        if isinstance(value, cst.CSTNode):
+            children.append(value)
+        elif isinstance(value, (tuple, list)):
+            children.extend(v for v in value if isinstance(v, cst.CSTNode))
+    return children
+
+
+def _target_names(target: cst.BaseExpression) -> Iterator[cst.Name]:
+    """The Names bound by an assignment target (``a``, ``a, (b, *c)``); attributes and
+    subscripts bind no name."""
+    if isinstance(target, cst.Name):
+        yield target
+    elif isinstance(target, (cst.Tuple, cst.List)):
+        for element in target.elements:
+            yield from _target_names(element.value)
+    elif isinstance(target, cst.StarredElement):
+        yield from _target_names(target.value)
+
+
+@dataclass(frozen=True, eq=False)
+class Binding:
+    """One binding of a simple name in a function.
+
+    ``value`` is the assigned expression for ``assign``/``annotated``/``walrus`` (the whole new
+    value) and for ``augmented`` (the right operand of ``x op= v``); None for ``parameter`` and
+    ``opaque`` bindings. ``statement`` is the node that binds (Assign, AnnAssign, AugAssign,
+    NamedExpr, Param, For, With, ExceptHandler, Import, FunctionDef...).
+    """
+
+    name: str
+    target: cst.Name
+    value: cst.BaseExpression | None
+    statement: cst.CSTNode
+    kind: BindingKind
+    effect: int  # walk position from which the new value is visible
+    anchor: cst.CSTNode  # the node whose enclosing blocks decide on which paths it happens
+
+
+@dataclass(frozen=True)
+class Reaching:
+    """The bindings that may give a loaded name its value; ``unresolved`` when the value may also
+    come from outside the function (a free or global name, or one that may be unbound)."""
+
+    bindings: tuple[Binding, ...]
+    unresolved: bool
+
+
+class _FunctionFlow:
+    """One function's walk: positions, bindings and loads."""
+
+    def __init__(self, function: cst.FunctionDef) -> None:
+        self.function = function
+        self.enter: dict[cst.CSTNode, int] = {}
+        self.exit: dict[cst.CSTNode, int] = {}
+        self.parent: dict[cst.CSTNode, cst.CSTNode] = {}
+        self.bindings: dict[str, list[Binding]] = {}
+        self.loads: dict[str, list[cst.Name]] = {}
+        self.declared_outside: set[str] = set()  # global / nonlocal
+        self._stores: set[cst.Name] = set()
+        self._number()
+        self._collect_parameters()
+        self._collect()
+
+    # -- the walk ----------------------------------------------------------------------------
+    def _number(self) -> None:
+        counter = 0
+        stack: list[tuple[cst.CSTNode, bool]] = [(self.function, False)]
+        while stack:
+            node, done = stack.pop()
+            if done:
+                self.exit[node] = counter
+                counter += 1
+                continue
+            self.enter[node] = counter
+            counter += 1
+            stack.append((node, True))
+            children = _children(node)
+            for child in children:
+                self.parent[child] = node
+            stack.extend((child, False) for child in reversed(children))
+
+    def contains(self, outer: cst.CSTNode, inner: cst.CSTNode) -> bool:
+        return self.enter[outer] <= self.enter[inner] and self.exit[inner] <= self.exit[outer]
+
+    def ancestors(self, node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+        current = self.parent.get(node)
+        while current is not None:
+            yield current
+            current = self.parent.get(current)
+
+    def scope_of(self, node: cst.CSTNode) -> cst.CSTNode:
+        """The innermost function, lambda, class or comprehension around a node (within the
+        function)."""
+        for ancestor in self.ancestors(node):
+            if isinstance(ancestor, (*_SCOPES, *_COMPREHENSIONS)):
+                return ancestor
+        return self.function
+
+    def _owning_scope(self, node: cst.CSTNode) -> cst.CSTNode:
+        """The scope a binding at ``node`` belongs to: comprehensions are skipped for walrus."""
+        for ancestor in self.ancestors(node):
+            if isinstance(ancestor, _SCOPES):
+                return ancestor
+        return self.function
+
+    # -- bindings ----------------------------------------------------------------------------
+    def _add(self, target: cst.Name, value: cst.BaseExpression | None, statement: cst.CSTNode,
+             kind: BindingKind, effect: int, anchor: cst.CSTNode) -> None:
+        self._stores.add(target)
+        binding = Binding(target.value, target, value, statement, kind, effect, anchor)
+        self.bindings.setdefault(target.value, []).append(binding)
+
+    def _collect_parameters(self) -> None:
+        params = self.function.params
+        everything = [*params.posonly_params, *params.params, *params.kwonly_params]
+        everything += [p for p in (params.star_arg, params.star_kwarg) if isinstance(p, cst.Param)]
+        body = self.function.body
+        for param in everything:
+            self._add(param.name, None, param, "parameter", -1, body)
+
+    def _collect(self) -> None:
+        for node in self.enter:
+            if node is self.function:
+                continue
+            if isinstance(node, (cst.Global, cst.Nonlocal)) and self._owning_scope(node) is self.function:
+                self.declared_outside.update(item.name.value for item in node.names)
+            self._collect_binding(node)
+        for node in self.enter:
+            if isinstance(node, cst.Name) and node not in self._stores and self._is_reference(node):
+                self.loads.setdefault(node.value, []).append(node)
+        for names in self.loads.values():
+            names.sort(key=self.enter.__getitem__)
+        self.load_set: set[cst.Name] = {n for names in self.loads.values() for n in names}
+        for found in self.bindings.values():
+            found.sort(key=lambda b: b.effect)
+
+    def _collect_binding(self, node: cst.CSTNode) -> None:
+        own = self._owning_scope(node) is self.function
+        if isinstance(node, cst.Assign) and own:
+            for assign_target in node.targets:
+                target = assign_target.target
+                if isinstance(target, cst.Name):
+                    self._add(target, node.value, node, "assign", self.exit[node], node)
+                else:
+                    for name in _target_names(target):
+                        self._add(name, None, node, "opaque", self.exit[node], node)
+        elif isinstance(node, cst.AnnAssign) and own and isinstance(node.target, cst.Name):
+            if node.value is not None:
+                self._add(node.target, node.value, node, "annotated", self.exit[node], node)
+            else:
+                self._stores.add(node.target)
+        elif isinstance(node, cst.AugAssign) and own and isinstance(node.target, cst.Name):
+            binding = Binding(node.target.value, node.target, node.value, node, "augmented", self.exit[node], node)
+            self.bindings.setdefault(node.target.value, []).append(binding)  # the target is a load too
+        elif isinstance(node, cst.NamedExpr) and own and isinstance(node.target, cst.Name):
+            self._add(node.target, node.value, node, "walrus", self.exit[node], node)
+        elif isinstance(node, cst.For) and own:
+            for name in _target_names(node.target):
+                self._add(name, None, node, "opaque", self.enter[node.body], node.body)
+        elif isinstance(node, cst.CompFor):
+            self._stores.update(_target_names(node.target))  # comprehension scope, not ours
+        elif isinstance(node, cst.WithItem) and own and node.asname is not None:
+            with_statement = self.parent[node]
+            for name in _target_names(node.asname.name):
+                self._add(name, None, with_statement, "opaque", self.enter[with_statement.body], with_statement.body)  # type: ignore[attr-defined]
+        elif isinstance(node, (cst.ExceptHandler, cst.ExceptStarHandler)) and own and node.name is not None:
+            name = node.name.name
+            if isinstance(name, cst.Name):
+                self._add(name, None, node, "opaque", self.enter[node.body], node.body)
+        elif isinstance(node, (cst.Import, cst.ImportFrom)) and own and not isinstance(node.names, cst.ImportStar):
+            for alias in node.names:
+                self._bind_import(alias, node)
+        elif isinstance(node, (cst.FunctionDef, cst.ClassDef)) and own:
+            self._add(node.name, None, node, "opaque", self.exit[node], node)
+        elif isinstance(node, (cst.MatchAs, cst.MatchStar)) and own and node.name is not None:
+            self._add(node.name, None, node, "opaque", self.exit[node], node)
+
+    def _bind_import(self, alias: cst.ImportAlias, node: cst.CSTNode) -> None:
+        if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+            self._add(alias.asname.name, None, node, "opaque", self.exit[node], node)
+            return
+        head = alias.name
+        while isinstance(head, cst.Attribute):
+            head = head.value
+        if isinstance(head, cst.Name):
+            self._add(head, None, node, "opaque", self.exit[node], node)
+
+    @staticmethod
+    def _param_names(node: cst.Lambda | cst.FunctionDef) -> Iterator[cst.Name]:
+        params = node.params
+        for param in [*params.posonly_params, *params.params, *params.kwonly_params, params.star_arg, params.star_kwarg]:
+            if isinstance(param, cst.Param):
+                yield param.name
+
+    def _is_reference(self, name: cst.Name) -> bool:
+        """False for Names that are not variables: attribute names, keywords, def/class names,
+        import aliases, global/nonlocal declarations."""
+        parent = self.parent.get(name)
+        if isinstance(parent, cst.Attribute) and parent.attr is name:
+            return False
+        if isinstance(parent, cst.Arg) and parent.keyword is name:
+            return False
+        if isinstance(parent, (cst.FunctionDef, cst.ClassDef)) and parent.name is name:
+            return False
+        if isinstance(parent, (cst.ImportAlias, cst.AsName, cst.NameItem, cst.Param)):
+            return False
+        return not any(isinstance(a, (cst.Import, cst.ImportFrom)) for a in self.ancestors(name))
+
+    # -- reaching bindings -------------------------------------------------------------------
+    def statement_of(self, node: cst.CSTNode) -> cst.CSTNode:
+        for ancestor in [node, *self.ancestors(node)]:
+            if isinstance(ancestor, (cst.BaseSmallStatement, cst.BaseCompoundStatement)):
+                return ancestor
+        return self.function
+
+    def dominates(self, binding: Binding, use: cst.CSTNode) -> bool:
+        """True when every path to ``use`` passes the binding: no branch, loop body or handler
+        holds the binding without holding the use. Walrus bindings never dominate."""
+        if binding.kind == "walrus":
+            return False
+        node: cst.CSTNode | None = binding.anchor
+        while node is not None and node is not self.function:
+            if isinstance(node, cst.BaseSuite) and isinstance(self.parent.get(node), _CONDITIONAL_PARENTS):
+                if not self.contains(node, use):
+                    return False
+            node = self.parent.get(node)
+        return True
+
+    def reaching(self, use: cst.Name) -> Reaching:
+        name = use.value
+        if name in self.declared_outside:
+            return Reaching((), True)
+        candidates = self.bindings.get(name, [])
+        scope = self.scope_of(use)
+        if scope is not self.function:
+            if self._rebinds(use):
+                return Reaching((), True)
+            if isinstance(scope, cst.Lambda):  # a closure sees whichever binding ran last
+                return Reaching(tuple(candidates), not candidates)
+        position = self.enter[use]
+        found: list[Binding] = []
+        dominator: Binding | None = None
+        for binding in reversed(candidates):
+            if binding.effect > position:
+                continue
+            found.append(binding)
+            if self.dominates(binding, use):
+                dominator = binding
+                break
+        for loop in self._loops_around(use):
+            if dominator is not None and self.contains(loop, dominator.anchor):
+                break
+            found += [b for b in candidates if b.effect > position and self.contains(loop, b.anchor) and b not in found]
+        return Reaching(tuple(found), dominator is None)
+
+    def shadowed(self, use: cst.Name) -> bool:
+        """True when a lambda or comprehension around the use binds its name (a nested ``def``
+        that assigns it is not detected: callers asking "every use" get more, not fewer)."""
+        for ancestor in self.ancestors(use):
+            if ancestor is self.function:
+                return False
+            if isinstance(ancestor, cst.Lambda) and use.value in {n.value for n in self._param_names(ancestor)}:
+                return True
+            if isinstance(ancestor, cst.FunctionDef) and use.value in {n.value for n in self._param_names(ancestor)}:
+                return True
+            if isinstance(ancestor, _COMPREHENSIONS) and any(
+                use.value in {n.value for n in _target_names(c.target)} for c in self._comp_fors(ancestor)
+            ):
+                return True
+        return False
+
+    def _rebinds(self, use: cst.Name) -> bool:
+        """True when the use's value is not this function's to follow: a lambda or comprehension
+        binds the name, or the use sits in a nested ``def``/``class`` (its own flow)."""
+        if self.shadowed(use):
+            return True
+        for ancestor in self.ancestors(use):
+            if ancestor is self.function:
+                return False
+            if isinstance(ancestor, (cst.FunctionDef, cst.ClassDef)):
+                return True
+        return False
+
+    @staticmethod
+    def _comp_fors(comprehension: cst.CSTNode) -> Iterator[cst.CompFor]:
+        current: cst.CompFor | None = comprehension.for_in  # type: ignore[attr-defined]
+        while current is not None:
+            yield current
+            current = current.inner_for_in
+
+    def _loops_around(self, use: cst.CSTNode) -> Iterator[cst.CSTNode]:
+        """Enclosing loops (innermost first) in whose repeated part the use lies."""
+        for ancestor in self.ancestors(use):
+            if ancestor is self.function:
+                return
+            if isinstance(ancestor, cst.For) and self.contains(ancestor.body, use):
+                yield ancestor.body
+            elif isinstance(ancestor, cst.While) and not (ancestor.orelse and self.contains(ancestor.orelse, use)):
+                yield ancestor
+
+
+class ValueOrigins:
+    """Data flow over simple names inside functions, built once per file (``ctx.get``)."""
+
+    def __init__(self, ctx: FileContext) -> None:
+        self._ctx = ctx
+        self._flows: dict[cst.FunctionDef, _FunctionFlow] = {}
+        self._attribute_tables: dict[cst.ClassDef, dict[str, list[cst.BaseExpression | None]]] = {}
+
+    def _flow(self, function: cst.FunctionDef) -> _FunctionFlow:
+        flow = self._flows.get(function)
+        if flow is None:
+            flow = self._flows[function] = _FunctionFlow(function)
+        return flow
+
+    def function_of(self, node: cst.CSTNode) -> cst.FunctionDef | None:
+        """The innermost ``def`` around a node."""
+        return self._ctx.enclosing(node, cst.FunctionDef)
+
+    def records(self, function: cst.FunctionDef) -> dict[str, list[Binding]]:
+        """Every binding of every simple name in the function (its own scope), by name, in the
+        order they take effect; parameters first."""
+        return self._flow(function).bindings
+
+    def bindings(self, function: cst.FunctionDef) -> dict[str, list[cst.BaseExpression]]:
+        """The expressions assigned to each simple name: ``x = v``, ``x: T = v``, ``(x := v)``
+        and, for ``x op= v``, the right operand ``v`` (see ``records`` to tell them apart)."""
+        return {
+            name: [b.value for b in found if b.value is not None]
+            for name, found in self._flow(function).bindings.items()
+            if any(b.value is not None for b in found)
+        }
+
+    def parameters(self, function: cst.FunctionDef) -> dict[str, cst.Param]:
+        return {
+            name: b.statement  # type: ignore[misc]
+            for name, found in self._flow(function).bindings.items()
+            for b in found
+            if b.kind == "parameter"
+        }
+
+    def reaching(self, name: cst.Name, function: cst.FunctionDef | None = None) -> Reaching:
+        """The bindings that may give this loaded Name its value where it is loaded."""
+        function = function or self.function_of(name)
+        if function is None:
+            return Reaching((), True)
+        flow = self._flow(function)
+        if name not in flow.enter:
+            return Reaching((), True)
+        return flow.reaching(name)
+
+    def origins(
+        self,
+        expr: cst.BaseExpression,
+        function: cst.FunctionDef | None = None,
+        through: Callable[[cst.BaseExpression], Iterable[cst.BaseExpression] | None] | None = None,
+    ) -> list[cst.BaseExpression]:
+        """The expressions the value of ``expr`` may come from, following loaded names through
+        the bindings that reach them, transitively. ``through(e)`` may return sub-expressions to
+        follow instead of keeping ``e`` (e.g. a subscript's value); None keeps ``e`` as a leaf.
+        An augmented ``x op= v`` contributes ``v`` and the earlier value of ``x``. Name leaves
+        cannot be followed (see the module docstring). Stops after MAX_ORIGIN_STEPS steps,
+        keeping what is left as leaves."""
+        function = function or self.function_of(expr)
+        flow = self._flow(function) if function is not None else None
+        leaves: list[cst.BaseExpression] = []
+        seen: set[int] = set()
+        work = [expr]
+        steps = 0
+        while work:
+            current = work.pop()
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            steps += 1
+            if steps > MAX_ORIGIN_STEPS:
+                leaves.append(current)
+                continue
+            work.extend(reversed(self._step(current, flow, through, leaves)))
+        return leaves
+
+    def _step(
+        self,
+        current: cst.BaseExpression,
+        flow: _FunctionFlow | None,
+        through: Callable[[cst.BaseExpression], Iterable[cst.BaseExpression] | None] | None,
+        leaves: list[cst.BaseExpression],
+    ) -> list[cst.BaseExpression]:
+        """One expansion: what to follow next from ``current`` (adding leaves as found)."""
+        if isinstance(current, cst.Name) and flow is not None and current in flow.enter:
+            if current not in flow.load_set:
+                leaves.append(current)  # a bound target or a parameter's own Name
+                return []
+            reaching = flow.reaching(current)
+            if reaching.unresolved:
+                leaves.append(current)
+            follow: list[cst.BaseExpression] = []
+            for binding in reversed(reaching.bindings):
+                if binding.kind in FOLLOWED_KINDS and binding.value is not None:
+                    follow.append(binding.value)
+                elif binding.kind == "augmented" and binding.value is not None:
+                    follow += [binding.value, binding.target]
+                else:
+                    leaves.append(binding.target)
+            return follow
+        passed = through(current) if through is not None else None
+        if passed is None:
+            leaves.append(current)
+            return []
+        return list(passed)
+
+    def later_bindings(self, name: str, node: cst.CSTNode, function: cst.FunctionDef) -> list[Binding]:
+        """Bindings of ``name`` in the function that take effect after ``node`` starts (in source
+        order; a loop may run them before it again): empty means ``name`` keeps the value it has
+        at ``node`` for the rest of the function."""
+        flow = self._flow(function)
+        position = flow.enter.get(node)
+        if position is None:
+            return list(flow.bindings.get(name, []))
+        return [b for b in flow.bindings.get(name, []) if b.effect > position]
+
+    def uses(self, name: str, function: cst.FunctionDef) -> list[cst.Name]:
+        """Every load of ``name`` in the function, in source order: nested scopes are included
+        unless they rebind it; ``x += 1`` loads ``x``."""
+        flow = self._flow(function)
+        return [n for n in flow.loads.get(name, []) if not flow.shadowed(n)]
+
+    def statement_of(self, node: cst.CSTNode, function: cst.FunctionDef | None = None) -> cst.CSTNode | None:
+        """The innermost small or compound statement holding a node."""
+        function = function or self.function_of(node)
+        if function is None:
+            return None
+        return self._flow(function).statement_of(node)
+
+    # -- attributes of ``self`` ----------------------------------------------------------------
+    def attribute_values(self, class_def: cst.ClassDef, attr: str) -> list[cst.BaseExpression] | None:
+        """The values assigned to ``self.<attr>`` in the class's methods (and to ``<attr>`` in
+        the class body), in source order; None when it is also bound in a way whose value cannot
+        be followed (``self.a, self.b = ...``, ``self.a += ...``). Nested classes are not read."""
+        table = self._attribute_tables.get(class_def)
+        if table is None:
+            table = self._attribute_tables[class_def] = self._attribute_table(class_def)
+        found = table.get(attr)
+        if found is None:
+            return []
+        return None if any(value is None for value in found) else found  # type: ignore[return-value]
+
+    def _attribute_table(self, class_def: cst.ClassDef) -> dict[str, list[cst.BaseExpression | None]]:
+        table: dict[str, list[cst.BaseExpression | None]] = {}
+        for line in self._ctx.nodes.of(cst.SimpleStatementLine):  # source order
+            method = self._method_between(line, class_def)
+            if method is False:
+                continue
+            receiver = _first_parameter(method) if method is not None else None
+            for statement in line.body:
+                for target, value in _assignment_targets(statement):
+                    if method is None:
+                        name = target.value if isinstance(target, cst.Name) else None
+                    else:
+                        name = _attribute_name(target, receiver)
+                    if name is not None:
+                        table.setdefault(name, []).append(value)
+        return table
+
+    def _method_between(self, node: cst.CSTNode, class_def: cst.ClassDef) -> cst.FunctionDef | None | bool:
+        """The method of ``class_def`` holding ``node`` (None: the class body itself); False
+        when the node is not directly in the class (elsewhere, or in a nested class or def)."""
+        method: cst.FunctionDef | None = None
+        for ancestor in self._ctx.ancestors(node):
+            if ancestor is class_def:
+                return method
+            if isinstance(ancestor, cst.ClassDef):
+                return False
+            if isinstance(ancestor, cst.FunctionDef):
+                if method is not None:
+                    return False  # a def inside a method: its own scope
+                method = ancestor
+        return False
+
+
+def _first_parameter(function: cst.FunctionDef) -> str | None:
+    params = [*function.params.posonly_params, *function.params.params]
+    return params[0].name.value if params else None
+
+
+def _assignment_targets(statement: cst.CSTNode) -> Iterator[tuple[cst.BaseExpression, cst.BaseExpression | None]]:
+    """(target, value) for each target of an assignment; value None when it cannot be followed
+    (tuple unpacking, augmented assignment)."""
+    if isinstance(statement, cst.Assign):
+        for assign_target in statement.targets:
+            target = assign_target.target
+            if isinstance(target, (cst.Tuple, cst.List)):
+                for element in target.elements:
+                    yield element.value, None
+            else:
+                yield target, statement.value
+    elif isinstance(statement, cst.AnnAssign) and statement.value is not None:
+        yield statement.target, statement.value
+    elif isinstance(statement, cst.AugAssign):
+        yield statement.target, None
+
+
+def _attribute_name(target: cst.BaseExpression, receiver: str | None) -> str | None:
+    """``attr`` for ``<receiver>.attr``."""
+    if (
+        receiver is not None
+        and isinstance(target, cst.Attribute)
+        and isinstance(target.value, cst.Name)
+        and target.value.value == receiver
+    ):
+        return target.attr.value
+    return None

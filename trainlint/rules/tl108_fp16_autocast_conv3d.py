@@ -1,0 +1,348 @@
+"""TL108: float16 autocast around the forward pass of a model with 3-D convolutions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import libcst as cst
+
+from trainlint.analysis.imports import dotted_name
+from trainlint.analysis.model_structure import CONV3D, ModelStructure, contains
+from trainlint.context import FileContext
+from trainlint.findings import Finding, Fix
+from trainlint.rule import Example, Rule
+
+@dataclass(frozen=True)
+class _Signature:
+    device: str | None  # the device whose default dtype applies; None: the first argument names it
+    enabled_index: int
+    dtype_index: int
+
+
+# autocast(device_type, dtype=None, enabled=True, ...) and cuda/cpu.amp.autocast(enabled=True, dtype=...)
+_DEVICE_FIRST = _Signature(None, 2, 1)
+_AUTOCASTS: dict[str, _Signature] = {
+    "torch.autocast": _DEVICE_FIRST,
+    "torch.amp.autocast": _DEVICE_FIRST,
+    "torch.amp.autocast_mode.autocast": _DEVICE_FIRST,
+    "torch.cuda.amp.autocast": _Signature("cuda", 0, 1),
+    "torch.cuda.amp.autocast_mode.autocast": _Signature("cuda", 0, 1),
+    "torch.cpu.amp.autocast": _Signature("cpu", 0, 1),
+}
+_FLOAT16 = frozenset({"torch.float16", "torch.half"})
+# Devices whose autocast default is float16 (CPU, XPU and HPU default to bfloat16).
+_FLOAT16_BY_DEFAULT = frozenset({"cuda"})
+
+
+@dataclass(frozen=True)
+class _Autocast:
+    call: cst.Call
+    dtype: cst.BaseExpression | None  # the dtype argument as written, None when absent
+
+
+def _argument(call: cst.Call, index: int, keyword: str) -> cst.BaseExpression | None:
+    position = 0
+    for arg in call.args:
+        if arg.keyword is not None:
+            if arg.keyword.value == keyword:
+                return arg.value
+        elif not arg.star:
+            if position == index:
+                return arg.value
+            position += 1
+    return None
+
+
+def _string(expr: cst.BaseExpression | None) -> str | None:
+    if isinstance(expr, cst.SimpleString):
+        value = expr.evaluated_value
+        return value if isinstance(value, str) else None
+    return None
+
+
+class Fp16AutocastConv3d(Rule):
+    """## What it does
+    Finds `autocast` in float16 (an explicit `dtype=torch.float16`, or the CUDA default of
+    `torch.autocast("cuda")`, `torch.amp.autocast("cuda")` and `torch.cuda.amp.autocast()`)
+    around the forward pass of a model that contains `nn.Conv3d` or `F.conv3d`. The model is
+    followed to what built it (`model = build_model(cfg)`, `self.model = model`, `DDP(model)`)
+    and its layers are looked up across the project: the class may live in another module, be
+    built by a factory or nested in submodules. bfloat16 autocast and CPU autocast (bfloat16 by
+    default) are not reported.
+
+    ## Why is this bad?
+    float16 keeps 5 exponent bits: its largest value is 65504 and its resolution near 1 is
+    2**-10. Under autocast a convolution runs in float16 and each output is a sum of
+    `in_channels * kernel volume` products: a 3x3x3 Conv3d over 256 channels sums 6912 products
+    per output, three times the 2304 of a 3x3 Conv2d, so activations and their gradients reach
+    65504 much sooner and become `inf`, then `NaN` after a normalization. GradScaler cannot help:
+    it rescales gradients, not forward activations. bfloat16 has float32's exponent range (max
+    about 3.4e38) with 8 bits of mantissa, so the same sums cannot overflow, and it needs no
+    GradScaler.
+
+    The fix sets `dtype=torch.bfloat16` and keeps the rest of the call. It is unsafe: bfloat16
+    needs hardware support (Ampere or newer GPUs) and rounds more coarsely than float16.
+    """
+
+    code = "TL108"
+    name = "fp16-autocast-conv3d"
+    summary = "float16 autocast around a model with 3-D convolutions (overflows 65504)"
+    level = "warning"
+    fix_applicability = "unsafe"
+    triggers = ("autocast",)
+    examples = [
+        Example(
+            code='''
+            import torch
+            from models import build_model
+
+
+            def train(cfg, loader, optimizer, scaler):
+                model = build_model(cfg).cuda()
+                for clips, labels in loader:
+                    with torch.autocast("cuda"):
+                        loss = torch.nn.functional.cross_entropy(model(clips), labels)
+                    optimizer.zero_grad()
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+            ''',
+            files={
+                "models/__init__.py": "from .video import build_model\n",
+                "models/video.py": '''import torch.nn as nn
+
+
+class Stem(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.conv = nn.Conv3d(3, width, kernel_size=3, padding=1)
+
+
+class VideoNet(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.stem = Stem(cfg.width)
+        self.head = nn.Linear(cfg.width, cfg.classes)
+
+
+def build_model(cfg):
+    return VideoNet(cfg)
+''',
+            },
+            expect=[(8, 14)],
+            fixed='''
+            import torch
+            from models import build_model
+
+
+            def train(cfg, loader, optimizer, scaler):
+                model = build_model(cfg).cuda()
+                for clips, labels in loader:
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        loss = torch.nn.functional.cross_entropy(model(clips), labels)
+                    optimizer.zero_grad()
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+            ''',
+            unsafe=True,
+        ),
+        Example(
+            code='''
+            import torch
+            import torch.nn as nn
+            from torch.cuda.amp import autocast
+
+
+            class Video3D(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.conv = nn.Conv3d(3, 64, 3)
+
+                def forward(self, x):
+                    return self.conv(x).mean((2, 3, 4))
+
+
+            model = Video3D().cuda()
+            with autocast(enabled=True):
+                out = model(torch.randn(2, 3, 8, 64, 64, device="cuda"))
+            ''',
+            expect=[(16, 6)],
+            fixed='''
+            import torch
+            import torch.nn as nn
+            from torch.cuda.amp import autocast
+
+
+            class Video3D(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.conv = nn.Conv3d(3, 64, 3)
+
+                def forward(self, x):
+                    return self.conv(x).mean((2, 3, 4))
+
+
+            model = Video3D().cuda()
+            with autocast(enabled=True, dtype=torch.bfloat16):
+                out = model(torch.randn(2, 3, 8, 64, 64, device="cuda"))
+            ''',
+            unsafe=True,
+        ),
+    ]
+    valid_examples = [
+        '''
+        import torch
+        import torch.nn as nn
+
+        class Video3D(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv3d(3, 64, 3)
+
+        model = Video3D().cuda()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(x)
+        ''',
+        '''
+        import torch
+        import torch.nn as nn
+
+        class Image2D(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 64, 3)
+
+        model = Image2D().cuda()
+        with torch.autocast("cuda"):
+            out = model(x)
+        ''',
+        '''
+        import torch
+        import torch.nn as nn
+
+        class Video3D(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv3d(3, 64, 3)
+
+        model = Video3D()
+        with torch.autocast("cpu"):
+            out = model(x)
+        ''',
+    ]
+
+    def check(self, ctx: FileContext) -> Iterator[Finding]:
+        structure = ctx.get(ModelStructure)
+        for autocast, region in self._fp16_regions(ctx):
+            culprit = self._conv3d_run(ctx, structure, region)
+            if culprit is None:
+                continue
+            yield ctx.report(
+                self,
+                autocast.call,
+                f"float16 autocast runs {culprit}, which contains a 3-D convolution: its sums over "
+                "in_channels x kernel volume overflow float16's max 65504; use dtype=torch.bfloat16 "
+                "(float32's range)",
+                fix=self._fix(ctx, autocast),
+            )
+
+    # -- where float16 autocast is on ------------------------------------------------------------
+    def _fp16_regions(self, ctx: FileContext) -> Iterator[tuple[_Autocast, cst.CSTNode]]:
+        for with_statement in ctx.nodes.of(cst.With):
+            for item in with_statement.items:
+                if isinstance(item.item, cst.Call):
+                    found = self._fp16_autocast(ctx, item.item)
+                    if found is not None:
+                        yield found, with_statement.body
+        for function in ctx.nodes.of(cst.FunctionDef):
+            for decorator in function.decorators:
+                if isinstance(decorator.decorator, cst.Call):
+                    found = self._fp16_autocast(ctx, decorator.decorator)
+                    if found is not None:
+                        yield found, function.body
+
+    def _fp16_autocast(self, ctx: FileContext, call: cst.Call) -> _Autocast | None:
+        """The call when it is an autocast that runs in float16, None when not or unknown."""
+        signature = _AUTOCASTS.get(ctx.qualified_name(call.func) or "")
+        if signature is None or any(arg.star for arg in call.args):
+            return None  # ``**amp_kwargs`` may set anything
+        enabled = _argument(call, signature.enabled_index, "enabled")
+        if isinstance(enabled, cst.Name) and enabled.value == "False":
+            return None
+        dtype = _argument(call, signature.dtype_index, "dtype")
+        if dtype is not None:
+            return _Autocast(call, dtype) if ctx.qualified_name(dtype) in _FLOAT16 else None
+        device = signature.device or _string(_argument(call, 0, "device_type"))
+        return _Autocast(call, None) if device in _FLOAT16_BY_DEFAULT else None
+
+    # -- what runs inside ----------------------------------------------------------------------
+    @staticmethod
+    def _conv3d_run(ctx: FileContext, structure: ModelStructure, region: cst.CSTNode) -> str | None:
+        """The model with a 3-D convolution run in the region, as the message names it."""
+        for run in structure.runs_in(region):
+            if contains(run.layers, CONV3D):
+                builders = sorted(name.rpartition(".")[2] for name in run.built_by)
+                built = f" (built by `{builders[0]}`)" if builders and builders[0] != ctx.code(run.model) else ""
+                return f"`{ctx.code(run.model)}`{built}"
+        for call in ctx.nodes.of(cst.Call):
+            if ctx.qualified_name(call.func) in CONV3D and _inside(ctx, call, region):
+                return f"`{ctx.code(call.func)}`"
+        return None
+
+    # -- the fix -------------------------------------------------------------------------------
+    @staticmethod
+    def _fix(ctx: FileContext, autocast: _Autocast) -> Fix | None:
+        if autocast.dtype is not None:
+            written = dotted_name(autocast.dtype)
+            if written is not None and "." in written:  # keep the spelling: `th.half` -> `th.bfloat16`
+                bfloat16 = written.rpartition(".")[0] + ".bfloat16"
+            else:
+                torch_name = _torch_name(ctx)
+                if torch_name is None:
+                    return None
+                bfloat16 = f"{torch_name}.bfloat16"
+            return ctx.fix([ctx.replace(autocast.dtype, bfloat16)], "unsafe", "Use `dtype=torch.bfloat16`")
+        torch_name = _torch_name(ctx)
+        if torch_name is None:
+            return None
+        new_call = _with_keyword(autocast.call, "dtype", f"{torch_name}.bfloat16")
+        return ctx.fix(
+            [ctx.replace(autocast.call, new_call.with_changes(lpar=(), rpar=()))],
+            "unsafe",
+            "Add `dtype=torch.bfloat16`",
+        )
+
+
+def _inside(ctx: FileContext, node: cst.CSTNode, region: cst.CSTNode) -> bool:
+    return any(ancestor is region for ancestor in ctx.ancestors(node))
+
+
+def _torch_name(ctx: FileContext) -> str | None:
+    """The name ``torch`` is bound to in this file (``torch``, ``th``), if any."""
+    names = [local for local, qualified in ctx.imports.bindings.items() if qualified == "torch"]
+    if "torch" in names:
+        return "torch"
+    return names[0] if names else None
+
+
+def _with_keyword(call: cst.Call, keyword: str, value: str) -> cst.Call:
+    """``call`` with ``keyword=value`` appended, following the call's own argument layout."""
+    new_arg = cst.Arg(
+        keyword=cst.Name(keyword),
+        value=cst.parse_expression(value),
+        equal=cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace("")),
+    )
+    args = list(call.args)
+    if not args:
+        return call.with_changes(args=[new_arg])
+    last = args[-1]
+    if isinstance(last.comma, cst.Comma):  # a trailing comma: the new argument goes on its own line
+        separator = args[-2].comma if len(args) > 1 and isinstance(args[-2].comma, cst.Comma) else last.comma
+        args[-1] = last.with_changes(comma=separator)
+        args.append(new_arg.with_changes(comma=last.comma))
+    else:
+        args[-1] = last.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+        args.append(new_arg)
+    return call.with_changes(args=args)

@@ -1,0 +1,260 @@
+"""TL204: ``binary_cross_entropy`` / ``nn.BCELoss`` applied to a ``sigmoid`` output."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import libcst as cst
+
+from trainlint.analysis.imports import dotted_name
+from trainlint.analysis.probabilities import Probabilities, Producer, Trace, positional_argument
+from trainlint.analysis.value_origin import ValueOrigins
+from trainlint.context import FileContext
+from trainlint.findings import Edit, Finding, Fix
+from trainlint.rule import Example, Rule
+
+_BCE_FUNCTION = "torch.nn.functional.binary_cross_entropy"
+_BCE_MODULES = frozenset({"torch.nn.BCELoss", "torch.nn.modules.loss.BCELoss"})
+
+
+@dataclass(frozen=True)
+class LossCall:
+    """A loss call and its input; ``constructor`` is the ``nn.XLoss(...)`` call for a module."""
+
+    call: cst.Call
+    input: cst.BaseExpression
+    constructor: cst.Call | None
+
+
+def loss_calls(
+    probabilities: Probabilities, functions: frozenset[str], modules: frozenset[str]
+) -> Iterator[LossCall]:
+    """Calls of the given loss functions or of instances of the given loss modules."""
+    ctx = probabilities.ctx
+    for call in ctx.nodes.of(cst.Call):
+        constructor = None
+        if ctx.qualified_name(call.func) not in functions:
+            constructor = probabilities.module_kind(call.func, modules)
+            if constructor is None:
+                continue
+        argument = positional_argument(call, 0, "input")
+        if argument is not None:
+            yield LossCall(call, argument.value, constructor)
+
+
+def producer_trace(probabilities: Probabilities, expr: cst.BaseExpression, kind: str) -> Trace | None:
+    """The trace of a loss input that is only ``kind`` outputs, possibly selected or reshaped."""
+    trace = probabilities.trace(expr)
+    if trace is None or trace.kinds != {kind} or trace.eps or trace.complement or trace.selected:
+        return None
+    return trace
+
+
+def replace_producer(
+    ctx: FileContext,
+    probabilities: Probabilities,
+    loss_input: cst.BaseExpression,
+    trace: Trace,
+    replacement: Callable[[Producer], str | None],
+) -> list[Edit | None] | None:
+    """Edits that put ``replacement(producer)`` where the producer's output enters the loss:
+    in place when the producer is written inside the input; through a name bound once to it and
+    used only here, by deleting that binding (when its logits are a name that stays unchanged).
+    None when neither applies."""
+    if len(trace.producers) != 1:
+        return None
+    producer = trace.producers[0]
+    new = replacement(producer)
+    if new is None:
+        return None
+    if producer.call is loss_input or any(a is loss_input for a in ctx.ancestors(producer.call)):
+        code = new if isinstance(ctx.parent(producer.call), cst.Arg) else _atomic(new)
+        return [ctx.replace(producer.call, probabilities.with_parens_of(producer.call, code))]
+    return _replace_through_binding(ctx, probabilities, loss_input, producer, new)
+
+
+def _atomic(code: str) -> str:
+    expression = cst.parse_expression(code)
+    atomic = isinstance(expression, (cst.Name, cst.Attribute, cst.Call, cst.Subscript))
+    return code if atomic else f"({code})"
+
+
+def _replace_through_binding(
+    ctx: FileContext, probabilities: Probabilities, loss_input: cst.BaseExpression, producer: Producer, new: str
+) -> list[Edit | None] | None:
+    values = ctx.get(ValueOrigins)
+    load = _base_name(loss_input)
+    function = values.function_of(loss_input)
+    if load is None or function is None:
+        return None
+    records = values.records(function).get(load.value, [])
+    if len(records) != 1 or records[0].value is not producer.call or values.uses(load.value, function) != [load]:
+        return None
+    logits = dotted_name(producer.input)
+    if logits is None or values.later_bindings(logits.split(".")[0], producer.call, function):
+        return None
+    line = ctx.parent(records[0].statement)
+    block = ctx.parent(line) if line is not None else None
+    if not isinstance(line, cst.SimpleStatementLine) or len(line.body) != 1:
+        return None
+    if not isinstance(block, cst.BaseSuite) or len(getattr(block, "body", ())) < 2:
+        return None
+    return [ctx.remove(line), ctx.replace(load, new if isinstance(ctx.parent(load), cst.Arg) else _atomic(new))]
+
+
+def _base_name(expr: cst.BaseExpression) -> cst.Name | None:
+    """``p`` in ``p``, ``p[i]``, ``p.squeeze(1)``, ``p.view(-1).float()``."""
+    while True:
+        if isinstance(expr, cst.Name):
+            return expr
+        if isinstance(expr, cst.Subscript):
+            expr = expr.value
+        elif isinstance(expr, cst.Call) and isinstance(expr.func, cst.Attribute):
+            expr = expr.func.value
+        else:
+            return None
+
+
+class BceOnSigmoid(Rule):
+    """## What it does
+    Finds `F.binary_cross_entropy(torch.sigmoid(x), y)` and `nn.BCELoss()` called on a sigmoid
+    output (directly, or through a name, indexing or a reshape inside the function).
+
+    ## Why is this bad?
+    The sigmoid is computed on its own and rounds to exactly 1.0 from a logit of ~17 in float32
+    (~8.5 in float16). For a confidently wrong prediction, `log(1 - p)` is then -inf, which BCE
+    clamps at -100: measured, `binary_cross_entropy(sigmoid(30), 0)` is 100 with gradient 0,
+    where `binary_cross_entropy_with_logits(30, 0)` is 30 with gradient 1. The examples the model
+    gets most wrong stop teaching it. `binary_cross_entropy_with_logits` (`nn.BCEWithLogitsLoss`)
+    fuses the sigmoid into the loss with the log-sum-exp trick: the same function, stable.
+
+    The fix is safe when the sigmoid feeds only the loss: it passes the logits to
+    `binary_cross_entropy_with_logits` (same `weight`/`reduction` arguments), deleting a
+    `probs = torch.sigmoid(logits)` line that nothing else reads. For an `nn.BCELoss()` it changes
+    the construction to `nn.BCEWithLogitsLoss()` only when the construction is visible in the
+    same class or function and every call of that loss gets a sigmoid output; otherwise the
+    finding comes without a fix.
+    """
+
+    code = "TL204"
+    name = "bce-on-sigmoid"
+    summary = "`binary_cross_entropy`/`BCELoss` on a sigmoid output instead of the logits"
+    level = "error"
+    fix_applicability = "safe"
+    triggers = ("binary_cross_entropy", "BCELoss")
+    examples = [
+        Example(
+            code='''
+            import torch
+            import torch.nn.functional as F
+
+            def mask_loss(mask_logits, target):
+                return F.binary_cross_entropy(torch.sigmoid(mask_logits), target, reduction="mean")
+            ''',
+            expect=[(5, 12)],
+            fixed='''
+            import torch
+            import torch.nn.functional as F
+
+            def mask_loss(mask_logits, target):
+                return F.binary_cross_entropy_with_logits(mask_logits, target, reduction="mean")
+            ''',
+        ),
+    ]
+    valid_examples = [
+        '''
+        import torch.nn.functional as F
+
+        def mask_loss(mask_logits, target):
+            return F.binary_cross_entropy_with_logits(mask_logits, target)
+        ''',
+        '''
+        import torch
+        import torch.nn.functional as F
+
+        def mask_loss(mask_logits, target):
+            probs = torch.sigmoid(mask_logits).clamp(1e-4, 1 - 1e-4)
+            return F.binary_cross_entropy(probs, target)
+        ''',
+    ]
+
+    def check(self, ctx: FileContext) -> Iterator[Finding]:
+        probabilities = ctx.get(Probabilities)
+        findings = []
+        for loss in loss_calls(probabilities, frozenset({_BCE_FUNCTION}), _BCE_MODULES):
+            trace = producer_trace(probabilities, loss.input, "sigmoid")
+            if trace is not None:
+                findings.append((loss, trace))
+        calls_by_constructor: dict[cst.Call, list[tuple[LossCall, Trace]]] = {}
+        for loss, trace in findings:
+            if loss.constructor is not None:
+                calls_by_constructor.setdefault(loss.constructor, []).append((loss, trace))
+        for loss, trace in findings:
+            fix = (
+                self._function_fix(ctx, probabilities, loss, trace)
+                if loss.constructor is None
+                else self._module_fix(ctx, probabilities, loss.constructor, calls_by_constructor[loss.constructor])
+            )
+            what = "`nn.BCELoss`" if loss.constructor is not None else "`binary_cross_entropy`"
+            yield ctx.report(
+                self,
+                loss.call,
+                f"{what} of a `sigmoid` output: sigmoid rounds to 1.0 from a logit of ~17 in float32, where the "
+                f"clamped log gives a loss of 100 and a zero gradient; the with-logits loss is exact and stable",
+                fix=fix,
+            )
+
+    @staticmethod
+    def _function_fix(ctx: FileContext, probabilities: Probabilities, loss: LossCall, trace: Trace) -> Fix | None:
+        callee = probabilities.renamed_callee(loss.call.func, "binary_cross_entropy_with_logits")
+        edits = replace_producer(ctx, probabilities, loss.input, trace, lambda p: probabilities.code_without_parens(p.input))
+        if callee is None or edits is None:
+            return None
+        return ctx.fix([ctx.replace(loss.call.func, callee), *edits], "safe", "Use `binary_cross_entropy_with_logits` on the logits")
+
+    @staticmethod
+    def _module_fix(
+        ctx: FileContext, probabilities: Probabilities, constructor: cst.Call, calls: list[tuple[LossCall, Trace]]
+    ) -> Fix | None:
+        """Switch a visible ``nn.BCELoss(...)`` to ``nn.BCEWithLogitsLoss(...)`` when every use of
+        the instance is one of ``calls``."""
+        callee = probabilities.renamed_callee(constructor.func, "BCEWithLogitsLoss")
+        if callee is None or not _only_called_here(ctx, constructor, [loss.call for loss, _ in calls]):
+            return None
+        edits: list[Edit | None] = [ctx.replace(constructor.func, callee)]
+        for loss, trace in calls:
+            found = replace_producer(ctx, probabilities, loss.input, trace, lambda p: probabilities.code_without_parens(p.input))
+            if found is None:
+                return None
+            edits += found
+        return ctx.fix(edits, "safe", "Use `nn.BCEWithLogitsLoss` on the logits")
+
+
+def _only_called_here(ctx: FileContext, constructor: cst.Call, calls: list[cst.Call]) -> bool:
+    """True when the loss instance built by ``constructor`` is used only as the callee of ``calls``:
+    built inline, or bound to a local name / ``self.<attr>`` that nothing else reads."""
+    if any(call.func is constructor for call in calls):
+        return len(calls) == 1
+    callees = {id(call.func) for call in calls}
+    parent = ctx.parent(constructor)
+    if not isinstance(parent, cst.Assign) or len(parent.targets) != 1:
+        return False
+    target = parent.targets[0].target
+    if isinstance(target, cst.Name):
+        values = ctx.get(ValueOrigins)
+        function = values.function_of(parent)
+        if function is None:
+            return False
+        uses = values.uses(target.value, function)
+        return bool(uses) and all(id(use) in callees for use in uses)
+    attribute = dotted_name(target)
+    class_def = ctx.enclosing(parent, cst.ClassDef)
+    if attribute is None or class_def is None or not attribute.startswith("self."):
+        return False
+    reads = [
+        node
+        for node in ctx.nodes.of(cst.Attribute)
+        if node is not target and dotted_name(node) == attribute and ctx.enclosing(node, cst.ClassDef) is class_def
+    ]
+    return bool(reads) and all(id(node) in callees for node in reads)

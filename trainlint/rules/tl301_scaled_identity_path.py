@@ -1,0 +1,469 @@
+"""TL301: a residual connection whose identity path is multiplied by a constant."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import libcst as cst
+
+from trainlint.analysis.model_structure import ModelClass, ModelStructure, number, self_attribute
+from trainlint.analysis.value_origin import FOLLOWED_KINDS, ValueOrigins
+from trainlint.context import FileContext
+from trainlint.findings import Finding, Fix
+from trainlint.rule import Example, Rule
+
+# Tensor methods that move or view data without computing: `x.view(n, -1)` is still `x`.
+_SHAPE_METHODS = frozenset({
+    "view", "reshape", "permute", "transpose", "contiguous", "flatten", "unflatten", "unsqueeze",
+    "squeeze", "clone", "to", "float", "type_as", "view_as", "reshape_as", "expand", "expand_as",
+    "detach", "movedim",
+})
+# Submodules that carry the identity path: `self.downsample(x)`, `self.shortcut(x)`, `self.proj(x)`.
+_SHORTCUT_WORDS = ("down", "shortcut", "skip", "proj", "identity", "match")
+_SHORTCUT_MODULES = frozenset({
+    "torch.nn.Identity", "torch.nn.AvgPool1d", "torch.nn.AvgPool2d", "torch.nn.AvgPool3d",
+    "torch.nn.MaxPool1d", "torch.nn.MaxPool2d", "torch.nn.MaxPool3d", "torch.nn.Upsample",
+})
+_SHORTCUT_FUNCTIONS = frozenset({
+    "torch.nn.functional.avg_pool1d", "torch.nn.functional.avg_pool2d", "torch.nn.functional.avg_pool3d",
+    "torch.nn.functional.max_pool1d", "torch.nn.functional.max_pool2d", "torch.nn.functional.max_pool3d",
+    "torch.nn.functional.interpolate", "torch.nn.functional.pad", "torch.repeat_interleave",
+})
+# Expressions that need no parentheses as an operand of `*`.
+_ATOMS = (cst.Name, cst.Attribute, cst.Call, cst.Subscript, cst.Integer, cst.Float)
+
+
+@dataclass(frozen=True)
+class _Scaled:
+    """``factor * operand`` written as ``c * x``, ``x * c`` or ``x.mul(c)``."""
+
+    node: cst.BaseExpression
+    factor: cst.BaseExpression
+    operand: cst.BaseExpression
+    value: float
+
+
+class ScaledIdentityPath(Rule):
+    """## What it does
+    Finds a residual connection in a `forward` method whose identity path is multiplied by a
+    constant: `out + 0.1 * residual`, `0.1 * x + self.block(x)`, `0.05 * (out + identity)`, or the
+    same through a constant attribute set in `__init__` (`self.residual_scale = 0.1`). The
+    identity path is found by data flow inside `forward`: the input parameter, or a name bound to
+    it or to one projection/downsample of it (`identity = self.downsample(x)`), added to a branch
+    that computes more from the same input. Scaling the *branch* (`x + 0.1 * self.block(x)`,
+    EDSR's `res_scale`, LayerScale's `gamma * f(x)`, ReZero's `alpha * f(x)`) is the intended
+    design and is not reported, nor is an interpolation that scales both terms
+    (`0.9 * h + 0.1 * f(x)`).
+
+    ## Why is this bad?
+    A residual block computes `x + f(x)` so that the input and its gradient pass through
+    unchanged however deep the network is. With `0.1 * x + f(x)` the identity signal is scaled
+    by 0.1 per block, 0.1^depth in all: after 10 blocks the input reaches the output scaled by
+    1e-10, after 50 blocks by 1e-50, below float32's smallest normal number (1.2e-38), so it is
+    gone. The gradient through the identity path is scaled by 0.1 per block in the same way, so
+    the early layers learn only through the branches, as in a plain deep network without skip
+    connections. Scaling the branch instead keeps the identity path at 1, which is what
+    stabilises deep residual networks.
+
+    The fix drops the constant factor from the identity path (and keeps it on the branch in
+    `0.05 * (out + identity)`, which becomes `0.05 * out + identity`).
+    """
+
+    code = "TL301"
+    name = "scaled-identity-path"
+    summary = "Residual identity path multiplied by a constant (signal decays as c^depth)"
+    level = "error"
+    fix_applicability = "safe"
+    triggers = ("forward",)
+    examples = [
+        Example(
+            code='''
+            import torch.nn as nn
+
+
+            class BasicBlock(nn.Module):
+                def __init__(self, channels):
+                    super().__init__()
+                    self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+                    self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+                    self.relu = nn.ReLU()
+
+                def forward(self, x):
+                    residual = x
+                    out = self.relu(self.conv1(x))
+                    out = self.conv2(out)
+                    return self.relu(out + 0.1 * residual)
+            ''',
+            expect=[(15, 32)],
+            fixed='''
+            import torch.nn as nn
+
+
+            class BasicBlock(nn.Module):
+                def __init__(self, channels):
+                    super().__init__()
+                    self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+                    self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+                    self.relu = nn.ReLU()
+
+                def forward(self, x):
+                    residual = x
+                    out = self.relu(self.conv1(x))
+                    out = self.conv2(out)
+                    return self.relu(out + residual)
+            ''',
+        ),
+        Example(
+            code='''
+            import torch.nn as nn
+
+
+            class ScaledSkip(nn.Module):
+                def __init__(self, dim):
+                    super().__init__()
+                    self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+                    self.residual_scale = 0.1
+
+                def forward(self, x):
+                    return self.residual_scale * x + self.mlp(x)
+            ''',
+            expect=[(11, 16)],
+            fixed='''
+            import torch.nn as nn
+
+
+            class ScaledSkip(nn.Module):
+                def __init__(self, dim):
+                    super().__init__()
+                    self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+                    self.residual_scale = 0.1
+
+                def forward(self, x):
+                    return x + self.mlp(x)
+            ''',
+        ),
+    ]
+    valid_examples = [
+        '''
+        import torch.nn as nn
+
+        class Block(nn.Module):
+            def forward(self, x):
+                return x + 0.1 * self.body(x)
+        ''',
+        '''
+        import torch
+        import torch.nn as nn
+
+        class ReZero(nn.Module):
+            def __init__(self, f):
+                super().__init__()
+                self.f = f
+                self.alpha = nn.Parameter(torch.zeros(1))
+
+            def forward(self, x):
+                return x + self.alpha * self.f(x)
+        ''',
+        '''
+        import torch.nn as nn
+
+        class LeakyCell(nn.Module):
+            def forward(self, x, h):
+                return 0.9 * h + 0.1 * self.cell(x, h)
+        ''',
+    ]
+
+    def check(self, ctx: FileContext) -> Iterator[Finding]:
+        blocks: dict[cst.FunctionDef, _ResidualBlock | None] = {}
+        for node in self._candidates(ctx):
+            function = ctx.enclosing(node, cst.FunctionDef)
+            if function is None:
+                continue
+            if function not in blocks:
+                blocks[function] = _ResidualBlock.of_forward(ctx, function)
+            block = blocks[function]
+            if block is None:
+                continue
+            if isinstance(node, cst.AugAssign):
+                yield from self._check_sum(ctx, block, node, node.target, node.value)
+            elif isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Add):
+                yield from self._check_sum(ctx, block, node, node.left, node.right)
+            else:
+                yield from self._check_scaled_sum(ctx, block, node)
+
+    @staticmethod
+    def _candidates(ctx: FileContext) -> Iterator[cst.BaseExpression | cst.AugAssign]:
+        """Sums (``a + b``, ``a += b``) and products (``c * (a + b)``, ``(a + b).mul(c)``)."""
+        for operation in ctx.nodes.of(cst.BinaryOperation):
+            if isinstance(operation.operator, (cst.Add, cst.Multiply)):
+                yield operation
+        for augmented in ctx.nodes.of(cst.AugAssign):
+            if isinstance(augmented.operator, cst.AddAssign):
+                yield augmented
+        for call in ctx.nodes.of(cst.Call):
+            if isinstance(call.func, cst.Attribute) and call.func.attr.value == "mul":
+                yield call
+
+    def _check_sum(
+        self, ctx: FileContext, block: _ResidualBlock, node: cst.CSTNode, left: cst.BaseExpression,
+        right: cst.BaseExpression,
+    ) -> Iterator[Finding]:
+        # `c * x + f(x)` / `f(x) + c * x`: the identity term is scaled.
+        for scaled_side, other in ((left, right), (right, left)):
+            scaled = block.scaled(scaled_side)
+            if scaled is None or block.scaled(other) is not None:
+                continue  # not scaled, or an interpolation `a * h + b * f(x)`
+            if block.is_identity_of(scaled.operand, other, node):
+                yield ctx.report(
+                    self,
+                    scaled.node,
+                    _message(ctx, scaled),
+                    fix=ctx.fix([ctx.replace(scaled.node, ctx.code(scaled.operand))], "safe",
+                                f"Drop the factor `{ctx.code(scaled.factor)}` from the identity path"),
+                )
+
+    def _check_scaled_sum(self, ctx: FileContext, block: _ResidualBlock, expr: cst.BaseExpression) -> Iterator[Finding]:
+        scaled = block.scaled(expr)
+        if scaled is None:
+            return
+        inner = scaled.operand
+        if not (isinstance(inner, cst.BinaryOperation) and isinstance(inner.operator, cst.Add)):
+            return
+        for identity, branch in ((inner.left, inner.right), (inner.right, inner.left)):
+            if block.scaled(identity) is None and block.scaled(branch) is None and block.is_identity_of(
+                identity, branch, inner
+            ):
+                yield ctx.report(
+                    self, scaled.node, _message(ctx, scaled, identity), fix=_split_fix(ctx, scaled, identity, branch)
+                )
+                return
+
+
+class _ResidualBlock:
+    """The data flow of one ``forward``: which values carry its input unchanged (the stream)."""
+
+    def __init__(self, ctx: FileContext, flow: ValueOrigins, function: cst.FunctionDef, owner: ModelClass) -> None:
+        self.ctx = ctx
+        self.flow = flow
+        self.function = function
+        self.owner = owner
+        params = function.params
+        names = [p.name.value for p in (*params.posonly_params, *params.params, *params.kwonly_params)]
+        self.inputs = frozenset(names[1:])  # all but `self`
+
+    @classmethod
+    def of_forward(cls, ctx: FileContext, function: cst.FunctionDef) -> _ResidualBlock | None:
+        """The block of a ``forward`` method; None for any other function."""
+        owner = _owner_class(ctx, function)
+        if function.name.value != "forward" or owner is None:
+            return None
+        return cls(ctx, ctx.get(ValueOrigins), function, ctx.get(ModelStructure).class_for(owner))
+
+    # -- constant factors ------------------------------------------------------------------------
+    def constant(self, expr: cst.BaseExpression) -> float | None:
+        """The value of a numeric literal or of a constant attribute set in ``__init__``."""
+        value = number(expr)
+        if value is None:
+            attr = self_attribute(expr)
+            value = self.owner.constants.get(attr) if attr is not None else None
+        return value
+
+    def is_constant_expression(self, expr: cst.BaseExpression) -> bool:
+        if self.constant(expr) is not None:
+            return True
+        if isinstance(expr, cst.BinaryOperation):
+            return self.is_constant_expression(expr.left) and self.is_constant_expression(expr.right)
+        if isinstance(expr, cst.UnaryOperation):
+            return self.is_constant_expression(expr.expression)
+        return False
+
+    def scaled(self, expr: cst.BaseExpression) -> _Scaled | None:
+        """``expr`` as a shrinking constant times an operand (0 < c < 1), else None. A factor
+        made of constants but not a single one (``1 - self.alpha``) counts as scaling with an
+        unknown value (-1), so that interpolations are recognised."""
+        pairs: list[tuple[cst.BaseExpression, cst.BaseExpression]] = []
+        if isinstance(expr, cst.BinaryOperation) and isinstance(expr.operator, cst.Multiply):
+            pairs = [(expr.left, expr.right), (expr.right, expr.left)]
+        elif (
+            isinstance(expr, cst.Call) and isinstance(expr.func, cst.Attribute) and expr.func.attr.value == "mul"
+            and len(expr.args) == 1 and expr.args[0].keyword is None and not expr.args[0].star
+        ):
+            pairs = [(expr.args[0].value, expr.func.value)]
+        for factor, operand in pairs:
+            value = self.constant(factor)
+            if value is not None and 0 < value < 1:
+                return _Scaled(expr, factor, operand, value)
+            if value is None and self.is_constant_expression(factor):
+                return _Scaled(expr, factor, operand, -1.0)
+        return None
+
+    # -- identity paths ----------------------------------------------------------------------------
+    def is_identity_of(self, identity: cst.BaseExpression, branch: cst.BaseExpression, site: cst.CSTNode) -> bool:
+        """True when ``identity`` carries the block's input (the residual stream) and ``branch``
+        computes something from the inputs: ``identity + branch`` is a residual sum."""
+        statement = self._statement(site)
+        return (
+            self.is_stream(identity, statement, set())
+            and self.is_derived(branch, statement, set())
+            and not self.is_stream(branch, statement, set())
+        )
+
+    def _statement(self, node: cst.CSTNode) -> cst.CSTNode:
+        found = self.flow.statement_of(node, self.function)
+        return found if found is not None else node
+
+    def is_stream(self, expr: cst.BaseExpression, site: cst.CSTNode, visiting: set[cst.CSTNode]) -> bool:
+        """True when ``expr`` is the input passed on without computation: an input parameter, a
+        name bound to it, a view or slice of it, a shortcut/downsample of it
+        (``self.downsample(x)``), or an earlier residual sum (``x = x + f(x)``). ``site`` is the
+        statement being checked: its own binding (a loop-carried ``x = c * x + f(x)``) is the
+        stream of the previous iteration and is not followed."""
+        if expr in visiting:
+            return False
+        visiting.add(expr)
+        if isinstance(expr, cst.Name):
+            return self._all_bindings(expr, site, visiting, self.is_stream)
+        if isinstance(expr, cst.Call):
+            return self._is_stream_call(expr, site, visiting)
+        if isinstance(expr, cst.BinaryOperation):
+            if isinstance(expr.operator, (cst.Add, cst.Subtract)):  # a residual sum carries the stream on
+                return self.is_stream(expr.left, site, visiting) or self.is_stream(expr.right, site, visiting)
+            if isinstance(expr.operator, (cst.Multiply, cst.Divide)):
+                return (self.is_constant_expression(expr.right) and self.is_stream(expr.left, site, visiting)) or (
+                    self.is_constant_expression(expr.left) and self.is_stream(expr.right, site, visiting)
+                )
+            return False
+        if isinstance(expr, cst.Subscript):
+            return self.is_stream(expr.value, site, visiting)
+        if isinstance(expr, cst.IfExp):
+            return self.is_stream(expr.body, site, visiting) and self.is_stream(expr.orelse, site, visiting)
+        return False
+
+    def _is_stream_call(self, call: cst.Call, site: cst.CSTNode, visiting: set[cst.CSTNode]) -> bool:
+        func = call.func
+        first = call.args[0].value if call.args and call.args[0].keyword is None else None
+        attr = self_attribute(func)
+        if attr is not None:  # `self.downsample(x)`: a shortcut module applied to the stream
+            return first is not None and self._is_shortcut(attr) and self.is_stream(first, site, visiting)
+        if isinstance(func, cst.Attribute) and func.attr.value in _SHAPE_METHODS:
+            return self.is_stream(func.value, site, visiting)
+        if self.ctx.qualified_name(func) in _SHORTCUT_FUNCTIONS:
+            return first is not None and self.is_stream(first, site, visiting)
+        return False
+
+    def _is_shortcut(self, attr: str) -> bool:
+        lowered = attr.lower()
+        return any(word in lowered for word in _SHORTCUT_WORDS) or (
+            self.owner.submodules.get(attr) in _SHORTCUT_MODULES
+        )
+
+    def is_derived(self, expr: cst.BaseExpression, site: cst.CSTNode, visiting: set[cst.CSTNode]) -> bool:
+        """True when the value of ``expr`` depends on the block's inputs at all."""
+        if expr in visiting:
+            return False
+        visiting.add(expr)
+        if isinstance(expr, cst.Name):
+            return self._any_binding(expr, site, visiting)
+        parts: list[cst.BaseExpression] = []
+        if isinstance(expr, cst.Call):
+            if isinstance(expr.func, cst.Attribute) and self_attribute(expr.func) is None:
+                parts.append(expr.func.value)
+            for arg in expr.args:
+                value = arg.value
+                parts += [e.value for e in value.elements] if isinstance(value, (cst.List, cst.Tuple)) else [value]
+        elif isinstance(expr, cst.BinaryOperation):
+            parts = [expr.left, expr.right]
+        elif isinstance(expr, cst.UnaryOperation):
+            parts = [expr.expression]
+        elif isinstance(expr, cst.Subscript):
+            parts = [expr.value]
+        elif isinstance(expr, cst.IfExp):
+            parts = [expr.body, expr.orelse]
+        elif isinstance(expr, cst.Attribute) and self_attribute(expr) is None:
+            parts = [expr.value]
+        return any(self.is_derived(part, site, visiting) for part in parts)
+
+    def _values(self, name: cst.Name, site: cst.CSTNode) -> list[cst.BaseExpression | bool] | None:
+        """What each binding reaching ``name`` gives: an expression to follow, True/False for an
+        input/other parameter; None when one binding cannot be followed."""
+        reaching = self.flow.reaching(name, self.function)
+        found: list[cst.BaseExpression | bool] = []
+        for binding in reaching.bindings:
+            if binding.kind == "parameter":
+                found.append(binding.name in self.inputs)
+            elif binding.statement is site:
+                continue  # the residual stream carried round a loop
+            elif binding.kind in FOLLOWED_KINDS and binding.value is not None:
+                found.append(binding.value)
+            elif binding.kind == "augmented":
+                found.append(binding.target)  # `x += f(x)` keeps x's stream
+            else:
+                return None  # unpacked or bound by a loop: not followed
+        if reaching.unresolved and not found:
+            return None
+        return found
+
+    def _all_bindings(
+        self, name: cst.Name, site: cst.CSTNode, visiting: set[cst.CSTNode],
+        test: Callable[[cst.BaseExpression, cst.CSTNode, set[cst.CSTNode]], bool],
+    ) -> bool:
+        values = self._values(name, site)
+        if not values:
+            return False
+        return all(v if isinstance(v, bool) else test(v, site, visiting) for v in values)
+
+    def _any_binding(self, name: cst.Name, site: cst.CSTNode, visiting: set[cst.CSTNode]) -> bool:
+        reaching = self.flow.reaching(name, self.function)
+        for binding in reaching.bindings:
+            if binding.kind == "parameter" and binding.name in self.inputs:
+                return True
+            if binding.statement is site:
+                continue
+            value = binding.value
+            if value is None and isinstance(binding.statement, cst.Assign):
+                value = binding.statement.value  # `out, _ = self.attn(x, x, x)`: unpacked from it
+            if value is None:
+                continue
+            if self.is_derived(value, site, visiting) or (
+                binding.kind == "augmented" and self.is_derived(binding.target, site, visiting)
+            ):
+                return True
+        return False
+
+
+def _owner_class(ctx: FileContext, function: cst.FunctionDef) -> cst.ClassDef | None:
+    body = ctx.parent(function)
+    owner = ctx.parent(body) if body is not None else None
+    return owner if isinstance(owner, cst.ClassDef) else None
+
+
+def _factor_text(ctx: FileContext, scaled: _Scaled) -> str:
+    return f"{scaled.value:g}" if scaled.value > 0 else f"`{ctx.code(scaled.factor)}`"
+
+
+def _message(ctx: FileContext, scaled: _Scaled, identity: cst.BaseExpression | None = None) -> str:
+    identity = identity if identity is not None else scaled.operand
+    factor = _factor_text(ctx, scaled)
+    return (
+        f"the identity path `{ctx.code(identity)}` of this residual sum is multiplied by {factor}: "
+        f"over n blocks the input and its gradient shrink as {factor}^n (1e-10 after 10 blocks at 0.1); "
+        "scale the branch, not the skip connection"
+    )
+
+
+def _split_fix(ctx: FileContext, scaled: _Scaled, identity: cst.BaseExpression, branch: cst.BaseExpression) -> Fix | None:
+    """``c * (out + identity)`` -> ``c * out + identity`` (operands in their written order)."""
+    branch_code = ctx.code(branch)
+    if not isinstance(branch, _ATOMS) and not branch.lpar:
+        branch_code = f"({branch_code})"
+    factor = ctx.code(scaled.factor)
+    scaled_branch = f"{branch_code}.mul({factor})" if isinstance(scaled.node, cst.Call) else f"{factor} * {branch_code}"
+    inner = scaled.operand
+    assert isinstance(inner, cst.BinaryOperation)
+    identity_code = ctx.code(identity)
+    text = f"{identity_code} + {scaled_branch}" if inner.left is identity else f"{scaled_branch} + {identity_code}"
+    parent = ctx.parent(scaled.node)
+    if isinstance(parent, (cst.BinaryOperation, cst.UnaryOperation, cst.Attribute, cst.Subscript)) and not scaled.node.lpar:
+        text = f"({text})"
+    return ctx.fix([ctx.replace(scaled.node, text)], "safe", f"Keep `{factor}` on the branch only")

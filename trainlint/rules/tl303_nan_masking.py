@@ -1,0 +1,342 @@
+"""TL303: NaN in gradients or in the loss replaced by numbers, so that training goes on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import libcst as cst
+
+from trainlint.analysis.imports import dotted_name
+from trainlint.analysis.value_origin import ValueOrigins
+from trainlint.context import FileContext
+from trainlint.findings import Finding
+from trainlint.rule import Example, Rule
+
+_NAN_TO_NUM = frozenset({"torch.nan_to_num", "torch.nan_to_num_"})
+_NAN_TO_NUM_METHODS = frozenset({"nan_to_num", "nan_to_num_"})
+_NAN_TESTS = frozenset({"torch.isnan", "torch.isinf", "torch.isfinite"})
+_NAN_TEST_METHODS = frozenset({"isnan", "isinf", "isfinite"})
+_MASKED_FILL = frozenset({"masked_fill", "masked_fill_"})
+# Calls that run backward on their (first) argument: `self.manual_backward(loss)`.
+_BACKWARD_FUNCTIONS = frozenset({"backward", "manual_backward"})
+# Methods that keep a tensor the loss: `loss.mean().backward()`.
+_LOSS_PRESERVING = frozenset({"mean", "sum", "float", "squeeze", "double", "to"})
+# Functions whose return value is the loss that will be backpropagated.
+_LOSS_FUNCTIONS = ("training_step", "compute_loss", "loss", "loss_fn", "criterion")
+_GRAD_NAMES = ("grad", "grads", "gradient", "gradients")
+
+
+class NanMasking(Rule):
+    """## What it does
+    Finds code that hides NaN in gradients or in the loss by replacing it with numbers:
+    `torch.nan_to_num(p.grad)`, `p.grad.nan_to_num_()`, `grad[torch.isnan(grad)] = 0`,
+    `p.grad.data[torch.isnan(p.grad.data)] = 0`, `loss = torch.nan_to_num(loss)`,
+    `torch.where(torch.isnan(loss), zeros, loss)`. The loss is recognised by flowing into
+    `backward()` (directly, through `scaler.scale(...)`, `manual_backward`, a sum with other
+    terms) or by being returned from `training_step`/`compute_loss`. `nan_to_num` on inputs,
+    data or metrics is not reported.
+
+    ## Why is this bad?
+    A NaN gradient or loss means the forward or backward pass broke: a float16 overflow past
+    65504, `log(0)`, a division by zero, a learning rate that diverged. Replacing the NaN with 0
+    keeps training going on garbage: the optimizer steps with the finite parts of a broken
+    gradient (Adam's moment estimates take them in for hundreds of steps), a masked loss
+    backpropagates zeros or still-NaN values through the rest of the graph, and the cause keeps
+    firing unseen until the model silently stops improving. Find the cause, or skip the step
+    explicitly and count it (`if not torch.isfinite(loss): continue`); `GradScaler` already skips
+    float16 steps with inf/NaN gradients on its own.
+
+    There is no automatic fix: the right change depends on the cause.
+    """
+
+    code = "TL303"
+    name = "nan-masking"
+    summary = "NaN in gradients or loss replaced by numbers (training continues on garbage)"
+    level = "warning"
+    fix_applicability = None
+    triggers = ("nan_to_num", "isnan", "isinf", "isfinite", "!=")
+
+    examples = [
+        Example(
+            code='''
+            import torch
+
+
+            def train_step(model, batch, optimizer):
+                loss = model(batch).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                for p in model.parameters():
+                    if p.grad is not None:
+                        p.grad = torch.nan_to_num(p.grad, nan=0.0)
+                optimizer.step()
+            ''',
+            expect=[(10, 22)],
+        ),
+        Example(
+            code='''
+            import torch
+
+
+            def train_step(model, batch, optimizer):
+                loss = model(batch).mean()
+                loss = torch.nan_to_num(loss)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            ''',
+            expect=[(6, 12)],
+        ),
+    ]
+    valid_examples = [
+        '''
+        import torch
+
+        def train_step(model, batch, optimizer):
+            inputs = torch.nan_to_num(batch["features"])
+            loss = model(inputs).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        ''',
+    ]
+
+    def check(self, ctx: FileContext) -> Iterator[Finding]:
+        masking = _Masking(ctx)
+        for call in ctx.nodes.of(cst.Call):
+            found = masking.masked_by_call(call)
+            if found is not None:
+                yield ctx.report(self, call, _message(ctx, found))
+        for assign in ctx.nodes.of(cst.Assign):
+            for target in assign.targets:
+                found = masking.masked_by_subscript(target.target)
+                if found is not None:
+                    yield ctx.report(self, target.target, _message(ctx, found))
+
+
+def _message(ctx: FileContext, masked: tuple[str, cst.BaseExpression]) -> str:
+    kind, expr = masked
+    return (
+        f"NaN in the {kind} `{ctx.code(expr)}` is replaced by numbers: the broken pass that made it "
+        "goes unseen and training continues on garbage; find the cause or skip the step explicitly"
+    )
+
+
+class _Masking:
+    """Which expressions are gradients or losses, and which calls or stores mask their NaN."""
+
+    def __init__(self, ctx: FileContext) -> None:
+        self.ctx = ctx
+        self.flow = ctx.get(ValueOrigins)
+
+    # -- the masking operations --------------------------------------------------------------
+    def masked_by_call(self, call: cst.Call) -> tuple[str, cst.BaseExpression] | None:
+        """``nan_to_num(x)``, ``x.nan_to_num_()``, ``torch.where(isnan(x), _, x)``,
+        ``x.masked_fill(isnan(x), 0)``: the masked gradient or loss."""
+        func = call.func
+        name = self.ctx.qualified_name(func)
+        target: cst.BaseExpression | None = None
+        in_place = False
+        if name in _NAN_TO_NUM:
+            target = _first_argument(call)
+            in_place = name.endswith("_") or any(a.keyword is not None and a.keyword.value == "out" for a in call.args)
+        elif isinstance(func, cst.Attribute) and func.attr.value in _NAN_TO_NUM_METHODS and name is None:
+            target = func.value
+            in_place = func.attr.value.endswith("_")
+        elif name == "torch.where" and len(call.args) >= 3:
+            test, _, fallback = (a.value for a in call.args[:3])
+            if self._tests_nan_of(test, fallback):
+                target = fallback
+        elif isinstance(func, cst.Attribute) and func.attr.value in _MASKED_FILL and call.args:
+            if self._tests_nan_of(call.args[0].value, func.value):
+                target = func.value
+                in_place = func.attr.value.endswith("_")
+        if target is None:
+            return None
+        return self._classify(target, call, in_place)
+
+    def masked_by_subscript(self, target: cst.BaseExpression) -> tuple[str, cst.BaseExpression] | None:
+        """``g[torch.isnan(g)] = 0`` / ``g[g != g] = 0`` on a gradient or a loss."""
+        if not isinstance(target, cst.Subscript) or len(target.slice) != 1:
+            return None
+        index = target.slice[0].slice
+        if not isinstance(index, cst.Index) or not self._tests_nan_of(index.value, target.value):
+            return None
+        return self._classify(target.value, target, in_place=True)
+
+    def _classify(
+        self, expr: cst.BaseExpression, site: cst.CSTNode, in_place: bool
+    ) -> tuple[str, cst.BaseExpression] | None:
+        if self.is_gradient(expr):
+            return "gradient", expr
+        if self.is_loss(expr, site, in_place):
+            return "loss", expr
+        return None
+
+    def _tests_nan_of(self, test: cst.BaseExpression, expr: cst.BaseExpression) -> bool:
+        """True when ``test`` is ``isnan(expr)``, ``~isfinite(expr)``, ``isnan(expr) | isinf(expr)``
+        or ``expr != expr``."""
+        code = self.ctx.code(expr).strip()
+        if isinstance(test, cst.UnaryOperation):
+            return self._tests_nan_of(test.expression, expr)
+        if isinstance(test, cst.BinaryOperation) and isinstance(test.operator, (cst.BitOr, cst.BitAnd)):
+            return self._tests_nan_of(test.left, expr) or self._tests_nan_of(test.right, expr)
+        if isinstance(test, cst.Comparison) and len(test.comparisons) == 1:
+            comparison = test.comparisons[0]
+            return (
+                isinstance(comparison.operator, cst.NotEqual)
+                and self.ctx.code(test.left).strip() == code
+                and self.ctx.code(comparison.comparator).strip() == code
+            )
+        if isinstance(test, cst.Call):
+            func = test.func
+            if self.ctx.qualified_name(func) in _NAN_TESTS:
+                argument = _first_argument(test)
+                return argument is not None and self.ctx.code(argument).strip() == code
+            if isinstance(func, cst.Attribute) and func.attr.value in _NAN_TEST_METHODS and not test.args:
+                return self.ctx.code(func.value).strip() == code
+        return False
+
+    # -- gradients -----------------------------------------------------------------------------
+    def is_gradient(self, expr: cst.BaseExpression) -> bool:
+        """``p.grad``, ``p.grad.data``, or a name bound to one (or a hook's ``grad`` argument)."""
+        if _is_grad_attribute(expr):
+            return True
+        if not isinstance(expr, cst.Name):
+            return False
+        function = self.flow.function_of(expr)
+        leaves = self.flow.origins(expr, function) if function is not None else [expr]
+        if any(_is_grad_attribute(leaf) for leaf in leaves):
+            return True
+        # a parameter or an unknown name called `grad` (a `register_hook` callback's argument)
+        return bool(leaves) and all(
+            isinstance(leaf, cst.Name) and self._is_parameter_leaf(leaf) and _grad_named(leaf.value) for leaf in leaves
+        )
+
+    def _is_parameter_leaf(self, leaf: cst.Name) -> bool:
+        """A parameter's own Name, or a name loaded inside a lambda that takes it as parameter
+        (``p.register_hook(lambda grad: ...)``)."""
+        if isinstance(self.ctx.parent(leaf), cst.Param):
+            return True
+        lambda_ = self.ctx.enclosing(leaf, cst.Lambda)
+        return lambda_ is not None and any(
+            param.name.value == leaf.value for param in (*lambda_.params.posonly_params, *lambda_.params.params)
+        )
+
+    # -- losses --------------------------------------------------------------------------------
+    def is_loss(self, expr: cst.BaseExpression, site: cst.CSTNode, in_place: bool) -> bool:
+        """True when the masked value is backpropagated: the result of an out-of-place mask
+        (``loss = torch.nan_to_num(loss)``), or the tensor masked in place, reaches a backward
+        call afterwards, or is what a loss function returns."""
+        function = self.flow.function_of(site)
+        if function is None:
+            return False
+        if in_place:
+            name = _name_of(expr)
+            return name is not None and self._reaches_backward(name, function, 2, after=self.ctx.span(site)[1])
+        top = _loss_expression_top(self.ctx, site)
+        if _is_backward_operand(self.ctx, top) or self._returned_from_loss_function(top, function):
+            return True
+        stored = _stored_name(self.ctx, top)
+        return stored is not None and self._reaches_backward(stored, function, 2, after=self.ctx.span(top)[1])
+
+    def _returned_from_loss_function(self, site: cst.CSTNode, function: cst.FunctionDef) -> bool:
+        parent = self.ctx.parent(site)
+        return isinstance(parent, cst.Return) and (
+            function.name.value.lower().endswith(_LOSS_FUNCTIONS) or _in_loss_class(self.ctx, function)
+        )
+
+    def _reaches_backward(self, name: str, function: cst.FunctionDef, depth: int, after: int) -> bool:
+        for use in self.flow.uses(name, function):
+            if self.ctx.span(use)[0] < after:
+                continue
+            top = _loss_expression_top(self.ctx, use)
+            if _is_backward_operand(self.ctx, top) or self._returned_from_loss_function(top, function):
+                return True
+            stored = _stored_name(self.ctx, top)
+            if depth > 0 and stored is not None and stored != name:
+                if self._reaches_backward(stored, function, depth - 1, self.ctx.span(top)[1]):
+                    return True
+        return False
+
+
+def _first_argument(call: cst.Call) -> cst.BaseExpression | None:
+    for arg in call.args:
+        if arg.keyword is None and not arg.star:
+            return arg.value
+        if arg.keyword is not None and arg.keyword.value == "input":
+            return arg.value
+    return None
+
+
+def _is_grad_attribute(expr: cst.BaseExpression) -> bool:
+    dotted = dotted_name(expr)
+    if dotted is None and isinstance(expr, cst.Attribute):
+        # `self.model.fc.weight.grad`, `params[0].grad`
+        return expr.attr.value == "grad" or (
+            expr.attr.value == "data" and isinstance(expr.value, cst.Attribute) and expr.value.attr.value == "grad"
+        )
+    return dotted is not None and (dotted.endswith(".grad") or dotted.endswith(".grad.data"))
+
+
+def _grad_named(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in _GRAD_NAMES or lowered.endswith(("_grad", "_grads"))
+
+
+def _name_of(expr: cst.BaseExpression) -> str | None:
+    return expr.value if isinstance(expr, cst.Name) else None
+
+
+def _stored_name(ctx: FileContext, node: cst.CSTNode) -> str | None:
+    """``loss`` for a node that is the whole value of ``loss = <node>`` (or ``loss += <node>``)."""
+    parent = ctx.parent(node)
+    if isinstance(parent, cst.Assign) and parent.value is node and len(parent.targets) == 1:
+        target = parent.targets[0].target
+        return target.value if isinstance(target, cst.Name) else None
+    if isinstance(parent, (cst.AugAssign, cst.AnnAssign)) and parent.value is node:
+        return parent.target.value if isinstance(parent.target, cst.Name) else None
+    return None
+
+
+def _loss_expression_top(ctx: FileContext, node: cst.CSTNode) -> cst.CSTNode:
+    """Climb from a use of the loss through arithmetic and ``.mean()``-like methods: the
+    largest expression that is still "the loss" (``(loss + 0.1 * aux).mean()``)."""
+    current = node
+    while True:
+        parent = ctx.parent(current)
+        if isinstance(parent, (cst.BinaryOperation, cst.UnaryOperation)):
+            current = parent
+            continue
+        if isinstance(parent, cst.Attribute) and parent.value is current and parent.attr.value in _LOSS_PRESERVING:
+            call = ctx.parent(parent)
+            if isinstance(call, cst.Call) and call.func is parent:
+                current = call
+                continue
+        return current
+
+
+def _is_backward_operand(ctx: FileContext, expr: cst.CSTNode) -> bool:
+    """``expr.backward()``, ``scaler.scale(expr).backward()``, ``backward(expr)``,
+    ``self.manual_backward(expr)``, ``accelerator.backward(expr)``."""
+    parent = ctx.parent(expr)
+    if isinstance(parent, cst.Attribute) and parent.value is expr and parent.attr.value == "backward":
+        return True
+    if isinstance(parent, cst.Arg):
+        call = ctx.parent(parent)
+        if isinstance(call, cst.Call) and call.args and call.args[0] is parent:
+            func = call.func
+            tail = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else ""
+            if tail in _BACKWARD_FUNCTIONS:
+                return True
+            if tail == "scale":  # scaler.scale(loss).backward()
+                return _is_backward_operand(ctx, call)
+    return False
+
+
+def _in_loss_class(ctx: FileContext, function: cst.FunctionDef) -> bool:
+    """``forward`` of a class named like a loss (``FocalLoss``)."""
+    if function.name.value != "forward":
+        return False
+    owner = ctx.enclosing(function, cst.ClassDef)
+    return owner is not None and owner.name.value.lower().endswith(("loss", "criterion"))

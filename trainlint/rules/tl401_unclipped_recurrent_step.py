@@ -1,0 +1,545 @@
+"""TL401: an optimizer step with no gradient clipping where gradients are known to explode."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable, Iterator
+
+import libcst as cst
+
+from trainlint.analysis.imports import dotted_name
+from trainlint.analysis.model_structure import RECURRENT, ModelStructure
+from trainlint.analysis.training_step import (
+    BACKWARD_KINDS,
+    CLIP_FUNCTIONS,
+    EventKind,
+    OptimizerInfo,
+    StepEvent,
+    TrainingStep,
+    TrainingSteps,
+    unscale_insertion,
+)
+from trainlint.analysis.value_origin import FOLLOWED_KINDS, ValueOrigins
+from trainlint.context import FileContext
+from trainlint.findings import Finding, Fix
+from trainlint.rule import Example, Rule
+
+_STEP_KINDS = (EventKind.OPT_STEP, EventKind.SCALER_STEP)
+_FINITENESS_TESTS = frozenset({"isnan", "isinf", "isfinite", "isneginf", "isposinf"})
+_PARAMETER_METHODS = ("parameters", "named_parameters")
+# How the file may already spell the clip function: the function itself when imported, else the
+# full path from the file's name for torch, else from its alias of a submodule.
+_CLIP_SPELLINGS = (
+    ("torch.nn.utils.clip_grad_norm_", ""),
+    ("torch.nn.utils.clip_grad.clip_grad_norm_", ""),
+    ("torch", ".nn.utils.clip_grad_norm_"),
+    ("torch.nn", ".utils.clip_grad_norm_"),
+    ("torch.nn.utils", ".clip_grad_norm_"),
+)
+
+
+class UnclippedExplodingStep(Rule):
+    """## What it does
+    Reports an optimizer step (`optimizer.step()`, `scaler.step(optimizer)`) with no gradient
+    clipping on any path of the training step, when the model that optimizer trains contains an
+    `nn.RNN`, `nn.LSTM`, `nn.GRU` (or their cells) or an `nn.Transformer*` layer, found through
+    the project: the model's class may be defined in another module, built by a factory
+    function, or nested in submodules. It also reports a step that already checks its gradients
+    for NaN/Inf without clipping them. A plain CNN loop without clipping is not reported.
+
+    ## Why is this bad?
+    Backpropagation through time multiplies the gradient by the recurrent Jacobian once per time
+    step, so its size grows like the largest singular value of the recurrent weight to the power
+    of the sequence length: with a singular value of 1.1 over 100 steps the gradient is
+    1.1^100 ≈ 13,780 times larger than at the last step; over 500 steps it is about 5e20. Deep
+    attention stacks show the same spikes. One such batch moves the weights thousands of times
+    further than a normal step, and the loss jumps to NaN or never recovers. Clipping the global
+    norm to about 1 bounds every update while leaving normal steps unchanged. A step that tests its
+    gradients for NaN/Inf already expects them to blow up, yet a large finite gradient passes the
+    test and goes straight into the update.
+
+    The fix inserts `torch.nn.utils.clip_grad_norm_(<params>, max_norm=1.0)` right before the
+    step, with `<params>` taken from how the optimizer was built, and `scaler.unscale_(optimizer)`
+    before it when a GradScaler is used and nothing unscales yet. It is unsafe: it changes every
+    update whose gradient norm exceeds `max_norm`. No fix is offered when the optimizer's
+    parameters cannot be determined (parameter groups, a name bound elsewhere).
+    """
+
+    code = "TL401"
+    name = "unclipped-exploding-gradients"
+    summary = "Optimizer step without gradient clipping on a recurrent/transformer model"
+    level = "warning"
+    fix_applicability = "unsafe"
+    triggers = ("step(",)
+    default_options = {"max_norm": 1.0}
+    examples = [
+        Example(
+            code='''
+            import torch
+            from torch import nn
+
+            class CharRNN(nn.Module):
+                def __init__(self, vocab, hidden=512):
+                    super().__init__()
+                    self.embed = nn.Embedding(vocab, hidden)
+                    self.rnn = nn.GRU(hidden, hidden, num_layers=2, batch_first=True)
+                    self.head = nn.Linear(hidden, vocab)
+
+                def forward(self, tokens):
+                    out, _ = self.rnn(self.embed(tokens))
+                    return self.head(out)
+
+            def train(loader, vocab):
+                model = CharRNN(vocab)
+                optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
+                for tokens, targets in loader:
+                    optimizer.zero_grad()
+                    loss = nn.functional.cross_entropy(model(tokens).flatten(0, 1), targets.flatten())
+                    loss.backward()
+                    optimizer.step()
+            ''',
+            expect=[(22, 9)],
+            fixed='''
+            import torch
+            from torch import nn
+
+            class CharRNN(nn.Module):
+                def __init__(self, vocab, hidden=512):
+                    super().__init__()
+                    self.embed = nn.Embedding(vocab, hidden)
+                    self.rnn = nn.GRU(hidden, hidden, num_layers=2, batch_first=True)
+                    self.head = nn.Linear(hidden, vocab)
+
+                def forward(self, tokens):
+                    out, _ = self.rnn(self.embed(tokens))
+                    return self.head(out)
+
+            def train(loader, vocab):
+                model = CharRNN(vocab)
+                optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
+                for tokens, targets in loader:
+                    optimizer.zero_grad()
+                    loss = nn.functional.cross_entropy(model(tokens).flatten(0, 1), targets.flatten())
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+                    optimizer.step()
+            ''',
+            unsafe=True,
+        ),
+        Example(
+            code='''
+            import torch
+            from models import build_model
+
+            def train(cfg, loader):
+                model = build_model(cfg)
+                optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+                scaler = torch.cuda.amp.GradScaler()
+                for x, y in loader:
+                    optimizer.zero_grad()
+                    with torch.autocast("cuda"):
+                        loss = model(x, y)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+            ''',
+            expect=[(13, 9)],
+            fixed='''
+            import torch
+            from models import build_model
+
+            def train(cfg, loader):
+                model = build_model(cfg)
+                optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+                scaler = torch.cuda.amp.GradScaler()
+                for x, y in loader:
+                    optimizer.zero_grad()
+                    with torch.autocast("cuda"):
+                        loss = model(x, y)
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+                    scaler.step(optimizer)
+                    scaler.update()
+            ''',
+            unsafe=True,
+            files={
+                "models/__init__.py": "from .factory import build_model\n",
+                "models/factory.py": (
+                    "from .lm import TransformerLM\n\n\n"
+                    "def build_model(cfg):\n    return TransformerLM(cfg.vocab)\n"
+                ),
+                "models/lm.py": (
+                    "from torch import nn\n\n\n"
+                    "class TransformerLM(nn.Module):\n"
+                    "    def __init__(self, vocab):\n"
+                    "        super().__init__()\n"
+                    "        self.embed = nn.Embedding(vocab, 256)\n"
+                    "        self.blocks = nn.TransformerEncoder(nn.TransformerEncoderLayer(256, 8), 6)\n"
+                ),
+            },
+        ),
+    ]
+    valid_examples = [
+        '''
+        import torch
+        import torchvision
+
+        def train(loader):
+            model = torchvision.models.resnet18(num_classes=10)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+            for images, labels in loader:
+                optimizer.zero_grad()
+                torch.nn.functional.cross_entropy(model(images), labels).backward()
+                optimizer.step()
+        ''',
+    ]
+
+    def check(self, ctx: FileContext) -> Iterator[Finding]:
+        reported: set[cst.CSTNode] = set()
+        clipping = _functions_that_clip(ctx)
+        for step in ctx.get(TrainingSteps).steps:
+            if step.truncated or _may_clip_unseen(step, clipping):
+                continue
+            for event in step.of_kind(*_STEP_KINDS):
+                if event.anchor in reported or _clipped(ctx, step, event):
+                    continue
+                reason = _why_it_explodes(ctx, step, event)
+                if reason is None:
+                    continue
+                reported.add(event.anchor)
+                message = f"`{_short(ctx, event.anchor)}` has no gradient clipping on any path although {reason}"
+                yield ctx.report(self, event.anchor, message, self._clip_fix(ctx, step, event))
+
+    def _clip_fix(self, ctx: FileContext, step: TrainingStep, event: StepEvent) -> Fix | None:
+        params = _reusable_params(ctx, step, event)
+        clip_function = _clip_function(ctx)
+        if params is None or clip_function is None:
+            return None
+        lines = [f"{clip_function}({params}, max_norm={self.options['max_norm']!r})"]
+        if event.kind is EventKind.SCALER_STEP:
+            unscale = _unscale_needed(step, event)
+            if unscale is False:
+                return None
+            if unscale:
+                lines.insert(0, unscale)
+        return ctx.fix(
+            [ctx.insert_before(event.statement, "\n".join(lines))],
+            "unsafe",
+            "Clip the gradient norm before the step",
+        )
+
+
+# -- why the step needs clipping ---------------------------------------------------------------------
+def _why_it_explodes(ctx: FileContext, step: TrainingStep, event: StepEvent) -> str | None:
+    layers = _trained_layers(ctx, step, step.optimizers.get(event.optimizer or ""))
+    recurrent = sorted(layer for layer in layers if layer in RECURRENT)
+    if recurrent:
+        layer = recurrent[0].replace("torch.nn.", "nn.")
+        return (
+            f"the model it trains contains `{layer}`, whose gradients can grow exponentially "
+            "with sequence length and depth"
+        )
+    if _checks_gradient_finiteness(ctx, step, event):
+        return "the step checks its gradients for NaN/Inf: a large finite gradient passes that check"
+    return None
+
+
+def _trained_layers(ctx: FileContext, step: TrainingStep, optimizer: OptimizerInfo | None) -> frozenset[str]:
+    """Layers of the model the optimizer updates: the modules whose ``.parameters()`` it was
+    built from; when that is unknown, the one model the step runs, if it runs only one."""
+    structure = ctx.get(ModelStructure)
+    owners = [owner for source in _params_sources(ctx, step, optimizer) for owner in _owners_in(source)]
+    if owners:
+        layers: set[str] = set()
+        for owner in owners:
+            layers |= _owner_layers(ctx, structure, step.function, owner)
+        return frozenset(layers)
+    if len(step.optimizers) > 1:
+        return frozenset()
+    runs = structure.runs_in(step.function)
+    models = {ctx.code(run.model) for run in runs}
+    return runs[0].layers if len(models) == 1 else frozenset()
+
+
+def _params_sources(ctx: FileContext, step: TrainingStep, optimizer: OptimizerInfo | None) -> list[cst.BaseExpression]:
+    """What the optimizer's parameters were built from: its ``params`` expression or, when that
+    is a bare name assigned in the step's function (``params = list(rnn.parameters()) + ...``),
+    the values assigned to it. Empty when unknown."""
+    expr = _parsed(optimizer.params_code) if optimizer is not None else None
+    if not isinstance(expr, cst.Name):
+        return [expr] if expr is not None else []
+    bindings = ctx.get(ValueOrigins).records(step.function).get(expr.value, [])
+    if not bindings or any(b.kind not in FOLLOWED_KINDS or b.value is None for b in bindings):
+        return []
+    return [b.value for b in bindings if b.value is not None]
+
+
+def _owners_in(params: cst.BaseExpression | None) -> list[str]:
+    """``["model.encoder", "model.head"]`` for the ``.parameters()`` calls in a params expression."""
+    owners: list[str] = []
+    for node in _walk(params):
+        if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
+            if node.func.attr.value in _PARAMETER_METHODS:
+                owner = dotted_name(node.func.value)
+                if owner is not None:
+                    owners.append(owner)
+    return owners
+
+
+def _owner_layers(ctx: FileContext, structure: ModelStructure, function: cst.FunctionDef, owner: str) -> frozenset[str]:
+    """Layers of the module ``owner`` (``model``, ``self.net``, ``model.encoder``) as seen from the
+    step's function; a submodule of a local class is read from that class's ``__init__``."""
+    for node in _expression_nodes(ctx, owner, function):
+        layers = structure.model_layers(node)
+        if layers:
+            return layers
+    head, _, attr = owner.rpartition(".")
+    if not head or "." in attr:
+        return frozenset()
+    for node in _expression_nodes(ctx, head, function):
+        for built in structure.built_by(node):
+            local = structure.classes.get(built.rpartition(".")[2])
+            if local is not None and local.qualified == built and attr in local.submodules:
+                return structure.layers_of(local.submodules[attr])
+    return frozenset()
+
+
+def _expression_nodes(ctx: FileContext, code: str, function: cst.FunctionDef) -> Iterator[cst.BaseExpression]:
+    """Occurrences of the name or attribute chain ``code`` in the step's function, or in the
+    class around it for ``self.`` chains (the model attribute may appear only in ``__init__``)."""
+    scope: cst.CSTNode = function
+    if code.startswith("self."):
+        scope = ctx.enclosing(function, cst.ClassDef) or function
+    candidates: Iterable[cst.BaseExpression] = ctx.nodes.of(cst.Attribute) if "." in code else ctx.nodes.of(cst.Name)
+    for node in candidates:
+        if dotted_name(node) == code and not _is_attribute_name(ctx, node) and _inside(ctx, node, scope):
+            yield node
+
+
+def _is_attribute_name(ctx: FileContext, node: cst.BaseExpression) -> bool:
+    parent = ctx.parent(node)
+    return isinstance(parent, cst.Attribute) and parent.attr is node
+
+
+def _checks_gradient_finiteness(ctx: FileContext, step: TrainingStep, event: StepEvent) -> bool:
+    """True when, between the last backward and this step, the step tests its gradients (or a
+    value computed from them, such as their norm) with isnan/isinf/isfinite."""
+    for earlier in _since_last_backward(step, event):
+        guard = earlier.guard
+        if earlier.kind is EventKind.SKIP and guard is not None and guard.checks_finiteness and guard.reads_grads:
+            return True
+        if earlier.kind is EventKind.GRAD_INSPECT and _is_finiteness_test(ctx, earlier.node):
+            return True
+    return False
+
+
+def _since_last_backward(step: TrainingStep, event: StepEvent) -> list[StepEvent]:
+    window: list[StepEvent] = []
+    for earlier in reversed(step.events[: step.index(event)]):
+        if earlier.kind in BACKWARD_KINDS:
+            break
+        window.append(earlier)
+    return window[::-1]
+
+
+def _is_finiteness_test(ctx: FileContext, node: cst.CSTNode) -> bool:
+    """``torch.isnan(g)``, ``g.isfinite()``, ``math.isinf(norm)`` (the inspection itself, or the
+    call around it: ``torch.isnan(p.grad).any()``)."""
+    for candidate in (node, *ctx.ancestors(node)):
+        if isinstance(candidate, (cst.SimpleStatementLine, cst.BaseCompoundStatement)):
+            return False
+        if isinstance(candidate, cst.Call):
+            func = candidate.func
+            name = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else ""
+            if name in _FINITENESS_TESTS:
+                return True
+    return False
+
+
+# -- clipping already there --------------------------------------------------------------------------
+def _clipped(ctx: FileContext, step: TrainingStep, event: StepEvent) -> bool:
+    """True when some path of the step clips the gradients of the parameters this step updates."""
+    optimizer = step.optimizers.get(event.optimizer or "")
+    owners = [owner for source in _params_sources(ctx, step, optimizer) for owner in _owners_in(source)]
+    for clip in step.of_kind(EventKind.CLIP):
+        if clip.optimizer is not None and event.optimizer is not None:
+            if clip.optimizer == event.optimizer:
+                return True
+            continue
+        clipped = _owners_in(clip.target)
+        if len(step.optimizers) <= 1 or not owners or not clipped or set(clipped) & set(owners):
+            return True
+    return False
+
+
+def _functions_that_clip(ctx: FileContext) -> set[cst.FunctionDef | None]:
+    """Functions with a call named like a clip (``clip_gradient(optimizer, 5)``,
+    ``accelerator.clip_grad_norm_``, ``self.clip_gradients``) or a clamp of ``.grad``: clipping the
+    training-step analysis does not recognise. A step in (or inlining) one of them stays quiet."""
+    found: set[cst.FunctionDef | None] = set()
+    for call in ctx.nodes.of(cst.Call):
+        func = call.func
+        if ctx.qualified_name(func) in CLIP_FUNCTIONS:
+            continue  # torch's own clips are CLIP events, matched to their optimizer
+        tail = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else ""
+        clamps_grad = tail in ("clamp", "clamp_") and isinstance(func, cst.Attribute) and ".grad" in ctx.code(func.value)
+        if "clip" in tail.lower() or clamps_grad:
+            found.add(ctx.enclosing(call, cst.FunctionDef))
+    return found
+
+
+def _may_clip_unseen(step: TrainingStep, clipping: set[cst.FunctionDef | None]) -> bool:
+    return step.function in clipping or any(helper in clipping for helper in step.helpers)
+
+
+# -- the fix ---------------------------------------------------------------------------------------
+def _reusable_params(ctx: FileContext, step: TrainingStep, event: StepEvent) -> str | None:
+    """The optimizer's parameters as code that gives them again at the step: an expression that
+    builds them afresh (``model.parameters()``), or a name that holds a list; never parameter
+    groups, a name that may hold a spent generator, or names not bound where the step runs."""
+    optimizer = step.optimizers.get(event.optimizer or "")
+    code = optimizer.params_code if optimizer is not None else None
+    expr = _parsed(code)
+    if expr is None or isinstance(expr, cst.Attribute):
+        return None
+    if isinstance(expr, cst.Name):
+        sources = _params_sources(ctx, step, optimizer)
+        if not sources or not all(_is_collection(source) for source in sources):
+            return None
+    elif any(isinstance(node, (cst.Dict, cst.DictComp)) for node in _walk(expr)):
+        return None
+    if not all(_visible_at_step(ctx, step, name) for name in _free_names(expr)):
+        return None
+    return code
+
+
+def _is_collection(expr: cst.BaseExpression) -> bool:
+    """A list or tuple of tensors that can be iterated again (``list(m.parameters())``, ``[w, b]``,
+    their sums), not a generator nor parameter groups."""
+    if isinstance(expr, cst.BinaryOperation) and isinstance(expr.operator, cst.Add):
+        return _is_collection(expr.left) and _is_collection(expr.right)
+    if isinstance(expr, (cst.List, cst.Tuple, cst.ListComp)):
+        return not any(isinstance(node, (cst.Dict, cst.DictComp)) for node in _walk(expr))
+    return (
+        isinstance(expr, cst.Call)
+        and isinstance(expr.func, cst.Name)
+        and expr.func.value in ("list", "tuple")
+        and not any(isinstance(node, (cst.Dict, cst.DictComp)) for node in _walk(expr))
+    )
+
+
+def _free_names(expr: cst.BaseExpression) -> set[str]:
+    """Names an expression reads from its scope: not attribute or keyword names, not lambda
+    parameters or comprehension variables."""
+    bound: set[str] = set()
+    read: set[str] = set()
+    stack: list[cst.CSTNode] = [expr]
+    while stack:
+        node = stack.pop()
+        children: Iterable[cst.CSTNode] = node.children
+        if isinstance(node, cst.Name):
+            read.add(node.value)
+        elif isinstance(node, cst.Attribute):
+            children = [node.value]
+        elif isinstance(node, cst.Arg):
+            children = [node.value]
+        elif isinstance(node, cst.Lambda):
+            bound |= {p.name.value for p in node.params.params}
+            children = [node.body]
+        elif isinstance(node, cst.CompFor):
+            bound |= {n.value for n in _walk(node.target) if isinstance(n, cst.Name)}
+        stack.extend(children)
+    return read - bound
+
+
+def _visible_at_step(ctx: FileContext, step: TrainingStep, name: str) -> bool:
+    if hasattr(builtins, name) or name in ctx.imports.bindings:
+        return True
+    if name in ctx.get(ValueOrigins).records(step.function):
+        return True
+    return name in _module_level_names(ctx)
+
+
+def _module_level_names(ctx: FileContext) -> set[str]:
+    names: set[str] = set()
+    for statement in ctx.module.body:
+        if isinstance(statement, cst.SimpleStatementLine):
+            for small in statement.body:
+                if isinstance(small, cst.Assign):
+                    for target in small.targets:
+                        names |= {n.value for n in _walk(target.target) if isinstance(n, cst.Name)}
+                elif isinstance(small, cst.AnnAssign) and isinstance(small.target, cst.Name):
+                    names.add(small.target.value)
+    return names
+
+
+def _unscale_needed(step: TrainingStep, event: StepEvent) -> str | bool | None:
+    """``scaler.unscale_(opt)`` to insert before the clip; None when the step already unscales
+    since its backward; False when inserting one is not safe (a scaler of unknown origin, or
+    an update that some path skips: a second unscale_ would raise)."""
+    scaler, optimizer = event.scaler, event.optimizer
+    if scaler is None or optimizer is None or scaler in step.uncertain_scalers:
+        return False
+    for earlier in _since_last_backward(step, event):
+        if earlier.kind is EventKind.UNSCALE and earlier.optimizer == optimizer:
+            return None
+    if unscale_insertion(step, event, scaler, optimizer) != []:
+        return False
+    return f"{scaler}.unscale_({optimizer})"
+
+
+def _clip_function(ctx: FileContext) -> str | None:
+    """``clip_grad_norm_`` spelled with a name this file imports at its top level."""
+    top_level = _top_level_import_names(ctx)
+    for qualified, suffix in _CLIP_SPELLINGS:
+        for local, bound in ctx.imports.bindings.items():
+            if bound == qualified and local in top_level:
+                return local + suffix
+    return None
+
+
+def _top_level_import_names(ctx: FileContext) -> set[str]:
+    names: set[str] = set()
+    for node in (*ctx.nodes.of(cst.Import), *ctx.nodes.of(cst.ImportFrom)):
+        if ctx.enclosing(node, cst.FunctionDef) is not None or ctx.enclosing(node, cst.ClassDef) is not None:
+            continue
+        if isinstance(node.names, cst.ImportStar):
+            continue
+        for alias in node.names:
+            if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+                names.add(alias.asname.name.value)
+            else:
+                full = dotted_name(alias.name)
+                if full is not None:
+                    names.add(full.split(".")[0] if isinstance(node, cst.Import) else full)
+    return names
+
+
+# -- small helpers -----------------------------------------------------------------------------------
+def _parsed(code: str | None) -> cst.BaseExpression | None:
+    if code is None:
+        return None
+    try:
+        return cst.parse_expression(code)
+    except cst.ParserSyntaxError:
+        return None
+
+
+def _walk(node: cst.CSTNode | None) -> Iterator[cst.CSTNode]:
+    stack = [node] if node is not None else []
+    while stack:
+        current = stack.pop()
+        yield current
+        stack.extend(current.children)
+
+
+def _inside(ctx: FileContext, node: cst.CSTNode, outer: cst.CSTNode) -> bool:
+    return any(ancestor is outer for ancestor in ctx.ancestors(node))
+
+
+def _short(ctx: FileContext, call: cst.CSTNode) -> str:
+    code = ctx.code(call)
+    if "\n" in code and isinstance(call, cst.Call):
+        return f"{ctx.code(call.func)}(...)"
+    return code

@@ -1,0 +1,158 @@
+"""TL403: a loop steps the optimizer every iteration but never zeroes the gradients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import libcst as cst
+
+from trainlint.analysis.training_step import BACKWARD_KINDS, EventKind, StepEvent, TrainingStep, TrainingSteps
+from trainlint.context import FileContext
+from trainlint.findings import Finding, Fix
+from trainlint.rule import Example, Rule
+
+_STEP_KINDS = (EventKind.OPT_STEP, EventKind.SCALER_STEP)
+# Events after which the gradients are still read: zeroing right after the step would change them.
+_GRAD_READERS = frozenset({EventKind.GRAD_INSPECT, EventKind.CLIP, EventKind.UNSCALE})
+_Loop = cst.For | cst.While
+
+
+class GradientsNeverZeroed(Rule):
+    """## What it does
+    Reports an optimizer step inside a loop that also calls `backward()`, when nothing in that
+    loop (nor in the helpers it calls) clears the gradients: no `optimizer.zero_grad()`, no
+    `model.zero_grad()`, no `p.grad = None`. Calling `zero_grad()` once before the loop, or once
+    per epoch outside the batch loop, does not count. Gradient accumulation that zeroes after its
+    conditional step (`if (i + 1) % k == 0: opt.step(); opt.zero_grad()`) is fine, and so is an
+    LBFGS closure that zeroes inside it.
+
+    ## Why is this bad?
+    `backward()` adds into `.grad`; it never overwrites. Without zeroing, the gradient that step
+    *k* uses is the sum of the last *k* gradients. On a direction where the gradient is constant,
+    step 100 moves the weights 100 times as far as step 1: the effective learning rate grows
+    linearly with the step count, and with momentum the sums compound. The loss usually falls
+    for a few dozen steps and then diverges, which looks like a learning-rate problem rather than
+    a missing line.
+
+    The fix inserts `optimizer.zero_grad(set_to_none=True)` right after the step (after
+    `scaler.update()` when it follows), the position that keeps gradient accumulation intact.
+    It is not offered when code after the step still reads the gradients.
+    """
+
+    code = "TL403"
+    name = "gradients-never-zeroed"
+    summary = "Optimizer steps every iteration but nothing in the loop zeroes the gradients"
+    level = "error"
+    fix_applicability = "safe"
+    triggers = ("backward",)
+    examples = [
+        Example(
+            code='''
+            import torch
+
+            def fit(model, loader, epochs):
+                optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+                optimizer.zero_grad()
+                for epoch in range(epochs):
+                    for x, y in loader:
+                        loss = torch.nn.functional.mse_loss(model(x), y)
+                        loss.backward()
+                        optimizer.step()
+            ''',
+            expect=[(10, 13)],
+            fixed='''
+            import torch
+
+            def fit(model, loader, epochs):
+                optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+                optimizer.zero_grad()
+                for epoch in range(epochs):
+                    for x, y in loader:
+                        loss = torch.nn.functional.mse_loss(model(x), y)
+                        loss.backward()
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+            ''',
+        ),
+    ]
+    valid_examples = [
+        '''
+        import torch
+
+        def train(model, optimizer, loader, accum=4):
+            for i, (x, y) in enumerate(loader):
+                loss = torch.nn.functional.mse_loss(model(x), y) / accum
+                loss.backward()
+                if (i + 1) % accum == 0:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+        ''',
+    ]
+
+    def check(self, ctx: FileContext) -> Iterator[Finding]:
+        reported: set[cst.CSTNode] = set()
+        for step in ctx.get(TrainingSteps).steps:
+            loop = step.loop
+            if loop is None or not step.of_kind(*BACKWARD_KINDS) or step.of_kind(EventKind.ZERO_GRAD):
+                continue
+            for event in step.of_kind(*_STEP_KINDS):
+                if event.anchor in reported or _runs_a_closure(event):
+                    continue
+                reported.add(event.anchor)
+                yield ctx.report(self, event.anchor, _message(ctx, event), _zero_grad_fix(ctx, step, event, loop))
+
+
+def _message(ctx: FileContext, event: StepEvent) -> str:
+    return (
+        f"`{ctx.code(event.anchor)}` runs every iteration but nothing in the loop zeroes the gradients, "
+        "so each `backward()` adds to the last and step k uses the sum of k gradients"
+    )
+
+
+def _runs_a_closure(event: StepEvent) -> bool:
+    """``opt.step(closure)`` (LBFGS): the closure zeroes and recomputes the gradients itself."""
+    call = event.node
+    return event.kind is EventKind.OPT_STEP and isinstance(call, cst.Call) and bool(call.args)
+
+
+# -- the fix -------------------------------------------------------------------------------------
+def _zero_grad_fix(ctx: FileContext, step: TrainingStep, event: StepEvent, loop: _Loop) -> Fix | None:
+    if event.optimizer is None or _gradients_read_after(ctx, step, event, loop):
+        return None
+    after = _statement_to_follow(ctx, step, event)
+    return ctx.fix(
+        [ctx.insert_after(after, f"{event.optimizer}.zero_grad(set_to_none=True)")],
+        "safe",
+        f"Insert `{event.optimizer}.zero_grad(set_to_none=True)` after the step",
+    )
+
+
+def _statement_to_follow(ctx: FileContext, step: TrainingStep, event: StepEvent) -> cst.CSTNode:
+    """The step's statement, or the ``scaler.update()`` right after it in the same block."""
+    following = _next_sibling(ctx, event.statement)
+    if following is not None and any(
+        e.kind is EventKind.SCALER_UPDATE and e.statement is following for e in step.events
+    ):
+        return following
+    return event.statement
+
+
+def _next_sibling(ctx: FileContext, statement: cst.CSTNode) -> cst.CSTNode | None:
+    block = ctx.parent(statement)
+    body = getattr(block, "body", None)
+    if not isinstance(body, (list, tuple)):
+        return None
+    for index, sibling in enumerate(body):
+        if sibling is statement:
+            return body[index + 1] if index + 1 < len(body) else None
+    return None
+
+
+def _gradients_read_after(ctx: FileContext, step: TrainingStep, event: StepEvent, loop: _Loop) -> bool:
+    """Code after the step in the same iteration that still reads ``.grad`` (set_to_none would
+    hand it None): a gradient event later in the step, or a ``.grad`` in the statements after."""
+    if any(e.kind in _GRAD_READERS for e in step.events[step.index(event) + 1 :]):
+        return True
+    start, _ = ctx.span(event.statement)
+    _, end = ctx.span(loop)
+    return ".grad" in ctx.source.text[start:end]
