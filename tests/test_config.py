@@ -72,8 +72,14 @@ def test_rule_options_are_merged_over_the_defaults(tmp_path: Path) -> None:
     if rule is None:
         pytest.skip("no rule with options is registered yet")
     key, default = next(iter(rule.default_options.items()))
-    value = {bool: not default, int: default + 1, float: default * 2, str: default + "x"}.get(type(default), default)
-    literal = {True: "true", False: "false"}.get(value, repr(value).replace("'", '"'))
+    if isinstance(default, bool):
+        value, literal = not default, str(not default).lower()
+    elif isinstance(default, (int, float)):
+        value = default * 2 + 1
+        literal = repr(value)
+    else:
+        value = f"{default}x"
+        literal = f'"{value}"'
     write_config(tmp_path, f"[tool.trainlint]\n[tool.trainlint.rules.{rule.code}]\n{key} = {literal}\n")
     settings = load_settings(None, tmp_path)
     made = {r.code: r for r in apply_cli_overrides(settings, [rule.code], None, None).make_rules()}

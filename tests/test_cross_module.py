@@ -12,10 +12,20 @@ import json
 import shutil
 from pathlib import Path
 
+import libcst as cst
+
 from tests.conftest import FIXTURES, run_cli
+from trainlint.analysis.model_structure import (
+    CONV3D,
+    RECURRENT,
+    ModelStructure,
+    contains,
+)
 from trainlint.config import Settings, apply_cli_overrides
+from trainlint.context import FileContext
 from trainlint.engine import Linter
-from trainlint.project import ProjectIndex
+from trainlint.project import ProjectIndex, module_name_for
+from trainlint.source import SourceText
 
 PROJECTS = FIXTURES / "projects"
 
@@ -84,3 +94,61 @@ def test_linter_api_gives_the_same_answers() -> None:
         linter = Linter(settings, ProjectIndex([PROJECTS / name]))
         findings = linter.lint(train.read_text(encoding="utf-8"), "train.py", train)
         assert [(f.start.row, f.start.column) for f in findings if f.code == "TL108"] == expected
+
+
+# -- the shared analysis the rules ask (trainlint/analysis/model_structure.py) ------------------
+def _structure(source: str, path: Path, roots: list[Path]) -> tuple[FileContext, ModelStructure]:
+    ctx = FileContext(
+        path=path.name,
+        source=SourceText(source),
+        module=cst.parse_module(source),
+        project=ProjectIndex(roots),
+        module_name=module_name_for(path)[0],
+        real_path=path,
+    )
+    return ctx, ctx.get(ModelStructure)
+
+
+def test_model_structure_follows_trainer_attribute_to_factory_in_other_module() -> None:
+    project = PROJECTS / "conv3d"
+    source = (
+        "from models import build_model\n"
+        "class Trainer:\n"
+        "    def __init__(self, model):\n"
+        "        self.model = model\n"
+        "    def step(self, clips):\n"
+        "        return self.model(clips)\n"
+        "def main(cfg):\n"
+        "    Trainer(build_model(cfg).cuda())\n"
+    )
+    ctx, structure = _structure(source, project / "trainer.py", [project])
+    step = next(f for f in ctx.nodes.of(cst.FunctionDef) if f.name.value == "step")
+    runs = structure.runs_in(step)
+    assert [ctx.code(run.model) for run in runs] == ["self.model"]
+    assert runs[0].built_by == {"models.build_model"}
+    assert contains(runs[0].layers, CONV3D)
+
+
+def test_model_structure_reads_this_files_classes_from_the_text_being_linted(tmp_path: Path) -> None:
+    source = (
+        "import torch.nn as nn\n"
+        "class Outer(nn.Module):\n"
+        "    class Cell(nn.Module):\n"
+        "        def __init__(self):\n"
+        "            super().__init__()\n"
+        "            self.rnn = nn.GRU(8, 8)\n"
+        "            self.residual_scale = 0.1\n"
+        "        def forward(self, x):\n"
+        "            return self(x)\n"
+        "model = nn.DataParallel(Outer())\n"
+    )
+    path = tmp_path / "nested.py"  # not on disk: the analysis must not need it
+    ctx, structure = _structure(source, path, [tmp_path])
+    cell = next(c for c in ctx.nodes.of(cst.ClassDef) if c.name.value == "Cell")
+    model_class = structure.class_for(cell)
+    assert model_class.qualified == "nested.Outer.Cell"
+    assert model_class.constants == {"residual_scale": 0.1}
+    assert model_class.submodules["rnn"] == "torch.nn.GRU"
+    assert contains(structure.layers_of("nested.Outer"), RECURRENT)
+    model = next(n for n in ctx.nodes.of(cst.Name) if n.value == "model")
+    assert structure.built_by(model) == {"nested.Outer"}

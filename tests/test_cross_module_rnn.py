@@ -79,3 +79,11 @@ def test_safe_fix_alone_leaves_the_file_unchanged(cli, tmp_path: Path) -> None:
     original = (project / "train.py").read_text()
     cli(str(project), "--select", "TL401", "--no-cache", "--fix", cwd=tmp_path)
     assert (project / "train.py").read_text() == original
+
+
+def test_max_norm_comes_from_the_projects_configuration(cli, tmp_path: Path) -> None:
+    project = _copy("gru", tmp_path)
+    (project / "pyproject.toml").write_text("[tool.trainlint.rules.TL401]\nmax_norm = 5.0\n", encoding="utf-8")
+    result = cli(".", "--select", "TL401", "--no-cache", "--fix", "--unsafe-fixes", cwd=project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=5.0)\n" in (project / "train.py").read_text()

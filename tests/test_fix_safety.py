@@ -5,6 +5,7 @@ and every untouched byte, and ``--fix`` twice changing nothing the second time."
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from trainlint.rule import Rule
 from trainlint.runner import RunOptions, run
 
 AMP_VIDEO = (FIXTURES / "cli" / "amp_video.py").read_bytes()
+LOG_SOFTMAX = FIXTURES / "cli" / "log_softmax.py"
 BEFORE = b'with torch.autocast("cuda"):'
 AFTER = b'with torch.autocast("cuda", dtype=torch.bfloat16):'  # TL108's unsafe fix
 
@@ -39,17 +41,16 @@ def _variants() -> dict[str, tuple[bytes, bytes]]:
     latin1 = b"# -*- coding: latin-1 -*-\n# auteur: Ren\xe9e, donn\xe9es \xb5s\n" + AMP_VIDEO
     bom = b"\xef\xbb\xbf" + crlf
     no_final_newline = AMP_VIDEO.rstrip(b"\n") + b"  # trailing comment  "
-    tabs_and_trailing_space = AMP_VIDEO.replace(b"        loss.backward()", b"\tloss.backward()   ").replace(
-        b"    model = VideoNet()", b"    model = VideoNet()   "
+    trailing_space_and_tabs = AMP_VIDEO.replace(
+        b"        loss.backward()\n", b"        loss.backward()   \n\t# a tab-indented comment \t\n"
     )
-    tabs_and_trailing_space = tabs_and_trailing_space.replace(b"\tloss.backward()   ", b"        loss.backward()   ")
     contents = {
         "crlf.py": crlf,
         "mixed.py": mixed,
         "latin1.py": latin1,
         "bom.py": bom,
         "no_final_newline.py": no_final_newline,
-        "trailing_space.py": tabs_and_trailing_space,
+        "trailing_space.py": trailing_space_and_tabs,
     }
     return {name: (data, data.replace(BEFORE, AFTER)) for name, data in contents.items()}
 
@@ -146,6 +147,38 @@ def test_show_fixes_and_exit_non_zero_on_fix(tmp_path: Path) -> None:
     assert result.returncode == 1  # nothing remains, but something was fixed
     again = run_cli("--no-cache", "--fix", "--exit-non-zero-on-fix", "train.py", cwd=tmp_path)
     assert again.returncode == 0
+
+
+def test_safe_fixes_apply_by_default_and_the_summary_counts_them(tmp_path: Path) -> None:
+    """`--fix` applies TL202's safe fix and leaves TL108's unsafe one: "N fixed, M remaining"."""
+    shutil.copy(LOG_SOFTMAX, tmp_path / "loss.py")
+    (tmp_path / "video.py").write_bytes(AMP_VIDEO)
+    result = run_cli("--no-cache", "--fix", "--output-format", "concise", ".", cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("video.py:15:14: TL108 ")
+    assert lines[1] == "Found 2 errors (1 fixed, 1 remaining)."
+    assert (tmp_path / "loss.py").read_text(encoding="utf-8") == LOG_SOFTMAX.read_text(encoding="utf-8").replace(
+        "torch.log(F.softmax(logits, dim=-1))", "F.log_softmax(logits, dim=-1)"
+    )
+    assert (tmp_path / "video.py").read_bytes() == AMP_VIDEO
+
+
+def test_the_api_fixes_in_memory(tmp_path: Path) -> None:
+    from trainlint.api import fix_script_in_memory, fix_source, lint_source
+
+    text = LOG_SOFTMAX.read_text(encoding="utf-8")
+    assert [(f.code, f.start.row, f.start.column) for f in lint_source(text, "loss.py")] == [("TL202", 7, 17)]
+    outcome = fix_source(text, "loss.py")
+    assert "F.log_softmax(logits, dim=-1)" in outcome.text and [f.code for f in outcome.fixed] == ["TL202"]
+    assert fix_source(AMP_VIDEO.decode(), "v.py").fixed == []  # unsafe needs unsafe_fixes
+    assert fix_source(AMP_VIDEO.decode(), "v.py", unsafe_fixes=True).text == AMP_VIDEO.replace(BEFORE, AFTER).decode()
+    # a script and the local module it imports, fixed without touching the disk
+    (tmp_path / "losses.py").write_text(text, encoding="utf-8")
+    (tmp_path / "train.py").write_text("import torch\nfrom losses import nll\n", encoding="utf-8")
+    changed = fix_script_in_memory(tmp_path / "train.py")
+    assert list(changed) == [(tmp_path / "losses.py").resolve()]
+    assert (tmp_path / "losses.py").read_text(encoding="utf-8") == text
 
 
 def test_fix_from_stdin_writes_the_fixed_source_to_stdout(tmp_path: Path) -> None:

@@ -155,12 +155,14 @@ def run(clips):
 """
 
 
-@pytest.fixture
-def server(tmp_path: Path):
-    client = LspClient([sys.executable, "-m", "trainlint", "server"], cwd=tmp_path)
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """One server for the module, as an editor keeps one; each test opens its own document."""
+    root = tmp_path_factory.mktemp("workspace")
+    client = LspClient([sys.executable, "-m", "trainlint", "server"], cwd=root)
     result = client.request(
         "initialize",
-        {"processId": os.getpid(), "rootUri": tmp_path.as_uri(), "capabilities": {"textDocument": {"codeAction": {}}}},
+        {"processId": os.getpid(), "rootUri": root.as_uri(), "capabilities": {"textDocument": {"codeAction": {}}}},
     )
     assert result["serverInfo"]["name"] == "trainlint"
     assert result["capabilities"]["codeActionProvider"]["codeActionKinds"] == ["quickfix", "source.fixAll.trainlint"]

@@ -70,21 +70,13 @@ def fix_copy(tmp_path: Path, name: str, *options: str) -> tuple[str, str, Any]:
 
 # -- the command line ---------------------------------------------------------------------------
 def test_findings_name_the_cell_and_the_line_within_it() -> None:
-    result = run_cli("--no-cache", "--select", "TL105,TL202", "--output-format", "concise", "classifier.ipynb", cwd=NOTEBOOKS)
-    lines = [line.split(" ", 2)[:2] for line in result.stdout.splitlines() if line.startswith("classifier.ipynb")]
-    assert lines == [
-        ["classifier.ipynb:cell", "7:7:25:"],
-        ["classifier.ipynb:cell", "7:10:9:"],
-        ["classifier.ipynb:cell", "9:7:13:"],
-    ]
+    result = run_cli("--no-cache", "--select", "TL105,TL202", "classifier.ipynb", cwd=NOTEBOOKS)
+    locations = [line.split(" TL")[0] for line in result.stdout.splitlines() if line.startswith("classifier.ipynb")]
+    assert locations == ["classifier.ipynb:cell 7:7:25:", "classifier.ipynb:cell 7:10:9:", "classifier.ipynb:cell 9:7:13:"]
     assert "classifier.ipynb:cell 7:10:9: TL105 [*]" in result.stdout
-    assert result.returncode == 1
-
-
-def test_full_output_shows_the_line_of_the_cell() -> None:
-    result = run_cli("--no-cache", "--select", "TL202", "classifier.ipynb", cwd=NOTEBOOKS)
-    assert "classifier.ipynb:cell 9:7:13: TL202" in result.stdout
+    # The full format shows the line of the cell, not of the JSON file.
     assert "7 |     log_p = torch.log(torch.softmax(model(x.to(device)), dim=1))" in result.stdout
+    assert result.returncode == 1
 
 
 def test_json_output_has_the_cell_as_ruff_does() -> None:
@@ -253,3 +245,20 @@ def test_sources_as_one_string_and_empty_lists_keep_their_shape() -> None:
     fixed = notebook_linter("TL202").fix(text, "nb.ipynb", None, unsafe_fixes=False).text
     cells[0]["source"] = "import torch\nlog_p = torch.log_softmax(x, dim=1)\n"
     assert fixed == json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}, indent=1)
+
+
+def test_machine_formats_locate_cells() -> None:
+    import io
+
+    from trainlint import output
+
+    text = (NOTEBOOKS / "classifier.ipynb").read_text(encoding="utf-8")
+    findings = notebook_linter("TL202").lint(text, "classifier.ipynb")
+    stream = io.StringIO()
+    output.github(findings, stream)
+    first = stream.getvalue().splitlines()[0]
+    # The lines of a cell are not lines of the .ipynb file: the annotation is on the file.
+    assert first.startswith("::error title=trainlint (TL202),file=classifier.ipynb::classifier.ipynb:cell 7:7:25: TL202")
+    assert [r["cell"] for r in output.json_records(findings)] == [7, 9]
+    round_trip = [type(f).from_json(f.to_json()) for f in findings]  # the cache keeps the cell
+    assert round_trip == findings

@@ -251,3 +251,13 @@ def test_positions_are_one_based_like_ruff_and_flake8(tmp_path: Path) -> None:
         "x.py:1:1: TL001 syntax error: '(' was never closed",
         "y.py:1:1: TL001 syntax error: unmatched ')'",
     ]
+
+
+def test_safe_fixes_are_marked(tmp_path: Path) -> None:
+    shutil.copy(FIXTURES / "cli" / "log_softmax.py", tmp_path / "loss.py")
+    result = run_cli("--no-cache", "--output-format", "concise", "loss.py", cwd=tmp_path)
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("loss.py:7:17: TL202 [*] `log` of a `softmax`")
+    assert lines[1] == "Found 1 error. [*] 1 fixable with `trainlint --fix`."
+    statistics = run_cli("--no-cache", "--statistics", "loss.py", cwd=tmp_path)
+    assert statistics.stdout.splitlines()[0] == "1\tTL202\t[*] log-of-softmax"

@@ -103,7 +103,7 @@ def _lint(args: argparse.Namespace) -> int:
         return _explain(args.explain)
     paths = args.paths or ["."]
     start = Path(args.stdin_filename or (paths[0] if paths[0] != "-" else "."))
-    settings = load_settings(args.config, start if start.exists() else Path.cwd())
+    settings = load_settings(args.config, _existing_ancestor(start))
     apply_cli_overrides(settings, args.select, args.extend_select, args.ignore)
     if args.list_rules:
         return _list_rules(settings)
@@ -126,6 +126,16 @@ def _lint(args: argparse.Namespace) -> int:
     )
     result = run(targets, settings, options, _project_roots(settings, paths))
     return _report(args, result, unsafe, {t.display: t for t in targets})
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """Where to look for the configuration: ``--stdin-filename`` may name a file that does not
+    exist (an editor's unsaved buffer), whose directory's configuration still applies."""
+    path = Path(os.path.abspath(path))
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path.cwd()
 
 
 def _project_roots(settings: Settings, paths: Sequence[str]) -> list[Path]:

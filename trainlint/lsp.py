@@ -10,7 +10,6 @@ command line does. Needs the ``lsp`` extra (``pip install 'trainlint[lsp]'``, wh
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +33,6 @@ else:
 
 FIX_ALL_KIND = "source.fixAll.trainlint"
 PYTHON_SUFFIXES = (".py", ".pyi")
-logger = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] = ()) -> int:

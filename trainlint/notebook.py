@@ -98,7 +98,7 @@ class Notebook:
             if span is None:
                 raise NotebookError(f"cell {number} has no `source` to rewrite")
             start, end = span
-            text = text[:start] + style.source_value(sources[number], text[start:end], text, start) + text[end:]
+            text = text[:start] + style.source_value(sources[number], text[start:end]) + text[end:]
         return text
 
 
@@ -403,45 +403,32 @@ def _source_spans(text: str) -> list[_Span | None]:
 @dataclass(frozen=True)
 class _JsonStyle:
     ensure_ascii: bool
-    newline: str
-    indent_unit: str  # "" for a one-line file
 
     @classmethod
     def of(cls, text: str) -> _JsonStyle:
         # Jupyter writes non-ASCII text as is; a file that escapes it was written with ensure_ascii.
         escaped = re.search(r"\\u(?!00[0-7])[0-9a-fA-F]{4}", text) is not None
-        raw_non_ascii = not text.isascii()
-        newline = "\r\n" if "\r\n" in text else "\n"
-        first = re.match(r"\s*\{(\r?\n)([ \t]*)", text)
-        return cls(escaped and not raw_non_ascii, newline, first.group(2) if first else "")
+        return cls(ensure_ascii=escaped and text.isascii())
 
     def string(self, value: str) -> str:
         return json.dumps(value, ensure_ascii=self.ensure_ascii)
 
-    def source_value(self, source: str, old: str, text: str, start: int) -> str:
+    def source_value(self, source: str, old: str) -> str:
         """``source`` as a JSON value shaped like the value it replaces: one string, or a list of
-        lines (nbformat's ``splitlines(keepends=True)``) laid out as the old list was."""
+        lines (nbformat's ``splitlines(keepends=True)``) laid out as the old list was: the same
+        breaks and indentation before the first line, between lines and before the ``]``."""
         if old.startswith('"'):
             return self.string(source)
         lines = source.splitlines(keepends=True)
         if not lines:
             return "[]"
-        opener, separator, closer = self._list_layout(old, text, start)
-        return "[" + opener + separator.join(self.string(line) for line in lines) + closer + "]"
-
-    def _list_layout(self, old: str, text: str, start: int) -> tuple[str, str, str]:
         items = list(_members(old, 0))
-        if items:
-            opener = old[1 : items[0][1]]
-            closer = old[items[-1][2] : len(old) - 1]
-            separator = old[items[0][2] : items[1][1]] if len(items) > 1 else "," + opener
-            return opener, separator, closer
-        if not self.indent_unit and "\n" not in text:
-            return "", ", " if '", "' in text else ",", ""
-        line_start = max(text.rfind("\n", 0, start) + 1, 0)
-        key_indent = re.match(r"[ \t]*", text[line_start:]).group(0)  # type: ignore[union-attr]
-        inner = self.newline + key_indent + self.indent_unit
-        return inner, "," + inner, self.newline + key_indent
+        if not items:  # an empty cell: fixes never add code to one, but stay valid if they did
+            return "[" + ", ".join(self.string(line) for line in lines) + "]"
+        opener = old[1 : items[0][1]]
+        closer = old[items[-1][2] : len(old) - 1]
+        separator = old[items[0][2] : items[1][1]] if len(items) > 1 else "," + opener
+        return "[" + opener + separator.join(self.string(line) for line in lines) + closer + "]"
 
 
 # -- linting and fixing ----------------------------------------------------------------------------

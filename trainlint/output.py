@@ -203,18 +203,14 @@ def _escape_annotation(value: str, property_value: bool = False) -> str:
 def github(findings: Sequence[Finding], stream: TextIO) -> None:
     for f in findings:
         kind = "error" if f.level == "error" else "warning"
-        properties = ",".join(
-            [
-                f"title={_escape_annotation(f'trainlint ({f.code})', True)}",
-                f"file={_escape_annotation(f.path, True)}",
-                f"line={f.start.row}",
-                f"col={f.start.column}",
-                f"endLine={f.end.row}",
-                f"endColumn={f.end.column}",
-            ]
-        )
+        properties = [
+            f"title={_escape_annotation(f'trainlint ({f.code})', True)}",
+            f"file={_escape_annotation(f.path, True)}",
+        ]
+        if f.cell is None:  # a notebook cell's lines are not lines of the file: annotate the file
+            properties += [f"line={f.start.row}", f"col={f.start.column}", f"endLine={f.end.row}", f"endColumn={f.end.column}"]
         text = f"{location(f)}: {f.code} {f.message}"
-        stream.write(f"::{kind} {properties}::{_escape_annotation(text)}\n")
+        stream.write(f"::{kind} {','.join(properties)}::{_escape_annotation(text)}\n")
 
 
 def write_findings(

@@ -103,25 +103,37 @@ class _Summarizer:
                         found.add(name)
         return found
 
+    def built_by(self, value: ast.expr, assigned: dict[str, set[str]]) -> set[str]:
+        """Callables that build the object an expression yields: ``Net(cfg)``, also through
+        method chains (``Net(cfg).cuda()``), wrappers (``DDP(Net())``, ``nn.Sequential(A(), B())``)
+        and local names assigned earlier in the function."""
+        if isinstance(value, ast.Name):
+            return assigned.get(value.id, set())
+        if not isinstance(value, ast.Call):
+            return set()
+        found = set()
+        name = self.qualify(value.func)
+        if name:
+            found.add(name)
+        if isinstance(value.func, ast.Attribute):
+            found |= self.built_by(value.func.value, assigned)
+        for argument in value.args:
+            found |= self.built_by(argument, assigned)
+        return found
+
     def returned_calls(self, function: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
         """Callables whose result the function returns, directly or through a local name."""
         assigned: dict[str, set[str]] = {}
         for node in ast.walk(function):
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
-                name = self.qualify(node.value.func)
+            if isinstance(node, ast.Assign):
+                built = self.built_by(node.value, assigned)
                 for target in node.targets:
-                    if name and isinstance(target, ast.Name):
-                        assigned.setdefault(target.id, set()).add(name)
+                    if built and isinstance(target, ast.Name):
+                        assigned.setdefault(target.id, set()).update(built)
         returned: set[str] = set()
         for node in ast.walk(function):
             if isinstance(node, ast.Return) and node.value is not None:
-                value = node.value
-                if isinstance(value, ast.Call):
-                    name = self.qualify(value.func)
-                    if name:
-                        returned.add(name)
-                elif isinstance(value, ast.Name):
-                    returned |= assigned.get(value.id, set())
+                returned |= self.built_by(node.value, assigned)
         return returned
 
     def read_definitions(self, tree: ast.Module) -> None:

@@ -8,12 +8,13 @@ import multiprocessing
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trainlint import __version__
-from trainlint.config import IO_ERROR, SYNTAX_ERROR, Settings
+from trainlint.config import INTERNAL_ERROR, IO_ERROR, SYNTAX_ERROR, Settings
 from trainlint.discovery import Target
 from trainlint.engine import Linter, meta_finding
 from trainlint.findings import Finding, is_fix_allowed
@@ -205,16 +206,46 @@ def run(targets: Sequence[Target], settings: Settings, options: RunOptions, root
         for target in pending:
             results[target] = process(target, options)
     else:
-        context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
-        with ProcessPoolExecutor(jobs, context, initializer=_init_worker, initargs=(settings, roots)) as pool:
-            chunks = list(_chunks(pending, jobs))
-            for chunk, chunk_results in zip(chunks, pool.map(_process_many, chunks, [options] * len(chunks))):
-                results.update(zip(chunk, chunk_results))
+        _run_parallel(pending, settings, options, roots, jobs, results)
     if cache is not None:
         for target in pending:
             cache.store(target, results[target])
         cache.save()
     return RunResult([results[t] for t in targets])
+
+
+def _pool(jobs: int, settings: Settings, roots: Sequence[Path]) -> ProcessPoolExecutor:
+    context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
+    return ProcessPoolExecutor(jobs, context, initializer=_init_worker, initargs=(settings, roots))
+
+
+def _run_parallel(
+    pending: Sequence[Target],
+    settings: Settings,
+    options: RunOptions,
+    roots: Sequence[Path],
+    jobs: int,
+    results: dict[Target, FileResult],
+) -> None:
+    try:
+        with _pool(jobs, settings, roots) as pool:
+            chunks = list(_chunks(pending, jobs))
+            for chunk, chunk_results in zip(chunks, pool.map(_process_many, chunks, [options] * len(chunks))):
+                results.update(zip(chunk, chunk_results))
+    except BrokenProcessPool:
+        # A worker died (a native crash, the OOM killer): lint what is left one file per process,
+        # so that the crash is pinned to its file and every other file is still checked.
+        for target in [t for t in pending if t not in results]:
+            results[target] = _process_isolated(target, settings, options, roots)
+
+
+def _process_isolated(target: Target, settings: Settings, options: RunOptions, roots: Sequence[Path]) -> FileResult:
+    try:
+        with _pool(1, settings, roots) as pool:
+            return pool.submit(process, target, options).result()
+    except BrokenProcessPool:
+        message = "the process linting this file crashed, so it was not checked (please report it)"
+        return FileResult(target.display, findings=[meta_finding(INTERNAL_ERROR, message, target.display)])
 
 
 def _from_cache(cache: Cache | None, target: Target, options: RunOptions) -> FileResult | None:

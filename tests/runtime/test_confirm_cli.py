@@ -42,14 +42,19 @@ def test_confirm_examples_confirms_every_rule_that_has_a_fix(tmp_path):
             assert example["status"] == "no fix produced", example
     assert result.returncode == (0 if all(e["status"] != "no fix produced" for e in data["examples"]) else 1)
     assert data["provenance"].startswith("cpu, torch ")
+    table = result.stdout.splitlines()
+    assert table[0].startswith("trainlint confirm --examples: cpu, torch ")
+    assert len([line for line in table if line.startswith("TL")]) == len(data["examples"])
     assert markdown.read_text().startswith("Confirmed on cpu, torch ")
     assert "| rule | example | original | fixed | result |" in markdown.read_text()
 
 
-def test_confirm_examples_for_chosen_rules():
-    result = run_trainlint("confirm", "--examples", "TL403", "--device", "cpu")
-    lines = result.stdout.splitlines()
+def test_confirm_examples_for_chosen_rules_in_process(capsys):
+    from trainlint.runtime.cli import main
+
+    assert main(["confirm", "--examples", "tl403,TL402", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
     assert lines[1].split() == ["rule", "example", "original", "fixed", "result"]
-    row = next(line for line in lines if line.startswith("TL403"))
-    assert row.endswith("confirmed") and "loss" in row and result.returncode == 0
-    assert "1/1 examples confirmed" in result.stdout
+    assert [line.split()[0] for line in lines[3:5]] == ["TL402", "TL403"]
+    assert all(line.endswith("confirmed") for line in lines[3:5])
+    assert lines[5].startswith("2/2 examples confirmed or not reproducible here")

@@ -24,7 +24,9 @@ def test_cuda_autocast_and_gradscaler_run_in_cpu_float16_without_warnings():
     assert out.dtype == torch.float16  # CUDA's default autocast dtype, not the CPU's bfloat16
     assert scaler.is_enabled() and scaler.scale(torch.tensor(1.0)).item() == 1024.0
     assert legacy.is_enabled()
-    assert mapping.notes()[0].startswith('cpu mapping: torch.autocast("cuda", float16) ran as torch.autocast("cpu", float16)')
+    assert mapping.notes()[0].startswith(
+        'cpu mapping: torch.autocast("cuda", float16) ran as torch.autocast("cpu", float16)'
+    )
     assert "results may differ on a GPU" in mapping.notes()[1]
 
 

@@ -198,3 +198,12 @@ def test_two_optimizers_are_told_apart():
     record = monitor.record
     assert record.optimizers == ["SGD", "Adam"]
     assert [s.optimizer for s in record.steps] == [0, 1, 0, 1, 0, 1]
+
+
+def test_a_loop_that_never_steps_is_ended_by_the_backward_limit():
+    model, inputs, targets = make_problem()
+    with watch(max_steps=5, max_backward=30) as monitor:
+        for _ in range(1000):
+            F.cross_entropy(model(inputs), targets).backward()
+    assert monitor.record.backward_calls == 30 and monitor.record.stopped_at_limit
+    assert monitor.record.steps == []

@@ -13,12 +13,21 @@ from trainlint.runtime.monitor import ExceptionRecord, Record, StepRecord  # noq
 from trainlint.runtime.report import format_side_by_side, plot_png, summarize, write_json  # noqa: E402
 
 
-def step(i: int, loss: float = 1.0, norm: float = 1.0, skipped: bool = False, nan_grads: int = 0, nan_params: int = 0, scale: float | None = None) -> StepRecord:
+def step(
+    i: int,
+    loss: float = 1.0,
+    norm: float = 1.0,
+    skipped: bool = False,
+    nan_grads: int = 0,
+    nan_params: int = 0,
+    scale: float | None = None,
+) -> StepRecord:
     return StepRecord(i, 0, loss, norm, norm, nan_grads, nan_params, scale, skipped, 1)
 
 
 def record_of(steps: list[StepRecord], **kwargs) -> Record:
-    return Record(steps=steps, backward_losses=[s.loss for s in steps], backward_calls=len(steps), optimizers=["SGD"], **kwargs)
+    losses = [s.loss for s in steps]
+    return Record(steps=steps, backward_losses=losses, backward_calls=len(steps), optimizers=["SGD"], **kwargs)
 
 
 def test_a_falling_loss_with_finite_gradients_is_healthy():
@@ -29,16 +38,18 @@ def test_a_falling_loss_with_finite_gradients_is_healthy():
 
 
 def test_mostly_skipped_steps_are_unhealthy():
-    steps = [step(i, skipped=i < 8, norm=math.inf if i < 8 else 1.0, nan_grads=2 if i < 8 else 0, scale=2.0 ** (24 - i)) for i in range(10)]
+    overflowed = [step(i, skipped=True, norm=math.inf, nan_grads=2, scale=2.0 ** (24 - i)) for i in range(8)]
+    steps = overflowed + [step(i, scale=2.0**16) for i in (8, 9)]
     report = summarize(record_of(steps))
     assert report.verdict == "unhealthy"
     assert "8/10 steps skipped by the GradScaler" in report.reasons
     assert report.nonfinite_grad_steps == 8 and report.nonfinite_grad_steps_applied == 0
-    assert (report.scale_first, report.scale_last) == (2.0**24, 2.0**15)
+    assert (report.scale_first, report.scale_last) == (2.0**24, 2.0**16)
 
 
 def test_nan_loss_weights_and_rising_loss_each_give_a_reason():
-    steps = [step(i, loss=1.0 + i) for i in range(10)] + [step(10 + i, loss=math.nan, norm=math.nan, nan_grads=3, nan_params=2) for i in range(2)]
+    rising = [step(i, loss=1.0 + i) for i in range(10)]
+    steps = rising + [step(i, loss=math.nan, norm=math.nan, nan_grads=3, nan_params=2) for i in (10, 11)]
     reasons = summarize(record_of(steps)).reasons
     assert "non-finite loss in 2/12 backward passes" in reasons
     assert "2 steps applied non-finite gradients" in reasons

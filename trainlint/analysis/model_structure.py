@@ -16,7 +16,7 @@ Two questions come up in several rules:
 API (``structure = ctx.get(ModelStructure)``)::
 
     structure.classes                       # {name: ModelClass} for top-level classes here
-    structure.class_of(node)                # the top-level ModelClass a node sits in, or None
+    structure.class_of(node)                # the innermost ModelClass a node sits in, or None
     structure.class_for(class_def)          # the ModelClass of any ClassDef (nested ones too)
     structure.built_by(expr)                # frozenset of qualified names that built a model expr
     structure.model_layers(expr)            # frozenset of torch callables of that model
@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import libcst as cst
-
-from trainlint.analysis.imports import dotted_name
 
 if TYPE_CHECKING:
     from trainlint.context import FileContext
@@ -149,6 +147,7 @@ class ModelStructure:
             elif isinstance(statement, cst.FunctionDef):
                 self._functions[statement.name.value] = statement
         self._nested: dict[cst.ClassDef, ModelClass] = {}
+        self._nested_by_name: dict[str, ModelClass] = {}
         self._layer_cache: dict[str, frozenset[str]] = {}
         self._in_progress: set[str] = set()
 
@@ -158,13 +157,19 @@ class ModelStructure:
         init = methods.get("__init__")
         return ModelClass(
             name=node.name.value,
-            qualified=f"{self.prefix}.{node.name.value}",
+            qualified=f"{self.prefix}.{self._class_path(node)}",
             node=node,
             init=init,
             forward=methods.get("forward"),
             constants=self._constants(node, init),
             submodules=self._submodules(init),
         )
+
+    def _class_path(self, node: cst.ClassDef) -> str:
+        """``Outer.Inner`` for a nested class, its name for a top-level one."""
+        names = [node.name.value]
+        names += [a.name.value for a in self.ctx.ancestors(node) if isinstance(a, cst.ClassDef)]
+        return ".".join(reversed(names))
 
     def _self_assignments(self, node: cst.CSTNode) -> Iterator[tuple[str, cst.BaseExpression | None]]:
         """``(attr, value)`` of every ``self.attr = value`` (``value`` None for aug/annotated-only)."""
@@ -214,14 +219,13 @@ class ModelStructure:
         found = self._nested.get(node)
         if found is None:
             found = self._nested[node] = self._model_class(node)
+            self._nested_by_name[found.qualified] = found
         return found
 
     def class_of(self, node: cst.CSTNode) -> ModelClass | None:
-        """The top-level class of this file that ``node`` sits in."""
-        for ancestor in self.ctx.ancestors(node):
-            if isinstance(ancestor, cst.ClassDef) and self.ctx.parent(ancestor) is self.ctx.module:
-                return self.classes.get(ancestor.name.value)
-        return None
+        """The innermost class of this file that ``node`` sits in (whose ``self`` it sees)."""
+        class_def = self.ctx.enclosing(node, cst.ClassDef)
+        return self.class_for(class_def) if class_def is not None else None
 
     # -- layers of a class or factory -----------------------------------------------------------
     def layers_of(self, qualified: str) -> frozenset[str]:
@@ -252,6 +256,8 @@ class ModelStructure:
         module, _, name = qualified.rpartition(".")
         if module == self.prefix and name in self.classes:
             yield from self._class_layers(self.classes[name])
+        elif qualified in self._nested_by_name:
+            yield from self._class_layers(self._nested_by_name[qualified])
         elif module == self.prefix and name in self._functions:
             for built in self._returned_models(self._functions[name]):
                 yield from self.layers_of(built)
@@ -324,10 +330,10 @@ class ModelStructure:
 
     def _built_by_call(self, call: cst.Call, depth: int, seen: set[cst.CSTNode]) -> Iterator[str]:
         func = call.func
-        if isinstance(func, cst.Attribute) and func.attr.value in _SELF_RETURNING:
-            if self.ctx.qualified_name(func) is None:  # a method on a value, not a module function
-                yield from self._built_by(func.value, depth + 1, seen)
-                return
+        method_on_value = self.ctx.qualified_name(func) is None  # not a module function
+        if isinstance(func, cst.Attribute) and func.attr.value in _SELF_RETURNING and method_on_value:
+            yield from self._built_by(func.value, depth + 1, seen)  # `model.cuda()` is the model
+            return
         name = self.ctx.qualified_name(func)
         tail = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else ""
         if name in _WRAPPERS or tail in _WRAPPER_TAILS:
@@ -502,9 +508,7 @@ def _assigned_values(scope: cst.CSTNode, name: str) -> Iterator[cst.BaseExpressi
         if isinstance(node, cst.Assign):
             for target in node.targets:
                 yield from _bound_value(target.target, node.value, name)
-        elif isinstance(node, cst.AnnAssign) and node.value is not None:
-            yield from _bound_value(node.target, node.value, name)
-        elif isinstance(node, cst.NamedExpr):
+        elif isinstance(node, cst.AnnAssign) and node.value is not None or isinstance(node, cst.NamedExpr):
             yield from _bound_value(node.target, node.value, name)
 
 

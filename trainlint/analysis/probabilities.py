@@ -1,6 +1,6 @@
 """Which values are probabilities: softmax and sigmoid outputs, the logs taken of them, the way a
-value is derived from them inside a function, the losses that expect logits or log-probabilities,
-and whether a file computes in float16.
+value is derived from them inside a function (or a script's top-level code), the module instances
+that compute or consume them, and whether a file computes in float16.
 
 Shared by the numerical-stability rules (TL201-TL205). Recognition goes through qualified names
 (``F.softmax`` after ``import torch.nn.functional as F``), tensor methods (``x.softmax(-1)``,
@@ -40,6 +40,7 @@ _PRODUCER_MODULES: dict[str, ProbabilityKind] = {
     "torch.nn.Sigmoid": "sigmoid",
     "torch.nn.modules.activation.Sigmoid": "sigmoid",
 }
+_PRODUCER_MODULE_NAMES = frozenset(_PRODUCER_MODULES)
 # Tensor methods and torch functions that only select or reshape values: a probability stays one.
 _SELECTING_METHODS = frozenset({"gather", "take_along_dim", "index_select", "masked_select"})
 _SELECTING_FUNCTIONS = frozenset({"torch.gather", "torch.take_along_dim", "torch.index_select", "torch.masked_select"})
@@ -139,17 +140,18 @@ class Probabilities:
     def __init__(self, ctx: FileContext) -> None:
         self.ctx = ctx
         self.values = ctx.get(ValueOrigins)
+        self._construction_cache: dict[frozenset[str], tuple[set[cst.Call], set[str]]] = {}
 
     # -- calls -----------------------------------------------------------------------------------
     def producer(self, expr: cst.BaseExpression) -> Producer | None:
         """The softmax/sigmoid call this expression is, if it is one."""
         if not isinstance(expr, cst.Call):
             return None
-        constructor = self.module_constructor(expr.func)
+        constructor = self.module_kind(expr.func, _PRODUCER_MODULE_NAMES)
         if constructor is not None:
-            kind = _PRODUCER_MODULES.get(self.ctx.qualified_name(constructor.func) or "")
+            kind = _PRODUCER_MODULES[self.ctx.qualified_name(constructor.func) or ""]
             argument = positional_argument(expr, 0, "input")
-            if kind is None or argument is None or len(expr.args) != 1:
+            if argument is None or len(expr.args) != 1:
                 return None
             return Producer(kind, expr, "module", argument.value, constructor)
         qualified = self.ctx.qualified_name(expr.func)
@@ -207,11 +209,38 @@ class Probabilities:
         return None
 
     def module_kind(self, callee: cst.BaseExpression, qualified_names: frozenset[str]) -> cst.Call | None:
-        """The constructor of ``callee`` when it builds one of ``qualified_names``."""
-        constructor = self.module_constructor(callee)
-        if constructor is None or self.ctx.qualified_name(constructor.func) not in qualified_names:
+        """The constructor of ``callee`` when it builds one of ``qualified_names``. Only callees
+        that may be bound to such a construction in this file are followed (a cheap filter:
+        most calls in a file are not module instances)."""
+        constructions, bound_names = self._constructions(qualified_names)
+        if isinstance(callee, cst.Call):
+            return callee if callee in constructions else None
+        name = callee.attr.value if isinstance(callee, cst.Attribute) else getattr(callee, "value", None)
+        if name not in bound_names:
             return None
-        return constructor
+        constructor = self.module_constructor(callee)
+        return constructor if constructor in constructions else None
+
+    def _constructions(self, qualified_names: frozenset[str]) -> tuple[set[cst.Call], set[str]]:
+        """The calls that construct one of the modules, and the names and ``self`` attributes
+        they are assigned to."""
+        found = self._construction_cache.get(qualified_names)
+        if found is None:
+            calls = {c for c in self.ctx.nodes.of(cst.Call) if self.ctx.qualified_name(c.func) in qualified_names}
+            names: set[str] = set()
+            for call in calls:
+                parent = self.ctx.parent(call)
+                if isinstance(parent, cst.Assign):
+                    targets = [t.target for t in parent.targets]
+                else:
+                    targets = [parent.target] if isinstance(parent, cst.AnnAssign) else []
+                for node in targets:
+                    if isinstance(node, cst.Name):
+                        names.add(node.value)
+                    elif isinstance(node, cst.Attribute):
+                        names.add(node.attr.value)
+            found = self._construction_cache[qualified_names] = (calls, names)
+        return found
 
     def log_argument(self, call: cst.Call) -> cst.BaseExpression | None:
         """``x`` for ``torch.log(x)`` and ``x.log()``; None for any other call."""
@@ -254,13 +283,12 @@ class Probabilities:
         return None
 
     def _name_constant(self, name: cst.Name, depth: int) -> float | None:
-        if self.values.function_of(name) is not None:
-            leaves = self.values.origins(name)
-            if len(leaves) == 1 and not isinstance(leaves[0], cst.Name):
-                return self.constant(leaves[0], depth + 1)
-            if not (len(leaves) == 1 and leaves[0] is name):
-                return None  # bound locally to something else, or a parameter
-        return self._module_constants.get(name.value)
+        leaves = self.values.origins(name)
+        if len(leaves) == 1 and not isinstance(leaves[0], cst.Name):
+            return self.constant(leaves[0], depth + 1)
+        if len(leaves) == 1 and leaves[0] is name:  # a global read inside a function
+            return self._module_constants.get(name.value)
+        return None  # a parameter, or bound to several things
 
     @cached_property
     def _module_constants(self) -> dict[str, float]:
@@ -304,8 +332,6 @@ class Probabilities:
         return None
 
     def _trace_name(self, name: cst.Name, depth: int) -> Trace | None:
-        if self.values.function_of(name) is None:
-            return None
         leaves = self.values.origins(name)
         if not leaves or any(isinstance(leaf, cst.Name) for leaf in leaves):
             return None  # a parameter, a global or an unpacked name: unknown
@@ -338,7 +364,9 @@ class Probabilities:
                 amount = self.positive_constant(eps)
                 if amount is not None:
                     found = self.trace(value, depth + 1)
-                    return None if found is None else Trace(found.producers, [*found.eps, amount], found.complement, found.selected)
+                    if found is None:
+                        return None
+                    return Trace(found.producers, [*found.eps, amount], found.complement, found.selected)
         return None
 
     def _trace_call(self, call: cst.Call, depth: int) -> Trace | None:
@@ -394,10 +422,6 @@ class Probabilities:
             torch_names = sorted(n for n, t in self.ctx.imports.bindings.items() if t == "torch")
             return f"{torch_names[0]}.{new_attr}" if torch_names else None
         return None
-
-    def with_parens_of(self, node: cst.BaseExpression, code: str) -> str:
-        """``code`` wrapped in the parentheses ``node`` had, for replacing ``node``'s span."""
-        return "(" * len(node.lpar) + code + ")" * len(node.rpar)
 
     def code_without_parens(self, expr: cst.BaseExpression) -> str:
         return self.ctx.code(expr.with_changes(lpar=[], rpar=[])) if expr.lpar else self.ctx.code(expr)

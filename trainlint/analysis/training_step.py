@@ -25,11 +25,13 @@ and for fixes ``unscale_insertion`` and ``removal_edit``.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Union
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 import libcst as cst
 
@@ -118,6 +120,19 @@ class _Unknown:
 _UNKNOWN = _Unknown()
 
 
+@dataclass(frozen=True)
+class _ExpressionFacts:
+    reads_grad_values: bool  # a `.grad` (not an `is None` test), a clip, a helper reading them
+    tests_finiteness: bool  # isnan/isinf/isfinite, itself or in a helper
+    names: frozenset[str]  # every dotted name it mentions
+
+    def reads_grads(self, grad_names: Iterable[str]) -> bool:
+        return self.reads_grad_values or not self.names.isdisjoint(grad_names)
+
+    def checks_finiteness(self, finite_names: Iterable[str]) -> bool:
+        return self.tests_finiteness or not self.names.isdisjoint(finite_names)
+
+
 @dataclass(frozen=True, eq=False)
 class _Assigned:
     value: cst.BaseExpression | _Unknown
@@ -178,6 +193,11 @@ class _Branch:
     """Exactly one alternative runs (if/else, try body/handlers, match cases)."""
 
     alternatives: list[list[_Item]]
+    # For `if flag:` / `if not flag:` on a plain name or attribute: the flag, and its value in
+    # each alternative. Two ifs on the same flag take matching branches on one path (a flag such
+    # as `self.use_amp` does not change inside a step).
+    flag: str | None = None
+    flag_values: tuple[bool, ...] = ()
 
 
 @dataclass(eq=False)
@@ -204,46 +224,70 @@ class _Exit:
     event: StepEvent | None = None  # set when it is a SKIP of the step
 
 
-_Item = Union[StepEvent, _Branch, _Loop, _Inline, _Exit]
-_Outcome = tuple[tuple[StepEvent, ...], "_Exit | None"]
+_Item = StepEvent | _Branch | _Loop | _Inline | _Exit
+_Flags = tuple[tuple[str, bool], ...]  # the flags a path has decided, in order
 
 
-def _run(items: Sequence[_Item], limit: int) -> list[_Outcome]:
-    """Every way through ``items``: the events met and the exit that ended it (None: fell off)."""
-    outcomes: list[_Outcome] = [((), None)]
+@dataclass(frozen=True)
+class _Outcome:
+    events: tuple[StepEvent, ...]
+    exit: _Exit | None  # what ended it; None: it fell off the end
+    flags: _Flags = ()
+
+    def key(self) -> tuple[int, ...]:
+        return (*(id(e) for e in self.events), id(self.exit), hash(self.flags))
+
+
+def _run(items: Sequence[_Item], limit: int, flags: _Flags = ()) -> list[_Outcome]:
+    """Every way through ``items``: the events met and the exit that ended it."""
+    outcomes = [_Outcome((), None, flags)]
     for item in items:
         following: dict[tuple[int, ...], _Outcome] = {}
-        for events, exit_ in outcomes:
-            if exit_ is not None:
-                _keep(following, (events, exit_))
+        for outcome in outcomes:
+            if outcome.exit is not None:
+                following.setdefault(outcome.key(), outcome)
                 continue
-            for more, item_exit in _item_outcomes(item, limit):
-                _keep(following, (events + more, item_exit))
+            for more in _item_outcomes(item, limit, outcome.flags):
+                joined = _Outcome(outcome.events + more.events, more.exit, more.flags)
+                following.setdefault(joined.key(), joined)
             if len(following) > limit:
                 break
         outcomes = list(following.values())[: limit + 1]
     return outcomes
 
 
-def _keep(outcomes: dict[tuple[int, ...], _Outcome], outcome: _Outcome) -> None:
-    key = (*(id(e) for e in outcome[0]), id(outcome[1]))
-    outcomes.setdefault(key, outcome)
-
-
-def _item_outcomes(item: _Item, limit: int) -> list[_Outcome]:
+def _item_outcomes(item: _Item, limit: int, flags: _Flags) -> list[_Outcome]:
     if isinstance(item, StepEvent):
-        return [((item,), None)]
+        return [_Outcome((item,), None, flags)]
     if isinstance(item, _Exit):
-        return [((item.event,) if item.event is not None else (), item)]
+        return [_Outcome((item.event,) if item.event is not None else (), item, flags)]
     if isinstance(item, _Branch):
-        return [o for alternative in item.alternatives for o in _run(alternative, limit)]
+        return _branch_outcomes(item, limit, flags)
     if isinstance(item, _Inline):
-        return [(events, None if e is not None and e.keyword == "return" else e) for events, e in _run(item.body, limit)]
+        return [
+            _Outcome(o.events, None if o.exit is not None and o.exit.keyword == "return" else o.exit, o.flags)
+            for o in _run(item.body, limit, flags)
+        ]
     # a loop: skipped, or its body once; its own continue/break fall through to after the loop
-    outcomes: list[_Outcome] = [((), None)]
-    for events, exit_ in _run(item.body, limit):
-        own = exit_ is not None and exit_.keyword in ("continue", "break") and exit_.loop is item.node
-        outcomes.append((events, None if own else exit_))
+    outcomes = [_Outcome((), None, flags)]
+    for o in _run(item.body, limit, flags):
+        own = o.exit is not None and o.exit.keyword in ("continue", "break") and o.exit.loop is item.node
+        outcomes.append(_Outcome(o.events, None if own else o.exit, o.flags))
+    return outcomes
+
+
+def _branch_outcomes(branch: _Branch, limit: int, flags: _Flags) -> list[_Outcome]:
+    decided = dict(flags).get(branch.flag) if branch.flag is not None else None
+    outcomes = []
+    for index, alternative in enumerate(branch.alternatives):
+        taken = flags
+        if branch.flag is not None:
+            value = branch.flag_values[index]
+            if decided is not None and decided != value:
+                continue  # this path already took the other side of the same flag
+            if decided is None:
+                taken = (*flags, (branch.flag, value))
+        outcomes.extend(_run(alternative, limit, taken))
     return outcomes
 
 
@@ -265,7 +309,7 @@ def _flatten(items: Iterable[_Item]) -> Iterator[StepEvent]:
 class TrainingStep:
     """A function whose body (or whose loop body, when a loop repeats the step) is one step."""
 
-    function: cst.FunctionDef
+    function: cst.FunctionDef  # the cst.Module for TrainingSteps.script_step (top-level script code)
     events: list[StepEvent]  # source order, helpers inlined at their call sites
     scalers: dict[str, ScalerInfo]  # the known (enabled or maybe-enabled) GradScalers used in the step
     optimizers: dict[str, OptimizerInfo]  # the optimizers the step uses
@@ -284,9 +328,9 @@ class TrainingStep:
             outcomes = _run(self._items, MAX_PATHS)
             self.truncated = len(outcomes) > MAX_PATHS
             distinct: dict[tuple[int, ...], list[StepEvent]] = {}
-            for events, exit_ in outcomes[:MAX_PATHS]:
-                if exit_ is None or exit_.keyword != "raise":
-                    distinct.setdefault(tuple(id(e) for e in events), list(events))
+            for outcome in outcomes[:MAX_PATHS]:
+                if outcome.exit is None or outcome.exit.keyword != "raise":
+                    distinct.setdefault(tuple(id(e) for e in outcome.events), list(outcome.events))
             self._paths = list(distinct.values())
         yield from (list(path) for path in self._paths)
 
@@ -309,14 +353,45 @@ class TrainingStep:
 # Module-wide facts: functions, classes, what names and attributes are assigned.
 
 
+_NOT_CODE = frozenset(
+    {"lpar", "rpar", "comma", "semicolon", "header", "footer", "leading_lines", "lines_after_decorators",
+     "newline", "trailing_whitespace", "empty_lines", "dot", "equal", "colon", "lbracket", "rbracket",
+     "lbrace", "rbrace", "operator", "asynchronous", "arrow", "star", "star_tok", "indent"}
+)
+_code_fields: dict[type, tuple[str, ...]] = {}
+
+
+def _children(node: cst.CSTNode) -> list[cst.CSTNode]:
+    """The node's children that hold code, in source order (whitespace and punctuation skipped:
+    LibCST's ``children`` costs a visitor pass per call)."""
+    names = _code_fields.get(type(node))
+    if names is None:
+        names = _code_fields[type(node)] = tuple(
+            f.name for f in dataclasses.fields(node) if f.name not in _NOT_CODE and "whitespace" not in f.name  # type: ignore[arg-type]
+        )
+    children: list[cst.CSTNode] = []
+    for name in names:
+        value = getattr(node, name)
+        if isinstance(value, cst.CSTNode):
+            children.append(value)
+        elif type(value) is tuple or type(value) is list:
+            children.extend(v for v in value if isinstance(v, cst.CSTNode))
+    return children
+
+
+def _body(scope: cst.CSTNode) -> cst.CSTNode:
+    """What runs when a function is called; for a script (a Module), its top-level code."""
+    return scope.body if isinstance(scope, cst.FunctionDef) else scope  # type: ignore[return-value]
+
+
 def _descendants(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
     """Every node under ``node`` (not ``node`` itself), nested function and class bodies excluded."""
-    stack = list(reversed(node.children))
+    stack = _children(node)[::-1]
     while stack:
         current = stack.pop()
         yield current
         if not isinstance(current, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
-            stack.extend(reversed(current.children))
+            stack.extend(_children(current)[::-1])
 
 
 def _call_name(call: cst.Call) -> str | None:
@@ -381,6 +456,7 @@ class _Module:
                 self.classes[statement.name.value] = statement
         # (function, class or None for module level; text) -> what is assigned, and in which function
         self.values: dict[tuple[cst.CSTNode | None, str], list[_Assigned]] = {}
+        self._function_cache: dict[cst.CSTNode, cst.FunctionDef | None | _Unknown] = {}
         self._collect_assignments()
         self.unscaled_receivers = {
             text
@@ -393,15 +469,23 @@ class _Module:
         self._optimizer_cache: dict[tuple[str, cst.CSTNode | None], OptimizerInfo | None] = {}
         self._derived_cache: dict[cst.FunctionDef, tuple[frozenset[str], frozenset[str]]] = {}
         self._reads_cache: dict[cst.FunctionDef, tuple[bool, bool]] = {}
+        self._facts_cache: dict[cst.CSTNode, _ExpressionFacts] = {}
+        self._scaled_names_cache: dict[cst.FunctionDef, dict[str, str]] = {}
 
     # -- where things are ----------------------------------------------------------------------
     def function_of(self, node: cst.CSTNode) -> cst.FunctionDef | None:
-        for ancestor in self.ctx.ancestors(node):
-            if isinstance(ancestor, cst.FunctionDef):
-                return ancestor
-            if isinstance(ancestor, (cst.ClassDef, cst.Lambda)):
-                return None
-        return None
+        """The function whose body holds the node (None: module or class level, or a lambda)."""
+        found = self._function_cache.get(node, _UNKNOWN)
+        if found is _UNKNOWN:
+            found = None
+            for ancestor in self.ctx.ancestors(node):
+                if isinstance(ancestor, cst.FunctionDef):
+                    found = ancestor
+                    break
+                if isinstance(ancestor, (cst.ClassDef, cst.Lambda)):
+                    break
+            self._function_cache[node] = found
+        return found  # type: ignore[return-value]
 
     def class_of(self, function: cst.FunctionDef | None) -> cst.ClassDef | None:
         if function is None:
@@ -493,7 +577,7 @@ class _Module:
             return values, None
         if "." in text:
             return [], None
-        scope = function
+        scope = function if isinstance(function, cst.FunctionDef) else None  # a script: module level
         while scope is not None:
             found = self.values.get((scope, text))
             if found:
@@ -610,7 +694,7 @@ class _Module:
 
     @staticmethod
     def _from_kwargs(value: cst.BaseExpression, function: cst.FunctionDef | None) -> bool:
-        if function is None or not isinstance(function.params.star_kwarg, cst.Param):
+        if not isinstance(function, cst.FunctionDef) or not isinstance(function.params.star_kwarg, cst.Param):
             return False
         kwargs = function.params.star_kwarg.name.value
         return any(isinstance(n, cst.Name) and n.value == kwargs for n in (value, *_descendants(value)))
@@ -623,16 +707,20 @@ class _Module:
         """The one optimizer visible from ``function`` built over exactly these parameters
         (``clip_grad_norm_(self.netD.parameters())`` -> ``self.opt_d``)."""
         scopes = {function, self.class_of(function), None}
-        matches = set()
+        matches = {text for scope, text in self._optimizers_by_params.get(params_code, ()) if scope in scopes}
+        return matches.pop() if len(matches) == 1 else None
+
+    @cached_property
+    def _optimizers_by_params(self) -> dict[str, list[tuple[cst.CSTNode | None, str]]]:
+        found: dict[str, list[tuple[cst.CSTNode | None, str]]] = {}
         for (scope, text), values in self.values.items():
-            if scope not in scopes:
-                continue
             for assigned in values:
                 value = assigned.value
                 if isinstance(value, cst.Call) and (self.ctx.qualified_name(value.func) or "").startswith(_OPTIMIZER_LIBRARIES):
-                    if self._params_code(value) == params_code:
-                        matches.add(text)
-        return matches.pop() if len(matches) == 1 else None
+                    params = self._params_code(value)
+                    if params is not None:
+                        found.setdefault(params, []).append((scope, text))
+        return found
 
     # -- names holding gradient values ----------------------------------------------------------
     def derived_names(self, function: cst.FunctionDef) -> tuple[frozenset[str], frozenset[str]]:
@@ -640,28 +728,56 @@ class _Module:
         (``found_inf = True`` under ``if torch.isnan(p.grad).any():`` counts for both)."""
         if function not in self._derived_cache:
             self._derived_cache[function] = frozenset(), frozenset()
-            self._derived_cache[function] = self._derived_names(function)
+            if function in self._functions_near_grads:
+                self._derived_cache[function] = self._derived_names(function)
         return self._derived_cache[function]
 
+    @cached_property
+    def _functions_near_grads(self) -> frozenset[cst.FunctionDef]:
+        """Functions that read `.grad`, clip or test finiteness, and those calling them: only
+        these can hold names derived from gradients (the rest need no walk)."""
+        direct = set()
+        for attribute in self.ctx.nodes.of(cst.Attribute):
+            if attribute.attr.value == "grad" or attribute.attr.value in _FINITENESS_CALLS:
+                direct.add(self.function_of(attribute))
+        for call in self.ctx.nodes.of(cst.Call):
+            name = _call_name(call)
+            if name in _FINITENESS_CALLS or (name or "").startswith("clip_grad"):
+                direct.add(self.function_of(call))
+        near = set(direct)
+        for _ in range(HELPER_DEPTH):
+            for call in self.ctx.nodes.of(cst.Call):
+                caller = self.function_of(call)
+                if caller is None or caller in near:
+                    continue
+                found = self.helper_for(call, caller)
+                if found is not None and found[0] in near:
+                    near.add(caller)
+        if None in near:
+            near.add(self.ctx.module)  # module-level script code
+        near.discard(None)
+        return frozenset(near)  # type: ignore[arg-type]
+
     def _derived_names(self, function: cst.FunctionDef) -> tuple[frozenset[str], frozenset[str]]:
-        bindings: list[tuple[list[str], cst.CSTNode, list[cst.BaseExpression]]] = []
-        for node in _descendants(function.body):
+        bindings: list[tuple[list[str], list[_ExpressionFacts]]] = []
+        for node in _descendants(_body(function)):
             if isinstance(node, (cst.Assign, cst.AnnAssign, cst.AugAssign)) and node.value is not None:
                 targets = [t.target for t in node.targets] if isinstance(node, cst.Assign) else [node.target]
                 names = [n for t in targets for n in _bound_texts(t)]
-                bindings.append((names, node.value, self._tests_around(node, function)))
+                facts = [self.facts(node.value, function)]
+                if _literal_bool(node.value) is not None:  # `found_inf = True` under a check is a verdict
+                    facts += [self.facts(test, function) for test in self._tests_around(node, function)]
+                bindings.append((names, facts))
             elif isinstance(node, (cst.For, cst.CompFor)):
-                bindings.append((list(_bound_texts(node.target)), node.iter, []))
+                bindings.append((list(_bound_texts(node.target)), [self.facts(node.iter, function)]))
         grad: set[str] = set()
         finite: set[str] = set()
         changed = True
         while changed:
             changed = False
-            for names, value, tests in bindings:
-                reads = self.reads_grads(value, function, grad) or any(self.reads_grads(t, function, grad) for t in tests)
-                checks = self.checks_finiteness(value, function, finite) or any(
-                    self.checks_finiteness(t, function, finite) for t in tests
-                )
+            for names, facts in bindings:
+                reads = any(f.reads_grads(grad) for f in facts)
+                checks = any(f.checks_finiteness(finite) for f in facts)
                 for name in names:
                     if reads and name not in grad:
                         grad.add(name)
@@ -682,27 +798,40 @@ class _Module:
             child = ancestor
         return tests
 
-    def reads_grads(self, expr: cst.CSTNode, function: cst.FunctionDef, names: Iterable[str] | None = None) -> bool:
+    def facts(self, expr: cst.CSTNode, function: cst.FunctionDef) -> _ExpressionFacts:
+        """What an expression touches, found in one walk and kept."""
+        found = self._facts_cache.get(expr)
+        if found is None:
+            found = self._facts_cache[expr] = self._collect_facts(expr, function)
+        return found
+
+    def _collect_facts(self, expr: cst.CSTNode, function: cst.FunctionDef) -> _ExpressionFacts:
+        grad = helper_reads = finiteness = False
+        names: set[str] = set()
+        for node in (expr, *_descendants(expr)):
+            if isinstance(node, (cst.Name, cst.Attribute)):
+                text = dotted_name(node)
+                if text is not None:
+                    names.add(text)
+                if isinstance(node, cst.Attribute) and node.attr.value == "grad" and not self._is_none_test(node):
+                    grad = True
+            elif isinstance(node, cst.Call):
+                if _call_name(node) in _FINITENESS_CALLS:
+                    finiteness = True
+                if self.ctx.qualified_name(node.func) in CLIP_FUNCTIONS:
+                    grad = True
+                reads, checks = self._helper_reads(node, function)
+                helper_reads, finiteness = helper_reads or reads, finiteness or checks
+        return _ExpressionFacts(grad or helper_reads, finiteness, frozenset(names))
+
+    def reads_grads(self, expr: cst.CSTNode, function: cst.FunctionDef) -> bool:
         """Whether an expression uses gradient values: a ``.grad`` (not an ``is None`` test), a
         name holding them, a clip's result, or a call of a helper that reads them."""
-        held = self.derived_names(function)[0] if names is None else names
-        for node in (expr, *_descendants(expr)):
-            if isinstance(node, cst.Attribute) and node.attr.value == "grad" and not self._is_none_test(node):
-                return True
-            if isinstance(node, (cst.Name, cst.Attribute)) and dotted_name(node) in held:
-                return True
-            if isinstance(node, cst.Call) and (self.ctx.qualified_name(node.func) in CLIP_FUNCTIONS or self._helper_reads(node, function)[0]):
-                return True
-        return False
+        return self.facts(expr, function).reads_grads(self.derived_names(function)[0])
 
-    def checks_finiteness(self, expr: cst.CSTNode, function: cst.FunctionDef, names: Iterable[str] | None = None) -> bool:
-        held = self.derived_names(function)[1] if names is None else names
-        for node in (expr, *_descendants(expr)):
-            if isinstance(node, cst.Call) and (_call_name(node) in _FINITENESS_CALLS or self._helper_reads(node, function)[1]):
-                return True
-            if isinstance(node, (cst.Name, cst.Attribute)) and dotted_name(node) in held:
-                return True
-        return False
+    def checks_finiteness(self, expr: cst.CSTNode, function: cst.FunctionDef) -> bool:
+        """Whether an expression tests for NaN/Inf (of anything), itself or through a flag or helper."""
+        return self.facts(expr, function).checks_finiteness(self.derived_names(function)[1])
 
     def _is_none_test(self, node: cst.CSTNode) -> bool:
         parent = self.ctx.parent(node)
@@ -764,15 +893,22 @@ class _Module:
                 current = call
             elif isinstance(parent, (cst.Element, cst.StarredElement, cst.DictElement)):
                 current = self.ctx.parent(parent) or parent
-            elif isinstance(parent, (cst.List, cst.Tuple, cst.Set, cst.Dict)):
-                current = parent
-            elif isinstance(parent, (cst.ListComp, cst.GeneratorExp, cst.SetComp)) and parent.elt is current:
+            elif isinstance(parent, (cst.List, cst.Tuple, cst.Set, cst.Dict)) or (
+                isinstance(parent, (cst.ListComp, cst.GeneratorExp, cst.SetComp)) and parent.elt is current
+            ):
                 current = parent
             elif isinstance(parent, cst.FormattedStringExpression):
                 return self.ctx.parent(parent)
             else:
                 return None
         return None
+
+
+def _is_grad(expr: cst.BaseExpression) -> bool:
+    """``p.grad`` or ``p.grad.data`` (``p.data`` is the parameter itself)."""
+    if isinstance(expr, cst.Attribute) and expr.attr.value == "data":
+        expr = expr.value
+    return isinstance(expr, cst.Attribute) and expr.attr.value == "grad"
 
 
 def _bound_texts(target: cst.BaseExpression) -> Iterator[str]:
@@ -804,6 +940,9 @@ class _BuildState:
 
 
 class _Builder:
+    """Turns one function's body into items; a helper it calls gets a builder of its own that
+    shares the state and reports events at the outermost call site."""
+
     def __init__(
         self,
         module: _Module,
@@ -853,7 +992,10 @@ class _Builder:
             self.nesting = (*outer, (id(node), index))
             built.append(self.block(alternative) if alternative is not None else [])
         self.nesting = outer
-        return _Branch(built)
+        flag, value = _flag_test(node.test) if isinstance(node, cst.If) else (None, True)
+        if flag is None:
+            return _Branch(built)
+        return _Branch(built, flag=self.subst(flag), flag_values=(value, not value))
 
     def compound(self, statement: cst.CSTNode) -> list[_Item]:
         self.statement = statement
@@ -972,15 +1114,14 @@ class _Builder:
         text = dotted_name(receiver)
         if text is None:
             return None
-        if method == "zero_" and isinstance(receiver, cst.Attribute) and receiver.attr.value in ("grad", "data"):
+        if method == "zero_" and _is_grad(receiver):
             return [self.event(EventKind.ZERO_GRAD, call, target=receiver)]
         if method in ("unscale_", "update", "step", "scale") and self.module.is_scalerish(text):
             found = self.scaler_call(call, method, text)
             if found is not None:
                 return found
-        if method == "step" and len(call.args) <= 1:
-            if self.optimizer(text) is not None:
-                return [self.event(EventKind.OPT_STEP, call, optimizer=self.subst(text), target=receiver)]
+        if method == "step" and len(call.args) <= 1 and self.optimizer(text) is not None:
+            return [self.event(EventKind.OPT_STEP, call, optimizer=self.subst(text), target=receiver)]
         if method == "zero_grad":
             optimizer = self.subst(text) if self.optimizer(text) is not None else None
             return [self.event(EventKind.ZERO_GRAD, call, optimizer=optimizer, target=receiver)]
@@ -1027,8 +1168,15 @@ class _Builder:
         return None, tensor
 
     def _scaled_names(self) -> dict[str, str]:
+        """Names holding ``scaler.scale(loss)`` in this function (``scaled.backward()`` later)."""
+        cache = self.module._scaled_names_cache
+        if self.function not in cache:
+            cache[self.function] = self._find_scaled_names()
+        return cache[self.function]
+
+    def _find_scaled_names(self) -> dict[str, str]:
         found = {}
-        for node in _descendants(self.function.body):
+        for node in _descendants(_body(self.function)):
             if isinstance(node, cst.Assign) and len(node.targets) == 1:
                 text = dotted_name(node.targets[0].target)
                 scaler, _ = self._scaled_value(node.value)
@@ -1140,15 +1288,35 @@ class _Builder:
         return event
 
 
+def _flag_test(test: cst.BaseExpression) -> tuple[str | None, bool]:
+    """``("self.use_amp", True)`` for ``if self.use_amp:``, ``(..., False)`` for ``if not ...:``;
+    ``if scaler is not None:`` tests the flag ``scaler`` like ``if scaler:``."""
+    value = True
+    while isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+        test, value = test.expression, not value
+    if isinstance(test, cst.Comparison) and len(test.comparisons) == 1 and _is_none(test.comparisons[0].comparator):
+        operator = test.comparisons[0].operator
+        if isinstance(operator, (cst.Is, cst.IsNot)):
+            test, value = test.left, value if isinstance(operator, cst.IsNot) else not value
+    text = dotted_name(test)
+    return (text, value) if text is not None else (None, True)
+
+
 def _evaluation_order(expr: cst.CSTNode) -> Iterator[cst.CSTNode]:
     """Calls, attributes and names of an expression, operands before the operation (a call's
-    receiver and arguments before the call); lambdas and nested scopes are not entered."""
-    if isinstance(expr, (cst.Lambda, cst.FunctionDef, cst.ClassDef)):
-        return
-    for child in expr.children:
-        yield from _evaluation_order(child)
-    if isinstance(expr, (cst.Call, cst.Attribute, cst.Name)):
-        yield expr
+    receiver and arguments before the call); lambdas and nested scopes are not entered.
+    Iterative, so a long chain such as ``a + b + ... + z`` cannot exhaust the stack."""
+    stack: list[tuple[cst.CSTNode, bool]] = [(expr, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            yield node
+            continue
+        if isinstance(node, (cst.Lambda, cst.FunctionDef, cst.ClassDef)):
+            continue
+        if isinstance(node, (cst.Call, cst.Attribute, cst.Name)):
+            stack.append((node, True))
+        stack.extend((child, False) for child in reversed(_children(node)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1161,14 +1329,23 @@ class TrainingSteps:
     def __init__(self, ctx: FileContext) -> None:
         self.ctx = ctx
         self.module = _Module(ctx)
-        candidates = self._candidate_functions()
-        built = [step for function in candidates if (step := self._build(function)) is not None]
+        candidates = self._candidates()
+        built = [step for scope in candidates if (step := self._build(scope)) is not None]
         inlined = {helper for step in built for helper in step.helpers}
-        self.steps: list[TrainingStep] = [step for step in built if step.function not in inlined]
+        kept = [step for step in built if step.function not in inlined]
+        # Steps in functions and methods; `function` is always a cst.FunctionDef here.
+        self.steps: list[TrainingStep] = [step for step in kept if isinstance(step.function, cst.FunctionDef)]
+        # The step of a script's top-level code (`for batch in loader:` at module level, as in
+        # nanoGPT's train.py), whose `function` is the cst.Module; None when there is none.
+        self.script_step: TrainingStep | None = next((s for s in kept if isinstance(s.function, cst.Module)), None)
 
-    def _candidate_functions(self) -> list[cst.FunctionDef]:
-        """Functions that call ``.backward``/``.step`` themselves, in source order."""
-        found: dict[cst.FunctionDef, None] = {}
+    def all_steps(self) -> list[TrainingStep]:
+        """The steps of functions and methods, then the script's top-level step if any."""
+        return [*self.steps, *([self.script_step] if self.script_step is not None else [])]
+
+    def _candidates(self) -> list[cst.FunctionDef | cst.Module]:
+        """Functions (or the module's top-level code) that call ``.backward``/``.step`` themselves."""
+        found: dict[cst.FunctionDef | cst.Module, None] = {}
         for call in self.ctx.nodes.of(cst.Call):
             func = call.func
             name = func.attr.value if isinstance(func, cst.Attribute) else None
@@ -1176,11 +1353,13 @@ class TrainingSteps:
                 function = self.module.function_of(call)
                 if function is not None:
                     found.setdefault(function, None)
+                elif self.ctx.enclosing(call, cst.ClassDef) is None and self.ctx.enclosing(call, cst.Lambda) is None:
+                    found.setdefault(self.ctx.module, None)
         return list(found)
 
-    def _build(self, function: cst.FunctionDef) -> TrainingStep | None:
-        state = _BuildState(root=function)
-        builder = _Builder(self.module, state, function)
+    def _build(self, function: cst.FunctionDef | cst.Module) -> TrainingStep | None:
+        state = _BuildState(root=function)  # type: ignore[arg-type]
+        builder = _Builder(self.module, state, function)  # type: ignore[arg-type]
         items = builder.block(function.body)
         own = [e for e in _flatten(items) if e.via_helper is None and e.kind in CORE_KINDS]
         if not own:

@@ -1,7 +1,8 @@
 """Where a value comes from inside one function: name bindings, the bindings that reach a use,
 and every load of a name.
 
-A small, flow-approximate data flow over simple names, built lazily per function:
+A small, flow-approximate data flow over simple names, built lazily per function (or for the
+module's top-level code, as in training scripts):
 
 - ``bindings(function)``: every simple name the function binds, with the assigned expressions
   (``x = v``, ``a = b = v``, ``x: T = v``, ``(x := v)``; for ``x += v`` the right operand ``v``).
@@ -38,9 +39,12 @@ import libcst as cst
 if TYPE_CHECKING:
     from trainlint.context import FileContext
 
+Scope = cst.FunctionDef | cst.Module  # whose names a flow follows: a def, or top-level code
 BindingKind = Literal["assign", "annotated", "augmented", "walrus", "parameter", "opaque"]
 # Kinds whose value is the whole new value of the name.
 FOLLOWED_KINDS = frozenset({"assign", "annotated", "walrus"})
+# Statement kinds that replace the whole value of a name.
+_FULL_REBINDS = frozenset({"assign", "annotated", "opaque"})
 MAX_ORIGIN_STEPS = 64
 
 _SKIPPED = frozenset(
@@ -51,6 +55,11 @@ _SKIPPED = frozenset(
 _field_cache: dict[type, tuple[str, ...]] = {}
 _SCOPES = (cst.FunctionDef, cst.Lambda, cst.ClassDef)
 _COMPREHENSIONS = (cst.ListComp, cst.SetComp, cst.DictComp, cst.GeneratorExp)
+_BINDING_NODES = frozenset(
+    {cst.Assign, cst.AnnAssign, cst.AugAssign, cst.NamedExpr, cst.For, cst.CompFor, cst.WithItem, cst.ExceptHandler,
+     cst.ExceptStarHandler, cst.Import, cst.ImportFrom, cst.FunctionDef, cst.ClassDef, cst.MatchAs, cst.MatchStar,
+     cst.Global, cst.Nonlocal}
+)
 # A block whose parent is one of these runs only on some paths.
 _CONDITIONAL_PARENTS = (cst.If, cst.Else, cst.For, cst.While, cst.ExceptHandler, cst.ExceptStarHandler, cst.MatchCase)
 
@@ -116,8 +125,8 @@ class Reaching:
 class _FunctionFlow:
     """One function's walk: positions, bindings and loads."""
 
-    def __init__(self, function: cst.FunctionDef) -> None:
-        self.function = function
+    def __init__(self, function: Scope) -> None:
+        self.function = function  # a def, or the module for top-level code
         self.enter: dict[cst.CSTNode, int] = {}
         self.exit: dict[cst.CSTNode, int] = {}
         self.parent: dict[cst.CSTNode, cst.CSTNode] = {}
@@ -131,7 +140,11 @@ class _FunctionFlow:
 
     # -- the walk ----------------------------------------------------------------------------
     def _number(self) -> None:
+        """Number every node in source order (enter and exit), recording parents and the scope
+        (function, lambda or class) each node belongs to. Imports are not entered: their names
+        are bindings, never loads."""
         counter = 0
+        self.owner: dict[cst.CSTNode, cst.CSTNode] = {self.function: self.function}
         stack: list[tuple[cst.CSTNode, bool]] = [(self.function, False)]
         while stack:
             node, done = stack.pop()
@@ -142,9 +155,13 @@ class _FunctionFlow:
             self.enter[node] = counter
             counter += 1
             stack.append((node, True))
+            if isinstance(node, (cst.Import, cst.ImportFrom)):
+                continue
             children = _children(node)
+            scope = node if isinstance(node, _SCOPES) else self.owner[node]
             for child in children:
                 self.parent[child] = node
+                self.owner[child] = scope
             stack.extend((child, False) for child in reversed(children))
 
     def contains(self, outer: cst.CSTNode, inner: cst.CSTNode) -> bool:
@@ -165,11 +182,9 @@ class _FunctionFlow:
         return self.function
 
     def _owning_scope(self, node: cst.CSTNode) -> cst.CSTNode:
-        """The scope a binding at ``node`` belongs to: comprehensions are skipped for walrus."""
-        for ancestor in self.ancestors(node):
-            if isinstance(ancestor, _SCOPES):
-                return ancestor
-        return self.function
+        """The function, lambda or class a binding at ``node`` belongs to (a walrus in a
+        comprehension binds in the enclosing function)."""
+        return self.owner.get(node, self.function)
 
     # -- bindings ----------------------------------------------------------------------------
     def _add(self, target: cst.Name, value: cst.BaseExpression | None, statement: cst.CSTNode,
@@ -179,6 +194,8 @@ class _FunctionFlow:
         self.bindings.setdefault(target.value, []).append(binding)
 
     def _collect_parameters(self) -> None:
+        if not isinstance(self.function, cst.FunctionDef):
+            return
         params = self.function.params
         everything = [*params.posonly_params, *params.params, *params.kwonly_params]
         everything += [p for p in (params.star_arg, params.star_kwarg) if isinstance(p, cst.Param)]
@@ -188,13 +205,13 @@ class _FunctionFlow:
 
     def _collect(self) -> None:
         for node in self.enter:
-            if node is self.function:
-                continue
-            if isinstance(node, (cst.Global, cst.Nonlocal)) and self._owning_scope(node) is self.function:
-                self.declared_outside.update(item.name.value for item in node.names)
-            self._collect_binding(node)
+            kind = type(node)
+            if kind in _BINDING_NODES and node is not self.function:
+                if kind in (cst.Global, cst.Nonlocal) and self._owning_scope(node) is self.function:
+                    self.declared_outside.update(item.name.value for item in node.names)  # type: ignore[attr-defined]
+                self._collect_binding(node)
         for node in self.enter:
-            if isinstance(node, cst.Name) and node not in self._stores and self._is_reference(node):
+            if type(node) is cst.Name and node not in self._stores and self._is_reference(node):
                 self.loads.setdefault(node.value, []).append(node)
         for names in self.loads.values():
             names.sort(key=self.enter.__getitem__)
@@ -229,8 +246,9 @@ class _FunctionFlow:
             self._stores.update(_target_names(node.target))  # comprehension scope, not ours
         elif isinstance(node, cst.WithItem) and own and node.asname is not None:
             with_statement = self.parent[node]
+            body = with_statement.body  # type: ignore[attr-defined]
             for name in _target_names(node.asname.name):
-                self._add(name, None, with_statement, "opaque", self.enter[with_statement.body], with_statement.body)  # type: ignore[attr-defined]
+                self._add(name, None, with_statement, "opaque", self.enter[body], body)
         elif isinstance(node, (cst.ExceptHandler, cst.ExceptStarHandler)) and own and node.name is not None:
             name = node.name.name
             if isinstance(name, cst.Name):
@@ -256,7 +274,8 @@ class _FunctionFlow:
     @staticmethod
     def _param_names(node: cst.Lambda | cst.FunctionDef) -> Iterator[cst.Name]:
         params = node.params
-        for param in [*params.posonly_params, *params.params, *params.kwonly_params, params.star_arg, params.star_kwarg]:
+        every = [*params.posonly_params, *params.params, *params.kwonly_params, params.star_arg, params.star_kwarg]
+        for param in every:
             if isinstance(param, cst.Param):
                 yield param.name
 
@@ -270,9 +289,7 @@ class _FunctionFlow:
             return False
         if isinstance(parent, (cst.FunctionDef, cst.ClassDef)) and parent.name is name:
             return False
-        if isinstance(parent, (cst.ImportAlias, cst.AsName, cst.NameItem, cst.Param)):
-            return False
-        return not any(isinstance(a, (cst.Import, cst.ImportFrom)) for a in self.ancestors(name))
+        return not isinstance(parent, (cst.ImportAlias, cst.AsName, cst.NameItem, cst.Param))
 
     # -- reaching bindings -------------------------------------------------------------------
     def statement_of(self, node: cst.CSTNode) -> cst.CSTNode:
@@ -308,13 +325,20 @@ class _FunctionFlow:
         position = self.enter[use]
         found: list[Binding] = []
         dominator: Binding | None = None
+        covered_from: int | None = None  # start of an if/else that binds the name on every branch
         for binding in reversed(candidates):
             if binding.effect > position:
                 continue
+            if covered_from is not None and binding.effect < covered_from:
+                break
             found.append(binding)
             if self.dominates(binding, use):
                 dominator = binding
                 break
+            covering = self._covering_if(binding, use)
+            if covering is not None and covered_from is None:
+                covered_from = self.enter[covering]
+                dominator = binding
         for loop in self._loops_around(use):
             if dominator is not None and self.contains(loop, dominator.anchor):
                 break
@@ -334,6 +358,43 @@ class _FunctionFlow:
             if isinstance(ancestor, _COMPREHENSIONS) and any(
                 use.value in {n.value for n in _target_names(c.target)} for c in self._comp_fors(ancestor)
             ):
+                return True
+        return False
+
+    def _covering_if(self, binding: Binding, use: cst.CSTNode) -> cst.If | None:
+        """The ``if``/``elif``/``else`` chain holding the binding when every branch of it binds the
+        name in straight-line code and the chain itself is on every path to ``use``."""
+        if binding.kind not in _FULL_REBINDS or isinstance(binding.anchor, cst.BaseSuite):
+            return None
+        line = self.parent.get(binding.anchor)
+        block = self.parent.get(line) if line is not None else None
+        chain = self.parent.get(block) if block is not None else None
+        if not isinstance(chain, (cst.If, cst.Else)):
+            return None
+        while isinstance(parent := self.parent.get(chain), cst.If) and parent.orelse is chain:
+            chain = parent
+        if not isinstance(chain, cst.If) or self.contains(chain, use):
+            return None
+        for branch in self._branches(chain):
+            if branch is None or not self._binds_in_block(branch, binding.name):
+                return None
+        probe = Binding(binding.name, binding.target, None, chain, "assign", self.exit[chain], chain)
+        return chain if self.dominates(probe, use) else None
+
+    @staticmethod
+    def _branches(chain: cst.If) -> Iterator[cst.BaseSuite | None]:
+        """Each branch body of an if/elif/else chain; None when it has no ``else``."""
+        current: cst.If | cst.Else | None = chain
+        while isinstance(current, cst.If):
+            yield current.body
+            current = current.orelse
+        yield current.body if isinstance(current, cst.Else) else None
+
+    def _binds_in_block(self, block: cst.BaseSuite, name: str) -> bool:
+        """True when a statement directly in the block binds the name (not nested in a branch)."""
+        for binding in self.bindings.get(name, []):
+            line = self.parent.get(binding.anchor)
+            if binding.kind in _FULL_REBINDS and line is not None and self.parent.get(line) is block:
                 return True
         return False
 
@@ -372,10 +433,10 @@ class ValueOrigins:
 
     def __init__(self, ctx: FileContext) -> None:
         self._ctx = ctx
-        self._flows: dict[cst.FunctionDef, _FunctionFlow] = {}
+        self._flows: dict[Scope, _FunctionFlow] = {}
         self._attribute_tables: dict[cst.ClassDef, dict[str, list[cst.BaseExpression | None]]] = {}
 
-    def _flow(self, function: cst.FunctionDef) -> _FunctionFlow:
+    def _flow(self, function: Scope) -> _FunctionFlow:
         flow = self._flows.get(function)
         if flow is None:
             flow = self._flows[function] = _FunctionFlow(function)
@@ -385,12 +446,16 @@ class ValueOrigins:
         """The innermost ``def`` around a node."""
         return self._ctx.enclosing(node, cst.FunctionDef)
 
-    def records(self, function: cst.FunctionDef) -> dict[str, list[Binding]]:
+    def scope_of(self, node: cst.CSTNode) -> Scope:
+        """The innermost ``def`` around a node, or the module for top-level code (scripts)."""
+        return self.function_of(node) or self._ctx.module
+
+    def records(self, function: Scope) -> dict[str, list[Binding]]:
         """Every binding of every simple name in the function (its own scope), by name, in the
         order they take effect; parameters first."""
         return self._flow(function).bindings
 
-    def bindings(self, function: cst.FunctionDef) -> dict[str, list[cst.BaseExpression]]:
+    def bindings(self, function: Scope) -> dict[str, list[cst.BaseExpression]]:
         """The expressions assigned to each simple name: ``x = v``, ``x: T = v``, ``(x := v)``
         and, for ``x op= v``, the right operand ``v`` (see ``records`` to tell them apart)."""
         return {
@@ -399,7 +464,7 @@ class ValueOrigins:
             if any(b.value is not None for b in found)
         }
 
-    def parameters(self, function: cst.FunctionDef) -> dict[str, cst.Param]:
+    def parameters(self, function: Scope) -> dict[str, cst.Param]:
         return {
             name: b.statement  # type: ignore[misc]
             for name, found in self._flow(function).bindings.items()
@@ -407,12 +472,9 @@ class ValueOrigins:
             if b.kind == "parameter"
         }
 
-    def reaching(self, name: cst.Name, function: cst.FunctionDef | None = None) -> Reaching:
+    def reaching(self, name: cst.Name, function: Scope | None = None) -> Reaching:
         """The bindings that may give this loaded Name its value where it is loaded."""
-        function = function or self.function_of(name)
-        if function is None:
-            return Reaching((), True)
-        flow = self._flow(function)
+        flow = self._flow(function or self.scope_of(name))
         if name not in flow.enter:
             return Reaching((), True)
         return flow.reaching(name)
@@ -420,7 +482,7 @@ class ValueOrigins:
     def origins(
         self,
         expr: cst.BaseExpression,
-        function: cst.FunctionDef | None = None,
+        function: Scope | None = None,
         through: Callable[[cst.BaseExpression], Iterable[cst.BaseExpression] | None] | None = None,
     ) -> list[cst.BaseExpression]:
         """The expressions the value of ``expr`` may come from, following loaded names through
@@ -429,8 +491,7 @@ class ValueOrigins:
         An augmented ``x op= v`` contributes ``v`` and the earlier value of ``x``. Name leaves
         cannot be followed (see the module docstring). Stops after MAX_ORIGIN_STEPS steps,
         keeping what is left as leaves."""
-        function = function or self.function_of(expr)
-        flow = self._flow(function) if function is not None else None
+        flow = self._flow(function or self.scope_of(expr))
         leaves: list[cst.BaseExpression] = []
         seen: set[int] = set()
         work = [expr]
@@ -445,17 +506,18 @@ class ValueOrigins:
                 leaves.append(current)
                 continue
             work.extend(reversed(self._step(current, flow, through, leaves)))
+        leaves.sort(key=lambda leaf: flow.enter.get(leaf, len(flow.enter)))  # source order
         return leaves
 
     def _step(
         self,
         current: cst.BaseExpression,
-        flow: _FunctionFlow | None,
+        flow: _FunctionFlow,
         through: Callable[[cst.BaseExpression], Iterable[cst.BaseExpression] | None] | None,
         leaves: list[cst.BaseExpression],
     ) -> list[cst.BaseExpression]:
         """One expansion: what to follow next from ``current`` (adding leaves as found)."""
-        if isinstance(current, cst.Name) and flow is not None and current in flow.enter:
+        if isinstance(current, cst.Name) and current in flow.enter:
             if current not in flow.load_set:
                 leaves.append(current)  # a bound target or a parameter's own Name
                 return []
@@ -477,7 +539,7 @@ class ValueOrigins:
             return []
         return list(passed)
 
-    def later_bindings(self, name: str, node: cst.CSTNode, function: cst.FunctionDef) -> list[Binding]:
+    def later_bindings(self, name: str, node: cst.CSTNode, function: Scope) -> list[Binding]:
         """Bindings of ``name`` in the function that take effect after ``node`` starts (in source
         order; a loop may run them before it again): empty means ``name`` keeps the value it has
         at ``node`` for the rest of the function."""
@@ -487,18 +549,15 @@ class ValueOrigins:
             return list(flow.bindings.get(name, []))
         return [b for b in flow.bindings.get(name, []) if b.effect > position]
 
-    def uses(self, name: str, function: cst.FunctionDef) -> list[cst.Name]:
+    def uses(self, name: str, function: Scope) -> list[cst.Name]:
         """Every load of ``name`` in the function, in source order: nested scopes are included
         unless they rebind it; ``x += 1`` loads ``x``."""
         flow = self._flow(function)
         return [n for n in flow.loads.get(name, []) if not flow.shadowed(n)]
 
-    def statement_of(self, node: cst.CSTNode, function: cst.FunctionDef | None = None) -> cst.CSTNode | None:
+    def statement_of(self, node: cst.CSTNode, function: Scope | None = None) -> cst.CSTNode:
         """The innermost small or compound statement holding a node."""
-        function = function or self.function_of(node)
-        if function is None:
-            return None
-        return self._flow(function).statement_of(node)
+        return self._flow(function or self.scope_of(node)).statement_of(node)
 
     # -- attributes of ``self`` ----------------------------------------------------------------
     def attribute_values(self, class_def: cst.ClassDef, attr: str) -> list[cst.BaseExpression] | None:

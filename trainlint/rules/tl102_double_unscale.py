@@ -6,7 +6,13 @@ from collections.abc import Iterator
 
 import libcst as cst
 
-from trainlint.analysis.training_step import EventKind, StepEvent, TrainingStep, TrainingSteps, removal_edit
+from trainlint.analysis.training_step import (
+    EventKind,
+    StepEvent,
+    TrainingStep,
+    TrainingSteps,
+    removal_edit,
+)
 from trainlint.context import FileContext
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
@@ -116,7 +122,7 @@ class DoubleUnscale(Rule):
     ]
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
-        for step in ctx.get(TrainingSteps).steps:
+        for step in ctx.get(TrainingSteps).all_steps():
             repeated = _repeated_unscales(step)
             for event in sorted(repeated, key=step.index):
                 yield self._finding(ctx, step, event, always=repeated[event])

@@ -107,7 +107,7 @@ class ClipScaledGradients(Rule):
     ]
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
-        for step in ctx.get(TrainingSteps).steps:
+        for step in ctx.get(TrainingSteps).all_steps():
             for clip in step.of_kind(EventKind.CLIP):
                 scaler = _scaler_still_scaling(step, clip)
                 if scaler is not None:
@@ -116,9 +116,11 @@ class ClipScaledGradients(Rule):
     def _finding(self, ctx: FileContext, step: TrainingStep, clip: StepEvent, scaler: str) -> Finding:
         optimizer = clip.optimizer or _optimizer_stepped_next(step, clip, scaler)
         call = f"{scaler}.unscale_({optimizer or '...'})"
+        shown = ctx.code(clip.anchor if clip.via_helper is not None else clip.node.func)  # type: ignore[attr-defined]
+        subject = f"`{shown}`" if len(shown) <= 60 and "\n" not in shown else "this clip"
         message = (
-            f"gradients are clipped while still multiplied by `{scaler}`'s loss scale (65536 at start), "
-            f"so the threshold clips everything or nothing; call `{call}` before clipping"
+            f"{subject} clips gradients still multiplied by `{scaler}`'s loss scale (65536x at start), "
+            f"so its threshold clips everything or nothing; call `{call}` before it"
         )
         fix = self._fix(ctx, step, clip, scaler, optimizer) if optimizer is not None else None
         return ctx.report(self, clip.anchor, message, fix)

@@ -125,6 +125,11 @@ def _subtree(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
         stack.extend(current.children)
 
 
+def in_helper(event: StepEvent) -> str:
+    """` (in `_optimizer_step()`)` for an event found in a helper, else nothing."""
+    return f" (in `{event.via_helper.name.value}()`)" if event.via_helper is not None else ""
+
+
 def paths_through(paths: Sequence[Sequence[StepEvent]], event: StepEvent) -> list[Sequence[StepEvent]]:
     return [path for path in paths if any(e is event for e in path)]
 
@@ -174,6 +179,13 @@ class OptimizerStepBypassesScaler(Rule):
     the iteration when the step has none. It is offered only when every path through the call
     feeds it scaled gradients: when an fp32 branch (`loss.backward()`) reaches the same
     `opt.step()`, the scaler may not exist on that branch, so the finding has no automatic fix.
+    Two `if`s on the same flag (`if self.use_amp:` around the backward, then around the step)
+    are read as one decision.
+
+    ## Evidence
+    Measured on CPU (`tests/test_scaler_step_fixes_run.py`): a linear regression trained with SGD
+    at lr 0.1 through `scaler.scale(loss).backward(); optimizer.step()` had non-finite weights
+    at its 9th step; as fixed, its loss fell from 19.3 to 9e-14 in 200 steps.
     """
 
     code = "TL104"
@@ -265,9 +277,9 @@ class OptimizerStepBypassesScaler(Rule):
         for event in sorted(flagged, key=step.index):
             scaler = flagged[event]
             message = (
-                f"`{event.optimizer}.step()` applies gradients that `{scaler}.scale(...)` multiplied by the "
-                f"loss scale (65536 at the start), so the update is that many times too large and "
-                f"overflowed steps are not skipped; step through `{scaler}.step({event.optimizer})`"
+                f"`{event.optimizer}.step()`{in_helper(event)} applies gradients that `{scaler}.scale(...)` "
+                f"multiplied by the loss scale (65536 at the start), so the update is that many times too "
+                f"large and overflowed steps are not skipped; step through `{scaler}.step({event.optimizer})`"
             )
             fix = None
             if not verdicts[event].unscaled_feed:

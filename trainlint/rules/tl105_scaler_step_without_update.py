@@ -11,7 +11,12 @@ from trainlint.analysis.training_step import BACKWARD_KINDS, EventKind, StepEven
 from trainlint.context import FileContext
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
-from trainlint.rules.tl104_optimizer_step_bypasses_scaler import FeasiblePaths, events_after, paths_through
+from trainlint.rules.tl104_optimizer_step_bypasses_scaler import (
+    FeasiblePaths,
+    events_after,
+    in_helper,
+    paths_through,
+)
 
 
 class ScalerStepWithoutUpdate(Rule):
@@ -22,8 +27,11 @@ class ScalerStepWithoutUpdate(Rule):
     step need no update and are not reported, but an `if clip:` branch that steps without
     updating is. A step whose iteration ends early (`continue` before the update) is left to
     TL109. The rule is quiet when the scaler is updated elsewhere (another method of the same
-    class, such as a per-batch hook), when the scaler is disabled (`enabled=False`) or of unknown
-    origin, and in a helper that only steps (its caller's step is checked instead).
+    class, such as a per-batch hook, or another function using the same module-level scaler),
+    when the scaler is disabled (`enabled=False`) or of unknown origin, in a helper that only
+    steps (its caller's step is checked instead), and in a function called once per batch (no
+    loop of its own) that receives the scaler as a parameter or belongs to a class derived from
+    another module's class: the caller may update between two calls.
 
     ## Why is this bad?
     A GradScaler keeps, for each optimizer, the state of the current iteration: unscaled or
@@ -37,7 +45,13 @@ class ScalerStepWithoutUpdate(Rule):
 
     The fix inserts `scaler.update()` right after the last `scaler.step` of the path, inside the
     same branch, so accumulation and multi-optimizer steps (`scaler.step(opt_d)`,
-    `scaler.step(opt_g)`, one update) stay correct.
+    `scaler.step(opt_g)`, one update) stay correct. It is not offered when another path through
+    that call already updates the scaler later: a second update would raise.
+
+    ## Evidence
+    Measured on CPU (`tests/test_scaler_step_fixes_run.py`): the loop as written raises the
+    `RuntimeError` at its second batch; as fixed, it trains a linear regression from loss 19.3
+    to 9e-14 in 200 SGD steps.
     """
 
     code = "TL105"
@@ -45,7 +59,7 @@ class ScalerStepWithoutUpdate(Rule):
     summary = "`scaler.step(opt)` without `scaler.update()` in the step"
     level = "error"
     fix_applicability = "safe"
-    triggers = ("scale",)
+    triggers = ("scale", "Scaler")  # a scaler is named like one or made by a GradScaler
     examples = [
         Example(
             code='''
@@ -124,8 +138,8 @@ class ScalerStepWithoutUpdate(Rule):
             if _updated_elsewhere(ctx, step, scaler):
                 continue
             message = (
-                f"`{scaler}.step({event.optimizer})` is not followed by `{scaler}.update()` on this path: "
-                f"the loss scale never adapts and the next `{scaler}.step()` raises "
+                f"`{scaler}.step({event.optimizer})`{in_helper(event)} is not followed by `{scaler}.update()` "
+                f"on this path: the loss scale never adapts and the next `{scaler}.step()` raises "
                 f"`RuntimeError: step() has already been called since the last update()`"
             )
             yield ctx.report(self, event.anchor, message, self._fix(ctx, event, scaler, paths))
@@ -161,27 +175,32 @@ def _steps_never_updated(step: TrainingStep, path: Sequence[StepEvent]) -> Itera
 
 def _updated_elsewhere(ctx: FileContext, step: TrainingStep, scaler: str) -> bool:
     """True when the scaler may be updated outside this step's function: by another method of the
-    class (`self.scaler`), by another function using the same module-level scaler, or, for a step
-    without its own loop, by whoever calls it (a caller can update between two calls, not
-    between two iterations of a loop)."""
+    class (`self.scaler`), by another function using the same module-level scaler (a training
+    step's own update closes that step, not this one), or, for a step without its own loop, by
+    whoever calls it (a caller can update between two calls, not between two iterations)."""
     head = scaler.split(".")[0]
     if head == "self":
         own_class = ctx.enclosing(step.function, cst.ClassDef)
         if step.loop is None and (own_class is None or _has_base_defined_elsewhere(ctx, own_class)):
             return True
+        steps = {other.function for other in ctx.get(TrainingSteps).steps}
         return any(
             dotted_name(receiver) == scaler and ctx.enclosing(call, cst.ClassDef) is own_class
             for call, receiver, function in _update_calls(ctx)
-            if function is not step.function
+            if function not in steps  # another step's own update closes that step, not this one
         )
     if head in _parameter_names(step.function):
         return step.loop is None
     if "." in scaler or _binds(ctx, step.function, head):
         return False  # a local scaler is updated here or nowhere
+    steps = {other.function for other in ctx.get(TrainingSteps).steps}
     return any(  # a module-level scaler
-        dotted_name(receiver) == scaler and function is not step.function and not _binds(ctx, function, head)
+        dotted_name(receiver) == scaler and function not in steps and not _binds(ctx, function, head)
         for _, receiver, function in _update_calls(ctx)
     )
+
+
+_PLAIN_BASES = frozenset({"torch.nn.Module", "torch.nn.modules.module.Module"})
 
 
 def _has_base_defined_elsewhere(ctx: FileContext, cls: cst.ClassDef) -> bool:
@@ -190,9 +209,7 @@ def _has_base_defined_elsewhere(ctx: FileContext, cls: cst.ClassDef) -> bool:
     for base in cls.bases:
         if isinstance(base.value, cst.Name) and base.value.value in local_classes:
             continue
-        if ctx.qualified_name(base.value) in ("builtins.object", "object", "torch.nn.Module", "torch.nn.modules.module.Module"):
-            continue
-        if isinstance(base.value, cst.Name) and base.value.value == "object":
+        if ctx.qualified_name(base.value) in _PLAIN_BASES or dotted_name(base.value) == "object":
             continue
         return True
     return False

@@ -13,6 +13,7 @@ from trainlint.context import FileContext
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
 
+
 @dataclass(frozen=True)
 class _Signature:
     device: str | None  # the device whose default dtype applies; None: the first argument names it
@@ -91,7 +92,7 @@ class Fp16AutocastConv3d(Rule):
     level = "warning"
     fix_applicability = "unsafe"
     triggers = ("autocast",)
-    examples = [
+    examples = (
         Example(
             code='''
             import torch
@@ -190,8 +191,8 @@ def build_model(cfg):
             ''',
             unsafe=True,
         ),
-    ]
-    valid_examples = [
+    )
+    valid_examples = (
         '''
         import torch
         import torch.nn as nn
@@ -231,7 +232,7 @@ def build_model(cfg):
         with torch.autocast("cpu"):
             out = model(x)
         ''',
-    ]
+    )
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
         structure = ctx.get(ModelStructure)

@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from trainlint.analysis.training_step import EventKind, StepEvent, TrainingStep, TrainingSteps
+from trainlint.analysis.training_step import (
+    EventKind,
+    StepEvent,
+    TrainingStep,
+    TrainingSteps,
+)
 from trainlint.context import FileContext
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
-
 
 # After these the scaler holds the overflow check that update() needs.
 _RECORDS_INF_CHECKS = frozenset({EventKind.UNSCALE, EventKind.SCALER_STEP})
@@ -140,14 +144,14 @@ class SkipWithoutScalerUpdate(Rule):
     ]
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
-        for step in ctx.get(TrainingSteps).steps:
+        for step in ctx.get(TrainingSteps).all_steps():
             states = _skips_without_update(step)
             for skip in sorted(states, key=step.index):
                 yield self._finding(ctx, skip, states[skip])
 
     def _finding(self, ctx: FileContext, skip: StepEvent, state: _SkipState) -> Finding:
         keyword = skip.skip_keyword or "continue"
-        scaler = sorted(state.scalers)[0]
+        scaler = min(state.scalers)
         update = f"{scaler}.update()"
         if state.unscaled_on_some_path:
             message = (

@@ -50,12 +50,13 @@ class LogWithoutFloor(Rule):
 
     ## Why is this bad?
     A probability reaches exactly 0 long before the model is done being wrong: softmax rounds
-    e^-104 to 0 in float32, and in float16 anything below 6e-8. Then `log(p)` is -inf, and
-    d/dp log(p) = 1/p overflows even earlier (1/p = 1e7 at p = 1e-7, beyond float16's 65504). An
-    eps of 1e-7 does not help in float16: `1 + 1e-7 == 1` there, and 1/(p + 1e-7) still overflows,
-    so `-log(p + 1e-7)` has a NaN gradient from a logit gap of ~11. The eps or clamp "fixes" stop
-    the NaN but flatten the gradient below the floor: at a gap of 20, `-log(p + 1e-7)` gives the
-    logits a gradient of 0.02 where `log_softmax` gives 1, and `log(p.clamp(min=1e-6))` gives 0.
+    e^-104 to 0 in float32, and in float16 anything below 3e-8 (half its smallest subnormal).
+    Then `log(p)` is -inf, and d/dp log(p) = 1/p overflows even earlier (1/p = 1e7 at p = 1e-7,
+    beyond float16's 65504). An eps of 1e-7 does not help in float16: `1 + 1e-7 == 1` there,
+    and 1/(p + 1e-7) still overflows, so `-log(p + 1e-7)` has a NaN gradient from a logit gap of
+    ~11. The eps or clamp "fixes" stop the NaN but flatten the gradient below the floor: at a
+    gap of 20, `-log(p + 1e-7)` gives the logits a gradient of 0.02 where `log_softmax` gives 1,
+    and `log(p.clamp(min=1e-6))` gives 0.
 
     The fix rewrites into log space when `p` is a softmax/sigmoid used only under logs (directly
     or through indexing/`gather`): `log_p = F.log_softmax(x, dim)` once, then `log_p[i]`. This is
@@ -67,8 +68,9 @@ class LogWithoutFloor(Rule):
     ## Evidence
     Measured on CPU with torch 2.13: `-log(softmax(x)[1])` for logits `[0, -gap]` is -inf from a
     gap of 104 in float32, with a NaN gradient from 88.75; `-log(p + 1e-7)` in float16 has a NaN
-    gradient from a gap of 11.25 (eps 1e-5 too; eps 2e-5 never). A toy classifier trained with
-    `log(p.clamp(min=1e-6))` reached 28% accuracy where `log_softmax` reached 56%.
+    gradient from a gap of 11.25 (with eps 1e-5 from 12.25; with eps 2e-5 never, up to a gap of
+    60). A toy classifier trained with `log(p.clamp(min=1e-6))` reached 28% accuracy where
+    `log_softmax` reached 56%.
     """
 
     code = "TL201"
@@ -79,28 +81,6 @@ class LogWithoutFloor(Rule):
     triggers = ("log",)
     default_options = {"eps": 1e-6}
     examples = [
-        Example(
-            code='''
-            import torch
-            import torch.nn.functional as F
-
-            def classification_loss(logits, target):
-                probs = F.softmax(logits, dim=1)
-                picked = probs.gather(1, target.unsqueeze(1))
-                return -torch.log(picked).mean()
-            ''',
-            expect=[(7, 13)],
-            fixed='''
-            import torch
-            import torch.nn.functional as F
-
-            def classification_loss(logits, target):
-                probs = F.softmax(logits, dim=1)
-                picked = probs.gather(1, target.unsqueeze(1))
-                return -torch.log(picked.clamp(min=1e-6)).mean()
-            ''',
-            unsafe=True,
-        ),
         Example(
             code='''
             import torch
@@ -119,6 +99,28 @@ class LogWithoutFloor(Rule):
                 log_probs = F.log_softmax(logits, dim=1)
                 return -log_probs.gather(1, target.unsqueeze(1)).mean()
             ''',
+        ),
+        Example(
+            code='''
+            import torch
+            import torch.nn.functional as F
+
+            def loss_and_accuracy(logits, target):
+                probs = F.softmax(logits, dim=1)
+                loss = -torch.log(probs.gather(1, target.unsqueeze(1))).mean()
+                return loss, (probs.argmax(1) == target).float().mean()
+            ''',
+            expect=[(6, 13)],
+            fixed='''
+            import torch
+            import torch.nn.functional as F
+
+            def loss_and_accuracy(logits, target):
+                probs = F.softmax(logits, dim=1)
+                loss = -torch.log(probs.gather(1, target.unsqueeze(1)).clamp(min=1e-6)).mean()
+                return loss, (probs.argmax(1) == target).float().mean()
+            ''',
+            unsafe=True,
         ),
     ]
     valid_examples = [
@@ -159,8 +161,8 @@ class LogWithoutFloor(Rule):
                 if eps is not None:
                     fix = self._clamp_fix(ctx, probabilities, argument)
                     message = (
-                        f"`log(x + {format_float(eps)})` in float16 code: an eps below 1/65504 leaves the "
-                        f"gradient 1/(x + eps) to overflow float16 at x = 0, which makes it NaN"
+                        f"`log(x + {format_float(eps)})` in float16 code: with an eps below 1/65504 the gradient "
+                        f"1/(x + eps) overflows float16 at x = 0 and turns NaN"
                     )
                     yield ctx.report(self, log_call, message + (_CLAMP_NOTE if fix else ""), fix=fix)
 
@@ -177,7 +179,12 @@ class LogWithoutFloor(Rule):
         return None if probabilities.constant(core) is not None else eps
 
     def _probability_finding(
-        self, ctx: FileContext, probabilities: Probabilities, log_call: cst.Call, argument: cst.BaseExpression, trace: Trace
+        self,
+        ctx: FileContext,
+        probabilities: Probabilities,
+        log_call: cst.Call,
+        argument: cst.BaseExpression,
+        trace: Trace,
     ) -> Finding:
         kind = "/".join(sorted(trace.kinds))
         if trace.eps:
@@ -277,7 +284,7 @@ def _rewrite_inline(ctx: FileContext, probabilities: Probabilities, use: LogUse,
     if replacement is None:
         return None
     core = use.core.deep_replace(producer.call, cst.parse_expression(replacement))
-    code = probabilities.with_parens_of(use.log_call, ctx.code(core.with_changes(lpar=[], rpar=[])))  # type: ignore[union-attr]
+    code = ctx.code(core.with_changes(lpar=[], rpar=[]))  # type: ignore[union-attr]
     return ctx.fix([ctx.replace(use.log_call, code)], "safe" if use.eps is None else "unsafe", _FIX_MESSAGE)
 
 
@@ -289,7 +296,7 @@ def _rewrite_complement(ctx: FileContext, probabilities: Probabilities, use: Log
     replacement = logsigmoid_code(probabilities, producer.input, negate=True)
     if replacement is None:
         return None
-    code = probabilities.with_parens_of(use.log_call, replacement)
+    code = replacement
     return ctx.fix([ctx.replace(use.log_call, code)], "safe" if use.eps is None else "unsafe", _FIX_MESSAGE)
 
 
@@ -300,9 +307,7 @@ def _rewrite_binding(ctx: FileContext, probabilities: Probabilities, name: cst.N
     """``p = F.softmax(x, 1)`` used only as ``log(p[...])`` -> ``log_p = F.log_softmax(x, 1)`` and
     ``log_p[...]``."""
     values = ctx.get(ValueOrigins)
-    function = values.function_of(name)
-    if function is None:
-        return None
+    function = values.scope_of(name)
     records = values.records(function).get(name.value, [])
     if len(records) != 1 or records[0].kind != "assign" or records[0].value is not producer.call:
         return None
@@ -316,12 +321,12 @@ def _rewrite_binding(ctx: FileContext, probabilities: Probabilities, name: cst.N
         return None
     edits: list[Edit | None] = [
         ctx.replace(records[0].target, new_name),
-        ctx.replace(producer.call, probabilities.with_parens_of(producer.call, replacement)),
+        ctx.replace(producer.call, replacement),
     ]
     for use in uses:
         assert use is not None
         core = use.core.deep_replace(use.base, cst.Name(new_name))
-        code = probabilities.with_parens_of(use.log_call, ctx.code(core.with_changes(lpar=[], rpar=[])))  # type: ignore[union-attr]
+        code = ctx.code(core.with_changes(lpar=[], rpar=[]))  # type: ignore[union-attr]
         edits.append(ctx.replace(use.log_call, code))
     dropped_eps = any(u is not None and u.eps is not None for u in uses)
     return ctx.fix(edits, "unsafe" if dropped_eps else "safe", _FIX_MESSAGE)

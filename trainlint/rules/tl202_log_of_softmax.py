@@ -109,7 +109,7 @@ class LogOfSoftmax(Rule):
         replacement = log_softmax_code(probabilities, producer)
         if replacement is None:
             return None
-        code = probabilities.with_parens_of(log_call, replacement)
+        code = replacement
         return ctx.fix([ctx.replace(log_call, code)], "safe", "Use `log_softmax`")
 
 

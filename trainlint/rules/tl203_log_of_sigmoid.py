@@ -18,7 +18,7 @@ _MESSAGE = (
 )
 _COMPLEMENT_MESSAGE = (
     "`log(1 - sigmoid(x))` is -inf with a NaN gradient once sigmoid(x) rounds to 1 (x > ~17 in "
-    "float32, ~8.5 in float16); `logsigmoid(-x)` computes it stably"
+    "float32, ~8.3 in float16); `logsigmoid(-x)` computes it stably"
 )
 
 
@@ -29,12 +29,12 @@ class LogOfSigmoid(Rule):
     a sigmoid directly.
 
     ## Why is this bad?
-    Sigmoid saturates: in float32, `sigmoid(x)` is exactly 1.0 from x ≈ 17 (e^-17 is below half
-    the float32 spacing under 1, 6e-8) and exactly 0 below x ≈ -104. Then `log(1 - sigmoid(x))` and
-    `log(sigmoid(x))` are -inf and their gradient NaN (measured: `log(1 - sigmoid(20))` = -inf with
-    a NaN gradient, while `logsigmoid(-20)` = -20 with gradient -1). In float16 sigmoid is 1.0
-    from x ≈ 8.5 and 0 below x ≈ -17. `F.logsigmoid(x)` computes `-softplus(-x)` and is exact and finite everywhere;
-    `log(1 - sigmoid(x))` is `logsigmoid(-x)`.
+    Sigmoid saturates: in float32, `sigmoid(x)` is exactly 1.0 from x ≈ 17 (1 + e^-17 rounds to
+    1) and exactly 0 below x ≈ -104 (e^-104 is below the smallest subnormal, 1.4e-45); in float16
+    it is 1.0 above x ≈ 8.3 and 0 below x ≈ -17. Then `log(1 - sigmoid(x))` and `log(sigmoid(x))`
+    are -inf and their gradient NaN (measured: `log(1 - sigmoid(20))` = -inf with a NaN gradient,
+    while `logsigmoid(-20)` = -20 with gradient -1). `F.logsigmoid(x)` computes `-softplus(-x)`,
+    exact and finite everywhere, and `log(1 - sigmoid(x))` is `logsigmoid(-x)`.
 
     The fix writes `F.logsigmoid(x)` / `F.logsigmoid(-x)` with the module's own alias of
     `torch.nn.functional` (or `torch.nn.functional.logsigmoid` through an imported `torch`), so it
@@ -106,7 +106,7 @@ class LogOfSigmoid(Rule):
         replacement = logsigmoid_code(probabilities, producer.input, complement)
         if replacement is None:
             return None
-        code = probabilities.with_parens_of(log_call, replacement)
+        code = replacement
         return ctx.fix([ctx.replace(log_call, code)], "safe", "Use `logsigmoid`")
 
 

@@ -70,7 +70,7 @@ def replace_producer(
         return None
     if producer.call is loss_input or any(a is loss_input for a in ctx.ancestors(producer.call)):
         code = new if isinstance(ctx.parent(producer.call), cst.Arg) else _atomic(new)
-        return [ctx.replace(producer.call, probabilities.with_parens_of(producer.call, code))]
+        return [ctx.replace(producer.call, code)]
     return _replace_through_binding(ctx, probabilities, loss_input, producer, new)
 
 
@@ -83,14 +83,23 @@ def _atomic(code: str) -> str:
 def _replace_through_binding(
     ctx: FileContext, probabilities: Probabilities, loss_input: cst.BaseExpression, producer: Producer, new: str
 ) -> list[Edit | None] | None:
+    """For ``p = <producer>`` or ``p = <producer>.view(-1)[mask]`` bound once and read only by the
+    loss: inline the replacement and delete the line (first form, logits a name that does not
+    change in between), or replace the producer inside the bound value (second form)."""
     values = ctx.get(ValueOrigins)
     load = _base_name(loss_input)
-    function = values.function_of(loss_input)
-    if load is None or function is None:
+    function = values.scope_of(loss_input)
+    if load is None:
         return None
     records = values.records(function).get(load.value, [])
-    if len(records) != 1 or records[0].value is not producer.call or values.uses(load.value, function) != [load]:
+    if len(records) != 1 or records[0].kind != "assign" or values.uses(load.value, function) != [load]:
         return None
+    bound = records[0].value
+    if bound is not producer.call:
+        if not any(a is bound for a in ctx.ancestors(producer.call)):
+            return None
+        code = new if isinstance(ctx.parent(producer.call), cst.Arg) else _atomic(new)
+        return [ctx.replace(producer.call, code)]
     logits = dotted_name(producer.input)
     if logits is None or values.later_bindings(logits.split(".")[0], producer.call, function):
         return None
@@ -123,7 +132,7 @@ class BceOnSigmoid(Rule):
 
     ## Why is this bad?
     The sigmoid is computed on its own and rounds to exactly 1.0 from a logit of ~17 in float32
-    (~8.5 in float16). For a confidently wrong prediction, `log(1 - p)` is then -inf, which BCE
+    (~8.3 in float16). For a confidently wrong prediction, `log(1 - p)` is then -inf, which BCE
     clamps at -100: measured, `binary_cross_entropy(sigmoid(30), 0)` is 100 with gradient 0,
     where `binary_cross_entropy_with_logits(30, 0)` is 30 with gradient 1. The examples the model
     gets most wrong stop teaching it. `binary_cross_entropy_with_logits` (`nn.BCEWithLogitsLoss`)
@@ -208,10 +217,11 @@ class BceOnSigmoid(Rule):
     @staticmethod
     def _function_fix(ctx: FileContext, probabilities: Probabilities, loss: LossCall, trace: Trace) -> Fix | None:
         callee = probabilities.renamed_callee(loss.call.func, "binary_cross_entropy_with_logits")
-        edits = replace_producer(ctx, probabilities, loss.input, trace, lambda p: probabilities.code_without_parens(p.input))
+        edits = replace_producer(ctx, probabilities, loss.input, trace, _logits_of(probabilities))
         if callee is None or edits is None:
             return None
-        return ctx.fix([ctx.replace(loss.call.func, callee), *edits], "safe", "Use `binary_cross_entropy_with_logits` on the logits")
+        message = "Use `binary_cross_entropy_with_logits` on the logits"
+        return ctx.fix([ctx.replace(loss.call.func, callee), *edits], "safe", message)
 
     @staticmethod
     def _module_fix(
@@ -224,11 +234,16 @@ class BceOnSigmoid(Rule):
             return None
         edits: list[Edit | None] = [ctx.replace(constructor.func, callee)]
         for loss, trace in calls:
-            found = replace_producer(ctx, probabilities, loss.input, trace, lambda p: probabilities.code_without_parens(p.input))
+            found = replace_producer(ctx, probabilities, loss.input, trace, _logits_of(probabilities))
             if found is None:
                 return None
             edits += found
         return ctx.fix(edits, "safe", "Use `nn.BCEWithLogitsLoss` on the logits")
+
+
+def _logits_of(probabilities: Probabilities) -> Callable[[Producer], str]:
+    """The replacement of a sigmoid by its logits argument."""
+    return lambda producer: probabilities.code_without_parens(producer.input)
 
 
 def _only_called_here(ctx: FileContext, constructor: cst.Call, calls: list[cst.Call]) -> bool:
@@ -243,10 +258,7 @@ def _only_called_here(ctx: FileContext, constructor: cst.Call, calls: list[cst.C
     target = parent.targets[0].target
     if isinstance(target, cst.Name):
         values = ctx.get(ValueOrigins)
-        function = values.function_of(parent)
-        if function is None:
-            return False
-        uses = values.uses(target.value, function)
+        uses = values.uses(target.value, values.scope_of(parent))
         return bool(uses) and all(id(use) in callees for use in uses)
     attribute = dotted_name(target)
     class_def = ctx.enclosing(parent, cst.ClassDef)

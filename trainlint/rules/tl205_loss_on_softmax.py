@@ -101,7 +101,8 @@ class LossOnSoftmax(Rule):
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
         probabilities = ctx.get(Probabilities)
-        for negative_log_likelihood, functions, modules in ((False, _CROSS_ENTROPY, _CROSS_ENTROPY_MODULES), (True, _NLL, _NLL_MODULES)):
+        kinds = ((False, _CROSS_ENTROPY, _CROSS_ENTROPY_MODULES), (True, _NLL, _NLL_MODULES))
+        for negative_log_likelihood, functions, modules in kinds:
             for loss in loss_calls(probabilities, functions, modules):
                 trace = producer_trace(probabilities, loss.input, "softmax")
                 if trace is None:

@@ -7,7 +7,12 @@ from dataclasses import dataclass
 
 import libcst as cst
 
-from trainlint.analysis.model_structure import ModelClass, ModelStructure, number, self_attribute
+from trainlint.analysis.model_structure import (
+    ModelClass,
+    ModelStructure,
+    number,
+    self_attribute,
+)
 from trainlint.analysis.value_origin import FOLLOWED_KINDS, ValueOrigins
 from trainlint.context import FileContext
 from trainlint.findings import Finding, Fix
@@ -36,7 +41,7 @@ _ATOMS = (cst.Name, cst.Attribute, cst.Call, cst.Subscript, cst.Integer, cst.Flo
 
 @dataclass(frozen=True)
 class _Scaled:
-    """``factor * operand`` written as ``c * x``, ``x * c`` or ``x.mul(c)``."""
+    """``factor * operand`` written as ``c * x``, ``x * c`` or ``x.mul(c)``, with 0 < c < 1."""
 
     node: cst.BaseExpression
     factor: cst.BaseExpression
@@ -60,7 +65,7 @@ class ScaledIdentityPath(Rule):
     A residual block computes `x + f(x)` so that the input and its gradient pass through
     unchanged however deep the network is. With `0.1 * x + f(x)` the identity signal is scaled
     by 0.1 per block, 0.1^depth in all: after 10 blocks the input reaches the output scaled by
-    1e-10, after 50 blocks by 1e-50, below float32's smallest normal number (1.2e-38), so it is
+    1e-10, after 50 blocks by 1e-50, below the smallest positive float32 (1.4e-45), so it is
     gone. The gradient through the identity path is scaled by 0.1 per block in the same way, so
     the early layers learn only through the branches, as in a plain deep network without skip
     connections. Scaling the branch instead keeps the identity path at 1, which is what
@@ -76,7 +81,7 @@ class ScaledIdentityPath(Rule):
     level = "error"
     fix_applicability = "safe"
     triggers = ("forward",)
-    examples = [
+    examples = (
         Example(
             code='''
             import torch.nn as nn
@@ -143,8 +148,8 @@ class ScaledIdentityPath(Rule):
                     return x + self.mlp(x)
             ''',
         ),
-    ]
-    valid_examples = [
+    )
+    valid_examples = (
         '''
         import torch.nn as nn
 
@@ -172,7 +177,7 @@ class ScaledIdentityPath(Rule):
             def forward(self, x, h):
                 return 0.9 * h + 0.1 * self.cell(x, h)
         ''',
-    ]
+    )
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
         blocks: dict[cst.FunctionDef, _ResidualBlock | None] = {}
@@ -212,7 +217,7 @@ class ScaledIdentityPath(Rule):
         # `c * x + f(x)` / `f(x) + c * x`: the identity term is scaled.
         for scaled_side, other in ((left, right), (right, left)):
             scaled = block.scaled(scaled_side)
-            if scaled is None or block.scaled(other) is not None:
+            if scaled is None or block.has_constant_factor(other):
                 continue  # not scaled, or an interpolation `a * h + b * f(x)`
             if block.is_identity_of(scaled.operand, other, node):
                 yield ctx.report(
@@ -231,8 +236,10 @@ class ScaledIdentityPath(Rule):
         if not (isinstance(inner, cst.BinaryOperation) and isinstance(inner.operator, cst.Add)):
             return
         for identity, branch in ((inner.left, inner.right), (inner.right, inner.left)):
-            if block.scaled(identity) is None and block.scaled(branch) is None and block.is_identity_of(
-                identity, branch, inner
+            if (
+                not block.has_constant_factor(identity)
+                and not block.has_constant_factor(branch)
+                and block.is_identity_of(identity, branch, inner)
             ):
                 yield ctx.report(
                     self, scaled.node, _message(ctx, scaled, identity), fix=_split_fix(ctx, scaled, identity, branch)
@@ -251,6 +258,9 @@ class _ResidualBlock:
         params = function.params
         names = [p.name.value for p in (*params.posonly_params, *params.params, *params.kwonly_params)]
         self.inputs = frozenset(names[1:])  # all but `self`
+        # The stream is the first input: later ones are conditions or state carried over time
+        # (a spiking neuron's `mem = 0.9 * mem + self.fc(x)` decays over time, not depth).
+        self.stream_input = names[1] if len(names) > 1 else None
 
     @classmethod
     def of_forward(cls, ctx: FileContext, function: cst.FunctionDef) -> _ResidualBlock | None:
@@ -262,26 +272,26 @@ class _ResidualBlock:
 
     # -- constant factors ------------------------------------------------------------------------
     def constant(self, expr: cst.BaseExpression) -> float | None:
-        """The value of a numeric literal or of a constant attribute set in ``__init__``."""
+        """The value of a numeric literal, a constant attribute set in ``__init__``
+        (``self.residual_scale``), or arithmetic on them (``1 - self.leak``); else None."""
         value = number(expr)
-        if value is None:
-            attr = self_attribute(expr)
-            value = self.owner.constants.get(attr) if attr is not None else None
-        return value
-
-    def is_constant_expression(self, expr: cst.BaseExpression) -> bool:
-        if self.constant(expr) is not None:
-            return True
+        if value is not None:
+            return value
+        attr = self_attribute(expr)
+        if attr is not None:
+            return self.owner.constants.get(attr)
+        if isinstance(expr, cst.UnaryOperation) and isinstance(expr.operator, cst.Minus):
+            inner = self.constant(expr.expression)
+            return None if inner is None else -inner
         if isinstance(expr, cst.BinaryOperation):
-            return self.is_constant_expression(expr.left) and self.is_constant_expression(expr.right)
-        if isinstance(expr, cst.UnaryOperation):
-            return self.is_constant_expression(expr.expression)
-        return False
+            left, right = self.constant(expr.left), self.constant(expr.right)
+            if left is None or right is None:
+                return None
+            return _arithmetic(expr.operator, left, right)
+        return None
 
-    def scaled(self, expr: cst.BaseExpression) -> _Scaled | None:
-        """``expr`` as a shrinking constant times an operand (0 < c < 1), else None. A factor
-        made of constants but not a single one (``1 - self.alpha``) counts as scaling with an
-        unknown value (-1), so that interpolations are recognised."""
+    def _factors(self, expr: cst.BaseExpression) -> Iterator[tuple[cst.BaseExpression, cst.BaseExpression, float]]:
+        """``(factor, operand, value)`` for ``c * x``, ``x * c`` and ``x.mul(c)`` with a constant ``c``."""
         pairs: list[tuple[cst.BaseExpression, cst.BaseExpression]] = []
         if isinstance(expr, cst.BinaryOperation) and isinstance(expr.operator, cst.Multiply):
             pairs = [(expr.left, expr.right), (expr.right, expr.left)]
@@ -292,11 +302,20 @@ class _ResidualBlock:
             pairs = [(expr.args[0].value, expr.func.value)]
         for factor, operand in pairs:
             value = self.constant(factor)
-            if value is not None and 0 < value < 1:
+            if value is not None:
+                yield factor, operand, value
+
+    def scaled(self, expr: cst.BaseExpression) -> _Scaled | None:
+        """``expr`` as a shrinking constant (0 < c < 1) times an operand, else None."""
+        for factor, operand, value in self._factors(expr):
+            if 0 < value < 1:
                 return _Scaled(expr, factor, operand, value)
-            if value is None and self.is_constant_expression(factor):
-                return _Scaled(expr, factor, operand, -1.0)
         return None
+
+    def has_constant_factor(self, expr: cst.BaseExpression) -> bool:
+        """True for any constant times something: the other term of an interpolation
+        (``0.9 * h + 0.1 * f(x)``, ``(1 - a) * h + a * u``)."""
+        return any(True for _ in self._factors(expr))
 
     # -- identity paths ----------------------------------------------------------------------------
     def is_identity_of(self, identity: cst.BaseExpression, branch: cst.BaseExpression, site: cst.CSTNode) -> bool:
@@ -330,8 +349,8 @@ class _ResidualBlock:
             if isinstance(expr.operator, (cst.Add, cst.Subtract)):  # a residual sum carries the stream on
                 return self.is_stream(expr.left, site, visiting) or self.is_stream(expr.right, site, visiting)
             if isinstance(expr.operator, (cst.Multiply, cst.Divide)):
-                return (self.is_constant_expression(expr.right) and self.is_stream(expr.left, site, visiting)) or (
-                    self.is_constant_expression(expr.left) and self.is_stream(expr.right, site, visiting)
+                return (self.constant(expr.right) is not None and self.is_stream(expr.left, site, visiting)) or (
+                    self.constant(expr.left) is not None and self.is_stream(expr.right, site, visiting)
                 )
             return False
         if isinstance(expr, cst.Subscript):
@@ -385,13 +404,13 @@ class _ResidualBlock:
         return any(self.is_derived(part, site, visiting) for part in parts)
 
     def _values(self, name: cst.Name, site: cst.CSTNode) -> list[cst.BaseExpression | bool] | None:
-        """What each binding reaching ``name`` gives: an expression to follow, True/False for an
-        input/other parameter; None when one binding cannot be followed."""
+        """What each binding reaching ``name`` gives: an expression to follow, True/False for the
+        stream input/another parameter; None when one binding cannot be followed."""
         reaching = self.flow.reaching(name, self.function)
         found: list[cst.BaseExpression | bool] = []
         for binding in reaching.bindings:
             if binding.kind == "parameter":
-                found.append(binding.name in self.inputs)
+                found.append(binding.name == self.stream_input)
             elif binding.statement is site:
                 continue  # the residual stream carried round a loop
             elif binding.kind in FOLLOWED_KINDS and binding.value is not None:
@@ -432,22 +451,30 @@ class _ResidualBlock:
         return False
 
 
+def _arithmetic(operator: cst.BaseBinaryOp, left: float, right: float) -> float | None:
+    if isinstance(operator, cst.Add):
+        return left + right
+    if isinstance(operator, cst.Subtract):
+        return left - right
+    if isinstance(operator, cst.Multiply):
+        return left * right
+    if isinstance(operator, cst.Divide) and right != 0:
+        return left / right
+    return None
+
+
 def _owner_class(ctx: FileContext, function: cst.FunctionDef) -> cst.ClassDef | None:
     body = ctx.parent(function)
     owner = ctx.parent(body) if body is not None else None
     return owner if isinstance(owner, cst.ClassDef) else None
 
 
-def _factor_text(ctx: FileContext, scaled: _Scaled) -> str:
-    return f"{scaled.value:g}" if scaled.value > 0 else f"`{ctx.code(scaled.factor)}`"
-
-
 def _message(ctx: FileContext, scaled: _Scaled, identity: cst.BaseExpression | None = None) -> str:
     identity = identity if identity is not None else scaled.operand
-    factor = _factor_text(ctx, scaled)
+    factor = f"{scaled.value:g}"
     return (
-        f"the identity path `{ctx.code(identity)}` of this residual sum is multiplied by {factor}: "
-        f"over n blocks the input and its gradient shrink as {factor}^n (1e-10 after 10 blocks at 0.1); "
+        f"the identity path `{ctx.code(identity)}` of this residual sum is multiplied by {factor}: after 10 "
+        f"such blocks the input and its gradient are scaled by {factor}^10 = {scaled.value ** 10:.1e}; "
         "scale the branch, not the skip connection"
     )
 

@@ -61,7 +61,7 @@ class ClampParametersAfterInit(Rule):
     level = "warning"
     fix_applicability = "unsafe"
     triggers = ("clamp", "clip")
-    examples = [
+    examples = (
         Example(
             code='''
             import torch.nn as nn
@@ -92,8 +92,8 @@ class ClampParametersAfterInit(Rule):
             ''',
             unsafe=True,
         ),
-    ]
-    valid_examples = [
+    )
+    valid_examples = (
         '''
         def train_critic(critic, optimizer, real, fake, clip_value=0.01):
             optimizer.zero_grad()
@@ -103,7 +103,7 @@ class ClampParametersAfterInit(Rule):
             for p in critic.parameters():
                 p.data.clamp_(-clip_value, clip_value)
         ''',
-    ]
+    )
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
         for loop in ctx.nodes.of(cst.For):
@@ -167,9 +167,7 @@ def _flat_statements(block: cst.BaseSuite) -> Iterator[cst.CSTNode]:
     for statement in block.body:  # type: ignore[attr-defined]
         if isinstance(statement, cst.SimpleStatementLine):
             yield from statement.body
-        elif isinstance(statement, cst.With):
-            yield from _flat_statements(statement.body)
-        elif isinstance(statement, cst.If) and statement.orelse is None:
+        elif isinstance(statement, cst.With) or isinstance(statement, cst.If) and statement.orelse is None:
             yield from _flat_statements(statement.body)
         else:
             yield statement
@@ -273,9 +271,9 @@ def _loads_weights_before(ctx: FileContext, loop: cst.For, function: cst.Functio
     loop_start = ctx.span(loop)[0]
     for call in ctx.nodes.of(cst.Call):
         name = dotted_name(call.func) or ""
-        if "load" in name.rpartition(".")[2].lower() and ctx.enclosing(call, cst.FunctionDef) is function:
-            if ctx.span(call)[0] < loop_start:
-                return True
+        loads = "load" in name.rpartition(".")[2].lower()
+        if loads and ctx.enclosing(call, cst.FunctionDef) is function and ctx.span(call)[0] < loop_start:
+            return True
     return False
 
 

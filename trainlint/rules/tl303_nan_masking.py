@@ -56,7 +56,7 @@ class NanMasking(Rule):
     fix_applicability = None
     triggers = ("nan_to_num", "isnan", "isinf", "isfinite", "!=")
 
-    examples = [
+    examples = (
         Example(
             code='''
             import torch
@@ -87,8 +87,8 @@ class NanMasking(Rule):
             ''',
             expect=[(6, 12)],
         ),
-    ]
-    valid_examples = [
+    )
+    valid_examples = (
         '''
         import torch
 
@@ -99,7 +99,7 @@ class NanMasking(Rule):
             loss.backward()
             optimizer.step()
         ''',
-    ]
+    )
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
         masking = _Masking(ctx)
@@ -147,10 +147,14 @@ class _Masking:
             test, _, fallback = (a.value for a in call.args[:3])
             if self._tests_nan_of(test, fallback):
                 target = fallback
-        elif isinstance(func, cst.Attribute) and func.attr.value in _MASKED_FILL and call.args:
-            if self._tests_nan_of(call.args[0].value, func.value):
-                target = func.value
-                in_place = func.attr.value.endswith("_")
+        elif (
+            isinstance(func, cst.Attribute)
+            and func.attr.value in _MASKED_FILL
+            and call.args
+            and self._tests_nan_of(call.args[0].value, func.value)
+        ):
+            target = func.value
+            in_place = func.attr.value.endswith("_")
         if target is None:
             return None
         return self._classify(target, call, in_place)
@@ -208,20 +212,49 @@ class _Masking:
         leaves = self.flow.origins(expr, function) if function is not None else [expr]
         if any(_is_grad_attribute(leaf) for leaf in leaves):
             return True
-        # a parameter or an unknown name called `grad` (a `register_hook` callback's argument)
-        return bool(leaves) and all(
-            isinstance(leaf, cst.Name) and self._is_parameter_leaf(leaf) and _grad_named(leaf.value) for leaf in leaves
+        # the argument of a gradient hook, or a parameter called `grad` (a hook's argument)
+        return bool(leaves) and all(isinstance(leaf, cst.Name) and self._is_hook_argument(leaf) for leaf in leaves)
+
+    def _is_hook_argument(self, leaf: cst.Name) -> bool:
+        """A parameter of a function or lambda given to ``register_hook`` (its gradient), or a
+        parameter named like a gradient."""
+        owner = self._parameter_owner(leaf)
+        if owner is None:
+            return False
+        if _grad_named(leaf.value):
+            return True
+        if isinstance(owner, cst.Lambda):
+            return self._is_hook_argument_of(owner)
+        return any(
+            self._is_hook_argument_of(arg.value)
+            for call in self.ctx.nodes.of(cst.Call)
+            for arg in call.args[:1]
+            if isinstance(arg.value, cst.Name) and arg.value.value == owner.name.value
         )
 
-    def _is_parameter_leaf(self, leaf: cst.Name) -> bool:
-        """A parameter's own Name, or a name loaded inside a lambda that takes it as parameter
-        (``p.register_hook(lambda grad: ...)``)."""
-        if isinstance(self.ctx.parent(leaf), cst.Param):
-            return True
-        lambda_ = self.ctx.enclosing(leaf, cst.Lambda)
-        return lambda_ is not None and any(
-            param.name.value == leaf.value for param in (*lambda_.params.posonly_params, *lambda_.params.params)
+    def _is_hook_argument_of(self, expr: cst.CSTNode) -> bool:
+        arg = self.ctx.parent(expr)
+        call = self.ctx.parent(arg) if isinstance(arg, cst.Arg) else None
+        return (
+            isinstance(call, cst.Call)
+            and isinstance(call.func, cst.Attribute)
+            and call.func.attr.value == "register_hook"
         )
+
+    def _parameter_owner(self, leaf: cst.Name) -> cst.Lambda | cst.FunctionDef | None:
+        """The function or lambda whose parameter ``leaf`` is (its own Name, or a load of it
+        inside a lambda)."""
+        param = self.ctx.parent(leaf)
+        if isinstance(param, cst.Param):
+            parameters = self.ctx.parent(param)
+            owner = self.ctx.parent(parameters) if parameters is not None else None
+            return owner if isinstance(owner, (cst.Lambda, cst.FunctionDef)) else None
+        lambda_ = self.ctx.enclosing(leaf, cst.Lambda)
+        if lambda_ is not None and any(
+            p.name.value == leaf.value for p in (*lambda_.params.posonly_params, *lambda_.params.params)
+        ):
+            return lambda_
+        return None
 
     # -- losses --------------------------------------------------------------------------------
     def is_loss(self, expr: cst.BaseExpression, site: cst.CSTNode, in_place: bool) -> bool:
@@ -254,9 +287,9 @@ class _Masking:
             if _is_backward_operand(self.ctx, top) or self._returned_from_loss_function(top, function):
                 return True
             stored = _stored_name(self.ctx, top)
-            if depth > 0 and stored is not None and stored != name:
-                if self._reaches_backward(stored, function, depth - 1, self.ctx.span(top)[1]):
-                    return True
+            followed = depth > 0 and stored is not None and stored != name
+            if followed and self._reaches_backward(stored, function, depth - 1, self.ctx.span(top)[1]):  # type: ignore[arg-type]
+                return True
         return False
 
 
@@ -276,7 +309,7 @@ def _is_grad_attribute(expr: cst.BaseExpression) -> bool:
         return expr.attr.value == "grad" or (
             expr.attr.value == "data" and isinstance(expr.value, cst.Attribute) and expr.value.attr.value == "grad"
         )
-    return dotted is not None and (dotted.endswith(".grad") or dotted.endswith(".grad.data"))
+    return dotted is not None and dotted.endswith((".grad", ".grad.data"))
 
 
 def _grad_named(name: str) -> bool:

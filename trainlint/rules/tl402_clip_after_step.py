@@ -33,14 +33,16 @@ class ClipAfterStep(Rule):
     """## What it does
     Reports `clip_grad_norm_` / `clip_grad_value_` called after `optimizer.step()` (or
     `scaler.step(optimizer)`) in the same training step, on the gradients of the parameters that
-    step just updated.
+    step just updated: on every path through the clip, that step has already run since the last
+    `backward()`. A clip of another model's parameters between two optimizers' steps (GANs) is
+    not reported.
 
     ## Why is this bad?
     The optimizer reads `.grad` inside `step()`. Clipping afterwards rescales gradients that have
     already been used and that the next `zero_grad()` (or the next `backward()`) discards, so the
-    update is never clipped: a spike with a gradient norm of 1,000 moves the weights 1,000 times as
-    far as a `max_norm=1.0` clip would have allowed. The code reads as protected while it is not,
-    and the logged norm is the only trace.
+    update is never clipped: a spike with a gradient norm of 1,000 moves the weights 1,000 times
+    as far as a `max_norm=1.0` clip would have allowed. The code reads as protected while it is
+    not, and the logged norm is the only trace.
 
     The fix moves the clip statement (with the comment lines right above it) before the step.
     With a GradScaler it also inserts `scaler.unscale_(optimizer)` first when the step has none,
@@ -48,6 +50,11 @@ class ClipAfterStep(Rule):
     default). It is offered only when the move is simple: the clip is a statement of its own in
     the same block as the step, and no statement in between reads what it assigns or rebinds a
     name it reads.
+
+    ## Evidence
+    Measured with torch 2.13 on CPU: one SGD step (lr 0.1) on a gradient of norm 1,000 moves the
+    weights by 0.1 with `clip_grad_norm_(params, 1.0)` before `step()`, and by 100.0 with the
+    same clip after it.
     """
 
     code = "TL402"
@@ -136,7 +143,9 @@ def _step_before(step: TrainingStep, before: list[StepEvent], clip: StepEvent) -
             last = None
         elif event.kind in _STEP_KINDS:
             last = event
-    if last is None or len(step.optimizers) <= 1:
+    if last is None or last.scaler in step.uncertain_scalers:
+        return None  # a scaler of unknown origin may clip or step in its own way
+    if len(step.optimizers) <= 1:
         return last
     clipped = _params_owner(clip.target)
     owner = _params_owner_of_optimizer(step, last.optimizer)

@@ -172,7 +172,7 @@ def _require_script(options: Options) -> Path:
 
 
 def _smoke(options: Options) -> int:
-    from trainlint.runtime.report import format_report, plot_png, write_json
+    from trainlint.runtime.report import format_report
     from trainlint.runtime.smoke import (
         DEFAULT_STEPS,
         collect_other_ranks,
@@ -225,12 +225,22 @@ def _confirm(options: Options) -> int:
     except ImportError as exc:
         print(f"trainlint: confirm needs the linter API (trainlint.api): {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if type(exc).__name__ != "ConfigError":  # the linter's: a --select naming no rule, say
+            raise
+        print(f"trainlint: {exc}", file=sys.stderr)
+        return 2
     print(f"trainlint confirm: {script} on {device_description(result.original.device)}, seed {options.seed}")
     if not result.fixes.fixed:
         print("nothing to fix: trainlint found no fixable problem; the original run:")
     else:
         print(f"fixed in memory ({len(result.fixes.fixed)}):")
         for finding in result.fixes.fixed:
+            print(f"  {describe_finding(finding)}")
+    unsafe = [f for f in result.fixes.remaining if getattr(f.fix, "applicability", None) == "unsafe"]
+    if unsafe and not options.unsafe_fixes:
+        print(f"not applied ({len(unsafe)} unsafe fixes; add --unsafe-fixes to confirm them too):")
+        for finding in unsafe:
             print(f"  {describe_finding(finding)}")
     runs = {"original": result.original}
     if result.fixed:

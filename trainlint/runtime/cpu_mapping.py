@@ -24,10 +24,11 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-GPU_DIFFERENCE_NOTE = (
+FLOAT16_DIFFERENCE_NOTE = (
     "results may differ on a GPU: CPU float16 autocast casts fewer operations than CUDA's, and "
     "CPU kernels accumulate in float32 where some GPU kernels overflow in float16"
 )
+DEVICE_DIFFERENCE_NOTE = "results may differ on a GPU: CUDA kernels round differently from CPU kernels"
 
 
 def _is_cuda(device: Any) -> bool:
@@ -45,6 +46,8 @@ class _DevicesToCpu(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
+        if func is torch.device:  # naming a device is harmless (and process groups register
+            return func(*args, **kwargs)  # backends by name); using it for a tensor is mapped
         if func is torch.Tensor.cuda:
             self.counts["tensor.cuda()"] += 1
             return args[0].cpu()
@@ -117,4 +120,8 @@ class CudaOnCpu:
             mapped.append('GradScaler("cuda") ran as GradScaler("cpu")')
         if self.counts["tensor.cuda()"] or self.counts["device='cuda'"]:
             mapped.append('.cuda() and device "cuda" ran on the CPU')
-        return ["cpu mapping: " + "; ".join(mapped), GPU_DIFFERENCE_NOTE]
+        mixed_precision = bool(autocast) or bool(self.counts["GradScaler"])
+        return [
+            "cpu mapping: " + "; ".join(mapped),
+            FLOAT16_DIFFERENCE_NOTE if mixed_precision else DEVICE_DIFFERENCE_NOTE,
+        ]

@@ -96,7 +96,7 @@ class Record:
     notes: list[str] = field(default_factory=list)  # e.g. how CUDA code was mapped to the CPU
 
     def to_json(self) -> dict[str, Any]:
-        return _finite_or_none(asdict(self))
+        return json_safe(asdict(self))
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Record:
@@ -111,14 +111,14 @@ class Record:
         return cls(**data)
 
 
-def _finite_or_none(value: Any) -> Any:
-    """JSON has no NaN or Infinity: write them as strings a reader can turn back into floats."""
+def json_safe(value: Any) -> Any:
+    """JSON has no NaN or Infinity: write them as strings ("nan", "inf") that float() reads."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite_or_none(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -143,34 +143,40 @@ def _tensor_norms(tensors: Sequence[torch.Tensor]) -> _TensorStats | None:
 
     Tensors are grouped by device and dtype and each group goes through the fused
     ``torch._foreach_norm``; float16/bfloat16 groups are reduced in float32 so that a large but
-    finite gradient is not reported as an overflow.
+    finite gradient is not reported as an overflow. Called under ``torch.no_grad()``.
     """
     if not tensors:
         return None
+    first = tensors[0]
+    dtype, device = first.dtype, first.device
+    if all(t.dtype == dtype and t.device == device and not t.is_sparse for t in tensors):
+        # The common case, one group: no Python work per tensor beyond this check.
+        stacked = torch.stack(_group_norms(list(tensors), first.device, first.dtype))
+        return _TensorStats(total=torch.linalg.vector_norm(stacked, 2.0), per_tensor=stacked)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, t in enumerate(tensors):
         groups.setdefault((t.device, t.dtype), []).append(i)
-    first_device = tensors[0].device
     ordered: list[int] = []
     norms: list[torch.Tensor] = []
     for (device, dtype), indices in groups.items():
-        members = [_dense(tensors[i]) for i in indices]
-        low = torch.float32 if dtype in _LOW_PRECISION else None
-        if device.type in ("cpu", "cuda") and all(not t.is_sparse for t in members):
-            norms.extend(torch._foreach_norm(members, 2.0, dtype=low))
-        else:
-            norms.extend(torch.linalg.vector_norm(t, 2.0, dtype=low) for t in members)
+        norms.extend(_group_norms([_dense(tensors[i]) for i in indices], device, dtype))
         ordered.extend(indices)
-    stacked = torch.stack([n.to(first_device) for n in norms])
+    stacked = torch.stack([n.to(first.device) for n in norms])
     total = torch.linalg.vector_norm(stacked, 2.0)
-    if len(groups) > 1:  # back into the caller's order
-        position = {index: k for k, index in enumerate(ordered)}
-        stacked = stacked[[position[i] for i in range(len(tensors))]]
+    position = {index: k for k, index in enumerate(ordered)}
+    stacked = stacked[[position[i] for i in range(len(tensors))]]  # back into the caller's order
     return _TensorStats(total=total, per_tensor=stacked)
 
 
+def _group_norms(members: list[torch.Tensor], device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+    low = torch.float32 if dtype in _LOW_PRECISION else None
+    if device.type in ("cpu", "cuda"):
+        return list(torch._foreach_norm(members, 2.0, dtype=low))
+    return [torch.linalg.vector_norm(t, 2.0, dtype=low) for t in members]
+
+
 def _dense(t: torch.Tensor) -> torch.Tensor:
-    return t.coalesce().values() if t.is_sparse else t.detach()
+    return t.coalesce().values() if t.is_sparse else t
 
 
 def _params_of(optimizer: Optimizer) -> list[torch.Tensor]:
@@ -183,7 +189,7 @@ class _PendingStep:
 
     index: int
     optimizer: int
-    losses: list[torch.Tensor]
+    loss: torch.Tensor | None
     grads: _TensorStats | None
     params: _TensorStats | None
     scale: torch.Tensor | None
@@ -195,7 +201,7 @@ def _flush(pending: list[_PendingStep]) -> list[StepRecord]:
     """Copy a batch of steps to the host: one stack and one copy per kind of number."""
     if not pending:
         return []
-    losses = _to_host([_mean(p.losses) for p in pending])
+    losses = _to_host([p.loss for p in pending])
     grad_totals = _to_host([p.grads.total if p.grads else None for p in pending])
     grad_vectors = _to_host_vectors([p.grads.per_tensor if p.grads else None for p in pending])
     param_vectors = _to_host_vectors([p.params.per_tensor if p.params else None for p in pending])
@@ -222,14 +228,6 @@ def _flush(pending: list[_PendingStep]) -> list[StepRecord]:
     return records
 
 
-def _mean(losses: list[torch.Tensor]) -> torch.Tensor | None:
-    if not losses:
-        return None
-    if len(losses) == 1:
-        return losses[0]
-    return torch.stack([l.to(losses[0].device, torch.float32) for l in losses]).mean()
-
-
 def _to_host(values: list[torch.Tensor | None]) -> list[float | None]:
     present = [(k, v) for k, v in enumerate(values) if v is not None]
     out: list[float | None] = [None] * len(values)
@@ -253,7 +251,8 @@ def _to_host_vectors(values: list[torch.Tensor | None]) -> list[list[float]]:
         if v is None:
             out.append([])
             continue
-        out.append(flat[offset : offset + v.numel()])
+        end = offset + v.numel()
+        out.append(flat[offset:end])
         offset += v.numel()
     return out
 
@@ -281,7 +280,8 @@ class Monitor:
 
     ``max_steps`` ends the watched code (by raising :class:`StopRun` from the hook that completes
     the step) once every optimizer that has stepped has made that many steps; ``max_backward``
-    does the same after that many backward calls, for loops that never reach the optimizer.
+    does the same after that many backward calls in a row without an optimizer step, for loops
+    that stop reaching the optimizer (gradient accumulation steps long before that).
     """
 
     def __init__(
@@ -298,7 +298,10 @@ class Monitor:
         self.check_params = check_params
         self._record = Record()
         self._pending: list[_PendingStep] = []
-        self._pending_losses: list[torch.Tensor] = []
+        # Losses since the last step, as a running sum on the device: gradient accumulation over
+        # many micro-batches costs one add per backward and no growing list.
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_count = 0
         self._backward_losses: list[torch.Tensor] = []
         self._backward_since_step = 0
         self._optimizer_ids: weakref.WeakKeyDictionary[Optimizer, int] = weakref.WeakKeyDictionary()
@@ -445,14 +448,31 @@ class Monitor:
         return backward
 
     def _before_backward(self, tensors: Any) -> None:
-        if self.max_backward is not None and self._record.backward_calls >= self.max_backward:
-            raise StopRun(f"stopped after {self.max_backward} backward calls")
+        if self.max_backward is not None and self._backward_since_step >= self.max_backward:
+            raise StopRun(f"stopped after {self.max_backward} backward calls without an optimizer step")
         self._record.backward_calls += 1
         self._backward_since_step += 1
         loss = self._visible_loss(tensors)
         if loss is not None:
-            self._pending_losses.append(loss)
+            self._add_loss(loss)
             self._backward_losses.append(loss)
+            if len(self._backward_losses) >= self.sync_every:
+                self._sync()
+
+    def _add_loss(self, loss: torch.Tensor) -> None:
+        if self._loss_sum is None:
+            self._loss_sum = loss.to(torch.float32)
+        else:
+            self._loss_sum = self._loss_sum + loss.to(self._loss_sum.device, torch.float32)
+        self._loss_count += 1
+
+    def _take_loss(self) -> torch.Tensor | None:
+        """The mean loss since the previous step (None if none was seen); starts a new sum."""
+        total, count = self._loss_sum, self._loss_count
+        self._loss_sum, self._loss_count = None, 0
+        if total is None:
+            return None
+        return total if count == 1 else total / count
 
     def _visible_loss(self, tensors: Any) -> torch.Tensor | None:
         if not isinstance(tensors, torch.Tensor) or tensors.numel() != 1 or not tensors.is_floating_point():
@@ -497,7 +517,7 @@ class Monitor:
         def step(scaler: GradScaler, optimizer: Optimizer, *args: Any, **kwargs: Any) -> Any:
             if id(optimizer) in self._scaler_steps:  # a scaler inside a scaler: let it through
                 return original(scaler, optimizer, *args, **kwargs)
-            scale = scaler._scale if scaler.is_enabled() else None
+            scale = getattr(scaler, "_scale", None) if scaler.is_enabled() else None
             state = _ScalerStepState(scale=None if scale is None else scale.detach().clone())
             self._scaler_steps[id(optimizer)] = state
             try:
@@ -549,7 +569,7 @@ class Monitor:
             _PendingStep(
                 index=self.steps_taken,
                 optimizer=which,
-                losses=self._pending_losses,
+                loss=self._take_loss(),
                 grads=grads,
                 params=params,
                 scale=scale,
@@ -557,7 +577,6 @@ class Monitor:
                 backward_calls=self._backward_since_step,
             )
         )
-        self._pending_losses = []
         self._backward_since_step = 0
         self._steps_per_optimizer[which] = self._steps_per_optimizer.get(which, 0) + 1
         if len(self._pending) >= self.sync_every:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainlint.runtime.monitor import Record, StepRecord
+from trainlint.runtime.monitor import Record, StepRecord, json_safe
 
 # More than this fraction of steps skipped by the GradScaler is not the warm-up it does when its
 # initial scale is too high (a handful of steps), it is a scale that never settles.
@@ -65,17 +65,7 @@ class HealthReport:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["steps_applied"] = self.steps_applied
-        return _json_safe(data)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
+        return json_safe(data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,15 +112,14 @@ def summarize(record: Record) -> HealthReport:
 
 
 def _loss_ends(losses: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean of the first few finite losses, and of the last few as they are (NaN stays NaN).
-
-    A few, not one, so that one noisy minibatch does not decide whether the loss fell.
+    """The first finite loss (before any update: the same in runs with the same seed and data),
+    and the mean of the last few as they are (NaN stays NaN; a few, so that one noisy minibatch
+    does not decide whether the loss fell).
     """
     if not losses:
         return None, None
     k = max(1, min(5, len(losses) // 20))
-    finite = [v for v in losses if math.isfinite(v)]
-    first = statistics.fmean(finite[:k]) if finite else None
+    first = next((v for v in losses if math.isfinite(v)), None)
     tail = losses[-k:]
     last = statistics.fmean(tail) if all(math.isfinite(v) for v in tail) else math.nan
     return first, last
@@ -191,7 +180,9 @@ def _warnings(report: HealthReport, record: Record) -> list[str]:
     warnings = []
     if report.spikes:
         shown = ", ".join(str(i) for i in report.spikes[:5]) + (", ..." if len(report.spikes) > 5 else "")
-        warnings.append(f"{len(report.spikes)} gradient-norm spikes (>{SPIKE_FACTOR:g}x the running median) at steps {shown}")
+        warnings.append(
+            f"{len(report.spikes)} gradient-norm spikes (>{SPIKE_FACTOR:g}x the running median) at steps {shown}"
+        )
     if any(not s.enabled for s in record.scalers):
         warnings.append("a GradScaler was created disabled: it neither scales nor skips")
     stepped = {s.optimizer for s in record.steps}
@@ -224,17 +215,22 @@ def report_rows(report: HealthReport) -> list[tuple[str, str]]:
     if report.loss_first is not None:
         trend = {True: "fell", False: "did not fall", None: ""}[report.loss_fell]
         loss = f"{format_number(report.loss_first)} -> {format_number(report.loss_last)} {trend}".rstrip()
+    skipped = f"{report.steps_skipped}/{report.steps_run}" if report.scaler_used else "no GradScaler"
+    scale = "-"
+    if report.scale_first is not None:
+        scale = f"{format_number(report.scale_first)} -> {format_number(report.scale_last)}"
+    bad_weights = report.first_nonfinite_weights_step
     return [
         ("verdict", report.verdict),
         ("exception", _clip(report.exception or "-", 60)),
         ("backward passes", str(report.iterations)),
         ("optimizer steps", f"{report.steps_applied} applied / {report.steps_run}"),
-        ("skipped by GradScaler", f"{report.steps_skipped}/{report.steps_run}" if report.scaler_used else "no GradScaler"),
-        ("loss scale", f"{format_number(report.scale_first)} -> {format_number(report.scale_last)}" if report.scale_first else "-"),
+        ("skipped by GradScaler", skipped),
+        ("loss scale", scale),
         ("loss", loss),
         ("non-finite losses", str(report.nonfinite_losses)),
         ("steps, non-finite grads", f"{report.nonfinite_grad_steps} ({report.nonfinite_grad_steps_applied} applied)"),
-        ("non-finite weights", "-" if report.first_nonfinite_weights_step is None else f"from step {report.first_nonfinite_weights_step}"),
+        ("non-finite weights", "-" if bad_weights is None else f"from step {bad_weights}"),
         ("grad norm p50/p90/p99", "/".join(format_number(g[k]) for k in ("p50", "p90", "p99"))),
         ("grad norm max", format_number(g["max"])),
         ("first layer grad (median)", format_number(report.first_layer_grad)),
@@ -315,5 +311,7 @@ def _plot_run(loss_ax: Any, norm_ax: Any, title: str, record: Record) -> None:
         norm_ax.set_yscale("log")
     for k in skipped:
         norm_ax.axvline(k, color="red", alpha=0.25, lw=1)
+    if not record.steps:
+        norm_ax.text(0.5, 0.5, "no optimizer step", transform=norm_ax.transAxes, ha="center", va="center")
     norm_ax.set_title(f"{title}: gradient norm")
     norm_ax.set_xlabel("optimizer step")

@@ -15,11 +15,12 @@ import linecache
 import os
 import random
 import sys
+import sysconfig
 import tempfile
 import time
 import types
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,14 +89,12 @@ def run_script(
         raise UsageError(f"no such script: {script}")
     device = resolve_device(device)
     if max_backward is None and steps is not None:
-        max_backward = max(100, 20 * steps)  # ends loops that never reach the optimizer
+        max_backward = max(100, 20 * steps)  # ends loops that stop reaching the optimizer
     replaced = {Path(p).resolve(): text for p, text in (sources or {}).items()}
     monitor = Monitor(max_steps=steps, max_backward=max_backward)
     with _isolated_process_state(script, args, seed, threads), _source_overrides(replaced):
         mapping = CudaOnCpu() if device == "cpu" else None
-        with ExitStack() as stack:
-            if mapping is not None:
-                stack.enter_context(mapping)
+        with mapping or nullcontext():
             _execute(script, replaced.get(script), monitor)
         for note in mapping.notes() if mapping else []:
             monitor.note(note)
@@ -116,9 +115,9 @@ def _execute(script: Path, text: str | None, monitor: Monitor) -> None:
     source = script.read_text() if text is None else text
     module = types.ModuleType("__main__")
     module.__file__ = str(script)
-    module.__builtins__ = __builtins__  # type: ignore[attr-defined]
     saved_main = sys.modules.get("__main__")
     sys.modules["__main__"] = module
+    group_before = _process_group_initialized()
     monitor.start()
     try:
         code = compile(source, str(script), "exec")
@@ -134,16 +133,15 @@ def _execute(script: Path, text: str | None, monitor: Monitor) -> None:
         monitor.stop(exc)
     finally:
         monitor.stop()
-        _close_process_group()
+        if not group_before and _process_group_initialized():
+            # A run stopped after N steps never reaches the script's destroy_process_group().
+            torch.distributed.destroy_process_group()
         if saved_main is not None:
             sys.modules["__main__"] = saved_main
 
 
-def _close_process_group() -> None:
-    """A run stopped after N steps never reaches the script's own destroy_process_group()."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def _process_group_initialized() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 @contextmanager
@@ -190,10 +188,23 @@ def _seed_numpy(seed: int) -> None:
 
 
 def _forget_local_modules(before: set[str], root: Path) -> None:
+    """Drop the modules of the user's project that the run imported, so the next run re-imports
+    them (possibly fixed); never those of the environment (a venv may live inside the project)."""
+    environment = _environment_paths()
     for name in set(sys.modules) - before:
         file = getattr(sys.modules[name], "__file__", None)
-        if file and Path(file).resolve().is_relative_to(root):
+        if not file:
+            continue
+        path = Path(file).resolve()
+        if path.is_relative_to(root) and not any(path.is_relative_to(e) for e in environment):
             del sys.modules[name]
+
+
+def _environment_paths() -> list[Path]:
+    """Where the interpreter, the installed packages and trainlint itself live."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sysconfig.get_paths().values()}
+    paths.add(str(Path(__file__).resolve().parents[1]))  # the trainlint package
+    return [Path(p).resolve() for p in paths if p]
 
 
 class _TextLoader(importlib.abc.SourceLoader):

@@ -2,11 +2,10 @@
 
 A logistic loss written as ``-log(sigmoid(margin))``: for a confidently wrong model (margins
 around -120) sigmoid underflows to exactly 0 in float32, log gives -Inf and the gradients are
-NaN. The fix rewrites to ``F.logsigmoid``.
+NaN. The fix rewrites to ``logsigmoid``.
 """
 
 import torch
-import torch.nn.functional as F
 
 CONFIRM = {
     "rules": ["TL203"],
