@@ -37,7 +37,7 @@ from trainlint.source import SourceError, SourceText
 
 def python_files(directory: Path) -> list[Path]:
     """The files trainlint lints under the directory (its discovery, default excludes)."""
-    return [t.path for t in discover([str(directory)], Settings(root=directory))]
+    return [t.path for t in discover([str(directory)], Settings(root=directory)) if not (t.missing or t.problem)]
 
 
 def bare_parse_seconds(texts: list[str]) -> float:
@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="best of N for each measurement")
     args = parser.parse_args(argv)
     directory = args.directory.resolve()
+    if not directory.is_dir():
+        parser.error(f"{args.directory}: not a directory")
 
     files = python_files(directory)
     texts = read_texts(files)

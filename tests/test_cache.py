@@ -137,3 +137,28 @@ def test_a_pre_commit_style_rerun_over_a_subset_keeps_other_entries(tmp_path: Pa
     concise(tmp_path, "a.py")  # as pre-commit does, with only the staged file
     entries = json.loads(cache_files(tmp_path)[0].read_text())["files"]
     assert {Path(p).name for p in entries} == {"a.py", "b.py"}
+
+
+def test_a_changed_trainlint_invalidates_the_cache(tmp_path: Path, monkeypatch) -> None:
+    """Entries made by other code (a rule edited in a development install, same version number)
+    are not used."""
+    from trainlint import runner
+    from trainlint.config import Settings
+    from trainlint.discovery import discover
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.py").write_text(AMP_VIDEO, encoding="utf-8")
+    settings = Settings(root=tmp_path)
+
+    def messages() -> list[str]:
+        result = runner.run(discover(["."], settings), settings, runner.RunOptions(jobs=1), [tmp_path])
+        return [f.message for f in result.findings]
+
+    real = messages()
+    [cache] = cache_files(tmp_path)
+    data = json.loads(cache.read_text(encoding="utf-8"))
+    next(iter(data["files"].values()))["findings"][0]["message"] = "STALE"
+    cache.write_text(json.dumps(data), encoding="utf-8")
+    assert messages() == ["STALE"]
+    monkeypatch.setattr(runner, "_code_fingerprint", lambda: "other code")
+    assert messages() == real

@@ -176,8 +176,9 @@ def test_stdin_that_cannot_be_decoded(project: Path, monkeypatch, capsys) -> Non
 
 
 def _generate(root: Path, count: int) -> dict[str, int]:
-    """count files in 10 packages: every 10th has TL108, every 50th a syntax error, the rest are
-    clean torch code; returns the expected number of findings per code."""
+    """count files in 10 packages: every 10th has TL108, every 50th a syntax error, a fifth are
+    clean torch code and the rest plain Python that never mentions torch (skipped before
+    parsing, as in a real repository's utility modules); returns the expected findings per code."""
     source = AMP_VIDEO.read_text(encoding="utf-8")
     fixed = source.replace('torch.autocast("cuda")', 'torch.autocast("cuda", dtype=torch.bfloat16)')
     expected = {"TL108": 0, "TL001": 0}
@@ -188,10 +189,12 @@ def _generate(root: Path, count: int) -> dict[str, int]:
             text, code = "import torch\nx = (\n", "TL001"
         elif index % 10 == 3:
             text, code = source, "TL108"
-        elif index % 2:
+        elif index % 10 == 5:
             text, code = fixed, None
-        else:
+        elif index % 10 == 9:
             text, code = f"import torch\n\n\ndef f{index}(x):\n    return torch.relu(x) * {index}\n", None
+        else:
+            text, code = f"import os\n\n\ndef path{index}(name):\n    return os.path.join('data', name)\n", None
         (package / f"m{index:04}.py").write_text(text, encoding="utf-8")
         if code:
             expected[code] += 1

@@ -485,3 +485,21 @@ def test_a_counter_reset_under_a_gradient_check_holds_no_gradients() -> None:
     )
     inspections = step.of_kind(K.GRAD_INSPECT)
     assert len(inspections) == 1  # `torch.isfinite(norm)`, not `count == accum`
+
+
+def test_nan_tests_are_scale_invariant_inspections() -> None:
+    _, step = only_step(
+        """
+        import torch
+
+        def train(model, loader, opt, scaler, log):
+            for x in loader:
+                scaler.scale(model(x)).backward()
+                if torch.isnan(next(model.parameters()).grad).any():
+                    log("nan")
+                log(max(p.grad.abs().max() for p in model.parameters()))
+                scaler.step(opt)
+                scaler.update()
+        """
+    )
+    assert [e.scale_invariant for e in step.of_kind(K.GRAD_INSPECT)] == [True, False]

@@ -214,17 +214,21 @@ def _report(
     findings = result.findings
     fixed = result.fixed
 
+    read: dict[str, SourceText | None] = {
+        file.display: SourceText(file.fixed_text) for file in result.files if file.fixed_text is not None
+    }
+
     def sources(path: str) -> SourceText | None:
+        """The text a finding's line is shown from: what was written by --fix, else the file."""
         if stdin_text is not None:
             return stdin_text
-        for file in result.files:
-            if file.display == path and file.fixed_text is not None:
-                return SourceText(file.fixed_text)
-        target = targets.get(path)
-        try:
-            return SourceText.from_bytes(target.path.read_bytes()) if target else None
-        except (OSError, SourceError):
-            return None
+        if path not in read:
+            target = targets.get(path)
+            try:
+                read[path] = SourceText.from_bytes(target.path.read_bytes()) if target else None
+            except (OSError, SourceError):
+                read[path] = None
+        return read[path]
 
     machine = args.output_format in output.MACHINE_FORMATS
     if args.statistics and not machine:

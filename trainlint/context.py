@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from trainlint.rule import Rule
 
 N = TypeVar("N", bound=cst.CSTNode)
+_POSITION_RECURSION_LIMIT = 20_000
 A = TypeVar("A")
 
 # Fields that hold only whitespace, comments or punctuation: the walk skips them, which makes it
@@ -145,8 +147,15 @@ class FileContext:
     # -- positions (computed only for files that report something) ---------------------------
     @cached_property
     def _positions(self) -> Mapping[cst.CSTNode, CodeRange]:
-        wrapper = MetadataWrapper(self.module, unsafe_skip_copy=True)
-        return wrapper.resolve(PositionProvider)
+        # LibCST computes positions by recursive code generation: a few frames per level of
+        # nesting, so a long chain such as `a + a + ... + a` (hundreds of terms, which the parser
+        # accepts) needs more than Python's default 1000 frames.
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, _POSITION_RECURSION_LIMIT))
+        try:
+            return MetadataWrapper(self.module, unsafe_skip_copy=True).resolve(PositionProvider)
+        finally:
+            sys.setrecursionlimit(limit)
 
     def range(self, node: cst.CSTNode) -> CodeRange:
         return self._positions[node]

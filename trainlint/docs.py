@@ -29,6 +29,10 @@ def _evidence_rows(code: str) -> list[dict[str, str]]:
         return []
 
 
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def render_page(rule: type[Rule]) -> str:
     enabled = "yes" if rule.default_enabled else "no (enable with `extend-select`)"
     lines = [
@@ -58,13 +62,14 @@ def render_page(rule: type[Rule]) -> str:
         lines += [
             "## Confirmed at runtime",
             "",
-            "`trainlint confirm --examples " + rule.code + "` ran this rule's example as written and as fixed:",
+            "`trainlint confirm --examples " + rule.code + "` ran the example as written and as fixed by"
+            " trainlint, with the same seed and data:",
             "",
-            "| device | torch | date | original | fixed | confirmed |",
-            "|---|---|---|---|---|---|",
+            "| device | torch | date | example | original | fixed | result |",
+            "|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r['device']} | {r['torch']} | {r['date']} | {r['original']} | {r['fixed']} | {r['confirmed']} |"
+            "| " + " | ".join(_cell(r[key]) for key in ("device", "torch", "date", "example", "original", "fixed", "confirmed")) + " |"
             for r in rows
         ]
         lines.append("")

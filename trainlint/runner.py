@@ -61,6 +61,20 @@ def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def _code_fingerprint() -> str:
+    """The installed trainlint's own modules (path, size, mtime): a rule edited in a development
+    install invalidates the cache even though the version number did not change."""
+    package = Path(__file__).resolve().parent
+    stamps = []
+    for path in sorted(package.rglob("*.py")):
+        try:
+            status = path.stat()
+        except OSError:
+            continue
+        stamps.append(f"{path.relative_to(package).as_posix()}:{status.st_size}:{status.st_mtime_ns}")
+    return _digest("\n".join(stamps).encode())
+
+
 class Cache:
     """Per-file results keyed by content, trainlint's version and the effective configuration,
     plus the digests of the local modules each answer read (the project index's dependencies).
@@ -70,9 +84,10 @@ class Cache:
         self.path = settings.cache_path / f"v{__version__}-{settings.digest()}.json"
         self.entries: dict[str, Any] = {}
         self._dependency_digests: dict[str, str | None] = {}
+        self.code = _code_fingerprint()
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-            if data.get("version") == __version__:
+            if data.get("version") == __version__ and data.get("code") == self.code:
                 self.entries = data["files"]
         except (OSError, ValueError, KeyError, TypeError):
             self.entries = {}
@@ -112,7 +127,8 @@ class Cache:
             if not gitignore.exists():
                 gitignore.write_text("# Created by trainlint\n*\n", encoding="utf-8")
             temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
-            temporary.write_text(json.dumps({"version": __version__, "files": self.entries}), encoding="utf-8")
+            document = {"version": __version__, "code": self.code, "files": self.entries}
+            temporary.write_text(json.dumps(document), encoding="utf-8")
             os.replace(temporary, self.path)
         except OSError:
             pass  # a cache that cannot be written only costs time

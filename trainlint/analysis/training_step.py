@@ -20,7 +20,7 @@ rules stay quiet about it.
 
 API (stable; extended, never renamed): ``EventKind``, ``StepEvent``, ``SkipGuard``,
 ``ScalerInfo``, ``OptimizerInfo``, ``TrainingStep``, ``TrainingSteps`` (``ctx.get(TrainingSteps)``),
-and for fixes ``unscale_insertion`` and ``removal_edit``.
+and for fixes ``unscale_insertion``, ``statement_in_step`` and ``removal_edit``.
 """
 
 from __future__ import annotations
@@ -163,6 +163,9 @@ class StepEvent:
     local_statement: cst.CSTNode | None = None  # the statement holding `node`, in whatever function holds it
     guard: SkipGuard | None = None  # for SKIP: what its enclosing `if` tests look at
     skip_keyword: str | None = None  # for SKIP: "continue" | "return" | "break"
+    # for GRAD_INSPECT: a NaN/Inf test, whose verdict is the same before and after unscaling
+    # (only acting on it, by skipping or zeroing, goes behind the scaler's back)
+    scale_invariant: bool = False
 
     @property
     def anchor(self) -> cst.CSTNode:
@@ -1076,7 +1079,8 @@ class _Builder:
             elif not inspected and self._holds_grads(node, grad_names):
                 use = self.module.value_use(node, self.function)
                 if use is not None:
-                    items.append(self.event(EventKind.GRAD_INSPECT, use, target=node))  # type: ignore[arg-type]
+                    invariant = isinstance(use, cst.Call) and _call_name(use) in _FINITENESS_CALLS
+                    items.append(self.event(EventKind.GRAD_INSPECT, use, target=node, scale_invariant=invariant))  # type: ignore[arg-type]
                     inspected = True
         return items
 
@@ -1488,6 +1492,19 @@ def removal_edit(ctx: FileContext, statement: cst.CSTNode) -> Edit | None:
     return ctx.remove(statement)
 
 
+def statement_in_step(ctx: FileContext, step: TrainingStep, event: StepEvent) -> cst.CSTNode:
+    """The statement of the step's own block that holds the event: a line inside a loop of the
+    step (``for p in model.parameters():``) gives that loop, so code inserted before it runs
+    once per step, not once per parameter."""
+    outermost = event.statement
+    for ancestor in ctx.ancestors(event.statement):
+        if ancestor is step.loop or ancestor is step.function:
+            break
+        if isinstance(ancestor, (cst.For, cst.While)):
+            outermost = ancestor
+    return outermost
+
+
 def _calls_anything(expr: cst.BaseExpression) -> bool:
     return isinstance(expr, cst.Call) or any(isinstance(n, cst.Call) for n in _descendants(expr))
 
@@ -1504,18 +1521,16 @@ def unscale_insertion(step: TrainingStep, at: StepEvent, scaler: str, optimizer:
     removals: dict[int, StepEvent] = {}
     for path in step.paths():
         position = next((i for i, e in enumerate(path) if e is at), None)
-        later = [e for e in path[position + 1 :]] if position is not None else path
-        redundant = [e for e in later if _unscales(e, scaler, optimizer)]
         if position is None:
-            if any(id(e) in removals for e in redundant):
-                return None
             continue
+        later = path[position + 1 :]
         if any(_unscales(e, scaler, optimizer) for e in _since_update(path[:position], scaler)):
             return None
         if not _reaches_update_or_checked_skip(later, scaler):
             return None
-        for event in redundant:
-            removals[id(event)] = event
+        for event in later:
+            if _unscales(event, scaler, optimizer):
+                removals[id(event)] = event
     for path in step.paths():  # a removed call must never run without ``at`` before it
         seen_at = False
         for event in path:

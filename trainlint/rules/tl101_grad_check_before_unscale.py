@@ -10,6 +10,7 @@ from trainlint.analysis.training_step import (
     TrainingStep,
     TrainingSteps,
     removal_edit,
+    statement_in_step,
     unscale_insertion,
 )
 from trainlint.context import FileContext
@@ -25,7 +26,9 @@ class GradCheckBeforeUnscale(Rule):
     Finds code that reads gradient values (a NaN/Inf check such as `torch.isnan(p.grad)`, a
     gradient norm, a threshold on it, logging of gradient values, a helper of the same module
     that does any of these) after `scaler.scale(loss).backward()` and before
-    `scaler.unscale_(optimizer)` on some path through the step.
+    `scaler.unscale_(optimizer)` on some path through the step. A NaN/Inf test there is reported
+    only when the step is skipped (`continue`, `return`) or its gradients zeroed before the
+    `unscale_`: a test that only warns gives the same verdict at any scale.
 
     ## Why is this bad?
     `scaler.scale(loss)` multiplies the loss by the current scale, 65536 (2**16) at the start, so
@@ -38,10 +41,12 @@ class GradCheckBeforeUnscale(Rule):
 
     The fix calls `scaler.unscale_(optimizer)` right after the backward and removes the later
     `unscale_` of the same optimizer in that step, so everything after the backward sees true
-    gradients; `scaler.step()` then knows the gradients are already unscaled. It is offered only
+    gradients; `scaler.step()` then knows the gradients are already unscaled. That is safe only
     when every path through the backward goes on to `scaler.update()` or to a skip on a NaN/Inf
-    or gradient check (which TL109 completes with `scaler.update()`): under gradient
-    accumulation an `unscale_` on every micro-batch would raise at the second one.
+    or gradient check (which TL109 completes with `scaler.update()`). Under gradient
+    accumulation an `unscale_` on every micro-batch would raise at the second one, so there the
+    fix unscales right before the inspection instead, when the inspection runs only on the
+    micro-batch that steps; otherwise the finding comes without a fix.
 
     ## Evidence
     Measured on CPU with float16 autocast and a GradScaler: a norm guard on still-scaled
@@ -141,39 +146,66 @@ class GradCheckBeforeUnscale(Rule):
         optimizer = _optimizer_unscaled_next(step, backward)
         call = f"{scaler}.unscale_({optimizer or '...'})"
         what = ctx.code(inspection.anchor)
-        subject = f"`{what}` reads gradients" if len(what) <= 60 and "\n" not in what else "gradients are read"
-        message = (
-            f"{subject} before `{call}`: they still carry the loss scale (65536x at start), so magnitudes "
-            f"read that much too large and a skip taken here bypasses the scaler's own overflow handling"
-        )
-        fix = self._fix(ctx, step, backward, scaler, optimizer) if optimizer is not None else None
+        shown = f"`{what}`" if len(what) <= 60 and "\n" not in what else "this check"
+        if inspection.scale_invariant:
+            message = (
+                f"{shown} tests gradients for NaN/Inf before `{call}` and the step is skipped or zeroed on its verdict "
+                f"behind the scaler's back, so the scale never backs off and an overflowing run keeps overflowing"
+            )
+        else:
+            message = (
+                f"{shown} reads gradients before `{call}`: they still carry the loss scale (65536x at start), "
+                f"so a norm or threshold read here is that much too large"
+            )
+        fix = self._fix(ctx, step, backward, inspection, scaler, optimizer) if optimizer is not None else None
         return ctx.report(self, inspection.anchor, message, fix)
 
     @staticmethod
-    def _fix(ctx: FileContext, step: TrainingStep, backward: StepEvent, scaler: str, optimizer: str) -> Fix | None:
+    def _fix(
+        ctx: FileContext, step: TrainingStep, backward: StepEvent, inspection: StepEvent, scaler: str, optimizer: str
+    ) -> Fix | None:
+        """Unscale right after the backward; where that is not safe (gradient accumulation, whose
+        micro-batches must not unscale), right before the inspection when it is a statement of
+        the step itself and that is safe."""
+        call = f"{scaler}.unscale_({optimizer})"
         redundant = unscale_insertion(step, backward, scaler, optimizer)
+        if redundant is not None:
+            insertion = ctx.insert_after(backward.statement, call)
+            where = "right after the backward"
+        elif statement_in_step(ctx, step, inspection) is inspection.statement:  # not inside a loop of the step
+            redundant = unscale_insertion(step, inspection, scaler, optimizer)
+            insertion = ctx.insert_before(inspection.statement, call)
+            where = "before the gradients are read"
+        else:
+            return None
         if redundant is None or any(e.via_helper is not None for e in redundant):
             return None
-        call = f"{scaler}.unscale_({optimizer})"
-        edits = [ctx.insert_after(backward.statement, call)]
-        edits += [removal_edit(ctx, e.statement) for e in redundant]
-        return ctx.fix(edits, "safe", f"Call `{call}` right after the backward")
+        edits = [insertion, *(removal_edit(ctx, e.statement) for e in redundant)]
+        return ctx.fix(edits, "safe", f"Call `{call}` {where}")
 
 
 def _inspections_while_scaled(step: TrainingStep, backward: StepEvent) -> list[StepEvent]:
-    """Gradient inspections after this backward, before its gradients are unscaled or cleared."""
+    """Gradient inspections after this backward, before its gradients are unscaled or cleared.
+    A NaN/Inf test counts only when the step is skipped or zeroed before the unscale: its
+    verdict alone is the same on scaled gradients."""
     found: dict[int, StepEvent] = {}
     for path in step.paths():
         position = next((i for i, e in enumerate(path) if e is backward), None)
         if position is None:
             continue
+        tests: list[StepEvent] = []
         for event in path[position + 1 :]:
+            if event.kind in (EventKind.SKIP, EventKind.ZERO_GRAD):
+                found.update((id(t), t) for t in tests)  # acted on behind the scaler's back
             if event.kind in _WINDOW_ENDS and (event.scaler in (None, backward.scaler)):
                 break
             if event.kind is EventKind.SCALED_BACKWARD and event.scaler == backward.scaler:
                 break  # the next backward answers for what follows it
             if event.kind is EventKind.GRAD_INSPECT:
-                found[id(event)] = event
+                if event.scale_invariant:
+                    tests.append(event)
+                else:
+                    found[id(event)] = event
     return list(found.values())
 
 

@@ -209,7 +209,7 @@ class UnclippedExplodingStep(Rule):
         reported: set[cst.CSTNode] = set()
         clipping = _functions_that_clip(ctx)
         for step in ctx.get(TrainingSteps).steps:
-            if step.truncated or _may_clip_unseen(step, clipping) or _skips_large_gradients(step):
+            if _may_clip_unseen(step, clipping) or _skips_large_gradients(step):
                 continue
             for event in step.of_kind(*_STEP_KINDS):
                 if event.anchor in reported or event.scaler in step.uncertain_scalers or _clipped(ctx, step, event):
@@ -307,7 +307,7 @@ def _owner_layers(ctx: FileContext, structure: ModelStructure, function: cst.Fun
         if layers:
             return layers
     head, _, attr = owner.rpartition(".")
-    if not head or "." in attr:
+    if not head:
         return frozenset()
     for node in _expression_nodes(ctx, head, function):
         for built in structure.built_by(node):
@@ -361,11 +361,8 @@ def _is_finiteness_test(ctx: FileContext, node: cst.CSTNode) -> bool:
     for candidate in (node, *ctx.ancestors(node)):
         if isinstance(candidate, (cst.SimpleStatementLine, cst.BaseCompoundStatement)):
             return False
-        if isinstance(candidate, cst.Call):
-            func = candidate.func
-            name = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else ""
-            if name in _FINITENESS_TESTS:
-                return True
+        if isinstance(candidate, cst.Call) and _callee_name(candidate) in _FINITENESS_TESTS:
+            return True
     return False
 
 
@@ -410,7 +407,7 @@ def _functions_that_clip(ctx: FileContext) -> set[cst.FunctionDef | None]:
         func = call.func
         if ctx.qualified_name(func) in CLIP_FUNCTIONS:
             continue  # torch's own clips are CLIP events, matched to their optimizer
-        tail = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else ""
+        tail = _callee_name(call)
         # ``x.clip(0, 1)`` / ``torch.clip`` clip values, not gradients; a clamp counts on ``.grad``
         named_like_a_clip = "clip" in tail.lower() and tail not in ("clip", "clip_")
         clamps_grad = tail in ("clamp", "clamp_", "clip", "clip_") and isinstance(func, cst.Attribute) and (
@@ -575,3 +572,11 @@ def _short(ctx: FileContext, call: cst.CSTNode) -> str:
     if "\n" in code and isinstance(call, cst.Call):
         return f"{ctx.code(call.func)}(...)"
     return code
+
+
+def _callee_name(call: cst.Call) -> str:
+    """``clip_gradient`` for ``utils.clip_gradient(...)`` or ``clip_gradient(...)``; else ""."""
+    func = call.func
+    if isinstance(func, cst.Attribute):
+        return func.attr.value
+    return func.value if isinstance(func, cst.Name) else ""

@@ -107,9 +107,10 @@ class ClipAfterStep(Rule):
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
         for step in ctx.get(TrainingSteps).steps:
-            if step.truncated:
+            late_clips = list(_late_clips(step))
+            if step.truncated:  # known only once the paths were walked: some were left out
                 continue
-            for late in _late_clips(step):
+            for late in late_clips:
                 message = (
                     f"`{_short(ctx, late.clip.anchor)}` runs after `{_short(ctx, late.step.anchor)}` has "
                     "already used the gradients, so the update is never clipped"
@@ -147,6 +148,8 @@ def _step_before(step: TrainingStep, before: list[StepEvent], clip: StepEvent) -
         return None  # a scaler of unknown origin may clip or step in its own way
     if len(step.optimizers) <= 1:
         return last
+    if clip.optimizer is not None:  # the one optimizer built over exactly the clipped parameters
+        return last if clip.optimizer == last.optimizer else None
     clipped = _params_owner(clip.target)
     owner = _params_owner_of_optimizer(step, last.optimizer)
     return last if clipped is not None and clipped == owner else None

@@ -114,8 +114,11 @@ class GradientsNeverZeroed(Rule):
 
 
 def _message(ctx: FileContext, event: StepEvent) -> str:
+    called = ctx.code(event.anchor)
+    if "\n" in called and isinstance(event.anchor, cst.Call):
+        called = f"{ctx.code(event.anchor.func)}(...)"
     return (
-        f"`{ctx.code(event.anchor)}` runs every iteration but nothing in the loop zeroes the gradients, "
+        f"`{called}` runs every iteration but nothing in the loop zeroes the gradients, "
         "so each `backward()` adds to the last and step k uses the sum of k gradients"
     )
 
@@ -138,11 +141,19 @@ def _resets_gradients_otherwise(ctx: FileContext, step: TrainingStep, loop: _Loo
         if _mentions_grad_attribute(delete.target) and _inside_any(ctx, delete, scopes):
             return True
     for call in ctx.nodes.of(cst.Call):
-        func = call.func
-        tail = (func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else "").lower()
-        if "grad" in tail and any(word in tail for word in ("zero", "reset", "clear")) and _inside_any(ctx, call, scopes):
+        name = _callee_name(call).lower()
+        named_like_a_reset = "grad" in name and any(word in name for word in ("zero", "reset", "clear"))
+        if named_like_a_reset and _inside_any(ctx, call, scopes):
             return True
     return False
+
+
+def _callee_name(call: cst.Call) -> str:
+    """``clip_gradient`` for ``utils.clip_gradient(...)`` or ``clip_gradient(...)``; else ""."""
+    func = call.func
+    if isinstance(func, cst.Attribute):
+        return func.attr.value
+    return func.value if isinstance(func, cst.Name) else ""
 
 
 def _is_grad_attribute(target: cst.BaseExpression) -> bool:

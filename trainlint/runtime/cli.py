@@ -20,17 +20,21 @@ usage: trainlint smoke SCRIPT [ARGS...] [--steps N] [--device auto|cpu|cuda] [--
        trainlint confirm SCRIPT [ARGS...] [--steps N] [--device ...] [--seed S] [--threads T]
                        [--unsafe-fixes] [--select CODES] [--json PATH] [--png PATH]
        trainlint confirm --examples [CODES...] [--device ...] [--markdown PATH] [--json PATH]
+                       [--evidence PATH]
 
 smoke    run SCRIPT in this process under the monitor, stop after N optimizer steps (default 10)
          or when it ends, print its health report; exit 0 when healthy, 1 when not.
 confirm  fix SCRIPT and the local modules it imports in memory (files on disk are not touched),
          smoke-run the original and the fixed code with the same seed, print both reports.
          With --examples: confirm each rule's example; exit 0 when every one is confirmed or
-         not reproducible on this device.
+         not reproducible on this device. --evidence records each rule's row (device, torch,
+         date) in a JSON file such as trainlint/rules/evidence.json, which the rule pages show.
 --threads defaults to 1 (more threads on a busy machine made short runs 10-100x slower).
 """
 
-_VALUE_OPTIONS = {"--steps", "--device", "--seed", "--threads", "--json", "--png", "--select", "--markdown"}
+_VALUE_OPTIONS = {
+    "--steps", "--device", "--seed", "--threads", "--json", "--png", "--select", "--markdown", "--evidence",
+}
 _FLAG_OPTIONS = {"--unsafe-fixes", "--examples", "--help", "-h"}
 
 
@@ -46,6 +50,7 @@ class Options:
     json_path: Path | None = None
     png_path: Path | None = None
     markdown_path: Path | None = None
+    evidence_path: Path | None = None
     unsafe_fixes: bool = False
     select: list[str] | None = None
     examples: bool = False
@@ -104,6 +109,8 @@ def _set(options: Options, name: str, value: str) -> None:
             options.png_path = Path(value)
         elif name == "--markdown":
             options.markdown_path = Path(value)
+        elif name == "--evidence":
+            options.evidence_path = Path(value)
         elif name == "--select":
             options.select = [c.strip().upper() for c in value.split(",") if c.strip()]
         elif name == "--unsafe-fixes":
@@ -269,7 +276,40 @@ def _confirm_examples(options: Options) -> int:
         options.markdown_path.write_text(header + examples_table(results, markdown=True) + "\n")
     if options.json_path:
         options.json_path.write_text(json.dumps(_examples_json(results, device), indent=2) + "\n")
+    if options.evidence_path:
+        _record_evidence(options.evidence_path, results, device)
     return 0 if all(r.ok for r in results) else 1
+
+
+def _record_evidence(path: Path, results: list[Any], device: str) -> None:
+    """One row per rule and kind of device (cpu, cuda), replacing that device's earlier row."""
+    import datetime
+
+    import torch
+
+    from trainlint.runtime.confirm import describe
+    from trainlint.runtime.smoke import device_description
+
+    try:
+        evidence: dict[str, list[dict[str, str]]] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        evidence = {}
+    kind = device.split(":")[0]
+    for result in results:
+        row = {
+            "kind": kind,
+            "device": device_description(device),
+            "torch": torch.__version__,
+            "date": datetime.date.today().isoformat(),
+            "example": result.spec.name,
+            "original": describe(result.original.report, result.spec.original) if result.original else "-",
+            "fixed": describe(result.fixed.report, result.spec.fixed) if result.fixed else "-",
+            "confirmed": result.status + (f" ({result.detail})" if result.detail else ""),
+        }
+        for code in result.spec.rules:
+            rows = [r for r in evidence.get(code, []) if r.get("kind") != kind or r.get("example") != row["example"]]
+            evidence[code] = sorted([*rows, row], key=lambda r: (r["kind"], r["example"]))
+    path.write_text(json.dumps(dict(sorted(evidence.items())), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _examples_json(results: list[Any], device: str) -> dict[str, Any]:

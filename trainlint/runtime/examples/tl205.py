@@ -2,7 +2,8 @@
 
 cross_entropy applies its own log_softmax, so the model's output goes through softmax twice.
 With a confidently wrong model softmax is exactly one-hot, its Jacobian is exactly 0, and no
-gradient reaches the model: the loss stays at log(e + 3) = 1.74. The fix drops the softmax.
+gradient reaches the model (the gradient norm is exactly 0) and the loss does not move.
+The fix drops the softmax.
 """
 
 import torch

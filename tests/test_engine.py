@@ -1,0 +1,49 @@
+"""Engine behaviours that no single rule owns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from trainlint.api import lint_source
+from trainlint.config import Settings
+from trainlint.context import FileContext
+from trainlint.engine import Linter
+from trainlint.findings import Finding
+from trainlint.rule import _REGISTRY, Rule
+
+
+def test_a_long_expression_chain_is_positioned_not_an_internal_error() -> None:
+    chain = " + ".join(["a"] * 1500)
+    source = f"import torch\nx = torch.log(torch.softmax(a, dim=1)) + {chain}\n"
+    assert [(f.code, f.start.row, f.start.column) for f in lint_source(source, "deep.py")] == [("TL202", 2, 5)]
+
+
+def test_an_expression_too_deep_for_the_parser_is_one_syntax_finding() -> None:
+    chain = " + ".join(["a"] * 6000)
+    findings = lint_source(f"import torch\nx = {chain}\n", "deeper.py")
+    assert [f.code for f in findings] == ["TL001"]
+
+
+@pytest.fixture
+def broken_rule() -> Iterator[type[Rule]]:
+    class Broken(Rule):
+        """## What it does\nFails.\n## Why is this bad?\nIt is a test."""
+
+        code = "TL998"
+        name = "broken"
+        summary = "always raises"
+
+        def check(self, ctx: FileContext) -> Iterator[Finding]:
+            raise ValueError("boom")
+
+    yield Broken
+    del _REGISTRY["TL998"]
+
+
+def test_an_internal_error_names_the_rule_and_the_other_rules_still_run(broken_rule: type[Rule]) -> None:
+    linter = Linter(Settings(select=["TL998", "TL202"]))
+    findings = linter.lint("import torch\ny = torch.log(torch.softmax(x, dim=1))\n", "train.py")
+    assert [f.code for f in findings] == ["TL003", "TL202"]
+    assert "TL998 (broken)" in findings[0].message and "ValueError: boom" in findings[0].message
