@@ -503,3 +503,120 @@ def test_nan_tests_are_scale_invariant_inspections() -> None:
         """
     )
     assert [e.scale_invariant for e in step.of_kind(K.GRAD_INSPECT)] == [True, False]
+
+
+def test_opposite_comparisons_are_one_decision() -> None:
+    _, step = only_step(
+        """
+        def step(model, loss, opt, scaler, precision, modes):
+            if precision == "fp16":
+                scaler.scale(loss).backward()
+            elif "bf16" not in modes:
+                loss.backward()
+            if precision != "fp16":
+                opt.step()
+            else:
+                scaler.step(opt)
+                scaler.update()
+        """
+    )
+    assert path_kinds(step) == {
+        (K.SCALED_BACKWARD, K.SCALER_STEP, K.SCALER_UPDATE),
+        (K.BACKWARD, K.OPT_STEP),
+        (K.OPT_STEP,),
+    }
+
+
+def test_tests_that_call_are_not_matched() -> None:
+    _, step = only_step(
+        """
+        def step(model, loss, opt, scaler, ready):
+            if ready():
+                scaler.scale(loss).backward()
+            if not ready():
+                opt.step()
+        """
+    )
+    assert (K.SCALED_BACKWARD, K.OPT_STEP) in path_kinds(step)
+
+
+def test_a_helper_flag_of_its_own_is_not_the_callers() -> None:
+    _, step = only_step(
+        """
+        def _backward(loss, scaler):
+            found = loss.isnan()
+            if found:
+                return
+            scaler.scale(loss).backward()
+
+        def train(model, loader, opt, scaler, found):
+            for x in loader:
+                _backward(model(x), scaler)
+                if not found:
+                    scaler.step(opt)
+                    scaler.update()
+        """
+    )
+    assert (K.SCALER_STEP, K.SCALER_UPDATE) in path_kinds(step)  # the helper's `found`, then the caller's
+
+
+def test_truncated_is_known_before_paths_are_asked_for() -> None:
+    checks = "\n".join(f"    if flag{i}(x):\n        print(x.grad.norm())" for i in range(12))
+    _, step = only_step(f"def train(model, x, opt):\n    model(x).backward()\n{checks}\n    opt.step()\n")
+    assert step.truncated
+
+
+def test_autograd_backward_targets_the_loss() -> None:
+    ctx, step = only_step(
+        """
+        import torch
+
+        def train(model, x, opt):
+            loss = model(x)
+            torch.autograd.backward(tensors=loss)
+            opt.step()
+        """
+    )
+    (backward,) = step.of_kind(K.BACKWARD)
+    assert ctx.code(backward.target) == "loss"
+
+
+def test_replacing_or_deleting_grads_clears_them_but_rescaling_does_not() -> None:
+    ctx, step = only_step(
+        """
+        import torch
+
+        def train(model, loader, opt, world_size):
+            for x in loader:
+                model(x).backward()
+                for p in model.parameters():
+                    p.grad = p.grad / world_size
+                opt.step()
+                for p in model.parameters():
+                    p.grad = torch.zeros_like(p)
+                    del p.grad
+        """
+    )
+    assert [ctx.code(e.node) for e in step.of_kind(K.ZERO_GRAD)] == ["p.grad", "p.grad"]
+
+
+def test_optimizer_params_node_and_finiteness_of_inspections() -> None:
+    ctx, step = only_step(
+        """
+        import math
+        import torch
+
+        def train(model, loader):
+            opt = torch.optim.SGD(params=model.parameters(), lr=0.1)
+            for x in loader:
+                model(x).backward()
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                print(norm.item())
+                if not math.isfinite(norm.item()):
+                    continue
+                opt.step()
+        """
+    )
+    info = step.optimizers["opt"]
+    assert isinstance(info.params, cst.Call) and ctx.code(info.params) == info.params_code == "model.parameters()"
+    assert [e.tests_finiteness for e in step.of_kind(K.GRAD_INSPECT)] == [False, True]

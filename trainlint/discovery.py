@@ -51,9 +51,12 @@ def is_python_file(path: Path) -> bool:
 class _Excluder:
     def __init__(self, settings: Settings) -> None:
         self.root = settings.root.resolve()
-        self.patterns = [*settings.exclude, *settings.extend_exclude]
+        self.patterns = [p.rstrip("/") for p in (*settings.exclude, *settings.extend_exclude)]
+        self._names = {p for p in self.patterns if not any(c in p for c in "*?[/")}
+        self._globs = [p for p in self.patterns if p not in self._names]
         self.respect_gitignore = settings.respect_gitignore
         self._gitignores: dict[Path, pathspec.PathSpec | None] = {}
+        self._chains: dict[Path, list[tuple[Path, pathspec.PathSpec]]] = {}
 
     def _relative(self, path: Path) -> str | None:
         try:
@@ -62,9 +65,10 @@ class _Excluder:
             return None
 
     def by_pattern(self, path: Path) -> bool:
+        if path.name in self._names:  # most patterns are plain names: a set lookup
+            return True
         relative = self._relative(path)
-        for pattern in self.patterns:
-            pattern = pattern.rstrip("/")
+        for pattern in self._globs:
             if fnmatch(path.name, pattern):
                 return True
             if relative is not None and (fnmatch(relative, pattern) or relative == pattern):
@@ -84,18 +88,26 @@ class _Excluder:
             self._gitignores[directory] = spec
         return self._gitignores[directory]
 
+    def _specs_above(self, directory: Path) -> list[tuple[Path, pathspec.PathSpec]]:
+        """Each .gitignore from ``directory`` up to the top of its repository (the directory with
+        ``.git``), nearest first; computed once per directory."""
+        chain = self._chains.get(directory)
+        if chain is None:
+            spec = self._gitignore(directory)
+            chain = [(directory, spec)] if spec is not None else []
+            if not (directory / ".git").exists() and directory.parent != directory:
+                chain = chain + self._specs_above(directory.parent)
+            self._chains[directory] = chain
+        return chain
+
     def by_gitignore(self, path: Path, is_dir: bool) -> bool:
-        """Whether a .gitignore in the path's repository, from its top down, ignores it."""
+        """Whether a .gitignore in the path's repository ignores it."""
         if not self.respect_gitignore:
             return False
-        for directory in path.parents:
-            spec = self._gitignore(directory)
-            if spec is not None:
-                relative = path.relative_to(directory).as_posix() + ("/" if is_dir else "")
-                if spec.match_file(relative):
-                    return True
-            if (directory / ".git").exists():
-                break
+        for directory, spec in self._specs_above(path.parent):
+            relative = path.relative_to(directory).as_posix() + ("/" if is_dir else "")
+            if spec.match_file(relative):
+                return True
         return False
 
     def excluded(self, path: Path, is_dir: bool) -> bool:

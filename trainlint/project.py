@@ -217,7 +217,9 @@ class ProjectIndex:
             except OSError:
                 self._by_path[path] = None
                 return None
-            self._by_path[path] = summarize(name or module_name_for(path)[0], path, data)
+            # The name Python gives the file from its top-level package, whatever name the first
+            # lookup used: the summary (and its relative imports) must not depend on query order.
+            self._by_path[path] = summarize(module_name_for(path)[0], path, data)
         summary = self._by_path[path]
         if summary is not None:
             self.consulted[str(path)] = summary.digest

@@ -19,8 +19,11 @@ unknown call is *uncertain*: its events are listed, it is not in ``TrainingStep.
 rules stay quiet about it.
 
 API (stable; extended, never renamed): ``EventKind``, ``StepEvent``, ``SkipGuard``,
-``ScalerInfo``, ``OptimizerInfo``, ``TrainingStep``, ``TrainingSteps`` (``ctx.get(TrainingSteps)``),
-and for fixes ``unscale_insertion``, ``statement_in_step`` and ``removal_edit``.
+``ScalerInfo``, ``OptimizerInfo``, ``TrainingStep``, ``TrainingSteps`` (``ctx.get(TrainingSteps)``;
+``all_steps()`` includes the script's top-level loop), the kind sets ``BACKWARD_KINDS`` and
+``STEP_KINDS``, path facts ``backwards_feeding``, ``events_after``, ``clears_gradients_of``,
+``TrainingStep.paths_through``, ``in_helper`` for messages, and for fixes
+``unscale_insertion``, ``statement_in_step`` and ``removal_edit``.
 """
 
 from __future__ import annotations
@@ -54,13 +57,14 @@ class EventKind(Enum):
     SCALER_STEP = "scaler_step"  # scaler.step(opt)
     OPT_STEP = "opt_step"  # opt.step()
     SCALER_UPDATE = "scaler_update"  # scaler.update()
-    ZERO_GRAD = "zero_grad"  # opt.zero_grad(), model.zero_grad(), p.grad = None, p.grad.zero_()
+    ZERO_GRAD = "zero_grad"  # opt.zero_grad(), model.zero_grad(), p.grad.zero_(), p.grad = None / a fresh value, del p.grad
     SKIP = "skip"  # continue / return / break that leaves the rest of the step
 
 
 # A function holding one of these itself (not through a helper) is a TrainingStep.
 CORE_KINDS = frozenset({EventKind.BACKWARD, EventKind.SCALED_BACKWARD, EventKind.OPT_STEP, EventKind.SCALER_STEP})
 BACKWARD_KINDS = frozenset({EventKind.BACKWARD, EventKind.SCALED_BACKWARD})
+STEP_KINDS = frozenset({EventKind.OPT_STEP, EventKind.SCALER_STEP})  # the optimizer's update, either way
 # Events that finish a step: an exit that bypasses one of them skips the step.
 _FINISHING_KINDS = frozenset(
     {EventKind.OPT_STEP, EventKind.SCALER_STEP, EventKind.SCALER_UPDATE, EventKind.ZERO_GRAD}
@@ -166,6 +170,8 @@ class StepEvent:
     # for GRAD_INSPECT: a NaN/Inf test, whose verdict is the same before and after unscaling
     # (only acting on it, by skipping or zeroing, goes behind the scaler's back)
     scale_invariant: bool = False
+    # for GRAD_INSPECT: the value read goes into isnan/isinf/isfinite (``math.isfinite(norm.item())``)
+    tests_finiteness: bool = False
 
     @property
     def anchor(self) -> cst.CSTNode:
@@ -185,6 +191,7 @@ class OptimizerInfo:
     expr: str  # "self.optimizer" as written
     constructor: str | None  # "torch.optim.AdamW"; None when known by usage or name
     params_code: str | None  # "model.parameters()" when the constructor is seen
+    params: cst.BaseExpression | None = field(default=None, compare=False)  # that expression's node
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,6 +315,59 @@ def _flatten(items: Iterable[_Item]) -> Iterator[StepEvent]:
             yield from _flatten(item.body)
 
 
+def clears_gradients_of(event: StepEvent, optimizer: str | None) -> bool:
+    """A zero_grad that clears this optimizer's gradients. One of unknown reach
+    (``model.zero_grad()``, ``p.grad = None``) counts too: rules relying on it then stay quiet."""
+    return event.kind is EventKind.ZERO_GRAD and (event.optimizer is None or event.optimizer == optimizer)
+
+
+def backwards_feeding(path: Sequence[StepEvent]) -> dict[StepEvent, list[StepEvent]]:
+    """For each optimizer step on the path (``opt.step()`` or ``scaler.step(opt)``), the
+    backwards whose gradients it applies.
+
+    Steps that follow each other share the backwards before them (``scaler.step(opt_d)``,
+    ``scaler.step(opt_g)`` after two backwards); a backward that an earlier group of steps already
+    applied does not feed a later one; a zero_grad of the optimizer drops the backwards before it.
+    """
+    feeding: dict[StepEvent, list[StepEvent]] = {}
+    pending: list[int] = []  # backwards since the last group of steps, by index on the path
+    group: list[int] = []  # backwards feeding the current group of steps
+    in_group = False
+    for index, event in enumerate(path):
+        if event.kind in BACKWARD_KINDS:
+            pending.append(index)
+            in_group = False
+        elif event.kind in STEP_KINDS:
+            if not in_group:
+                group, pending, in_group = pending, [], True
+            feeding[event] = [
+                path[b]
+                for b in group
+                if not any(clears_gradients_of(e, event.optimizer) for e in path[b + 1 : index])
+            ]
+    return feeding
+
+
+def runs_a_closure(event: StepEvent) -> bool:
+    """``opt.step(closure)`` (LBFGS and friends): the closure zeroes and recomputes the gradients
+    itself, so nothing placed before the step in the loop body acts on the gradients it uses."""
+    call = event.node
+    return event.kind is EventKind.OPT_STEP and isinstance(call, cst.Call) and bool(call.args)
+
+
+def events_after(path: Sequence[StepEvent], event: StepEvent) -> Sequence[StepEvent]:
+    """The events that follow ``event`` on the path (nothing when it is not on it)."""
+    for index, candidate in enumerate(path):
+        if candidate is event:
+            return path[index + 1 :]
+    return ()
+
+
+def in_helper(event: StepEvent) -> str:
+    """`` (in `_optimizer_step()`)`` for an event found in a helper, else nothing (for messages)."""
+    return f" (in `{event.via_helper.name.value}()`)" if event.via_helper is not None else ""
+
+
 @dataclass
 class TrainingStep:
     """A function whose body (or whose loop body, when a loop repeats the step) is one step."""
@@ -321,21 +381,36 @@ class TrainingStep:
     helpers: frozenset[cst.FunctionDef] = frozenset()  # functions inlined into this step
     _items: list[_Item] = field(default_factory=list, repr=False)
     _paths: list[list[StepEvent]] | None = field(default=None, repr=False)
-    truncated: bool = False  # paths() stopped at MAX_PATHS; set once paths() has run
+    _truncated: bool = field(default=False, repr=False)
 
     def paths(self) -> Iterator[list[StepEvent]]:
-        """Every path through one execution of the step (if/else, try, loop bodies run zero or
-        once); a SKIP (early continue/return/break) ends its path; paths that raise are left
-        out. Bounded: at most MAX_PATHS distinct paths (``truncated`` then says so)."""
+        """Every feasible path through one execution of the step (if/else, try, loop bodies run
+        zero or once); a SKIP (early continue/return/break) ends its path; paths that raise are
+        left out. Two ``if``s whose tests call nothing and read the same thing (``if
+        self.use_amp:`` twice; ``if x is None:`` then ``if x is not None:``; ``==`` then ``!=``)
+        take matching sides on every path. Bounded: at most MAX_PATHS paths (see ``truncated``)."""
+        yield from (list(path) for path in self._walked_paths())
+
+    @property
+    def truncated(self) -> bool:
+        """The step has more than MAX_PATHS paths and ``paths()`` lists only some: unsure."""
+        self._walked_paths()
+        return self._truncated
+
+    def _walked_paths(self) -> list[list[StepEvent]]:
         if self._paths is None:
             outcomes = _run(self._items, MAX_PATHS)
-            self.truncated = len(outcomes) > MAX_PATHS
+            self._truncated = len(outcomes) > MAX_PATHS
             distinct: dict[tuple[int, ...], list[StepEvent]] = {}
             for outcome in outcomes[:MAX_PATHS]:
                 if outcome.exit is None or outcome.exit.keyword != "raise":
                     distinct.setdefault(tuple(id(e) for e in outcome.events), list(outcome.events))
             self._paths = list(distinct.values())
-        yield from (list(path) for path in self._paths)
+        return self._paths
+
+    def paths_through(self, event: StepEvent) -> list[list[StepEvent]]:
+        """The paths on which the event runs."""
+        return [path for path in self.paths() if any(e is event for e in path)]
 
     def scaler_of(self, event: StepEvent) -> ScalerInfo | None:
         """The known GradScaler of a scaler event (None when unknown, uncertain or disabled)."""
@@ -690,7 +765,8 @@ class _Module:
                 if "lr_scheduler" in constructor or "Scheduler" in constructor:
                     return None
                 if constructor.startswith(_OPTIMIZER_LIBRARIES):
-                    return OptimizerInfo(text, constructor, self._params_code(value))
+                    params = _params_of(value)
+                    return OptimizerInfo(text, constructor, self.ctx.code(params) if params else None, params)
             if isinstance(value, cst.BaseExpression) and self._from_kwargs(value, assigned.function):
                 return None  # passed through **kwargs: not sure what it is
         return OptimizerInfo(text, None, None) if named_like_one else None
@@ -703,7 +779,7 @@ class _Module:
         return any(isinstance(n, cst.Name) and n.value == kwargs for n in (value, *_descendants(value)))
 
     def _params_code(self, constructor: cst.Call) -> str | None:
-        params = _keyword(constructor, "params") or _first_positional(constructor)
+        params = _params_of(constructor)
         return self.ctx.code(params) if params is not None else None
 
     def optimizer_for_params(self, params_code: str, function: cst.FunctionDef | None) -> str | None:
@@ -907,11 +983,23 @@ class _Module:
         return None
 
 
+def _params_of(constructor: cst.Call) -> cst.BaseExpression | None:
+    """The parameters an optimizer constructor is given (``params=`` or its first argument)."""
+    return _keyword(constructor, "params") or _first_positional(constructor)
+
+
 def _is_grad(expr: cst.BaseExpression) -> bool:
     """``p.grad`` or ``p.grad.data`` (``p.data`` is the parameter itself)."""
     if isinstance(expr, cst.Attribute) and expr.attr.value == "data":
         expr = expr.value
     return isinstance(expr, cst.Attribute) and expr.attr.value == "grad"
+
+
+def _grad_targets(target: cst.BaseExpression) -> list[cst.Attribute]:
+    """The ``x.grad`` attributes an assignment or ``del`` target names (also inside tuples)."""
+    if isinstance(target, (cst.Tuple, cst.List)):
+        return [g for element in target.elements for g in _grad_targets(element.value)]
+    return [target] if isinstance(target, cst.Attribute) and target.attr.value == "grad" else []
 
 
 def _bound_texts(target: cst.BaseExpression) -> Iterator[str]:
@@ -995,10 +1083,35 @@ class _Builder:
             self.nesting = (*outer, (id(node), index))
             built.append(self.block(alternative) if alternative is not None else [])
         self.nesting = outer
-        flag, value = _flag_test(node.test) if isinstance(node, cst.If) else (None, True)
+        flag = self.decision_key(node.test) if isinstance(node, cst.If) else None
         if flag is None:
             return _Branch(built)
-        return _Branch(built, flag=self.subst(flag), flag_values=(value, not value))
+        return _Branch(built, flag=flag[0], flag_values=(flag[1], not flag[1]))
+
+    def decision_key(self, test: cst.BaseExpression) -> tuple[str, bool] | None:
+        """The key and side of an ``if`` test, spelled as the step's function would: a helper's
+        parameter is renamed to the caller's argument; a test of the helper's own variables
+        is a decision of this call of the helper only."""
+        decision = _decision(test)
+        if decision is None:
+            return None
+        if self.depth == 0:
+            return decision.key, decision.value
+        if decision.dotted:
+            head = decision.key.partition(".")[0]
+            if head in self.substitutions or head == "self":
+                return self.subst(decision.key) or decision.key, decision.value
+        if any(self._local_to_helper(name) for name in _free_names(test) - {"self"}):
+            return f"{decision.key} @{id(self)}", decision.value
+        return decision.key, decision.value
+
+    def _local_to_helper(self, name: str) -> bool:
+        """A name of the helper being inlined: a parameter the caller did not name, or assigned here."""
+        if name in self.substitutions:
+            return True
+        if any(param.name.value == name for param in _parameters(self.function)):
+            return True
+        return (self.function, name) in self.module.values
 
     def compound(self, statement: cst.CSTNode) -> list[_Item]:
         self.statement = statement
@@ -1058,14 +1171,23 @@ class _Builder:
             return self.expression(small.value)
         if isinstance(small, (cst.Assign, cst.AnnAssign, cst.AugAssign)):
             items = self.expression(small.value) if small.value is not None else []
-            targets = [t.target for t in small.targets] if isinstance(small, cst.Assign) else [small.target]
-            for target in targets:
-                if isinstance(target, cst.Attribute) and target.attr.value == "grad" and small.value is not None and _is_none(small.value):
-                    items.append(self.event(EventKind.ZERO_GRAD, target, target=target.value))
+            if isinstance(small, cst.Assign) and self._replaces_gradients(small.value):
+                for target in small.targets:
+                    items.extend(self.event(EventKind.ZERO_GRAD, g, target=g.value) for g in _grad_targets(target.target))
             return items
+        if isinstance(small, cst.Del):
+            return [self.event(EventKind.ZERO_GRAD, g, target=g.value) for g in _grad_targets(small.target)]
         if isinstance(small, cst.Assert):
             return self.expression(small.test)
         return []
+
+    def _replaces_gradients(self, value: cst.BaseExpression) -> bool:
+        """``p.grad = None``, ``= torch.zeros_like(p)``, ``= g`` from ``torch.autograd.grad``:
+        the accumulated gradient is dropped. ``p.grad = p.grad / world_size`` keeps it."""
+        return not any(
+            isinstance(n, cst.Attribute) and n.attr.value == "grad" and self.ctx.qualified_name(n) != "torch.autograd.grad"
+            for n in (value, *_descendants(value))
+        )
 
     # -- expressions -------------------------------------------------------------------------
     def expression(self, expr: cst.BaseExpression) -> list[_Item]:
@@ -1080,9 +1202,19 @@ class _Builder:
                 use = self.module.value_use(node, self.function)
                 if use is not None:
                     invariant = isinstance(use, cst.Call) and _call_name(use) in _FINITENESS_CALLS
-                    items.append(self.event(EventKind.GRAD_INSPECT, use, target=node, scale_invariant=invariant))  # type: ignore[arg-type]
+                    finite = invariant or self._in_finiteness_test(use)
+                    items.append(self.event(EventKind.GRAD_INSPECT, use, target=node, scale_invariant=invariant, tests_finiteness=finite))  # type: ignore[arg-type]
                     inspected = True
         return items
+
+    def _in_finiteness_test(self, use: cst.CSTNode) -> bool:
+        """The inspection sits in an isnan/isinf/isfinite call of the same statement."""
+        for ancestor in self.ctx.ancestors(use):
+            if isinstance(ancestor, (cst.SimpleStatementLine, cst.BaseCompoundStatement)):
+                return False
+            if isinstance(ancestor, cst.Call) and _call_name(ancestor) in _FINITENESS_CALLS:
+                return True
+        return False
 
     def _holds_grads(self, node: cst.CSTNode, grad_names: frozenset[str]) -> bool:
         if isinstance(node, cst.Attribute) and node.attr.value == "grad":
@@ -1093,19 +1225,18 @@ class _Builder:
 
     def call(self, call: cst.Call) -> list[_Item]:
         func = call.func
+        qualified = self.ctx.qualified_name(func)
+        if qualified == "torch.autograd.backward":  # before `X.backward()`: its target is the loss
+            tensors = _keyword(call, "tensors") or _first_positional(call)
+            return [self.backward(call, tensors)] if tensors is not None else []
         if isinstance(func, cst.Attribute):
             found = self.method_call(call, func.attr.value, func.value)
             if found is not None:
                 return found
-        qualified = self.ctx.qualified_name(func)
         if qualified in CLIP_FUNCTIONS:
             params = _keyword(call, "parameters") or _first_positional(call)
             optimizer = self.module.optimizer_for_params(self.ctx.code(params), self.function) if params is not None else None
             return [self.event(EventKind.CLIP, call, optimizer=self.subst(optimizer), target=params)]
-        if qualified == "torch.autograd.backward":
-            tensors = _keyword(call, "tensors") or _first_positional(call)
-            if tensors is not None:
-                return [self.backward(call, tensors)]
         return self.inline(call)
 
     def method_call(self, call: cst.Call, method: str, receiver: cst.BaseExpression) -> list[_Item] | None:
@@ -1270,7 +1401,7 @@ class _Builder:
         if info is None and by_use:
             info = OptimizerInfo(spelled, None, None)
         if info is not None:
-            self.state.optimizers[spelled] = OptimizerInfo(spelled, info.constructor, info.params_code)
+            self.state.optimizers[spelled] = dataclasses.replace(info, expr=spelled)
         return info
 
     # -- events --------------------------------------------------------------------------------
@@ -1292,18 +1423,56 @@ class _Builder:
         return event
 
 
-def _flag_test(test: cst.BaseExpression) -> tuple[str | None, bool]:
-    """``("self.use_amp", True)`` for ``if self.use_amp:``, ``(..., False)`` for ``if not ...:``;
-    ``if scaler is not None:`` tests the flag ``scaler`` like ``if scaler:``."""
+_NEGATED_COMPARISONS: dict[type, type] = {cst.IsNot: cst.Is, cst.NotEqual: cst.Equal, cst.NotIn: cst.In}
+_SIDE_EFFECTS = (cst.Call, cst.Await, cst.NamedExpr, cst.Yield, cst.Lambda)
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """What an ``if`` test decides, as a key that two tests share when they cannot differ."""
+
+    key: str  # "self.use_amp"; "x == 0"; "(i + 1) % accum == 0"
+    value: bool  # the key's truth inside the ``if`` body
+    dotted: bool  # the key is a name or attribute chain (a helper's parameter can be renamed)
+
+
+def _decision(test: cst.BaseExpression) -> _Decision | None:
+    """``self.use_amp`` True for ``if self.use_amp:``, False for ``if not self.use_amp:``;
+    ``if scaler is not None:`` tests ``scaler`` like ``if scaler:``; ``a != b`` is ``a == b``
+    negated and ``x not in s`` is ``x in s`` negated. None for a test that calls, assigns or
+    awaits anything: its value may change between two ``if``s."""
+    if isinstance(test, _SIDE_EFFECTS) or any(isinstance(n, _SIDE_EFFECTS) for n in _descendants(test)):
+        return None
     value = True
     while isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
         test, value = test.expression, not value
-    if isinstance(test, cst.Comparison) and len(test.comparisons) == 1 and _is_none(test.comparisons[0].comparator):
-        operator = test.comparisons[0].operator
-        if isinstance(operator, (cst.Is, cst.IsNot)):
-            test, value = test.left, value if isinstance(operator, cst.IsNot) else not value
+    if isinstance(test, cst.Comparison) and len(test.comparisons) == 1:
+        target = test.comparisons[0]
+        negated = _NEGATED_COMPARISONS.get(type(target.operator))
+        if negated is not None:
+            value = not value
+            target = target.with_changes(operator=negated())
+        subject = dotted_name(test.left)
+        if subject is not None and _is_none(target.comparator) and isinstance(target.operator, cst.Is):
+            return _Decision(subject, not value, True)  # `x is None` is `not x` for a scaler or a flag
+        test = test.with_changes(comparisons=[target])
     text = dotted_name(test)
-    return (text, value) if text is not None else (None, True)
+    if text is not None:
+        return _Decision(text, value, True)
+    return _Decision(_canonical_code(test), value, False)
+
+
+def _free_names(expr: cst.BaseExpression) -> set[str]:
+    """The names an expression reads (``self`` and ``x`` in ``self.a == x``, not ``a``)."""
+    attributes = {id(n.attr) for n in (expr, *_descendants(expr)) if isinstance(n, cst.Attribute)}
+    return {n.value for n in (expr, *_descendants(expr)) if isinstance(n, cst.Name) and id(n) not in attributes}
+
+
+def _canonical_code(expr: cst.CSTNode) -> str:
+    """The expression's code, whitespace collapsed and outer parentheses dropped."""
+    if getattr(expr, "lpar", None):
+        expr = expr.with_changes(lpar=[], rpar=[])
+    return " ".join(cst.Module(body=[]).code_for_node(expr).split())
 
 
 def _evaluation_order(expr: cst.CSTNode) -> Iterator[cst.CSTNode]:

@@ -8,138 +8,17 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from trainlint.analysis.training_step import (
-    BACKWARD_KINDS,
     EventKind,
     StepEvent,
     TrainingStep,
     TrainingSteps,
+    backwards_feeding,
+    events_after,
+    in_helper,
 )
 from trainlint.context import FileContext
 from trainlint.findings import Edit, Finding, Fix
 from trainlint.rule import Example, Rule
-
-# -- facts about a step's events shared by TL104-TL107 (candidates for the training-step analysis)
-
-STEP_KINDS = frozenset({EventKind.OPT_STEP, EventKind.SCALER_STEP})
-
-
-def clears_gradients_of(event: StepEvent, optimizer: str | None) -> bool:
-    """True for a zero_grad that clears this optimizer's gradients. One of unknown reach
-    (`model.zero_grad()`, `p.grad = None`) counts too: the rules then stay quiet."""
-    return event.kind is EventKind.ZERO_GRAD and (event.optimizer is None or event.optimizer == optimizer)
-
-
-def backwards_feeding(path: Sequence[StepEvent]) -> dict[StepEvent, list[StepEvent]]:
-    """For each optimizer step on the path, the backwards whose gradients it applies.
-
-    Steps that follow each other share the backwards before them (`scaler.step(opt_d)`,
-    `scaler.step(opt_g)` after two backwards); a backward that an earlier group of steps already
-    applied does not feed a later one; a zero_grad of the optimizer drops the backwards before it.
-    """
-    feeding: dict[StepEvent, list[StepEvent]] = {}
-    pending: list[int] = []  # backwards since the last group of steps, by index on the path
-    group: list[int] = []  # backwards feeding the current group of steps
-    in_group = False
-    for index, event in enumerate(path):
-        if event.kind in BACKWARD_KINDS:
-            pending.append(index)
-            in_group = False
-        elif event.kind in STEP_KINDS:
-            if not in_group:
-                group, pending, in_group = pending, [], True
-            feeding[event] = [
-                path[b]
-                for b in group
-                if not any(clears_gradients_of(e, event.optimizer) for e in path[b + 1 : index])
-            ]
-    return feeding
-
-
-class FeasiblePaths:
-    """Each step's paths, less those that take opposite sides of two `if`s with the same test.
-
-    `if self.use_amp: scaled backward ... if self.use_amp: scaler.step else: opt.step()` is two
-    independent branches to the path walk, but the path through the scaled backward and the
-    plain `opt.step()` never runs. Tests that call something may change value between the two
-    `if`s and are not matched. (A workaround until `TrainingStep.paths()` drops such paths.)
-    """
-
-    def __init__(self, ctx: FileContext) -> None:
-        self.ctx = ctx
-        self._paths: dict[int, list[list[StepEvent]]] = {}
-        self._decisions: dict[int, dict[str, bool]] = {}
-
-    def of(self, step: TrainingStep) -> list[list[StepEvent]]:
-        found = self._paths.get(id(step))
-        if found is None:
-            found = self._paths[id(step)] = [p for p in step.paths() if self._consistent(step, p)]
-        return found
-
-    def _consistent(self, step: TrainingStep, path: Sequence[StepEvent]) -> bool:
-        taken: dict[str, bool] = {}
-        for event in path:
-            for test, side in self._decisions_of(step, event).items():
-                if taken.setdefault(test, side) != side:
-                    return False
-        return True
-
-    def _decisions_of(self, step: TrainingStep, event: StepEvent) -> dict[str, bool]:
-        """The side each enclosing `if` of the event (in the step's function) takes, by test."""
-        found = self._decisions.get(id(event))
-        if found is None:
-            found = self._decisions[id(event)] = {}
-            child: cst.CSTNode = event.anchor
-            for ancestor in self.ctx.ancestors(child):
-                if ancestor is step.function:
-                    break
-                if isinstance(ancestor, cst.If) and child is not ancestor.test:
-                    condition = self._condition(ancestor.test)
-                    if condition is not None:
-                        found.setdefault(condition[0], condition[1] == (child is ancestor.body))
-                child = ancestor
-        return found
-
-    def _condition(self, test: cst.BaseExpression) -> tuple[str, bool] | None:
-        """A canonical text for the test and its polarity (`x is not None` -> (`x is None`, False));
-        None for a test that calls anything."""
-        if isinstance(test, (cst.Call, cst.Await, cst.NamedExpr)) or any(
-            isinstance(node, (cst.Call, cst.Await, cst.NamedExpr)) for node in _subtree(test)
-        ):
-            return None
-        if isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
-            inner = self._condition(test.expression)
-            return None if inner is None else (inner[0], not inner[1])
-        if isinstance(test, cst.Comparison) and len(test.comparisons) == 1:
-            target = test.comparisons[0]
-            flipped = {cst.IsNot: "is", cst.NotEqual: "==", cst.NotIn: "in"}.get(type(target.operator))
-            if flipped is not None:
-                return f"{self.ctx.code(test.left)} {flipped} {self.ctx.code(target.comparator)}", False
-        return " ".join(self.ctx.code(test).split()), True
-
-
-def _subtree(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    stack = list(node.children)
-    while stack:
-        current = stack.pop()
-        yield current
-        stack.extend(current.children)
-
-
-def in_helper(event: StepEvent) -> str:
-    """` (in `_optimizer_step()`)` for an event found in a helper, else nothing."""
-    return f" (in `{event.via_helper.name.value}()`)" if event.via_helper is not None else ""
-
-
-def paths_through(paths: Sequence[Sequence[StepEvent]], event: StepEvent) -> list[Sequence[StepEvent]]:
-    return [path for path in paths if any(e is event for e in path)]
-
-
-def events_after(path: Sequence[StepEvent], event: StepEvent) -> Sequence[StepEvent]:
-    for index, candidate in enumerate(path):
-        if candidate is event:
-            return path[index + 1 :]
-    return ()
-
 
 # -- the rule
 
@@ -261,13 +140,13 @@ class OptimizerStepBypassesScaler(Rule):
     ]
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
-        for step in ctx.get(TrainingSteps).steps:
+        for step in ctx.get(TrainingSteps).all_steps():
             yield from self._check_step(ctx, step)
 
     def _check_step(self, ctx: FileContext, step: TrainingStep) -> Iterator[Finding]:
-        paths = ctx.get(FeasiblePaths).of(step)
         if step.truncated:
             return  # too many paths to be sure of any
+        paths = list(step.paths())
         verdicts = self._verdicts(step, paths)
         flagged = {
             event: next(iter(v.scalers))
@@ -283,7 +162,7 @@ class OptimizerStepBypassesScaler(Rule):
             )
             fix = None
             if not verdicts[event].unscaled_feed:
-                fix = self._fix(ctx, event, scaler, self._needs_update(event, scaler, paths, flagged))
+                fix = self._fix(ctx, event, scaler, self._needs_update(step, event, scaler, flagged))
             yield ctx.report(self, event.anchor, message, fix)
 
     @staticmethod
@@ -308,12 +187,10 @@ class OptimizerStepBypassesScaler(Rule):
         return verdicts
 
     @staticmethod
-    def _needs_update(
-        event: StepEvent, scaler: str, paths: list[list[StepEvent]], flagged: dict[StepEvent, str]
-    ) -> bool:
+    def _needs_update(step: TrainingStep, event: StepEvent, scaler: str, flagged: dict[StepEvent, str]) -> bool:
         """Add `scaler.update()` after this call only when no path through it updates the scaler
         later, and this is the last step of that scaler on every such path."""
-        for path in paths_through(paths, event):
+        for path in step.paths_through(event):
             for later in events_after(path, event):
                 if later.scaler == scaler and later.kind in (EventKind.SCALER_UPDATE, EventKind.SCALER_STEP):
                     return False

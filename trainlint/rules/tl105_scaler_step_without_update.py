@@ -7,16 +7,18 @@ from collections.abc import Iterator, Sequence
 import libcst as cst
 
 from trainlint.analysis.imports import dotted_name
-from trainlint.analysis.training_step import BACKWARD_KINDS, EventKind, StepEvent, TrainingStep, TrainingSteps
+from trainlint.analysis.training_step import (
+    BACKWARD_KINDS,
+    EventKind,
+    StepEvent,
+    TrainingStep,
+    TrainingSteps,
+    events_after,
+    in_helper,
+)
 from trainlint.context import FileContext
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
-from trainlint.rules.tl104_optimizer_step_bypasses_scaler import (
-    FeasiblePaths,
-    events_after,
-    in_helper,
-    paths_through,
-)
 
 
 class ScalerStepWithoutUpdate(Rule):
@@ -122,13 +124,13 @@ class ScalerStepWithoutUpdate(Rule):
     ]
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
-        for step in ctx.get(TrainingSteps).steps:
+        for step in ctx.get(TrainingSteps).all_steps():
             yield from self._check_step(ctx, step)
 
     def _check_step(self, ctx: FileContext, step: TrainingStep) -> Iterator[Finding]:
-        paths = ctx.get(FeasiblePaths).of(step)
         if step.truncated:
             return  # too many paths to be sure of any
+        paths = list(step.paths())
         flagged: dict[StepEvent, str] = {}
         for path in paths:
             for event, scaler in _steps_never_updated(step, path):
@@ -142,13 +144,13 @@ class ScalerStepWithoutUpdate(Rule):
                 f"on this path: the loss scale never adapts and the next `{scaler}.step()` raises "
                 f"`RuntimeError: step() has already been called since the last update()`"
             )
-            yield ctx.report(self, event.anchor, message, self._fix(ctx, event, scaler, paths))
+            yield ctx.report(self, event.anchor, message, self._fix(ctx, step, event, scaler))
 
     @staticmethod
-    def _fix(ctx: FileContext, event: StepEvent, scaler: str, paths: list[list[StepEvent]]) -> Fix | None:
+    def _fix(ctx: FileContext, step: TrainingStep, event: StepEvent, scaler: str) -> Fix | None:
         """Insert the update after this call, unless some path through it steps or updates the
         same scaler later (a second update there would raise)."""
-        for path in paths_through(paths, event):
+        for path in step.paths_through(event):
             if any(
                 e.scaler == scaler and e.kind in (EventKind.SCALER_STEP, EventKind.SCALER_UPDATE)
                 for e in events_after(path, event)
@@ -183,7 +185,7 @@ def _updated_elsewhere(ctx: FileContext, step: TrainingStep, scaler: str) -> boo
         own_class = ctx.enclosing(step.function, cst.ClassDef)
         if step.loop is None and (own_class is None or _has_base_defined_elsewhere(ctx, own_class)):
             return True
-        steps = {other.function for other in ctx.get(TrainingSteps).steps}
+        steps = {other.function for other in ctx.get(TrainingSteps).all_steps()}
         return any(
             dotted_name(receiver) == scaler and ctx.enclosing(call, cst.ClassDef) is own_class
             for call, receiver, function in _update_calls(ctx)
@@ -193,7 +195,7 @@ def _updated_elsewhere(ctx: FileContext, step: TrainingStep, scaler: str) -> boo
         return step.loop is None
     if "." in scaler or _binds(ctx, step.function, head):
         return False  # a local scaler is updated here or nowhere
-    steps = {other.function for other in ctx.get(TrainingSteps).steps}
+    steps = {other.function for other in ctx.get(TrainingSteps).all_steps()}
     return any(  # a module-level scaler
         dotted_name(receiver) == scaler and function not in steps and not _binds(ctx, function, head)
         for _, receiver, function in _update_calls(ctx)
@@ -215,15 +217,17 @@ def _has_base_defined_elsewhere(ctx: FileContext, cls: cst.ClassDef) -> bool:
     return False
 
 
-def _update_calls(ctx: FileContext) -> Iterator[tuple[cst.Call, cst.BaseExpression, cst.FunctionDef | None]]:
+def _update_calls(ctx: FileContext) -> Iterator[tuple[cst.Call, cst.BaseExpression, cst.FunctionDef | cst.Module]]:
+    """Every `X.update()`, with its function (the Module for top-level script code)."""
     for call in ctx.nodes.of(cst.Call):
         if isinstance(call.func, cst.Attribute) and call.func.attr.value == "update" and not call.args:
-            yield call, call.func.value, ctx.enclosing(call, cst.FunctionDef)
+            yield call, call.func.value, ctx.enclosing(call, cst.FunctionDef) or ctx.module
 
 
-def _binds(ctx: FileContext, function: cst.FunctionDef | None, name: str) -> bool:
-    """The function assigns the name or takes it as a parameter (so its `name` is its own)."""
-    if function is None:
+def _binds(ctx: FileContext, function: cst.FunctionDef | cst.Module, name: str) -> bool:
+    """The function assigns the name or takes it as a parameter (so its `name` is its own);
+    top-level script code binds only module-level names, which every function shares."""
+    if isinstance(function, cst.Module):
         return False
     if name in _parameter_names(function):
         return True
@@ -234,6 +238,8 @@ def _binds(ctx: FileContext, function: cst.FunctionDef | None, name: str) -> boo
     )
 
 
-def _parameter_names(function: cst.FunctionDef) -> set[str]:
+def _parameter_names(function: cst.FunctionDef | cst.Module) -> set[str]:
+    if isinstance(function, cst.Module):
+        return set()
     params = function.params
     return {p.name.value for p in (*params.posonly_params, *params.params, *params.kwonly_params)}

@@ -7,11 +7,17 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
-from trainlint.analysis.training_step import EventKind, StepEvent, TrainingStep, TrainingSteps
+from trainlint.analysis.training_step import (
+    EventKind,
+    StepEvent,
+    TrainingStep,
+    TrainingSteps,
+    backwards_feeding,
+    in_helper,
+)
 from trainlint.context import FileContext
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
-from trainlint.rules.tl104_optimizer_step_bypasses_scaler import FeasiblePaths, backwards_feeding, in_helper
 
 
 @dataclass
@@ -132,13 +138,13 @@ class UnscaledBackwardWithScalerStep(Rule):
     ]
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
-        for step in ctx.get(TrainingSteps).steps:
+        for step in ctx.get(TrainingSteps).all_steps():
             yield from self._check_step(ctx, step)
 
     def _check_step(self, ctx: FileContext, step: TrainingStep) -> Iterator[Finding]:
-        paths = ctx.get(FeasiblePaths).of(step)
         if step.truncated:
             return  # too many paths to be sure of any
+        paths = list(step.paths())
         consumers = _consumers_of_plain_backwards(step, paths)
         for backward in sorted(consumers, key=step.index):
             found = consumers[backward]

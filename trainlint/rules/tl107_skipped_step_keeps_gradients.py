@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from trainlint.analysis.training_step import BACKWARD_KINDS, EventKind, StepEvent, TrainingStep, TrainingSteps
+from trainlint.analysis.training_step import (
+    BACKWARD_KINDS,
+    STEP_KINDS,
+    EventKind,
+    StepEvent,
+    TrainingStep,
+    TrainingSteps,
+    clears_gradients_of,
+)
 from trainlint.context import FileContext
 from trainlint.findings import Finding
 from trainlint.rule import Example, Rule
-from trainlint.rules.tl104_optimizer_step_bypasses_scaler import STEP_KINDS, FeasiblePaths, clears_gradients_of
 
 
 class SkippedStepKeepsGradients(Rule):
@@ -112,13 +119,13 @@ class SkippedStepKeepsGradients(Rule):
     ]
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
-        for step in ctx.get(TrainingSteps).steps:
+        for step in ctx.get(TrainingSteps).all_steps():
             yield from self._check_step(ctx, step)
 
     def _check_step(self, ctx: FileContext, step: TrainingStep) -> Iterator[Finding]:
-        paths = ctx.get(FeasiblePaths).of(step)
         if step.truncated:
             return  # too many paths to be sure of any
+        paths = list(step.paths())
         skipped: dict[StepEvent, list[str]] = {}  # skip -> optimizers whose gradients it leaves
         for path in paths:
             if not path or not _skips_a_step_on_a_check(step, path[-1]):

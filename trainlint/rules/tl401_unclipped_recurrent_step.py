@@ -13,8 +13,10 @@ from trainlint.analysis.training_step import (
     BACKWARD_KINDS,
     CLIP_FUNCTIONS,
     EventKind,
+    STEP_KINDS,
     OptimizerInfo,
     StepEvent,
+    runs_a_closure,
     TrainingStep,
     TrainingSteps,
     unscale_insertion,
@@ -24,8 +26,6 @@ from trainlint.context import FileContext
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
 
-_STEP_KINDS = (EventKind.OPT_STEP, EventKind.SCALER_STEP)
-_FINITENESS_TESTS = frozenset({"isnan", "isinf", "isfinite", "isneginf", "isposinf"})
 _PARAMETER_METHODS = ("parameters", "named_parameters")
 # How the file may already spell the clip function: the function itself when imported, else the
 # full path from the file's name for torch, else from its alias of a submodule.
@@ -208,11 +208,16 @@ class UnclippedExplodingStep(Rule):
     def check(self, ctx: FileContext) -> Iterator[Finding]:
         reported: set[cst.CSTNode] = set()
         clipping = _functions_that_clip(ctx)
-        for step in ctx.get(TrainingSteps).steps:
+        for step in ctx.get(TrainingSteps).all_steps():
             if _may_clip_unseen(step, clipping) or _skips_large_gradients(step):
                 continue
-            for event in step.of_kind(*_STEP_KINDS):
-                if event.anchor in reported or event.scaler in step.uncertain_scalers or _clipped(ctx, step, event):
+            for event in step.of_kind(*STEP_KINDS):
+                if (
+                    event.anchor in reported
+                    or event.scaler in step.uncertain_scalers
+                    or runs_a_closure(event)  # gradients are recomputed inside: a clip before it acts on nothing
+                    or _clipped(ctx, step, event)
+                ):
                     continue
                 reason = _why_it_explodes(ctx, step, event)
                 if reason is None:
@@ -278,7 +283,7 @@ def _params_sources(ctx: FileContext, step: TrainingStep, optimizer: OptimizerIn
     """What the optimizer's parameters were built from: its ``params`` expression or, when that
     is a bare name assigned in the step's function (``params = list(rnn.parameters()) + ...``),
     the values assigned to it. Empty when unknown."""
-    expr = _parsed(optimizer.params_code) if optimizer is not None else None
+    expr = optimizer.params if optimizer is not None else None
     if not isinstance(expr, cst.Name):
         return [expr] if expr is not None else []
     bindings = ctx.get(ValueOrigins).records(step.function).get(expr.value, [])
@@ -341,7 +346,7 @@ def _checks_gradient_finiteness(ctx: FileContext, step: TrainingStep, event: Ste
         guard = earlier.guard
         if earlier.kind is EventKind.SKIP and guard is not None and guard.checks_finiteness and guard.reads_grads:
             return True
-        if earlier.kind is EventKind.GRAD_INSPECT and _is_finiteness_test(ctx, earlier.node):
+        if earlier.kind is EventKind.GRAD_INSPECT and earlier.tests_finiteness:
             return True
     return False
 
@@ -353,17 +358,6 @@ def _since_last_backward(step: TrainingStep, event: StepEvent) -> list[StepEvent
             break
         window.append(earlier)
     return window[::-1]
-
-
-def _is_finiteness_test(ctx: FileContext, node: cst.CSTNode) -> bool:
-    """``torch.isnan(g)``, ``g.isfinite()``, ``math.isinf(norm)`` (the inspection itself, or the
-    call around it: ``torch.isnan(p.grad).any()``)."""
-    for candidate in (node, *ctx.ancestors(node)):
-        if isinstance(candidate, (cst.SimpleStatementLine, cst.BaseCompoundStatement)):
-            return False
-        if isinstance(candidate, cst.Call) and _callee_name(candidate) in _FINITENESS_TESTS:
-            return True
-    return False
 
 
 # -- clipping already there --------------------------------------------------------------------------
@@ -429,7 +423,7 @@ def _reusable_params(ctx: FileContext, step: TrainingStep, event: StepEvent) -> 
     groups, a name that may hold a spent generator, or names not bound where the step runs."""
     optimizer = step.optimizers.get(event.optimizer or "")
     code = optimizer.params_code if optimizer is not None else None
-    expr = _parsed(code)
+    expr = optimizer.params if optimizer is not None else None
     if expr is None or isinstance(expr, cst.Attribute):
         return None
     if isinstance(expr, cst.Name):
@@ -546,15 +540,6 @@ def _top_level_import_names(ctx: FileContext) -> set[str]:
 
 
 # -- small helpers -----------------------------------------------------------------------------------
-def _parsed(code: str | None) -> cst.BaseExpression | None:
-    if code is None:
-        return None
-    try:
-        return cst.parse_expression(code)
-    except cst.ParserSyntaxError:
-        return None
-
-
 def _walk(node: cst.CSTNode | None) -> Iterator[cst.CSTNode]:
     stack = [node] if node is not None else []
     while stack:

@@ -10,6 +10,7 @@ import libcst as cst
 from trainlint.analysis.imports import dotted_name
 from trainlint.analysis.training_step import (
     BACKWARD_KINDS,
+    STEP_KINDS,
     EventKind,
     StepEvent,
     TrainingStep,
@@ -19,8 +20,6 @@ from trainlint.analysis.training_step import (
 from trainlint.context import FileContext
 from trainlint.findings import Edit, Finding, Fix
 from trainlint.rule import Example, Rule
-
-_STEP_KINDS = frozenset({EventKind.OPT_STEP, EventKind.SCALER_STEP})
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,7 @@ class ClipAfterStep(Rule):
     ]
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
-        for step in ctx.get(TrainingSteps).steps:
+        for step in ctx.get(TrainingSteps).all_steps():
             late_clips = list(_late_clips(step))
             if step.truncated:  # known only once the paths were walked: some were left out
                 continue
@@ -142,7 +141,7 @@ def _step_before(step: TrainingStep, before: list[StepEvent], clip: StepEvent) -
     for event in before:
         if event.kind in BACKWARD_KINDS:
             last = None
-        elif event.kind in _STEP_KINDS:
+        elif event.kind in STEP_KINDS:
             last = event
     if last is None or last.scaler in step.uncertain_scalers:
         return None  # a scaler of unknown origin may clip or step in its own way

@@ -7,12 +7,19 @@ from collections.abc import Iterator
 import libcst as cst
 
 from trainlint.analysis.imports import dotted_name
-from trainlint.analysis.training_step import BACKWARD_KINDS, EventKind, StepEvent, TrainingStep, TrainingSteps
+from trainlint.analysis.training_step import (
+    BACKWARD_KINDS,
+    STEP_KINDS,
+    EventKind,
+    StepEvent,
+    runs_a_closure,
+    TrainingStep,
+    TrainingSteps,
+)
 from trainlint.context import FileContext
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
 
-_STEP_KINDS = (EventKind.OPT_STEP, EventKind.SCALER_STEP)
 # Events after which the gradients are still read: zeroing right after the step would change them.
 _GRAD_READERS = frozenset({EventKind.GRAD_INSPECT, EventKind.CLIP, EventKind.UNSCALE})
 _Loop = cst.For | cst.While
@@ -98,16 +105,16 @@ class GradientsNeverZeroed(Rule):
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
         reported: set[cst.CSTNode] = set()
-        for step in ctx.get(TrainingSteps).steps:
+        for step in ctx.get(TrainingSteps).all_steps():
             loop = step.loop
             if loop is None or not step.of_kind(*BACKWARD_KINDS) or step.of_kind(EventKind.ZERO_GRAD):
                 continue
             if _resets_gradients_otherwise(ctx, step, loop):
                 continue
-            for event in step.of_kind(*_STEP_KINDS):
+            for event in step.of_kind(*STEP_KINDS):
                 if event.anchor in reported or event.scaler in step.uncertain_scalers:
                     continue  # a scaler of unknown origin may zero the gradients itself
-                if _runs_a_closure(event) or _built_in_loop(ctx, event.optimizer, loop):
+                if runs_a_closure(event) or _built_in_loop(ctx, event.optimizer, loop):
                     continue
                 reported.add(event.anchor)
                 yield ctx.report(self, event.anchor, _message(ctx, event), _zero_grad_fix(ctx, step, event, loop))
@@ -123,23 +130,11 @@ def _message(ctx: FileContext, event: StepEvent) -> str:
     )
 
 
-def _runs_a_closure(event: StepEvent) -> bool:
-    """``opt.step(closure)`` (LBFGS): the closure zeroes and recomputes the gradients itself."""
-    call = event.node
-    return event.kind is EventKind.OPT_STEP and isinstance(call, cst.Call) and bool(call.args)
-
-
 def _resets_gradients_otherwise(ctx: FileContext, step: TrainingStep, loop: _Loop) -> bool:
-    """Resets the step analysis does not list, in the loop or its helpers: ``p.grad = g`` (after
-    ``torch.autograd.grad``, or ``torch.zeros_like``), ``del p.grad``, or a call named like a
-    zeroing helper from another module (``reset_grads(model)``). Unsure means quiet."""
+    """A call in the loop or its helpers named like a zeroing helper from another module
+    (``reset_grads(model)``), which the step analysis cannot see into. Unsure means quiet.
+    (``p.grad = None``, ``p.grad = g`` and ``del p.grad`` are ZERO_GRAD events already.)"""
     scopes: list[cst.CSTNode] = [loop, *step.helpers]
-    for assign in ctx.nodes.of(cst.Assign):
-        if any(_is_grad_attribute(t.target) for t in assign.targets) and _inside_any(ctx, assign, scopes):
-            return True
-    for delete in ctx.nodes.of(cst.Del):
-        if _mentions_grad_attribute(delete.target) and _inside_any(ctx, delete, scopes):
-            return True
     for call in ctx.nodes.of(cst.Call):
         name = _callee_name(call).lower()
         named_like_a_reset = "grad" in name and any(word in name for word in ("zero", "reset", "clear"))
@@ -154,16 +149,6 @@ def _callee_name(call: cst.Call) -> str:
     if isinstance(func, cst.Attribute):
         return func.attr.value
     return func.value if isinstance(func, cst.Name) else ""
-
-
-def _is_grad_attribute(target: cst.BaseExpression) -> bool:
-    return isinstance(target, cst.Attribute) and target.attr.value == "grad"
-
-
-def _mentions_grad_attribute(target: cst.BaseExpression) -> bool:
-    if isinstance(target, (cst.Tuple, cst.List)):
-        return any(_mentions_grad_attribute(element.value) for element in target.elements)
-    return _is_grad_attribute(target)
 
 
 def _built_in_loop(ctx: FileContext, optimizer: str | None, loop: _Loop) -> bool:
