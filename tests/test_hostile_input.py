@@ -169,3 +169,27 @@ def test_a_dying_worker_costs_only_its_file(exploding_rule: str, tmp_path: Path,
     found = _run(["."], settings, jobs=2)
     assert ("m05.py", "TL003") in [(path, code) for path, code, _ in found]
     assert [path for path, code, _ in found if code == "TL108"] == [f"m{i:02}.py" for i in range(12) if i != 5]
+
+
+def test_a_file_of_100k_lines_is_linted_whole(tmp_path: Path) -> None:
+    """A generated module of 100,000 lines: every repeated bug is found, at its own line."""
+    block = [
+        "def loss_{i}(logits, target):",
+        "    # a loss written the long way round",
+        "    probs = torch.softmax(logits, dim=1)",
+        "    log_probs = torch.log(torch.softmax(logits, dim=1))",
+        "    return F.nll_loss(log_probs, target) + 0 * probs.sum()",
+        "",
+        "",
+        "",
+        "",
+        "",
+    ]
+    header = ["import torch", "import torch.nn.functional as F", ""]
+    body = [line.format(i=i) for i in range(10_000) for line in block]
+    path = tmp_path / "huge.py"
+    path.write_text("\n".join(header + body) + "\n")
+    assert len(path.read_text().splitlines()) >= 100_000
+    findings = [f for f in lint_source(path.read_text(), "huge.py") if f.code == "TL202"]
+    assert len(findings) == 10_000
+    assert (findings[0].start.row, findings[-1].start.row) == (7, 3 + 9_999 * 10 + 4)

@@ -80,13 +80,18 @@ class Linter:
 
     def lint(self, text: str, display: str, real_path: Path | None = None) -> list[Finding]:
         """Findings that survive per-file ignores and ``noqa``, sorted, for one file's text."""
-        rules = self.rules_for(text)
+        found = self.unsuppressed(text, display, real_path)
+        return sorted(self._suppress(found, text, display), key=lambda f: f.sort_key)
+
+    def unsuppressed(self, text: str, display: str, real_path: Path | None = None) -> list[Finding]:
+        """Findings before ``noqa`` and per-file ignores (the flake8 plugin applies flake8's own);
+        a ``# trainlint: skip-file`` file has none."""
         if noqa.has_skip_file(text):
             return []
+        rules = self.rules_for(text)
         # A file that names torch is always parsed, so its syntax errors are always reported;
         # any other file is parsed only when some rule's trigger word occurs in it.
-        found = self._check(text, display, real_path, rules) if rules or "torch" in text else []
-        return sorted(self._suppress(found, text, display), key=lambda f: f.sort_key)
+        return self._check(text, display, real_path, rules) if rules or "torch" in text else []
 
     def _check(self, text: str, display: str, real_path: Path | None, rules: Sequence[Rule]) -> list[Finding]:
         too_deep = _too_deep_for_libcst(text, display)

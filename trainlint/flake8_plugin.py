@@ -13,7 +13,7 @@ import ast
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from trainlint import __version__, noqa
+from trainlint import __version__
 from trainlint.config import find_config, load_settings
 from trainlint.discovery import display_path
 from trainlint.engine import Linter
@@ -37,13 +37,8 @@ def _linter(directory: Path) -> Linter:
 def findings_for_flake8(linter: Linter, text: str, display: str, real_path: Path | None) -> list[Finding]:
     """What ``Linter.lint`` finds, minus its ``noqa`` handling (flake8 applies its own), plus
     trainlint's per-file ignores and ``# trainlint: skip-file``."""
-    if noqa.has_skip_file(text):
-        return []
-    rules = linter.rules_for(text)
-    if not rules:
-        return []
     ignored = linter.settings.ignored_for(display)
-    found = linter._check(text, display, real_path, rules)  # unsuppressed findings, by design
+    found = linter.unsuppressed(text, display, real_path)
     return sorted((f for f in found if f.code not in ignored), key=lambda f: f.sort_key)
 
 

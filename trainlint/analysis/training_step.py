@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from trainlint.analysis.imports import dotted_name
+from trainlint.context import child_nodes
 
 if TYPE_CHECKING:
     from trainlint.context import FileContext
@@ -431,30 +432,6 @@ class TrainingStep:
 # Module-wide facts: functions, classes, what names and attributes are assigned.
 
 
-_NOT_CODE = frozenset(
-    {"lpar", "rpar", "comma", "semicolon", "header", "footer", "leading_lines", "lines_after_decorators",
-     "newline", "trailing_whitespace", "empty_lines", "dot", "equal", "colon", "lbracket", "rbracket",
-     "lbrace", "rbrace", "operator", "asynchronous", "arrow", "star", "star_tok", "indent"}
-)
-_code_fields: dict[type, tuple[str, ...]] = {}
-
-
-def _children(node: cst.CSTNode) -> list[cst.CSTNode]:
-    """The node's children that hold code, in source order (whitespace and punctuation skipped:
-    LibCST's ``children`` costs a visitor pass per call)."""
-    names = _code_fields.get(type(node))
-    if names is None:
-        names = _code_fields[type(node)] = tuple(
-            f.name for f in dataclasses.fields(node) if f.name not in _NOT_CODE and "whitespace" not in f.name  # type: ignore[arg-type]
-        )
-    children: list[cst.CSTNode] = []
-    for name in names:
-        value = getattr(node, name)
-        if isinstance(value, cst.CSTNode):
-            children.append(value)
-        elif type(value) is tuple or type(value) is list:
-            children.extend(v for v in value if isinstance(v, cst.CSTNode))
-    return children
 
 
 def _body(scope: cst.CSTNode) -> cst.CSTNode:
@@ -464,12 +441,12 @@ def _body(scope: cst.CSTNode) -> cst.CSTNode:
 
 def _descendants(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
     """Every node under ``node`` (not ``node`` itself), nested function and class bodies excluded."""
-    stack = _children(node)[::-1]
+    stack = child_nodes(node)[::-1]
     while stack:
         current = stack.pop()
         yield current
         if not isinstance(current, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
-            stack.extend(_children(current)[::-1])
+            stack.extend(child_nodes(current)[::-1])
 
 
 def _call_name(call: cst.Call) -> str | None:
@@ -532,10 +509,7 @@ class _Module:
                 self.top_functions[statement.name.value] = statement
             elif isinstance(statement, cst.ClassDef):
                 self.classes[statement.name.value] = statement
-        # (function, class or None for module level; text) -> what is assigned, and in which function
-        self.values: dict[tuple[cst.CSTNode | None, str], list[_Assigned]] = {}
         self._function_cache: dict[cst.CSTNode, cst.FunctionDef | None | _Unknown] = {}
-        self._collect_assignments()
         self.unscaled_receivers = {
             text
             for call in ctx.nodes.of(cst.Call)
@@ -609,6 +583,14 @@ class _Module:
         return None
 
     # -- assignments -------------------------------------------------------------------------
+    @cached_property
+    def values(self) -> dict[tuple[cst.CSTNode | None, str], list[_Assigned]]:
+        """(function, class or None for module level; text) -> what is assigned, and in which
+        function. Built on first need: most files that mention ``step`` hold no training step."""
+        self._values: dict[tuple[cst.CSTNode | None, str], list[_Assigned]] = {}
+        self._collect_assignments()
+        return self._values
+
     def _collect_assignments(self) -> None:
         ctx = self.ctx
         for node in ctx.nodes.of(cst.Assign):
@@ -640,7 +622,7 @@ class _Module:
             if cls is None or not params or params[0].name.value != head or "." in rest:
                 return
             scope, text = cls, f"self.{rest}"
-        self.values.setdefault((scope, text), []).append(_Assigned(value, function))
+        self._values.setdefault((scope, text), []).append(_Assigned(value, function))
 
     def origin(self, text: str, function: cst.FunctionDef | None) -> tuple[list[_Assigned], cst.Param | None]:
         """The values assigned to ``text`` as seen from ``function`` (for ``self.x``: anywhere in
@@ -1489,7 +1471,7 @@ def _evaluation_order(expr: cst.CSTNode) -> Iterator[cst.CSTNode]:
             continue
         if isinstance(node, (cst.Call, cst.Attribute, cst.Name)):
             stack.append((node, True))
-        stack.extend((child, False) for child in reversed(_children(node)))
+        stack.extend((child, False) for child in reversed(child_nodes(node)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,12 +29,13 @@ value may be set anywhere; ``attribute_values`` lists the candidates for callers
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import libcst as cst
+
+from trainlint.context import child_nodes
 
 if TYPE_CHECKING:
     from trainlint.context import FileContext
@@ -47,12 +48,6 @@ FOLLOWED_KINDS = frozenset({"assign", "annotated", "walrus"})
 _FULL_REBINDS = frozenset({"assign", "annotated", "opaque"})
 MAX_ORIGIN_STEPS = 64
 
-_SKIPPED = frozenset(
-    {"lpar", "rpar", "comma", "semicolon", "header", "footer", "leading_lines", "lines_after_decorators",
-     "newline", "trailing_whitespace", "empty_lines", "dot", "equal", "colon", "lbracket", "rbracket",
-     "lbrace", "rbrace", "operator", "asynchronous", "arrow", "star", "star_tok", "whitespace", "indent"}
-)
-_field_cache: dict[type, tuple[str, ...]] = {}
 _SCOPES = (cst.FunctionDef, cst.Lambda, cst.ClassDef)
 _COMPREHENSIONS = (cst.ListComp, cst.SetComp, cst.DictComp, cst.GeneratorExp)
 _BINDING_NODES = frozenset(
@@ -62,24 +57,6 @@ _BINDING_NODES = frozenset(
 )
 # A block whose parent is one of these runs only on some paths.
 _CONDITIONAL_PARENTS = (cst.If, cst.Else, cst.For, cst.While, cst.ExceptHandler, cst.ExceptStarHandler, cst.MatchCase)
-
-
-def _children(node: cst.CSTNode) -> list[cst.CSTNode]:
-    names = _field_cache.get(type(node))
-    if names is None:
-        names = tuple(
-            f.name for f in dataclasses.fields(node)  # type: ignore[arg-type]
-            if f.name not in _SKIPPED and "whitespace" not in f.name
-        )
-        _field_cache[type(node)] = names
-    children: list[cst.CSTNode] = []
-    for name in names:
-        value = getattr(node, name)
-        if isinstance(value, cst.CSTNode):
-            children.append(value)
-        elif isinstance(value, (tuple, list)):
-            children.extend(v for v in value if isinstance(v, cst.CSTNode))
-    return children
 
 
 def _target_names(target: cst.BaseExpression) -> Iterator[cst.Name]:
@@ -157,7 +134,7 @@ class _FunctionFlow:
             stack.append((node, True))
             if isinstance(node, (cst.Import, cst.ImportFrom)):
                 continue
-            children = _children(node)
+            children = child_nodes(node)
             scope = node if isinstance(node, _SCOPES) else self.owner[node]
             for child in children:
                 self.parent[child] = node

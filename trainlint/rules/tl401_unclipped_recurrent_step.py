@@ -12,17 +12,17 @@ from trainlint.analysis.model_structure import RECURRENT, ModelStructure
 from trainlint.analysis.training_step import (
     BACKWARD_KINDS,
     CLIP_FUNCTIONS,
-    EventKind,
     STEP_KINDS,
+    EventKind,
     OptimizerInfo,
     StepEvent,
-    runs_a_closure,
     TrainingStep,
     TrainingSteps,
+    runs_a_closure,
     unscale_insertion,
 )
 from trainlint.analysis.value_origin import FOLLOWED_KINDS, ValueOrigins
-from trainlint.context import FileContext
+from trainlint.context import FileContext, child_nodes
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
 
@@ -460,7 +460,7 @@ def _free_names(expr: cst.BaseExpression) -> set[str]:
     stack: list[cst.CSTNode] = [expr]
     while stack:
         node = stack.pop()
-        children: Iterable[cst.CSTNode] = node.children
+        children: Iterable[cst.CSTNode] = child_nodes(node)
         if isinstance(node, cst.Name):
             read.add(node.value)
         elif isinstance(node, cst.Attribute):
@@ -545,7 +545,7 @@ def _walk(node: cst.CSTNode | None) -> Iterator[cst.CSTNode]:
     while stack:
         current = stack.pop()
         yield current
-        stack.extend(current.children)
+        stack.extend(child_nodes(current))
 
 
 def _inside(ctx: FileContext, node: cst.CSTNode, outer: cst.CSTNode) -> bool:

@@ -17,7 +17,7 @@ from trainlint.analysis.training_step import (
     TrainingSteps,
     unscale_insertion,
 )
-from trainlint.context import FileContext
+from trainlint.context import FileContext, child_nodes
 from trainlint.findings import Edit, Finding, Fix
 from trainlint.rule import Example, Rule
 
@@ -249,7 +249,7 @@ def _names(node: cst.CSTNode) -> set[str]:
         current = stack.pop()
         if isinstance(current, cst.Name):
             found.add(current.value)
-        stack.extend(current.children)
+        stack.extend(child_nodes(current))
     return found
 
 
@@ -270,7 +270,7 @@ def _assigned_names(node: cst.CSTNode) -> set[str]:
             targets = [current.name]
         for target in targets:
             found |= _names(target)
-        stack.extend(current.children)
+        stack.extend(child_nodes(current))
     return found
 
 
