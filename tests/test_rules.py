@@ -131,3 +131,10 @@ def test_rule_is_documented_in_ruff_shape(code: str) -> None:
     rule = all_rules()[code]
     assert rule.__doc__ and "## What it does" in rule.__doc__ and "## Why is this bad?" in rule.__doc__
     assert rule.code.startswith("TL") and len(rule.code) == 5 and rule.code[2:].isdigit()
+
+
+def test_readme_lists_every_rule_as_the_code_does() -> None:
+    from trainlint.docs import rule_table
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert rule_table() in readme, "README's rule table differs: paste trainlint.docs.rule_table()"
