@@ -44,6 +44,11 @@ class LossOnSoftmax(Rule):
     `cross_entropy` and turns it into `log_softmax` (same `dim`) for `nll_loss`, deleting a
     `probs = F.softmax(logits, 1)` line that nothing else reads. Either way the loss becomes
     the one the call is named for.
+
+    ## Fix safety
+    Marked safe because the fixed loss is the one the code names, but training with it differs
+    from training with the double softmax (that is the point): results and tuned learning rates
+    from runs before the fix do not carry over unchanged.
     """
 
     code = "TL205"

@@ -73,6 +73,11 @@ class ScaledIdentityPath(Rule):
 
     The fix drops the constant factor from the identity path (and keeps it on the branch in
     `0.05 * (out + identity)`, which becomes `0.05 * out + identity`).
+
+    ## Fix safety
+    Marked safe because it only removes the bug, but it changes the function the block computes:
+    a checkpoint trained with the factor behaves differently after the fix, so retrain (or
+    fine-tune) rather than load old weights into the fixed model.
     """
 
     code = "TL301"
