@@ -59,6 +59,7 @@ def corpus_run(checkout: Path) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as temporary:
         copy = Path(temporary) / checkout.name
         shutil.copytree(checkout, copy, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+        lines = sum(len(p.read_text(errors="replace").splitlines()) for p in copy.rglob("*.py") if p.is_file())
         lint = trainlint("--output-format", "json", ".", cwd=copy)
         findings = json.loads(lint.stdout) if lint.stdout.strip().startswith("[") else []
         fixable_files = {str(Path(f["filename"]).relative_to(copy.resolve())) for f in findings if f["fix"]}
@@ -71,7 +72,7 @@ def corpus_run(checkout: Path) -> dict[str, object]:
         return {
             "repository": checkout.name,
             "files": len(before),
-            "lines": sum(len(p.read_text(errors="replace").splitlines()) for p in copy.rglob("*.py") if p.is_file()),
+            "lines": lines,  # before any fix
             "findings": len(findings),
             "by_rule": dict(sorted(Counter(f["code"] for f in findings).items())),
             "crashes": int(crashed(lint)) + int(crashed(first_fix)) + int(crashed(second_fix))

@@ -138,3 +138,13 @@ def test_readme_lists_every_rule_as_the_code_does() -> None:
 
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     assert rule_table() in readme, "README's rule table differs: paste trainlint.docs.rule_table()"
+
+
+CLEAN = Path(__file__).parent / "fixtures" / "clean"
+
+
+@pytest.mark.parametrize("path", sorted(CLEAN.glob("*.py")), ids=lambda p: p.name)
+def test_clean_training_code_gives_no_finding_from_any_rule(path: Path) -> None:
+    """Correct training code in the shapes real projects use: every rule must stay quiet."""
+    linter = Linter(Settings(select=["ALL"]), ProjectIndex([path.parent]))
+    assert linter.lint(path.read_text(encoding="utf-8"), path.name, path) == []
