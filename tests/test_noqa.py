@@ -173,3 +173,10 @@ def test_noqa_through_the_command_line(tmp_path: Path) -> None:
         "Found 1 error.",
     ]
     assert result.returncode == 1
+
+
+def test_noqa_is_recognised_in_any_case() -> None:
+    from trainlint.api import lint_source
+
+    source = "import torch\ny = torch.log(torch.softmax(x, dim=1))  # NoQa: TL202\n"
+    assert lint_source(source, "train.py") == []

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from trainlint import __version__, output
-from trainlint.config import ConfigError, Settings, apply_cli_overrides, load_settings
+from trainlint.config import ALWAYS_ON, ConfigError, Settings, apply_cli_overrides, load_settings
 from trainlint.discovery import Target, discover
 from trainlint.engine import Linter
 from trainlint.notebook import linter_for
@@ -165,7 +165,7 @@ def _list_rules(settings: Settings) -> int:
     width = max(len(r.name) for r in rules.values())
     print(f"{'code':<6} {'name':<{width}} {'fix':<6} {'on':<3} summary")
     for code, rule in rules.items():
-        state = "yes" if code in enabled or code in ("TL001", "TL002", "TL003") else "no"
+        state = "yes" if code in enabled or code in ALWAYS_ON else "no"
         print(f"{code:<6} {rule.name:<{width}} {rule.fix_applicability or '-':<6} {state:<3} {rule.summary}")
     return 0
 

@@ -111,7 +111,7 @@ def _relative_to(path: str, root: Path) -> str:
 
 def expand_selectors(selectors: Iterable[str], where: str) -> list[str]:
     """Codes matched by selectors such as ``TL101``, ``TL1`` or ``ALL``; unknown ones are errors."""
-    codes = list(dict.fromkeys([*all_rules(), *sorted(ALWAYS_ON)]))
+    codes = list(all_rules())  # TL001-TL003 are rules too (trainlint/rules/meta.py)
     expanded: list[str] = []
     for selector in selectors:
         if not isinstance(selector, str):

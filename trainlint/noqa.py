@@ -19,20 +19,17 @@ _SKIP_FILE = re.compile(r"#\s*trainlint:\s*skip-file\b")
 class NoqaComment:
     line: int
     column: int  # 1-based column of the '#'
-    codes: tuple[str, ...]  # empty for a bare "# noqa"
+    codes: tuple[str, ...]  # empty when the comment names no code
     used: set[str] = field(default_factory=set)
 
 
 def has_skip_file(text: str) -> bool:
-    return "skip-file" in text and any(
-        _SKIP_FILE.match(comment) for _, _, comment in _comments(text, "skip-file")
-    )
+    return "skip-file" in text and any(_SKIP_FILE.match(comment) for _, _, comment in _comments(text))
 
 
-def _comments(text: str, needle: str) -> list[tuple[int, int, str]]:
-    """(line, 0-based column, text) of each comment; tokenized only when the needle occurs."""
-    if needle not in text:
-        return []
+def _comments(text: str) -> list[tuple[int, int, str]]:
+    """(line, 0-based column, text) of each comment. Callers check for their word first, so only
+    files that mention it are tokenized."""
     comments = []
     try:
         for token in tokenize.generate_tokens(io.StringIO(text).readline):
@@ -45,10 +42,9 @@ def _comments(text: str, needle: str) -> list[tuple[int, int, str]]:
 
 def parse_noqa(text: str) -> dict[int, NoqaComment]:
     by_line: dict[int, NoqaComment] = {}
-    lowered = text if "noqa" in text else text.lower()
-    if "noqa" not in lowered:
+    if "noqa" not in text and "noqa" not in text.lower():
         return by_line
-    for line, column, comment in _comments(text, "noqa") or _comments(text, "NOQA"):
+    for line, column, comment in _comments(text):
         match = _NOQA.search(comment)
         if match is None:
             continue
