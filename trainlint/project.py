@@ -12,11 +12,12 @@ Every file an answer was read from is recorded, so a cached result can be checke
 from __future__ import annotations
 
 import ast
-import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from trainlint.source import content_digest
 
 
 @dataclass
@@ -150,7 +151,7 @@ def summarize(name: str, path: Path, data: bytes) -> ModuleSummary:
     summary = ModuleSummary(
         name=name,
         path=path,
-        digest=hashlib.blake2b(data, digest_size=16).hexdigest(),
+        digest=content_digest(data),
         is_package=path.name == "__init__.py",
     )
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -21,7 +20,7 @@ from trainlint.findings import Finding, is_fix_allowed
 from trainlint.fixes import write_atomic
 from trainlint.notebook import linter_for
 from trainlint.project import ProjectIndex
-from trainlint.source import SourceError, SourceText
+from trainlint.source import SourceError, SourceText, content_digest
 
 
 @dataclass
@@ -57,10 +56,6 @@ class RunResult:
         return sorted((f for r in self.files for f in r.fixed), key=lambda f: f.sort_key)
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
 def _code_fingerprint() -> str:
     """The installed trainlint's own modules (path, size, mtime): a rule edited in a development
     install invalidates the cache even though the version number did not change."""
@@ -72,7 +67,7 @@ def _code_fingerprint() -> str:
         except OSError:
             continue
         stamps.append(f"{path.relative_to(package).as_posix()}:{status.st_size}:{status.st_mtime_ns}")
-    return _digest("\n".join(stamps).encode())
+    return content_digest("\n".join(stamps).encode())
 
 
 class Cache:
@@ -95,7 +90,7 @@ class Cache:
     def _current_digest(self, path: str) -> str | None:
         if path not in self._dependency_digests:
             try:
-                self._dependency_digests[path] = _digest(Path(path).read_bytes())
+                self._dependency_digests[path] = content_digest(Path(path).read_bytes())
             except OSError:
                 self._dependency_digests[path] = None
         return self._dependency_digests[path]
@@ -157,7 +152,7 @@ def process(target: Target, options: RunOptions) -> FileResult:
     except OSError as exc:
         result.findings = [meta_finding(IO_ERROR, f"cannot read: {exc.strerror or exc}", target.display)]
         return result
-    result.digest = _digest(raw)
+    result.digest = content_digest(raw)
     try:
         source = SourceText.from_bytes(raw)
     except SourceError as exc:
@@ -185,7 +180,7 @@ def _write(target: Target, source: SourceText, text: str, result: FileResult) ->
     try:
         data = source.to_bytes(text)
         write_atomic(target.path, data)
-        result.digest = _digest(data)
+        result.digest = content_digest(data)
     except (OSError, UnicodeEncodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         # Nothing was written, so what the fixes would have removed is still there.
@@ -267,8 +262,10 @@ def _process_isolated(target: Target, settings: Settings, options: RunOptions, r
 def _from_cache(cache: Cache | None, target: Target, options: RunOptions) -> FileResult | None:
     if cache is None or target.missing or target.problem:
         return None
+    if str(target.path) not in cache.entries:
+        return None  # nothing cached: the worker reads and hashes the file once
     try:
-        digest = _digest(target.path.read_bytes())
+        digest = content_digest(target.path.read_bytes())
     except OSError:
         return None
     findings = cache.lookup(target, digest)

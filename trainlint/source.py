@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import bisect
 import codecs
+import hashlib
 import io
 import re
 import tokenize
 from dataclasses import dataclass, field
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def content_digest(data: bytes) -> str:
+    """The digest of a file's bytes. The cache keys files by it and compares it with what the
+    project index recorded for each dependency, so both must use this one function."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 class SourceError(Exception):
