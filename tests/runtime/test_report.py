@@ -47,14 +47,33 @@ def test_mostly_skipped_steps_are_unhealthy():
     assert (report.scale_first, report.scale_last) == (2.0**24, 2.0**16)
 
 
-def test_nan_loss_weights_and_rising_loss_each_give_a_reason():
+def test_nan_loss_and_weights_each_give_a_reason():
     rising = [step(i, loss=1.0 + i) for i in range(10)]
     steps = rising + [step(i, loss=math.nan, norm=math.nan, nan_grads=3, nan_params=2) for i in (10, 11)]
-    reasons = summarize(record_of(steps)).reasons
-    assert "non-finite loss in 2/12 backward passes" in reasons
-    assert "2 steps applied non-finite gradients" in reasons
-    assert "non-finite weights from step 10" in reasons
-    assert any(r.startswith("loss did not fall (1 -> nan)") for r in reasons)
+    report = summarize(record_of(steps))
+    assert report.reasons == [
+        "non-finite loss in 2/12 backward passes",
+        "2 steps applied non-finite gradients",
+        "non-finite weights from step 10",
+    ]
+    assert report.loss_trend == "non-finite" and report.loss_fell is False
+
+
+def test_a_loss_that_rises_far_is_unhealthy():
+    report = summarize(record_of([step(i, loss=1.0 + 0.5 * i) for i in range(12)]))
+    assert report.loss_trend == "rose" and report.reasons == ["loss rose (1 -> 6.5)"]
+
+
+def test_a_flat_or_slightly_rising_loss_is_a_warning_not_a_verdict():
+    # The median of the last tenth decides, so one noisy last minibatch does not.
+    flat = summarize(record_of([step(i, loss=2.0 - 0.001 * (i % 3)) for i in range(29)] + [step(29, loss=5.0)]))
+    assert flat.verdict == "healthy" and flat.loss_trend == "flat" and flat.loss_fell is False
+    assert flat.warnings == ["loss flat (2 -> 2, within 1% of the first loss)"]
+    slightly = summarize(record_of([step(i, loss=1.0 + 0.005 * i) for i in range(12)]))
+    assert slightly.verdict == "healthy" and slightly.loss_trend == "rose"
+    assert slightly.warnings == ["loss rose slightly (1 -> 1.05)"]
+    short = summarize(record_of([step(i, loss=1.0) for i in range(5)]))
+    assert short.loss_trend == "flat" and short.warnings == []
 
 
 def test_no_optimizer_step_and_exceptions_are_reasons():

@@ -24,6 +24,11 @@ SPIKE_WINDOW = 20
 SPIKE_MIN_HISTORY = 5
 # Fewer losses than this say too little about whether training makes progress.
 MIN_LOSSES_FOR_TREND = 10
+# The loss fell or rose when the end of the run is more than this fraction away from the first loss;
+# closer than that it is flat: no progress worth the name, whatever the last digits say.
+LOSS_FLAT_TOLERANCE = 0.01
+# A loss that ends this far above the first is a run going wrong, not minibatch noise.
+LOSS_RISE_LIMIT = 0.10
 
 
 @dataclass
@@ -48,6 +53,7 @@ class HealthReport:
     spikes: list[int]
     loss_first: float | None
     loss_last: float | None
+    loss_trend: str | None  # "fell", "flat", "rose" or "non-finite"; None without losses
     loss_fell: bool | None
     stopped_at_limit: bool
     wall_time_s: float
@@ -79,6 +85,7 @@ def summarize(record: Record) -> HealthReport:
     finite_norms = [s.grad_norm for s in steps if math.isfinite(s.grad_norm)]
     scales = [s.scale for s in steps if s.scale is not None]
     loss_first, loss_last = _loss_ends(losses)
+    trend = _loss_trend(loss_first, loss_last)
     report = HealthReport(
         verdict="healthy",
         reasons=[],
@@ -100,29 +107,41 @@ def summarize(record: Record) -> HealthReport:
         spikes=_spikes(steps),
         loss_first=loss_first,
         loss_last=loss_last,
-        loss_fell=None if loss_first is None or loss_last is None else loss_last < loss_first,
+        loss_trend=trend,
+        loss_fell=None if trend is None else trend == "fell",
         stopped_at_limit=record.stopped_at_limit,
         wall_time_s=record.wall_time_s,
         optimizers=list(record.optimizers),
     )
     report.reasons = _reasons(report, record, len(losses))
-    report.warnings = _warnings(report, record)
+    report.warnings = _warnings(report, record, len(losses))
     report.verdict = "unhealthy" if report.reasons else "healthy"
     return report
 
 
 def _loss_ends(losses: Sequence[float]) -> tuple[float | None, float | None]:
     """The first finite loss (before any update: the same in runs with the same seed and data),
-    and the mean of the last few as they are (NaN stays NaN; a few, so that one noisy minibatch
-    does not decide whether the loss fell).
+    and the median of the last tenth of the run, up to 10 losses, as they are (NaN stays NaN;
+    a median, so that one hard or easy minibatch does not decide whether the loss fell).
     """
     if not losses:
         return None, None
-    k = max(1, min(5, len(losses) // 20))
+    k = max(1, min(10, len(losses) // 10))
     first = next((v for v in losses if math.isfinite(v)), None)
     tail = losses[-k:]
-    last = statistics.fmean(tail) if all(math.isfinite(v) for v in tail) else math.nan
+    last = statistics.median(tail) if all(math.isfinite(v) for v in tail) else math.nan
     return first, last
+
+
+def _loss_trend(first: float | None, last: float | None) -> str | None:
+    if first is None or last is None:
+        return None
+    if not math.isfinite(last):
+        return "non-finite"
+    tolerance = LOSS_FLAT_TOLERANCE * max(abs(first), 1e-12)
+    if last < first - tolerance:
+        return "fell"
+    return "rose" if last > first + tolerance else "flat"
 
 
 def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
@@ -171,12 +190,22 @@ def _reasons(report: HealthReport, record: Record, loss_count: int) -> list[str]
         reasons.append(f"{report.nonfinite_grad_steps_applied} steps applied non-finite gradients")
     if report.first_nonfinite_weights_step is not None:
         reasons.append(f"non-finite weights from step {report.first_nonfinite_weights_step}")
-    if loss_count >= MIN_LOSSES_FOR_TREND and report.loss_fell is False:
-        reasons.append(f"loss did not fall ({format_number(report.loss_first)} -> {format_number(report.loss_last)})")
+    if loss_count >= MIN_LOSSES_FOR_TREND and _rose_too_far(report):
+        reasons.append(f"loss rose ({_loss_span(report)})")
     return reasons
 
 
-def _warnings(report: HealthReport, record: Record) -> list[str]:
+def _rose_too_far(report: HealthReport) -> bool:
+    if report.loss_first is None or report.loss_last is None or report.loss_trend != "rose":
+        return False
+    return report.loss_last > report.loss_first + LOSS_RISE_LIMIT * abs(report.loss_first)
+
+
+def _loss_span(report: HealthReport) -> str:
+    return f"{format_number(report.loss_first)} -> {format_number(report.loss_last)}"
+
+
+def _warnings(report: HealthReport, record: Record, loss_count: int) -> list[str]:
     warnings = []
     if report.spikes:
         shown = ", ".join(str(i) for i in report.spikes[:5]) + (", ..." if len(report.spikes) > 5 else "")
@@ -191,6 +220,10 @@ def _warnings(report: HealthReport, record: Record) -> list[str]:
         warnings.append(f"optimizers created but never stepped: {', '.join(idle)}")
     if report.steps_run and report.grad_norm["max"] == 0.0:
         warnings.append("every gradient was zero")
+    if loss_count >= MIN_LOSSES_FOR_TREND and report.loss_trend == "flat":
+        warnings.append(f"loss flat ({_loss_span(report)}, within {LOSS_FLAT_TOLERANCE:.0%} of the first loss)")
+    elif loss_count >= MIN_LOSSES_FOR_TREND and report.loss_trend == "rose" and not _rose_too_far(report):
+        warnings.append(f"loss rose slightly ({_loss_span(report)})")
     return warnings
 
 
@@ -213,8 +246,8 @@ def report_rows(report: HealthReport) -> list[tuple[str, str]]:
     g = report.grad_norm
     loss = "-"
     if report.loss_first is not None:
-        trend = {True: "fell", False: "did not fall", None: ""}[report.loss_fell]
-        loss = f"{format_number(report.loss_first)} -> {format_number(report.loss_last)} {trend}".rstrip()
+        trend = report.loss_trend if report.loss_trend in ("fell", "flat", "rose") else ""
+        loss = f"{_loss_span(report)} {trend}".rstrip()
     skipped = f"{report.steps_skipped}/{report.steps_run}" if report.scaler_used else "no GradScaler"
     scale = "-"
     if report.scale_first is not None:
