@@ -392,11 +392,11 @@ def _orders(comparison: cst.Comparison) -> bool:
     return any(isinstance(target.operator, ordering) for target in comparison.comparisons)
 
 
-def _functions_that_clip(ctx: FileContext) -> set[cst.FunctionDef | None]:
+def _functions_that_clip(ctx: FileContext) -> set[cst.CSTNode]:
     """Functions with a call named like a clip (``clip_gradient(optimizer, 5)``,
     ``accelerator.clip_grad_norm_``, ``self.clip_gradients``) or a clamp of ``.grad``: clipping the
     training-step analysis does not recognise. A step in (or inlining) one of them stays quiet."""
-    found: set[cst.FunctionDef | None] = set()
+    found: set[cst.CSTNode] = set()
     for call in ctx.nodes.of(cst.Call):
         func = call.func
         if ctx.qualified_name(func) in CLIP_FUNCTIONS:
@@ -408,11 +408,12 @@ def _functions_that_clip(ctx: FileContext) -> set[cst.FunctionDef | None]:
             ".grad" in ctx.code(func.value)
         )
         if named_like_a_clip or clamps_grad:
-            found.add(ctx.enclosing(call, cst.FunctionDef))
+            # Top-level script code is the module's step: its clips belong to the module.
+            found.add(ctx.enclosing(call, cst.FunctionDef) or ctx.module)
     return found
 
 
-def _may_clip_unseen(step: TrainingStep, clipping: set[cst.FunctionDef | None]) -> bool:
+def _may_clip_unseen(step: TrainingStep, clipping: set[cst.CSTNode]) -> bool:
     return step.function in clipping or any(helper in clipping for helper in step.helpers)
 
 
