@@ -8,6 +8,7 @@ import libcst as cst
 import pytest
 
 from trainlint.analysis.training_step import (
+    BACKWARD_KINDS,
     MAX_PATHS,
     EventKind,
     TrainingStep,
@@ -381,16 +382,32 @@ def test_schedulers_and_other_steps_are_not_optimizer_steps() -> None:
     assert kinds(step.events) == [K.BACKWARD, K.OPT_STEP]
 
 
-def test_backward_of_a_wrapper_that_scales_itself_is_not_seen() -> None:
+def test_framework_backwards_are_their_own_kind_and_unknown_wrappers_are_not_seen() -> None:
     _, steps = steps_of(
         """
-        def train(model, loader, optimizer, accelerator):
+        import lightning as L
+
+        def train(model, loader, optimizer, accelerator, engine):
             for x in loader:
                 accelerator.backward(model(x))
                 optimizer.step()
+                engine.backward(model(x))
+                engine.step()
+                out = model(x)
+                out.backward(out)
+
+        class Module(L.LightningModule):
+            def training_step(self, batch, batch_idx):
+                opt = self.optimizers()
+                self.manual_backward(self(batch))
+                opt.step()
         """
     )
-    assert kinds(steps[0].events) == [K.OPT_STEP]
+    train, module = steps
+    # Accelerate and Fabric may scale the loss themselves: neither a plain nor a scaled backward.
+    assert kinds(train.events) == [K.FRAMEWORK_BACKWARD, K.OPT_STEP]
+    assert [e.kind in BACKWARD_KINDS for e in train.events] == [True, False]
+    assert kinds(module.events) == [K.FRAMEWORK_BACKWARD, K.OPT_STEP]
 
 
 def test_clip_is_matched_to_the_optimizer_of_its_parameters() -> None:

@@ -52,6 +52,9 @@ HELPER_DEPTH = 2  # helpers of helpers are followed, one level further is not
 class EventKind(Enum):
     BACKWARD = "backward"  # loss.backward(), torch.autograd.backward(loss)
     SCALED_BACKWARD = "scaled_backward"  # scaler.scale(loss).backward()
+    # accelerator.backward(loss), fabric.backward(loss), self.manual_backward(loss): the framework
+    # may scale the loss itself, so rules about GradScaler scaling treat it as neither kind above.
+    FRAMEWORK_BACKWARD = "framework_backward"
     UNSCALE = "unscale"  # scaler.unscale_(opt)
     GRAD_INSPECT = "grad_inspect"  # reads gradient values: isnan/isfinite/norm/logging of .grad
     CLIP = "clip"  # torch.nn.utils.clip_grad_norm_ / clip_grad_value_
@@ -63,8 +66,8 @@ class EventKind(Enum):
 
 
 # A function holding one of these itself (not through a helper) is a TrainingStep.
-CORE_KINDS = frozenset({EventKind.BACKWARD, EventKind.SCALED_BACKWARD, EventKind.OPT_STEP, EventKind.SCALER_STEP})
-BACKWARD_KINDS = frozenset({EventKind.BACKWARD, EventKind.SCALED_BACKWARD})
+BACKWARD_KINDS = frozenset({EventKind.BACKWARD, EventKind.SCALED_BACKWARD, EventKind.FRAMEWORK_BACKWARD})
+CORE_KINDS = BACKWARD_KINDS | {EventKind.OPT_STEP, EventKind.SCALER_STEP}
 STEP_KINDS = frozenset({EventKind.OPT_STEP, EventKind.SCALER_STEP})  # the optimizer's update, either way
 # Events that finish a step: an exit that bypasses one of them skips the step.
 _FINISHING_KINDS = frozenset(
@@ -472,6 +475,18 @@ def _keyword(call: cst.Call, name: str) -> cst.BaseExpression | None:
         if arg.keyword is not None and arg.keyword.value == name:
             return arg.value
     return None
+
+
+# Objects whose ``.backward(loss)`` runs the loss's backward and leaves the optimizer step to the
+# caller: Accelerate's ``Accelerator`` and Lightning's ``Fabric``, by the names their docs use.
+# (A DeepSpeed engine's ``backward`` is not one: its ``engine.step()`` steps and zeroes itself.)
+_FRAMEWORK_BACKWARD_OWNERS = ("accelerator", "fabric")
+
+
+def _is_framework_backward(receiver: str, method: str) -> bool:
+    if method == "manual_backward":  # LightningModule.manual_backward(loss)
+        return receiver == "self"
+    return receiver.rpartition(".")[2].lower() in _FRAMEWORK_BACKWARD_OWNERS
 
 
 def _first_positional(call: cst.Call) -> cst.BaseExpression | None:
@@ -1222,11 +1237,15 @@ class _Builder:
         return self.inline(call)
 
     def method_call(self, call: cst.Call, method: str, receiver: cst.BaseExpression) -> list[_Item] | None:
-        if method == "backward":
+        if method in ("backward", "manual_backward"):
             positional = _first_positional(call)
             text = dotted_name(receiver)
+            if positional is not None and text is not None and _is_framework_backward(text, method):
+                return [self.event(EventKind.FRAMEWORK_BACKWARD, call, target=positional)]
+            if method == "manual_backward":
+                return None
             if positional is not None and text is not None and "loss" not in text.lower():
-                return None  # accelerator.backward(loss), engine.backward(loss): they scale themselves
+                return None  # engine.backward(loss) and the like: unknown objects that may step themselves
             return [self.backward(call, receiver)]
         text = dotted_name(receiver)
         if text is None:
@@ -1504,7 +1523,7 @@ class TrainingSteps:
         for call in self.ctx.nodes.of(cst.Call):
             func = call.func
             name = func.attr.value if isinstance(func, cst.Attribute) else None
-            if name in ("backward", "step") or self.ctx.qualified_name(func) == "torch.autograd.backward":
+            if name in ("backward", "manual_backward", "step") or self.ctx.qualified_name(func) == "torch.autograd.backward":
                 function = self.module.function_of(call)
                 if function is not None:
                     found.setdefault(function, None)

@@ -151,8 +151,8 @@ def _scaling_at(step: TrainingStep, before: Sequence[StepEvent], after: Sequence
     for event in reversed(before):
         if event.kind in (EventKind.UNSCALE, EventKind.SCALER_STEP, EventKind.ZERO_GRAD):
             return None
-        if event.kind is EventKind.BACKWARD:
-            return None
+        if event.kind in (EventKind.BACKWARD, EventKind.FRAMEWORK_BACKWARD):
+            return None  # fresh gradients, not scaled by a GradScaler of this step
         if event.kind is EventKind.SCALED_BACKWARD:
             return event.scaler if step.scaler_of(event) is not None else None
     # no backward before the clip in this step: the step's own scaler.step tells
