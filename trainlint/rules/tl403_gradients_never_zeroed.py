@@ -32,7 +32,10 @@ class GradientsNeverZeroed(Rule):
     `model.zero_grad()`, no `p.grad = None`. Calling `zero_grad()` once before the loop, or once
     per epoch outside the batch loop, does not count. Gradient accumulation that zeroes after its
     conditional step (`if (i + 1) % k == 0: opt.step(); opt.zero_grad()`) is fine, and so is an
-    LBFGS closure that zeroes inside it.
+    LBFGS closure that zeroes inside it. Accelerate's `accelerator.backward(loss)`, Fabric's
+    `fabric.backward(loss)` and Lightning's `self.manual_backward(loss)` count as `backward()`:
+    none of them clears the gradients. A DeepSpeed `engine.step()` zeroes them itself and is not
+    reported.
 
     ## Why is this bad?
     `backward()` adds into `.grad`; it never overwrites. Without zeroing, the gradient that step
