@@ -153,6 +153,17 @@ def test_stdin_is_linted_and_named(project: Path) -> None:
     assert (clean.returncode, clean.stdout) == (0, "All checks passed!\n")
 
 
+def test_python_warnings_about_the_linted_code_are_not_echoed(tmp_path: Path) -> None:
+    # Python's parser warns about `"\d"` and `x is 1` (a SyntaxWarning, shown by default from
+    # Python 3.12; PYTHONWARNINGS=always shows it on any version). Both the file and the local
+    # module the project index reads are parsed by Python: neither may print to stderr.
+    odd = 'PATTERN = "\\d+"\nSAME = PATTERN is 1\n'
+    (tmp_path / "helpers.py").write_text(odd, encoding="utf-8")
+    (tmp_path / "train.py").write_text("import torch\nfrom helpers import PATTERN\n" + odd, encoding="utf-8")
+    result = run_cli("--no-cache", ".", cwd=tmp_path, env={"PYTHONWARNINGS": "always"})
+    assert (result.returncode, result.stdout, result.stderr) == (0, "All checks passed!\n", "")
+
+
 def test_stdin_filename_finds_its_configuration(project: Path, monkeypatch, capsys) -> None:
     (project / "sub").mkdir()
     (project / "sub" / "pyproject.toml").write_text(

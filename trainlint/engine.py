@@ -6,7 +6,6 @@ selection -> fixes. Each file is parsed once per pass; rules share one walk of t
 
 from __future__ import annotations
 
-import ast
 import gc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from trainlint.findings import Finding, Position, is_fix_allowed
 from trainlint.fixes import apply_fixes, non_overlapping
 from trainlint.project import ProjectIndex, module_name_for
 from trainlint.rule import Rule, all_rules
-from trainlint.source import SourceText
+from trainlint.source import SourceText, python_ast
 
 MAX_FIX_PASSES = 10
 UNUSED_NOQA = "TL004"
@@ -200,7 +199,7 @@ def _too_deep_for_libcst(text: str, display: str) -> Finding | None:
     enabled = gc.isenabled()
     gc.disable()  # as for the parse: the AST's many small objects are not garbage (35% faster)
     try:
-        compile(text, display, "exec", flags=ast.PyCF_ONLY_AST, dont_inherit=True)
+        python_ast(text, display)
     except SyntaxError as error:
         if error.msg and error.msg.startswith(_NESTING_MESSAGES):
             return meta_finding(SYNTAX_ERROR, f"syntax error: {error.msg}", display, error.lineno or 1, max(1, error.offset or 1))
@@ -218,7 +217,7 @@ def _syntax_error(text: str, display: str, exc: cst.ParserSyntaxError) -> Findin
     """TL001 with Python's own message and position ("'(' was never closed" at the bracket)
     when Python's parser also rejects the text; LibCST's otherwise (it is stricter in places)."""
     try:
-        compile(text, display, "exec", flags=ast.PyCF_ONLY_AST, dont_inherit=True)
+        python_ast(text, display)
     except SyntaxError as error:
         if error.lineno:
             column = max(1, error.offset or 1)

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainlint.source import content_digest
+from trainlint.source import content_digest, python_ast
 
 
 @dataclass
@@ -155,7 +155,7 @@ def summarize(name: str, path: Path, data: bytes) -> ModuleSummary:
         is_package=path.name == "__init__.py",
     )
     try:
-        tree = ast.parse(data, filename=str(path))
+        tree = python_ast(data, str(path))
     except (SyntaxError, ValueError):
         return summary
     summarizer = _Summarizer(summary)

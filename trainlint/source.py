@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import bisect
 import codecs
 import hashlib
 import io
 import re
 import tokenize
+import warnings
 from dataclasses import dataclass, field
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -17,6 +19,15 @@ def content_digest(data: bytes) -> str:
     """The digest of a file's bytes. The cache keys files by it and compares it with what the
     project index recorded for each dependency, so both must use this one function."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def python_ast(source: str | bytes, filename: str) -> ast.Module:
+    """Python's own parse of the source (``SyntaxError`` when it fails), without the warnings its
+    compiler prints about the code it reads (``invalid escape sequence '\\d'`` is a SyntaxWarning
+    from Python 3.12): they are about the user's file, and a linter must not echo them to stderr."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ast.parse(source, filename=filename)
 
 
 class SourceError(Exception):
