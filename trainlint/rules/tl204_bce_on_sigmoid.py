@@ -9,7 +9,7 @@ import libcst as cst
 
 from trainlint.analysis.imports import dotted_name
 from trainlint.analysis.probabilities import Probabilities, Producer, Trace, positional_argument
-from trainlint.analysis.value_origin import ValueOrigins
+from trainlint.analysis.values import Scopes
 from trainlint.context import FileContext
 from trainlint.findings import Edit, Finding, Fix
 from trainlint.rule import Example, Rule
@@ -51,6 +51,17 @@ def producer_trace(probabilities: Probabilities, expr: cst.BaseExpression, kind:
     return trace
 
 
+def producer_place(ctx: FileContext, loss: LossCall, trace: Trace) -> str:
+    """Where the activation is, when it is not written in the loss's own expression: in another
+    function, at the end of a model's ``forward``, in an ``nn.Sequential``."""
+    producer = trace.producers[0]
+    if producer.local and producer.style != "layer":
+        function = ctx.enclosing(loss.call, cst.FunctionDef)
+        if ctx.enclosing(producer.call, cst.FunctionDef) is function:
+            return ""
+    return producer.where()
+
+
 def replace_producer(
     ctx: FileContext,
     probabilities: Probabilities,
@@ -65,6 +76,8 @@ def replace_producer(
     if len(trace.producers) != 1:
         return None
     producer = trace.producers[0]
+    if not producer.local or producer.input is None:
+        return None  # the activation is in another function or ends a model: no local rewrite
     new = replacement(producer)
     if new is None:
         return None
@@ -86,7 +99,7 @@ def _replace_through_binding(
     """For ``p = <producer>`` or ``p = <producer>.view(-1)[mask]`` bound once and read only by the
     loss: inline the replacement and delete the line (first form, logits a name that does not
     change in between), or replace the producer inside the bound value (second form)."""
-    values = ctx.get(ValueOrigins)
+    values = ctx.get(Scopes)
     load = _base_name(loss_input)
     function = values.scope_of(loss_input)
     if load is None:
@@ -209,8 +222,9 @@ class BceOnSigmoid(Rule):
             yield ctx.report(
                 self,
                 loss.call,
-                f"{what} of a `sigmoid` output: sigmoid rounds to 1.0 from a logit of ~17 in float32, where the "
-                f"clamped log gives a loss of 100 and a zero gradient; the with-logits loss is exact and stable",
+                f"{what} of a `sigmoid` output{producer_place(ctx, loss, trace)}: sigmoid rounds to 1.0 from a "
+                f"logit of ~17 in float32, where the clamped log gives a loss of 100 and a zero gradient; the "
+                f"with-logits loss is exact and stable",
                 fix=fix,
             )
 
@@ -257,7 +271,7 @@ def _only_called_here(ctx: FileContext, constructor: cst.Call, calls: list[cst.C
         return False
     target = parent.targets[0].target
     if isinstance(target, cst.Name):
-        values = ctx.get(ValueOrigins)
+        values = ctx.get(Scopes)
         uses = values.uses(target.value, values.scope_of(parent))
         return bool(uses) and all(id(use) in callees for use in uses)
     attribute = dotted_name(target)

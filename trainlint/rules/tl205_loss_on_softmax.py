@@ -9,7 +9,7 @@ from trainlint.context import FileContext
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
 from trainlint.rules.tl202_log_of_softmax import log_softmax_code
-from trainlint.rules.tl204_bce_on_sigmoid import LossCall, loss_calls, producer_trace, replace_producer
+from trainlint.rules.tl204_bce_on_sigmoid import LossCall, loss_calls, producer_place, producer_trace, replace_producer
 
 _CROSS_ENTROPY = frozenset({"torch.nn.functional.cross_entropy"})
 _CROSS_ENTROPY_MODULES = frozenset({"torch.nn.CrossEntropyLoss", "torch.nn.modules.loss.CrossEntropyLoss"})
@@ -17,11 +17,11 @@ _NLL = frozenset({"torch.nn.functional.nll_loss"})
 _NLL_MODULES = frozenset({"torch.nn.NLLLoss", "torch.nn.modules.loss.NLLLoss"})
 
 _CE_MESSAGE = (
-    "{what} applies log_softmax itself, so this softmax is applied twice: the loss cannot fall below "
+    "{what} applies log_softmax itself, so this softmax{where} is applied twice: the loss cannot fall below "
     "log(1 + (C-1)/e) (1.46 for 10 classes) and the gradient vanishes for confident mistakes; pass the logits"
 )
 _NLL_MESSAGE = (
-    "{what} expects log-probabilities but gets `softmax` probabilities: the loss -p[target] stays in "
+    "{what} expects log-probabilities but gets `softmax` probabilities{where}: the loss -p[target] stays in "
     "[-1, 0] and its gradient does not grow with the error; use `log_softmax`"
 )
 
@@ -116,7 +116,7 @@ class LossOnSoftmax(Rule):
                 yield ctx.report(
                     self,
                     loss.call,
-                    template.format(what=_describe(ctx, loss)),
+                    template.format(what=_describe(ctx, loss), where=producer_place(ctx, loss, trace)),
                     fix=self._fix(ctx, probabilities, loss, trace, negative_log_likelihood),
                 )
 
