@@ -41,12 +41,13 @@ class ModuleSummary:
     imports: dict[str, str] = field(default_factory=dict)  # local name -> qualified name
     classes: dict[str, ClassSummary] = field(default_factory=dict)  # "Outer.Inner" for nested ones
     functions: set[str] = field(default_factory=set)  # top-level functions
+    variables: set[str] = field(default_factory=set)  # names assigned at the top level
     decorated_functions: set[str] = field(default_factory=set)
     calls: set[str] = field(default_factory=set)  # qualified callees, and ".name" for method calls
     references: set[str] = field(default_factory=set)  # qualified names and ".attr" used as values, not called
 
     def defines(self, name: str) -> bool:
-        return name in self.classes or name in self.functions
+        return name in self.classes or name in self.functions or name in self.variables
 
 
 def _dotted(node: ast.expr) -> str | None:
@@ -121,6 +122,10 @@ class _Summarizer:
                 summary.functions.add(node.name)
                 if self._decorated(node):
                     summary.decorated_functions.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)) and not prefix:
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    summary.variables.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
 
     def calls_in(self, nodes: Iterable[ast.AST]) -> set[str]:
         found: set[str] = set()

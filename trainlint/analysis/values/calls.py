@@ -256,18 +256,36 @@ class CallsMixin:
         return sites, not self._used_as_value(self.ctx, function.name.value, function)
 
     def _calls(self: ValueFlow, call: cst.Call, function: cst.FunctionDef) -> bool:
-        return any(isinstance(v, FunctionRef) and v.site is not None and v.site.node is function for v in self.evaluate(call.func, False))
+        return any(v.site is not None and v.site.node is function for v in self.evaluate(call.func, False).of_type(FunctionRef))
 
     def _function_sites(self: ValueFlow, function: cst.FunctionDef) -> tuple[list[CallSite], bool]:
         qualified = self.qualified_of(function)
         complete = not _decorated(function, self)
         sites: list[CallSite] = []
-        for flow in self._modules_using(function.name.value, qualified):
+        name = function.name.value
+        for flow in self._modules_using(name, qualified):
+            spellings = {name, *flow._partial_names(name)}
             for call in flow.ctx.nodes.of(cst.Call):
-                if _spells(call.func, function.name.value) and flow._calls(call, function):
-                    sites.append(CallSite(flow, call, False))
-            complete = complete and not flow._used_as_value(flow.ctx, function.name.value, function)
+                if not any(_spells(call.func, spelling) for spelling in spellings):
+                    continue
+                for value in flow.evaluate(call.func, False).of_type(FunctionRef):
+                    if value.site is not None and value.site.node is function:
+                        sites.append(CallSite(flow, call, False, None, value.bound, value.bound_keywords))
+                        break
+            complete = complete and not flow._used_as_value(flow.ctx, name, function)
         return sites[:_MAX_CALL_SITES], complete and len(sites) <= _MAX_CALL_SITES
+
+    def _partial_names(self: ValueFlow, name: str) -> set[str]:
+        """Names bound to ``functools.partial(name, ...)`` in this module: other spellings of a call."""
+        found = set()
+        for call in self.ctx.nodes.of(cst.Call):
+            if self.ctx.qualified_name(call.func) != "functools.partial" or not call.args:
+                continue
+            first = call.args[0].value
+            parent = self.ctx.parent(call)
+            if isinstance(first, cst.Name) and first.value == name and isinstance(parent, cst.Assign):
+                found.update(t.target.value for t in parent.targets if isinstance(t.target, cst.Name))
+        return found
 
     def _constructor_sites(self: ValueFlow, owner: cst.ClassDef) -> tuple[list[CallSite], bool]:
         """``C(...)``, ``Sub(...)`` of subclasses without their own ``__init__``, and
@@ -355,6 +373,8 @@ class CallsMixin:
                 continue
             if _is_store(ctx, node) or (not method and _names_not_loads(parent, node)):
                 continue
+            if not method and _bound_by_partial(ctx, node):
+                continue  # `run = partial(train, ...)`: its calls are found as calls of `run`
             return True
         return False
 
@@ -420,6 +440,17 @@ def _names_not_loads(parent: cst.CSTNode | None, node: cst.Name) -> bool:
     if isinstance(parent, cst.Attribute) and parent.attr is node:
         return True
     return isinstance(parent, cst.Arg) and parent.keyword is node
+
+
+def _bound_by_partial(ctx, node: cst.Name) -> bool:
+    arg = ctx.parent(node)
+    call = ctx.parent(arg) if isinstance(arg, cst.Arg) else None
+    return (
+        isinstance(call, cst.Call)
+        and call.args[0] is arg
+        and ctx.qualified_name(call.func) == "functools.partial"
+        and isinstance(ctx.parent(call), cst.Assign)
+    )
 
 
 def _is_store(ctx, node: cst.CSTNode) -> bool:

@@ -27,7 +27,6 @@ The kinds of value:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -58,12 +57,14 @@ class Site:
 
 
 def _short_path(ctx: FileContext) -> str:
+    """The file as the user knows it: relative to the project's root when inside it."""
     if ctx.real_path is None:
         return ctx.path
-    try:
-        return os.path.relpath(ctx.real_path)
-    except ValueError:  # another drive on Windows
-        return str(ctx.real_path)
+    path = ctx.real_path.resolve()
+    for root in ctx.project.roots:
+        if root in path.parents:
+            return path.relative_to(root).as_posix()
+    return ctx.path
 
 
 EvidenceKind = Literal["passed", "default", "returned", "attribute", "built", "element"]

@@ -139,7 +139,10 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin):
         if comprehension is not None:
             source, path = comprehension
             return self.element(self.evaluate(source, symbolic), path)
+        parameter = self.ctx.parent(name)
         scope = self.scopes.scope_of(name)
+        if isinstance(parameter, cst.Param):  # a parameter's own name: its function's binding
+            scope = self.ctx.enclosing(parameter, cst.FunctionDef) or scope
         own = next((b for b in self.scopes.records(scope).get(name.value, ()) if b.target is name), None)
         if own is not None:  # the target of a binding: the value it is given there
             return self.binding_values(own, symbolic)
@@ -154,7 +157,7 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin):
         if binding.kind in ("assign", "annotated", "walrus") and binding.value is not None:
             return self.evaluate(binding.value, symbolic)
         if binding.kind == "parameter":
-            function = self.scopes.function_of(binding.statement)
+            function = self.ctx.enclosing(binding.statement, cst.FunctionDef)
             if function is None:
                 return UNKNOWN
             if symbolic:
@@ -213,6 +216,9 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin):
             if isinstance(node, cst.ClassDef):
                 return Values.of(ClassRef(flow.qualified_of(node), flow.site(node)))
             return Values.of(FunctionRef(flow.qualified_of(node), flow.site(node)))
+        variable = self.module_variable(qualified)
+        if variable is not None:
+            return variable
         tail = qualified.rpartition(".")[2]
         if tail[:1].isupper():
             return Values.of(ClassRef(qualified))
@@ -350,6 +356,21 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin):
                 return None
             body = list(found.body.body) if isinstance(found.body, cst.IndentedBlock) else []
         return found
+
+    def module_variable(self, qualified: str) -> Values | None:
+        """A name assigned at the top level of a module of the project (``criterion =
+        nn.BCELoss()`` in losses.py): every value it is given there."""
+        module, _, name = qualified.rpartition(".")
+        flow: ValueFlow | None = self if module == self.prefix else None
+        if flow is None:
+            project = self.ctx.project
+            summary = project.module(module, self.ctx.real_path) if module else None
+            ctx = project.context(summary) if summary is not None and name in summary.variables else None
+            flow = ctx.get(ValueFlow) if ctx is not None else None
+        found = flow.scopes.records(flow.ctx.module).get(name) if flow is not None else None
+        if not found:
+            return None
+        return Values.union(flow.binding_values(b, False) for b in found)  # type: ignore[union-attr]
 
     def definition(self, qualified: str) -> tuple[ValueFlow, cst.ClassDef | cst.FunctionDef] | None:
         """The engine of the module defining ``qualified`` and the definition node, this module

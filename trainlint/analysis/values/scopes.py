@@ -78,6 +78,17 @@ def target_paths(target: cst.BaseExpression, path: tuple[PathStep, ...] = ()) ->
         yield target, path
 
 
+def in_header(scope: cst.CSTNode, child: cst.CSTNode) -> bool:
+    """``child`` is part of a definition that Python evaluates in the scope around it: a
+    ``def``'s decorators, defaults and annotations, a ``class``'s bases and decorators, a lambda's
+    defaults."""
+    if isinstance(scope, (cst.FunctionDef, cst.ClassDef)):
+        return child is not scope.body
+    if isinstance(scope, cst.Lambda):
+        return child is scope.params
+    return False
+
+
 @dataclass(frozen=True, eq=False)
 class Binding:
     """One binding of a simple name in a function.
@@ -149,7 +160,7 @@ class _FunctionFlow:
             scope = node if isinstance(node, _SCOPES) else self.owner[node]
             for child in children:
                 self.parent[child] = node
-                self.owner[child] = scope
+                self.owner[child] = self.owner[node] if in_header(node, child) else scope
             stack.extend((child, False) for child in reversed(children))
 
     def contains(self, outer: cst.CSTNode, inner: cst.CSTNode) -> bool:
@@ -162,11 +173,13 @@ class _FunctionFlow:
             current = self.parent.get(current)
 
     def scope_of(self, node: cst.CSTNode) -> cst.CSTNode:
-        """The innermost function, lambda, class or comprehension around a node (within the
-        function)."""
+        """The innermost function, lambda, class or comprehension whose scope a node is evaluated
+        in (within the function); a def's decorators and defaults, a class's bases, are outside."""
+        child = node
         for ancestor in self.ancestors(node):
-            if isinstance(ancestor, (*_SCOPES, *_COMPREHENSIONS)):
+            if isinstance(ancestor, (*_SCOPES, *_COMPREHENSIONS)) and not in_header(ancestor, child):
                 return ancestor
+            child = ancestor
         return self.function
 
     def _owning_scope(self, node: cst.CSTNode) -> cst.CSTNode:
@@ -394,11 +407,13 @@ class _FunctionFlow:
         binds the name, or the use sits in a nested ``def``/``class`` (its own flow)."""
         if self.shadowed(use):
             return True
+        child: cst.CSTNode = use
         for ancestor in self.ancestors(use):
             if ancestor is self.function:
                 return False
-            if isinstance(ancestor, (cst.FunctionDef, cst.ClassDef)):
+            if isinstance(ancestor, (cst.FunctionDef, cst.ClassDef)) and not in_header(ancestor, child):
                 return True
+            child = ancestor
         return False
 
     @staticmethod
@@ -433,8 +448,14 @@ class Scopes:
         return flow
 
     def function_of(self, node: cst.CSTNode) -> cst.FunctionDef | None:
-        """The innermost ``def`` around a node."""
-        return self._ctx.enclosing(node, cst.FunctionDef)
+        """The innermost ``def`` whose body holds the node (its decorators and defaults run in
+        the scope around it)."""
+        child = node
+        for ancestor in self._ctx.ancestors(node):
+            if isinstance(ancestor, cst.FunctionDef) and not in_header(ancestor, child):
+                return ancestor
+            child = ancestor
+        return None
 
     def scope_of(self, node: cst.CSTNode) -> Scope:
         """The innermost ``def`` around a node, or the module for top-level code (scripts)."""

@@ -19,6 +19,7 @@ from trainlint.analysis.values.domain import (
     Constant,
     FunctionRef,
     Instance,
+    Param,
     Parameters,
     Tensor,
     TensorKind,
@@ -152,8 +153,13 @@ class TorchCallsMixin:
     def method_call(self: ValueFlow, call: cst.Call, func: cst.Attribute, symbolic: bool) -> Values:
         name = func.attr.value
         receiver = self.evaluate(func.value, symbolic)
-        parts = [self._method_on(value, name, call, symbolic) for value in receiver]
-        if receiver.unknown or not receiver.items:
+        parts = [self._method_on(value, name, call, symbolic) for value in receiver if not isinstance(value, Param)]
+        parameters = receiver.of_type(Param)
+        if parameters and name in SELF_RETURNING:
+            parts.append(Values.of(*parameters))  # `module.to(device)` of a parameter is the parameter
+        elif parameters and name in PARAMETER_METHODS:
+            parts.append(_parameters_of(Values.of(*parameters), name))
+        if receiver.unknown or not receiver.items or (parameters and len(parts) < len(receiver.items)):
             parts.append(self._method_on_unknown(name, call, func.value, symbolic))
         return Values.union(parts)
 
@@ -225,13 +231,19 @@ class TorchCallsMixin:
         if kind is not None:
             return Values.of(Tensor(kind, self.site(call), style="module", module=instance.site))
         if instance.cls in CONTAINER_MODULES:
-            return self.last_layer(instance).map(lambda layer: self._layer_output(layer, call, symbolic))
+            output = self.last_layer(instance).map(lambda layer: self._layer_output(layer, call, symbolic))
+            for step in reversed(instance.evidence):
+                output = output.with_evidence(step)
+            return output
         forward = self.method_of(instance.cls, "forward")
         if forward is None:
             return UNKNOWN
         from trainlint.analysis.values.calls import CallSite
 
-        return self.returned_at(forward[0].ctx, forward[1], CallSite(self, call, True, Values.of(instance)), symbolic)
+        output = self.returned_at(forward[0].ctx, forward[1], CallSite(self, call, True, Values.of(instance)), symbolic)
+        for step in reversed(instance.evidence):  # how the model got here tells where its output comes from
+            output = output.with_evidence(step)
+        return output
 
     def _layer_output(self: ValueFlow, layer: Value, call: cst.Call, symbolic: bool) -> Values:
         if not isinstance(layer, Instance):
