@@ -28,6 +28,7 @@ ProbabilityKind = Literal["softmax", "sigmoid"]
 ProducerStyle = Literal["function", "method", "module", "layer"]
 SHAPE_METHODS = _SHAPE_METHODS
 _FLOOR_METHODS = frozenset({"clamp", "clamp_min", "clip", "clamp_", "clamp_min_", "clip_"})
+_LIBRARIES = frozenset({"torch", "numpy", "math", "scipy", "sklearn", "torchvision", "transformers", "timm"})
 # d/dx log(x + eps) = 1/(x + eps) exceeds float16's largest finite value (65504) once x + eps <
 # 1/65504, so an eps below this cannot keep a float16 gradient finite at x = 0 (measured: eps 1e-5
 # gives a NaN gradient, 2e-5 does not). It is also below float16's smallest normal, 6.1e-5.
@@ -143,9 +144,10 @@ class Probabilities:
         tensor = values.items[0]
         if not isinstance(tensor, Tensor) or not tensor.is_probability or tensor.site.node is not expr:
             return None
-        if tensor.style == "module" and len(expr.args) != 1:
-            return None
-        return self.producer_of(tensor)
+        if tensor.style == "layer" or (tensor.style == "module" and len(expr.args) != 1):
+            return None  # the activation ends a model: the call is the model's, not the activation's
+        producer = self.producer_of(tensor)
+        return producer if producer.local else None
 
     def producer_of(self, tensor: Tensor) -> Producer:
         call = tensor.site.node
@@ -173,8 +175,9 @@ class Probabilities:
         passed as a parameter or returned by a factory); None when unknown or several."""
         if not isinstance(callee, (cst.Name, cst.Attribute, cst.Call)):
             return None
-        if not isinstance(callee, cst.Call) and self.ctx.qualified_name(callee) is not None:
-            return None  # an imported function or class, not an instance
+        qualified = self.ctx.qualified_name(callee) if not isinstance(callee, cst.Call) else None
+        if qualified is not None and qualified.split(".")[0] in _LIBRARIES:
+            return None  # `F.relu`, `torch.log`: a library's function or class, not an instance
         values = self.flow.values(callee)
         if len(values) != 1 or values.unknown:
             return None

@@ -164,7 +164,8 @@ class BceOnSigmoid(Rule):
     summary = "`binary_cross_entropy`/`BCELoss` on a sigmoid output instead of the logits"
     level = "error"
     fix_applicability = "safe"
-    triggers = ("binary_cross_entropy", "BCELoss")
+    # A loss built in another module reaches a file that only calls it (`criterion(D(x), y)`).
+    triggers = ("binary_cross_entropy", "BCELoss", "loss", "criterion")
     examples = [
         Example(
             code='''

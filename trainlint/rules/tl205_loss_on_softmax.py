@@ -56,7 +56,8 @@ class LossOnSoftmax(Rule):
     summary = "`cross_entropy`/`nll_loss` fed with softmax probabilities"
     level = "error"
     fix_applicability = "safe"
-    triggers = ("cross_entropy", "CrossEntropyLoss", "nll_loss", "NLLLoss")
+    # A loss built in another module reaches a file that only calls it (`criterion(model(x), y)`).
+    triggers = ("cross_entropy", "CrossEntropyLoss", "nll_loss", "NLLLoss", "loss", "criterion")
     examples = [
         Example(
             code='''

@@ -105,7 +105,10 @@ class CallsMixin:
         owner = ctx.get(ValueFlow)
         summary = owner.summary(function)
         if not any(isinstance(v, (Param, Collection, Parameters)) for v in summary):
-            return summary.with_evidence(Evidence("returned", owner.site(function), function.name.value)) if ctx is not self.ctx else summary
+            if ctx is self.ctx:
+                return summary
+            name = owner.qualified_of(function)[len(owner.prefix) + 1 :]  # `Discriminator.forward`
+            return summary.with_evidence(Evidence("returned", owner.site(function), name))
         arguments = {p: site.flow._argument_values(site, function, p, symbolic) for p in owner.parameter_names(function)}
         substituted = _substitute(summary, function, arguments)
         return substituted
