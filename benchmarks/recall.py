@@ -58,7 +58,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,18 +219,11 @@ def summary(cases: list[Case]) -> dict:
         "clean": tally(cleans, lambda c: ["overall"])["overall"] if cleans else [0, 0],
         "clean_per_rule": tally(cleans, lambda c: c.rules),
         "not_implemented": {
-            kind: dict(sorted(_count(c.rules[0] for c in cases if c.status == NOT_IMPLEMENTED and c.kind == kind).items()))
+            kind: dict(sorted(Counter(c.rules[0] for c in cases if c.status == NOT_IMPLEMENTED and c.kind == kind).items()))
             for kind in ("positive", "clean")
         },
         "errors": sum(c.status == "error" for c in cases),
     }
-
-
-def _count(items) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
-    for item in items:
-        counts[item] += 1
-    return counts
 
 
 def case_line(case: Case) -> str:
