@@ -81,6 +81,7 @@ class Case:
     status: str = ""  # found / missed / clean / dirty / not implemented / error
     detail: str = ""
     hits: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)  # the case's rules that trainlint implements
 
 
 def load_cases(path: Path) -> list[Case]:
@@ -155,7 +156,7 @@ def findings_by_file(findings: list[dict], root: Path) -> dict[str, list[tuple[s
 
 
 def score_case(case: Case, findings: list[tuple[str, int]], implemented: set[str]) -> None:
-    checked = [rule for rule in case.rules if rule in implemented]
+    checked = case.checked = [rule for rule in case.rules if rule in implemented]
     if not checked:
         case.status = NOT_IMPLEMENTED
         return
@@ -217,7 +218,7 @@ def summary(cases: list[Case]) -> dict:
         "recall_per_shape": tally(positives, lambda c: c.shapes),
         "recall_per_group": tally(positives, lambda c: [c.group]),
         "clean": tally(cleans, lambda c: ["overall"])["overall"] if cleans else [0, 0],
-        "clean_per_rule": tally(cleans, lambda c: c.rules),
+        "clean_per_rule": tally(cleans, lambda c: c.checked),
         "not_implemented": {
             kind: dict(sorted(Counter(c.rules[0] for c in cases if c.status == NOT_IMPLEMENTED and c.kind == kind).items()))
             for kind in ("positive", "clean")
