@@ -94,6 +94,9 @@ class ProjectIndex:
         importer_root = self._importer_root(importer)
         if importer_root is not None:
             roots.append(importer_root)
+            # A script run directly (`python noesis/sample.py`) imports from its own directory,
+            # even inside a package.
+            roots.append(Path(os.path.realpath(importer)).parent)  # type: ignore[arg-type]
         roots.extend(r if r.is_dir() else r.parent for r in self.roots)
         return list(dict.fromkeys(roots))
 

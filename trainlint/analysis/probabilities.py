@@ -169,22 +169,19 @@ class Probabilities:
             tensor=tensor,
         )
 
-    def module_kind(self, callee: cst.BaseExpression, qualified_names: frozenset[str]) -> cst.Call | None:
-        """The construction of the module instance ``callee`` is, when it is one of
-        ``qualified_names`` (``nn.BCELoss()`` built inline, in a local name, in ``self.loss``,
-        passed as a parameter or returned by a factory); None when unknown or several."""
+    def module_instances(self, callee: cst.BaseExpression, qualified_names: frozenset[str]) -> list[Instance]:
+        """The module instances ``callee`` may be, when every one is one of ``qualified_names``
+        (``nn.BCELoss()`` built inline, in a local name, in ``self.loss``, passed as a parameter,
+        returned by a factory, or each of several such); empty when unknown or anything else."""
         if not isinstance(callee, (cst.Name, cst.Attribute, cst.Call)):
-            return None
+            return []
         qualified = self.ctx.qualified_name(callee) if not isinstance(callee, cst.Call) else None
         if qualified is not None and qualified.split(".")[0] in _LIBRARIES:
-            return None  # `F.relu`, `torch.log`: a library's function or class, not an instance
+            return []  # `F.relu`, `torch.log`: a library's function or class, not an instance
         values = self.flow.values(callee)
-        if len(values) != 1 or values.unknown:
-            return None
-        instance = values.items[0]
-        if isinstance(instance, Instance) and instance.cls in qualified_names and instance.call is not None:
-            return instance.call
-        return None
+        if not values.must(lambda v: isinstance(v, Instance) and v.cls in qualified_names):
+            return []
+        return values.of_type(Instance)
 
     # -- logs ------------------------------------------------------------------------------------
     def log_argument(self, call: cst.Call) -> cst.BaseExpression | None:

@@ -191,7 +191,7 @@ class LogWithoutFloor(Rule):
                 if argument is None or not self._unfloored(probabilities, argument):
                     continue
                 judged.add(log_call)  # type: ignore[arg-type]
-                consumer = ctx.code(loss.call.func) if loss.constructor is None else ctx.code(loss.constructor.func)
+                consumer = ctx.code(loss.call.func) if loss.module is None else f"nn.{loss.module}"
                 fix = self._clamp_fix(ctx, probabilities, argument)
                 message = (
                     f"`log` of a value that `{consumer}` takes as log-probabilities, so a probability: with no "

@@ -20,11 +20,13 @@ _BCE_MODULES = frozenset({"torch.nn.BCELoss", "torch.nn.modules.loss.BCELoss"})
 
 @dataclass(frozen=True)
 class LossCall:
-    """A loss call and its input; ``constructor`` is the ``nn.XLoss(...)`` call for a module."""
+    """A loss call and its input. For a loss module, ``module`` is its class name (``BCELoss``)
+    and ``constructor`` its ``nn.BCELoss(...)`` construction when there is exactly one."""
 
     call: cst.Call
     input: cst.BaseExpression
     constructor: cst.Call | None
+    module: str | None = None
 
 
 def loss_calls(
@@ -33,14 +35,16 @@ def loss_calls(
     """Calls of the given loss functions or of instances of the given loss modules."""
     ctx = probabilities.ctx
     for call in ctx.nodes.of(cst.Call):
-        constructor = None
+        constructor = module = None
         if ctx.qualified_name(call.func) not in functions:
-            constructor = probabilities.module_kind(call.func, modules)
-            if constructor is None:
+            instances = probabilities.module_instances(call.func, modules)
+            if not instances:
                 continue
+            module = instances[0].name
+            constructor = instances[0].call if len(instances) == 1 else None
         argument = positional_argument(call, 0, "input")
         if argument is not None:
-            yield LossCall(call, argument.value, constructor)
+            yield LossCall(call, argument.value, constructor, module)
 
 
 def producer_trace(probabilities: Probabilities, expr: cst.BaseExpression, kind: str) -> Trace | None:
@@ -214,12 +218,13 @@ class BceOnSigmoid(Rule):
             if loss.constructor is not None:
                 calls_by_constructor.setdefault(loss.constructor, []).append((loss, trace))
         for loss, trace in findings:
-            fix = (
-                self._function_fix(ctx, probabilities, loss, trace)
-                if loss.constructor is None
-                else self._module_fix(ctx, probabilities, loss.constructor, calls_by_constructor[loss.constructor])
-            )
-            what = "`nn.BCELoss`" if loss.constructor is not None else "`binary_cross_entropy`"
+            if loss.module is None:
+                fix = self._function_fix(ctx, probabilities, loss, trace)
+            elif loss.constructor is not None:
+                fix = self._module_fix(ctx, probabilities, loss.constructor, calls_by_constructor[loss.constructor])
+            else:
+                fix = None  # several constructions reach this call
+            what = "`nn.BCELoss`" if loss.module is not None else "`binary_cross_entropy`"
             yield ctx.report(
                 self,
                 loss.call,

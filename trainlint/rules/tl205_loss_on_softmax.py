@@ -128,7 +128,7 @@ class LossOnSoftmax(Rule):
         def replacement(producer: Producer) -> str | None:
             if negative_log_likelihood:
                 return log_softmax_code(probabilities, producer)
-            return probabilities.code_without_parens(producer.input)
+            return probabilities.code_without_parens(producer.input) if producer.input is not None else None
 
         edits = replace_producer(ctx, probabilities, loss.input, trace, replacement)
         if edits is None:
@@ -138,7 +138,6 @@ class LossOnSoftmax(Rule):
 
 
 def _describe(ctx: FileContext, loss: LossCall) -> str:
-    if loss.constructor is not None:
-        name = (ctx.qualified_name(loss.constructor.func) or "").rpartition(".")[2]
-        return f"`nn.{name}`"
+    if loss.module is not None:
+        return f"`nn.{loss.module}`"
     return f"`{(ctx.qualified_name(loss.call.func) or '').rpartition('.')[2]}`"

@@ -34,6 +34,7 @@ from trainlint.module_summary import HARMLESS_DECORATORS
 
 if TYPE_CHECKING:
     from trainlint.analysis.values.engine import ValueFlow
+    from trainlint.context import FileContext
 
 # Methods the framework or Python calls, never the project: their parameters come from outside.
 _CALLED_FROM_OUTSIDE = frozenset({"forward", "__call__"})
@@ -365,7 +366,7 @@ class CallsMixin:
             if ctx is not None:
                 yield ctx.get(ValueFlow)
 
-    def _used_as_value(self: ValueFlow, ctx, word: str, definition: cst.CSTNode, method: bool = False) -> bool:
+    def _used_as_value(self: ValueFlow, ctx: FileContext, word: str, definition: cst.CSTNode, method: bool = False) -> bool:
         """The definition loaded other than as a callee (``spawn(train, ...)``, ``@train``,
         ``hooks.append(self.step)``): someone may call it where no one can see."""
         for node in ctx.nodes.of(cst.Attribute if method else cst.Name):
@@ -378,8 +379,17 @@ class CallsMixin:
                 continue
             if not method and _bound_by_partial(ctx, node):
                 continue  # `run = partial(train, ...)`: its calls are found as calls of `run`
+            if not method and not self._refers_to(node, definition):
+                continue  # another `train`: a parameter, a local name
             return True
         return False
+
+    def _refers_to(self: ValueFlow, name: cst.Name, definition: cst.CSTNode) -> bool:
+        """The name (in this engine's module) is the definition, not another binding of it."""
+        return any(
+            getattr(v, "site", None) is not None and v.site.node is definition  # type: ignore[attr-defined]
+            for v in self.evaluate(name, False)
+        )
 
 
 # -- helpers ------------------------------------------------------------------------------------

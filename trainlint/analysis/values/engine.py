@@ -148,7 +148,9 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin):
             return self.binding_values(own, symbolic)
         reaching = self.scopes.reaching(name, scope)
         parts = [self.binding_values(b, symbolic) for b in reaching.bindings]
-        if reaching.unresolved:
+        if reaching.unresolved and not (reaching.bindings and self.scopes.binds_locally(scope, name.value)):
+            # No binding of the scope reaches: a global or a closure's name. (When some do, the
+            # rest of the paths leave it unbound, which raises: no value comes from them.)
             parts.append(self._outer_name(name.value, scope))
         return Values.union(parts) if parts else UNKNOWN
 

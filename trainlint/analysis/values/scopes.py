@@ -475,6 +475,12 @@ class Scopes:
             if any(b.value is not None for b in found)
         }
 
+    def binds_locally(self, function: Scope, name: str) -> bool:
+        """The scope binds ``name`` itself (so a read that no binding reaches is unbound there,
+        not a global), unless it declares it ``global``/``nonlocal``."""
+        flow = self._flow(function)
+        return name in flow.bindings and name not in flow.declared_outside
+
     def parameters(self, function: Scope) -> dict[str, cst.Param]:
         return {
             name: b.statement  # type: ignore[misc]

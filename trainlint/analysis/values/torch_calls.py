@@ -99,6 +99,13 @@ class TorchCallsMixin:
             return self._joined(self.iterate(self.evaluate(source.value, symbolic))) if source is not None else UNKNOWN
         if qualified == "torch.where":
             return self._where(call, symbolic)
+        if qualified == "torch.nn.parallel.data_parallel":  # data_parallel(module, input): module(input)
+            module = argument(call, 0, "module")
+            if module is None:
+                return UNKNOWN
+            return self.evaluate(module.value, symbolic).map(
+                lambda m: self.instance_call(m, call, symbolic) if isinstance(m, Instance) else UNKNOWN
+            )
         if qualified in WRAPPERS or qualified.rpartition(".")[2] in WRAPPER_TAILS:
             model = argument(call, 0, "module") or argument(call, 0, "model")
             return self.evaluate(model.value, symbolic) if model is not None else UNKNOWN
