@@ -83,8 +83,11 @@ class Trace:
 
 
 def _short_code(site: Site) -> str:
+    """``nn.Sigmoid()`` as written; a longer call as ``F.softmax(...)``."""
     code = " ".join(site.code().split())
-    return code if len(code) <= 40 else code[:37] + "..."
+    if len(code) > 30 and isinstance(site.node, cst.Call):
+        return f"{site.ctx.code(site.node.func)}(...)"
+    return code
 
 
 def positional_argument(call: cst.Call, index: int, keyword: str | None = None) -> cst.Arg | None:
