@@ -660,14 +660,17 @@ class _Module:
         values = self._receiver_values(receiver)
         if any(isinstance(v, Instance) and ("lr_scheduler" in v.cls or "Scheduler" in v.cls) for v in values):
             return None
-        for instance in values.of_type(Instance):
-            if is_optimizer_class(instance.cls):
-                params = self.flow.construction_argument(instance, 0, "params")
-                call = instance.call
-                node = _params_of(call) if call is not None else None
-                local = node is not None and instance.site is not None and instance.site.ctx is self.ctx
-                code = instance.site.ctx.code(node) if node is not None and instance.site is not None else None
-                return OptimizerInfo(text, instance.cls, code, node if local else None, instance, params)
+        optimizers = [v for v in values.of_type(Instance) if is_optimizer_class(v.cls)]
+        if optimizers:
+            # `for opt in optimizers:` is each of them: what they train together is their union,
+            # and a fix that spells one optimizer's parameters applies only to a single one.
+            params = Values.union(self.flow.construction_argument(o, 0, "params") or Values() for o in optimizers)
+            instance = optimizers[0]
+            call = instance.call if len(optimizers) == 1 else None
+            node = _params_of(call) if call is not None else None
+            local = node is not None and instance.site is not None and instance.site.ctx is self.ctx
+            code = instance.site.ctx.code(node) if node is not None and instance.site is not None else None
+            return OptimizerInfo(text, instance.cls, code, node if local else None, instance, params)
         named_like_one = bool(_OPTIMIZER_NAME.search(last)) or text in self.scaler_arguments
         return OptimizerInfo(text, None, None) if named_like_one else None
 

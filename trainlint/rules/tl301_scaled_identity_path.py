@@ -58,6 +58,10 @@ class ScaledIdentityPath(Rule):
     design and is not reported, nor is an interpolation that scales both terms
     (`0.9 * h + 0.1 * f(x)`).
 
+    A constant attribute may be set in `__init__` directly or from a constructor parameter
+    (`self.residual_scale = residual_scale`): then every construction of the class in the project
+    must pass the same value, or none and keep the default, and the message says which.
+
     ## Why is this bad?
     A residual block computes `x + f(x)` so that the input and its gradient pass through
     unchanged however deep the network is. With `0.1 * x + f(x)` the identity signal is scaled

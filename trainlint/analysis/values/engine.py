@@ -72,22 +72,9 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin):
 
     def evaluate(self, expr: cst.BaseExpression, symbolic: bool) -> Values:
         """``symbolic``: parameters of the function stay :class:`Param` (for summaries)."""
-        key = (expr, symbolic)
-        found = self._memo.get(key)
-        if found is not None:
-            return found
-        state = self.guard.enter(("expr", id(expr), symbolic))
-        if state == "cycle":
-            return NOTHING
-        if state == "deep":
-            return UNKNOWN
-        try:
-            result = self._compute(expr, symbolic)
-        finally:
-            complete = self.guard.leave()
-        if complete:
-            self._memo[key] = result
-        return result
+        return self.guard.answer(
+            ("expr", id(expr), symbolic), self._memo, (expr, symbolic), lambda: self._compute(expr, symbolic), NOTHING
+        )
 
     def site(self, node: cst.CSTNode) -> Site:
         return Site(self.ctx, node)
