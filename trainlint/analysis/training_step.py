@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from trainlint.analysis.imports import dotted_name
-from trainlint.analysis.values import Instance, Scopes, ValueFlow, Values, is_none
+from trainlint.analysis.values import Instance, Scopes, Tensor, ValueFlow, Values, is_none
 from trainlint.analysis.values.torch_semantics import DEFAULT_INIT_SCALE, GRAD_SCALERS, is_optimizer_class
 from trainlint.context import child_nodes
 
@@ -539,7 +539,6 @@ class _Module:
         self._derived_cache: dict[cst.FunctionDef, tuple[frozenset[str], frozenset[str]]] = {}
         self._reads_cache: dict[cst.FunctionDef, tuple[bool, bool]] = {}
         self._facts_cache: dict[cst.CSTNode, _ExpressionFacts] = {}
-        self._scaled_names_cache: dict[cst.FunctionDef, dict[str, str]] = {}
 
     # -- where things are ----------------------------------------------------------------------
     def function_of(self, node: cst.CSTNode) -> cst.FunctionDef | None:
@@ -964,7 +963,6 @@ class _Builder:
         self.loops: list[cst.CSTNode] = []
         self.statement: cst.CSTNode = function
         self.nesting: tuple[tuple[int, int], ...] = ()
-        self.scaled_names: dict[str, str] = self._scaled_names()
 
     # -- statements --------------------------------------------------------------------------
     def block(self, body: cst.BaseSuite | Sequence[cst.BaseStatement]) -> list[_Item]:
@@ -1203,27 +1201,12 @@ class _Builder:
         scaler, loss = self._scaled_value(tensor)
         if scaler is not None:
             return scaler, loss
-        text = dotted_name(tensor)
-        if text is not None and text in self.scaled_names:
-            return self.scaled_names[text], tensor
+        for value in self.module.flow.values(tensor).of_type(Tensor):  # `scaled = scaler.scale(loss)`
+            if value.kind == "scaled" and value.site.ctx is self.ctx and isinstance(value.site.node, cst.Call):
+                scaler, _ = self._scaled_value(value.site.node)
+                if scaler is not None:
+                    return scaler, tensor
         return None, tensor
-
-    def _scaled_names(self) -> dict[str, tuple[cst.BaseExpression, str]]:
-        """Names holding ``scaler.scale(loss)`` in this function (``scaled.backward()`` later)."""
-        cache = self.module._scaled_names_cache
-        if self.function not in cache:
-            cache[self.function] = self._find_scaled_names()
-        return cache[self.function]
-
-    def _find_scaled_names(self) -> dict[str, tuple[cst.BaseExpression, str]]:
-        found = {}
-        for node in _descendants(_body(self.function)):
-            if isinstance(node, cst.Assign) and len(node.targets) == 1:
-                text = dotted_name(node.targets[0].target)
-                scaler, _ = self._scaled_value(node.value)
-                if text is not None and scaler is not None:
-                    found[text] = scaler
-        return found
 
     def _scaled_value(self, value: cst.BaseExpression) -> tuple[tuple[cst.BaseExpression, str] | None, cst.BaseExpression]:
         if isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute) and value.func.attr.value == "scale":
