@@ -30,7 +30,11 @@ from trainlint.module_summary import ModuleSummary, summarize
 if TYPE_CHECKING:
     from trainlint.context import FileContext
 
-MAX_PARSED_MODULES = 24  # parsed modules kept for the engine (LRU)
+MAX_PARSED_MODULES = 32  # parsed modules kept for the engine (LRU)
+# Other modules the engine may read to answer the questions about one linted file. Past it, what
+# lies in further modules is unknown (rules stay quiet): the cost of a file stays bounded. It
+# counts modules, not parses, so the answer never depends on which files were linted before.
+MAX_MODULES_PER_FILE = 16
 MAX_PROJECT_FILES = 20_000  # files scanned when looking for call sites
 _SKIPPED_DIRECTORIES = frozenset({
     ".git", ".hg", ".svn", ".venv", "venv", "env", "__pycache__", "node_modules", "build", "dist",
@@ -65,6 +69,7 @@ class ProjectIndex:
         self._texts: dict[Path, bytes | None] = {}
         self._current: FileContext | None = None
         self._current_summary: ModuleSummary | None = None
+        self._read_for_current: set[Path] = set()
         self.consulted: dict[str, str] = {}  # path -> digest of every module read for an answer
         from trainlint.analysis.values.guard import EvaluationGuard
 
@@ -72,9 +77,18 @@ class ProjectIndex:
 
     # -- the file being linted ----------------------------------------------------------------
     def register(self, ctx: FileContext) -> None:
-        """The file being linted: its text, not the disk's, answers questions about it."""
+        """The file being linted: its text, not the disk's, answers questions about it. The
+        modules kept parsed forget the answers computed for the previous file: each file's
+        answers are its own (the same whatever was linted before), and record what they read."""
+        from trainlint.analysis.imports import ImportResolver
+        from trainlint.analysis.values.scopes import Scopes
+
         self._current = ctx
         self._current_summary = None
+        self._read_for_current = set()
+        for parsed in self._contexts.values():
+            if parsed is not None:
+                parsed.forget_answers(keep=(ImportResolver, Scopes))
 
     def _current_path(self) -> Path | None:
         current = self._current
@@ -181,6 +195,10 @@ class ProjectIndex:
         path = summary.path
         if summary is self._current_summary or path == self._current_path():
             return self._current
+        if path not in self._read_for_current:
+            if len(self._read_for_current) >= MAX_MODULES_PER_FILE:
+                return None
+            self._read_for_current.add(path)
         if path in self._contexts:
             self._contexts.move_to_end(path)
             return self._contexts[path]
