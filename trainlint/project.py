@@ -286,9 +286,14 @@ class ProjectIndex:
         """Qualified names of every torch callable a class of the project builds, transitively
         through its submodules and bases (``torch.nn.Conv3d``, ``torch.nn.functional.conv3d``).
         Empty when the name is not a class of the project."""
-        return frozenset(self._torch_calls(qualified, importer, set()))
+        return frozenset(name for name in self.built_by_class(qualified, importer) if name.startswith("torch."))
 
-    def _torch_calls(self, qualified: str, importer: Path | None, seen: set[str]) -> Iterator[str]:
+    def built_by_class(self, qualified: str, importer: Path | None = None) -> frozenset[str]:
+        """Everything a class of the project calls in its body, and its bases, transitively
+        through the project's classes (qualified names: its layers, its submodules' classes)."""
+        return frozenset(self._calls_of_class(qualified, importer, set()))
+
+    def _calls_of_class(self, qualified: str, importer: Path | None, seen: set[str]) -> Iterator[str]:
         if qualified in seen:
             return
         seen.add(qualified)
@@ -300,10 +305,9 @@ class ProjectIndex:
         if cls is None:
             return
         for name in cls.calls | set(cls.bases):
-            if name.startswith("torch."):
-                yield name
-            else:
-                yield from self._torch_calls(name, summary.path, seen)
+            yield name
+            if not name.startswith("torch."):
+                yield from self._calls_of_class(name, summary.path, seen)
 
 
 def _display(path: Path) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
 import libcst as cst
@@ -306,25 +305,3 @@ class Probabilities:
     def receiver_code(self, expr: cst.BaseExpression) -> str:
         """Code for ``expr`` placed before ``.method()``: parenthesized unless atomic."""
         return self.ctx.code(expr) if is_atomic(expr) else f"({self.ctx.code(expr)})"
-
-    # -- precision -------------------------------------------------------------------------------
-    @cached_property
-    def computes_in_float16(self) -> bool:
-        """True when the file shows float16 computation: ``torch.float16``/``torch.half``,
-        ``.half()``, a ``GradScaler``, or an ``autocast`` that is neither bfloat16 nor on CPU."""
-        ctx = self.ctx
-        for attribute in ctx.nodes.of(cst.Attribute):
-            if ctx.qualified_name(attribute) in {"torch.float16", "torch.half"}:
-                return True
-        for call in ctx.nodes.of(cst.Call):
-            func = call.func
-            if isinstance(func, cst.Attribute) and func.attr.value == "half" and not call.args:
-                return True
-            qualified = ctx.qualified_name(func) or ""
-            if qualified.endswith(".GradScaler"):
-                return True
-            if qualified.endswith(".autocast") and qualified != "torch.cpu.amp.autocast":
-                text = ctx.code(call)
-                if "bfloat16" not in text and "'cpu'" not in text and '"cpu"' not in text:
-                    return True
-        return False

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import libcst as cst
 
 from trainlint.analysis.imports import dotted_name
+from trainlint.analysis.regions import Regions
 from trainlint.analysis.probabilities import Probabilities, Producer, Trace, positional_argument
 from trainlint.analysis.values import Scopes
 from trainlint.context import FileContext
@@ -230,9 +231,10 @@ class BceOnSigmoid(Rule):
     def check(self, ctx: FileContext) -> Iterator[Finding]:
         probabilities = ctx.get(Probabilities)
         findings = []
+        regions = ctx.get(Regions)
         for loss in loss_calls(probabilities, frozenset({_BCE_FUNCTION}), _BCE_MODULES):
             trace = producer_trace(probabilities, loss.input, "sigmoid")
-            if trace is not None:
+            if trace is not None and not regions.computes_no_gradient(loss.call):
                 findings.append((loss, trace))
         calls_by_constructor: dict[cst.Call, list[tuple[LossCall, Trace]]] = {}
         for loss, trace in findings:
