@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 import libcst as cst
 
-from trainlint.analysis.values import Instance, Site, Tensor, ValueFlow, Values, evidence_text, number
+from trainlint.analysis.values import Bounded, Instance, Site, Tensor, ValueFlow, Values, evidence_text, number
 from trainlint.analysis.values.torch_semantics import SHAPE_METHODS as _SHAPE_METHODS
 
 if TYPE_CHECKING:
@@ -232,6 +232,15 @@ class Probabilities:
         if values.unknown or len(numbers) != 1 or None in numbers:
             return None
         return numbers.pop()
+
+    def floor_of(self, expr: cst.BaseExpression) -> float | None:
+        """The floor ``expr`` provably stays above, when every value it may be has one (a
+        ``clamp(min=c)``, a positive constant, a floored value plus an eps); else None."""
+        values = self.flow.values(expr)
+        floors = [v.floor if isinstance(v, Bounded) else number(v) for v in values]
+        if values.unknown or not floors or any(f is None or f <= 0 for f in floors):
+            return None
+        return min(f for f in floors if f is not None)
 
     def positive_constant(self, expr: cst.BaseExpression) -> float | None:
         value = self.constant(expr)

@@ -190,9 +190,11 @@ class LogWithoutFloor(Rule):
                 eps = self._small_eps(probabilities, argument)
                 if eps is not None:
                     fix = self._clamp_fix(ctx, probabilities, argument, float16=True)
+                    floor = probabilities.floor_of(strip_eps(probabilities, argument)[0])
+                    at = f"x = {format_float(floor)}, its floor," if floor is not None else "x = 0"
                     message = (
                         f"`log(x + {format_float(eps)})` in float16 code: with an eps below 1/65504 the gradient "
-                        f"1/(x + eps) overflows float16 at x = 0 and turns NaN"
+                        f"1/(x + eps) overflows float16 at {at} and turns NaN"
                     )
                     judged.add(log_call)
                     yield ctx.report(self, log_call, message + (_CLAMP_NOTE if fix else ""), fix=fix)
@@ -230,6 +232,9 @@ class LogWithoutFloor(Rule):
         core, eps = strip_eps(probabilities, argument)
         if (eps is not None and (eps >= FLOAT16_SAFE_EPS or not float16)) or probabilities.is_floor(core):
             return False
+        floor = probabilities.floor_of(core)
+        if floor is not None and (floor >= FLOAT16_SAFE_EPS or not float16):
+            return False
         if probabilities.constant(core) is not None:
             return False
         return not probabilities.flow.values(core).may(lambda v: isinstance(v, Tensor) and v.floored)
@@ -244,7 +249,8 @@ class LogWithoutFloor(Rule):
         core, eps = strip_eps(probabilities, argument)
         if eps is None or eps >= FLOAT16_SAFE_EPS or probabilities.is_floor(core):
             return None
-        return None if probabilities.constant(core) is not None else eps
+        floor = probabilities.floor_of(core)  # `s = x.clamp(min=1e-4)` earlier: already floored
+        return None if floor is not None and floor + eps >= FLOAT16_SAFE_EPS else eps
 
     def _probability_finding(
         self,
