@@ -215,10 +215,8 @@ def _too_deep_for_libcst(text: str, display: str) -> Finding | None:
     native parser overflows its stack on such input (a segfault, measured with 5000 nested
     brackets or 10000 unary minuses) and is slow on very long operator chains, where Python stops
     at 200 brackets and about 3000 levels. Costs about a tenth of the LibCST parse."""
-    enabled = gc.isenabled()
-    gc.disable()  # as for the parse: the AST's many small objects are not garbage (35% faster)
     try:
-        python_ast(text, display)
+        python_ast(text, display)  # with the garbage collector paused, as for the parse
     except SyntaxError as error:
         if error.msg and error.msg.startswith(_NESTING_MESSAGES):
             return meta_finding(SYNTAX_ERROR, f"syntax error: {error.msg}", display, error.lineno or 1, max(1, error.offset or 1))
@@ -226,9 +224,6 @@ def _too_deep_for_libcst(text: str, display: str) -> Finding | None:
         return meta_finding(SYNTAX_ERROR, "cannot parse: the code is nested too deeply for Python's parser", display)
     except Exception:  # ValueError and the like: LibCST reports them
         return None
-    finally:
-        if enabled:
-            gc.enable()
     return None
 
 

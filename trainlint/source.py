@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import bisect
 import codecs
+import gc
 import hashlib
 import io
 import re
@@ -25,9 +26,15 @@ def python_ast(source: str | bytes, filename: str) -> ast.Module:
     """Python's own parse of the source (``SyntaxError`` when it fails), without the warnings its
     compiler prints about the code it reads (``invalid escape sequence '\\d'`` is a SyntaxWarning
     from Python 3.12): they are about the user's file, and a linter must not echo them to stderr."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return ast.parse(source, filename=filename)
+    enabled = gc.isenabled()
+    gc.disable()  # the parse allocates millions of small objects that are not garbage
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ast.parse(source, filename=filename)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class SourceError(Exception):
