@@ -75,7 +75,7 @@ def test_rule_options_are_merged_over_the_defaults(tmp_path: Path) -> None:
     if isinstance(default, bool):
         value, literal = not default, str(not default).lower()
     elif isinstance(default, (int, float)):
-        value = default * 2 + 1
+        value = default * 2  # within the option's bounds (eps must stay below 1)
         literal = repr(value)
     else:
         value = f"{default}x"
@@ -101,19 +101,19 @@ def test_nearest_pyproject_with_a_trainlint_table_wins(tmp_path: Path) -> None:
 
 
 def test_config_file_option_reads_a_plain_toml_file(tmp_path: Path) -> None:
-    path = write_config(tmp_path, 'select = ["TL002"]\nbare-noqa = true\n', name="trainlint.toml")
+    path = write_config(tmp_path, 'select = ["TL002"]\nunsafe-fixes = true\n', name="trainlint.toml")
     settings = load_settings(path, tmp_path)
-    assert settings.enabled_codes() == {"TL002"} and settings.bare_noqa
+    assert settings.enabled_codes() == {"TL002"} and settings.unsafe_fixes
 
 
 def test_no_configuration_gives_the_defaults(tmp_path: Path) -> None:
     settings = load_settings(None, tmp_path)
-    assert settings.config_path is None and not settings.bare_noqa and settings.respect_gitignore
+    assert settings.config_path is None and not settings.unsafe_fixes and settings.respect_gitignore
 
 
 def test_changing_the_configuration_changes_the_cache_key(tmp_path: Path) -> None:
     base = load_settings(None, tmp_path)
-    write_config(tmp_path, "[tool.trainlint]\nbare-noqa = true\n")
+    write_config(tmp_path, '[tool.trainlint]\nignore = ["TL108"]\n')
     assert load_settings(None, tmp_path).digest() != base.digest()
     assert Settings().digest() == Settings().digest()
 
@@ -125,7 +125,7 @@ CONFIG_ERRORS = [
     ('[tool.trainlint]\nselect = ["TL999"]\n', "unknown rule code or prefix 'TL999'"),
     ('[tool.trainlint]\nignore = ["E501"]\n', "unknown rule code or prefix 'E501'"),
     ('[tool.trainlint]\nselect = "TL1"\n', "'select' must be a list of strings"),
-    ('[tool.trainlint]\nbare-noqa = "yes"\n', "'bare-noqa' must be true or false"),
+    ('[tool.trainlint]\nforce-exclude = "yes"\n', "'force-exclude' must be true or false"),
     ('[tool.trainlint]\ncache-dir = 3\n', "'cache-dir' must be a string"),
     ('[tool.trainlint]\nper-file-ignores = { "tests/*" = ["TL777"] }\n', "per-file-ignores 'tests/*'"),
     ('[tool.trainlint]\nper-file-ignores = ["tests/*"]\n', "'per-file-ignores' must be a table"),
