@@ -139,7 +139,7 @@ def test_show_fixes_and_exit_non_zero_on_fix(tmp_path: Path) -> None:
         "--no-cache", "--fix", "--unsafe-fixes", "--show-fixes", "--exit-non-zero-on-fix", "train.py", cwd=tmp_path
     )
     assert result.stdout.splitlines() == [
-        "Fixed 1 error:",
+        "Applied 1 fix:",
         "- train.py:",
         "    1 × TL108 (fp16-autocast-conv3d)",
         "Found 1 warning (1 fixed, 0 remaining).",

@@ -318,7 +318,7 @@ def _lint_stdin(args: argparse.Namespace, settings: Settings, unsafe: bool) -> i
     fixing = args.fix or args.diff
     if fixing:
         outcome = linter.fix(source.text, display, real, unsafe)
-        file_result.findings, file_result.fixed = outcome.remaining, outcome.fixed
+        file_result.findings, file_result.fixed, file_result.found = outcome.remaining, outcome.fixed, outcome.found
         if outcome.text != source.text:
             file_result.original_text, file_result.fixed_text = source.text, outcome.text
     else:
@@ -402,6 +402,7 @@ def _write_report(
     if not args.quiet and not machine:
         counts = output.SummaryCounts(
             fixed=fixed,
+            found=result.found,
             fixable=result.fixable,
             unsafe_fixable=result.unsafe_fixable,
             fix_mode=args.fix,
@@ -418,7 +419,7 @@ def _write_report(
 
 
 def _print_fixes(fixed: Sequence, stream) -> None:
-    stream.write(f"Fixed {len(fixed)} error{'s' if len(fixed) != 1 else ''}:\n")
+    stream.write(f"Applied {len(fixed)} fix{'es' if len(fixed) != 1 else ''}:\n")
     by_path: dict[str, list] = {}
     for finding in fixed:
         by_path.setdefault(finding.path, []).append(finding)

@@ -62,6 +62,9 @@ class FixOutcome:
     text: str
     fixed: list[Finding] = field(default_factory=list)
     remaining: list[Finding] = field(default_factory=list)
+    # The findings before any fix. One fix can remove several findings (TL101's `unscale_` also
+    # answers a TL103 clip), so "N found, F fixed, R remaining" counts from these.
+    found: list[Finding] | None = None
 
 
 class Linter:
@@ -162,6 +165,7 @@ class Linter:
         does not parse is rolled back and its fixes are tried one at a time."""
         outcome = FixOutcome(text)
         findings = self.lint(text, display, real_path)
+        outcome.found = list(findings)
         for _ in range(MAX_FIX_PASSES):
             comments = noqa.parse_noqa(outcome.text)
             source = SourceText(outcome.text)

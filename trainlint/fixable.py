@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from trainlint.catalog import rule_infos
-from trainlint.engine import FixOutcome
 from trainlint.findings import Finding
+
+if TYPE_CHECKING:
+    from trainlint.engine import FixOutcome
 
 
 class _Fixer(Protocol):

@@ -470,10 +470,12 @@ class NotebookLinter:
         if new_text is None:  # fixes that crossed cells or moved IPython lines: leave the file alone
             return FixOutcome(text, remaining=self.lint(text, display, real_path))
         fixed = _sorted(program.localize(f) for f in outcome.fixed)
+        found = _sorted(program.localize(f) for f in outcome.found or ())
         new_program = Program.of(Notebook.parse(new_text))
         if new_program.text != outcome.text:  # cannot happen by construction; lint again to be sure
-            return FixOutcome(new_text, fixed=fixed, remaining=self.lint(new_text, display, real_path))
-        return FixOutcome(new_text, fixed=fixed, remaining=_sorted(new_program.localize(f) for f in outcome.remaining))
+            return FixOutcome(new_text, fixed=fixed, remaining=self.lint(new_text, display, real_path), found=found)
+        remaining = _sorted(new_program.localize(f) for f in outcome.remaining)
+        return FixOutcome(new_text, fixed=fixed, remaining=remaining, found=found)
 
     @staticmethod
     def _rewrite(notebook: Notebook, program: Program, fixed_program: str) -> str | None:

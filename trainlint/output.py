@@ -274,7 +274,8 @@ def _found(findings: Sequence[Finding]) -> str:
 class SummaryCounts:
     """What the last line of a run says about fixes."""
 
-    fixed: Sequence[Finding] = ()
+    fixed: Sequence[Finding] = ()  # the findings whose fixes were applied
+    found: Sequence[Finding] | None = None  # with --fix: the findings before fixing
     fixable: int = 0  # remaining findings `--fix` would remove (also those fixable after others)
     unsafe_fixable: int = 0  # and how many more `--fix --unsafe-fixes` would
     fix_mode: bool = False  # --fix (or --diff) ran
@@ -283,9 +284,10 @@ class SummaryCounts:
 
 
 def summary(remaining: Sequence[Finding], counts: SummaryCounts) -> str:
-    fixed = len(counts.fixed)
-    if counts.fix_mode and fixed:
-        found = f"Found {_found([*counts.fixed, *remaining])} ({fixed} fixed, {len(remaining)} remaining)."
+    if counts.fix_mode and counts.fixed:
+        before = counts.found if counts.found is not None else [*counts.fixed, *remaining]
+        fixed = max(0, len(before) - len(remaining))  # a fix can remove more than its own finding
+        found = f"Found {_found(before)} ({fixed} fixed, {len(remaining)} remaining)."
     elif not remaining:
         return "All checks passed!"
     else:

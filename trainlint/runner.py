@@ -44,6 +44,7 @@ class FileResult:
     fixed_text: str | None = None
     digest: str | None = None
     dependencies: dict[str, str] = field(default_factory=dict)
+    found: list[Finding] | None = None  # with --fix: the findings before fixing (engine.FixOutcome)
     fixable: int = 0  # of `findings`, how many `--fix` would remove (fixable.py)
     unsafe_fixable: int = 0  # and how many more `--fix --unsafe-fixes` would
 
@@ -59,6 +60,12 @@ class RunResult:
     @property
     def fixed(self) -> list[Finding]:
         return sorted((f for r in self.files for f in r.fixed), key=lambda f: f.sort_key)
+
+    @property
+    def found(self) -> list[Finding]:
+        """The findings before any fix (with --fix), else the findings."""
+        found = (f for r in self.files for f in (r.found if r.found is not None else r.findings))
+        return sorted(found, key=lambda f: f.sort_key)
 
     @property
     def fixable(self) -> int:
@@ -187,7 +194,7 @@ def process(target: Target, options: RunOptions) -> FileResult:
     engine = linter_for(target.path, linter)  # a notebook is linted through its code cells
     if options.fix:
         outcome = engine.fix(source.text, target.display, target.path, options.unsafe_fixes)
-        result.fixed, result.findings = outcome.fixed, outcome.remaining
+        result.fixed, result.findings, result.found = outcome.fixed, outcome.remaining, outcome.found
         if outcome.text != source.text:
             result.original_text, result.fixed_text = source.text, outcome.text
             # What remains describes the fixed text, so the cache entry must be keyed by the bytes
@@ -226,6 +233,7 @@ def _write(target: Target, source: SourceText, text: str, result: FileResult) ->
         result.findings = sorted([*result.fixed, *result.findings], key=lambda f: f.sort_key)
         result.findings.append(meta_finding(IO_ERROR, f"fixes not written: {reason}", target.display))
         result.fixed = []
+        result.found = None  # nothing was fixed: what remains is what was found, plus this TL002
         result.fixed_text = None
         result.digest = None
 
