@@ -331,3 +331,26 @@ def test_write_atomic_refuses_a_read_only_file_even_for_root(tmp_path: Path) -> 
         assert path.read_bytes() == b"x = 1\n"
     finally:
         path.chmod(0o644)
+
+
+def test_a_scaled_residual_sum_is_not_rewritten_into_another_function_by_fix(tmp_path: Path) -> None:
+    """TL301: `0.5 * (x + f(x))` becomes `x + 0.5 * f(x)` only with `--unsafe-fixes`, and says so."""
+    block = (
+        "import torch.nn as nn\n\n\n"
+        "class Block(nn.Module):\n"
+        "    def __init__(self, dim):\n"
+        "        super().__init__()\n"
+        "        self.body = nn.Linear(dim, dim)\n\n"
+        "    def forward(self, x):\n"
+        "        return 0.5 * (x + self.body(x))\n"
+    )
+    (tmp_path / "block.py").write_text(block, encoding="utf-8")
+    report = run_cli("--no-cache", "block.py", cwd=tmp_path)
+    assert " TL301 " in report.stdout and " TL301 [*]" not in report.stdout
+    assert "(the block then computes a different function) (unsafe fix)" in report.stdout
+    fixed = run_cli("--no-cache", "--fix", "block.py", cwd=tmp_path)
+    assert (tmp_path / "block.py").read_text(encoding="utf-8") == block and fixed.returncode == 1
+    run_cli("--no-cache", "--fix", "--unsafe-fixes", "block.py", cwd=tmp_path)
+    assert (tmp_path / "block.py").read_text(encoding="utf-8") == block.replace(
+        "0.5 * (x + self.body(x))", "x + 0.5 * self.body(x)"
+    )

@@ -51,8 +51,8 @@ def project(tmp_path: Path) -> Path:
         (["--no-cache", "--diff", "."], SIGPIPE_STATUS),
         (["--list-rules"], SIGPIPE_STATUS),
         (["--explain", "TL101"], SIGPIPE_STATUS),
-        (["--help"], 0),  # argparse prints these and ignores a failed write itself
-        (["--version"], 0),
+        (["--help"], 0),  # argparse prints the help and ignores a failed write itself
+        (["--version"], SIGPIPE_STATUS),
     ],
     ids=["lint", "json", "diff", "list-rules", "explain", "help", "version"],
 )

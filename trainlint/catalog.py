@@ -2,15 +2,16 @@
 
 The rule modules import LibCST, which costs most of a second to load. Choosing rules, checking a
 configuration, ``--list-rules``, ``--explain``, SARIF descriptors and a run whose files are all
-cached need only each rule's metadata and page, so those come from ``rules/catalog.json``: a
-file generated from the rule modules by ``python -m trainlint.docs rules/`` and checked against
-them by a test. Once the rule modules are imported (any real linting), the live registry answers
+cached need only each rule's metadata and page, so those come from ``rules/catalog.json`` and
+``rules/pages.json``: files generated from the rule modules by ``python -m trainlint.docs rules/``
+and checked against them by a test. Once the rule modules are imported (any real linting), the live registry answers
 instead, so rules registered at run time (tests) are known too.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 CATALOG = Path(__file__).parent / "rules" / "catalog.json"
+PAGES = Path(__file__).parent / "rules" / "pages.json"  # apart: most commands need no page
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,8 @@ class RuleInfo:
 
 
 def _rules_loaded() -> bool:
-    from trainlint import rule
-
-    return rule._LOADED
+    rule = sys.modules.get("trainlint.rule")  # not imported here: it is not needed until linting
+    return rule is not None and rule._LOADED
 
 
 def info_of(rule: Any) -> RuleInfo:
@@ -76,10 +77,10 @@ def info_of(rule: Any) -> RuleInfo:
     )
 
 
-@lru_cache(maxsize=1)
-def _catalog() -> dict[str, Any]:
+@lru_cache(maxsize=2)
+def _load(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(CATALOG.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 
@@ -87,18 +88,18 @@ def _catalog() -> dict[str, Any]:
 def rule_infos() -> dict[str, RuleInfo]:
     """Every rule's metadata by code, sorted: from the registry once the rules are imported,
     else from the catalog (and from the registry when the catalog is missing)."""
-    catalog = _catalog()
-    if _rules_loaded() or not catalog.get("rules"):
+    catalog = _load(CATALOG)
+    if _rules_loaded() or not catalog:
         from trainlint.rule import all_rules
 
         return {code: info_of(rule) for code, rule in all_rules().items()}
-    return {code: RuleInfo.from_json(code, data) for code, data in sorted(catalog["rules"].items())}
+    return {code: RuleInfo.from_json(code, data) for code, data in sorted(catalog.items())}
 
 
 def rule_page(code: str) -> str | None:
     """The rule's page (``--explain``, ``rules/CODE.md``, SARIF help), or None for no such rule."""
-    pages = _catalog().get("pages", {})
-    if not _rules_loaded() and code in pages:
+    pages = {} if _rules_loaded() else _load(PAGES)
+    if code in pages:
         return pages[code]
     from trainlint.docs import render_page
     from trainlint.rule import all_rules
@@ -107,17 +108,15 @@ def rule_page(code: str) -> str | None:
     return render_page(rule) if rule is not None else None
 
 
-def build_catalog() -> dict[str, Any]:
-    """The catalog generated from the rule modules (written by ``python -m trainlint.docs``)."""
+def catalog_texts() -> dict[Path, str]:
+    """The catalog and the pages generated from the rule modules, by file (written by
+    ``python -m trainlint.docs``)."""
     from trainlint.docs import render_page
     from trainlint.rule import all_rules
 
     rules = all_rules()
-    return {
-        "rules": {code: info_of(rule).to_json() for code, rule in rules.items()},
-        "pages": {code: render_page(rule) for code, rule in rules.items()},
+    documents = {
+        CATALOG: {code: info_of(rule).to_json() for code, rule in rules.items()},
+        PAGES: {code: render_page(rule) for code, rule in rules.items()},
     }
-
-
-def catalog_text() -> str:
-    return json.dumps(build_catalog(), indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    return {path: json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n" for path, data in documents.items()}

@@ -8,20 +8,23 @@ Start-up matters (a pre-commit hook runs this on every commit): the modules that
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
-from trainlint import DISTRIBUTION, __version__, output
-from trainlint.config import ALWAYS_ON, ConfigError, Settings, apply_cli_overrides, load_settings
+from trainlint import DISTRIBUTION, __version__
 
 if TYPE_CHECKING:
+    import argparse
+
+    from trainlint.config import Settings
     from trainlint.discovery import Target
     from trainlint.runner import RunResult
     from trainlint.source import SourceText
+
+VERSION = f"trainlint {__version__} ({DISTRIBUTION})"
 
 SUBCOMMANDS = {"smoke", "confirm", "server"}
 LINT_SUBCOMMAND = "check"  # `trainlint check PATH` is `trainlint PATH`, as in ruff
@@ -47,22 +50,25 @@ class UsageError(Exception):
     pass
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
 def _codes(value: str) -> list[str]:
     return [code.strip() for code in value.split(",") if code.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from trainlint import output
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            raise UsageError(message)
+
     parser = _Parser(
         prog="trainlint",
         usage=USAGE,
         description="Lint and fix PyTorch training code.",
         epilog=COMMANDS,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, width=_help_width()),
     )
     parser.add_argument("paths", nargs="*", default=None, help="files or directories (default: .); - reads stdin")
     parser.add_argument("--fix", action="store_true", help="apply safe fixes")
@@ -99,8 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", "-j", type=int, default=0, metavar="N", help="parallel processes (default: all cores)")
     parser.add_argument("--quiet", "-q", action="store_true", help="print findings only, no summary")
     parser.add_argument("--stdin-filename", metavar="PATH", help="the path of the file read from stdin (for config and output)")
-    parser.add_argument("--version", action="version", version=f"trainlint {__version__} ({DISTRIBUTION})")
+    parser.add_argument("--version", action="version", version=VERSION)
     return parser
+
+
+def _help_width() -> int:
+    """The width argparse would choose, without the shutil import it makes to find it (shutil
+    pulls in the compression modules: a few percent of a cached run's start-up)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0")) or os.get_terminal_size(sys.__stdout__.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        columns = 80
+    return max(columns - 2, 11)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _subcommand(arguments)
     if arguments and arguments[0] == LINT_SUBCOMMAND:
         arguments = arguments[1:]
+    if "--version" in arguments:  # what argparse would print, without loading what parsing needs
+        return _print_version()
+    from trainlint.config import ConfigError
+
     try:
         try:
             return _lint(build_parser().parse_args(arguments))
@@ -121,6 +141,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return _reader_gone()
+
+
+def _print_version() -> int:
+    try:
+        print(VERSION, flush=True)
+    except BrokenPipeError:
+        return _reader_gone()
+    return 0
 
 
 def _reader_gone() -> int:
@@ -161,6 +189,8 @@ def _check_combinations(args: argparse.Namespace) -> None:
 
 
 def _lint(args: argparse.Namespace) -> int:
+    from trainlint.config import apply_cli_overrides, load_settings
+
     _check_combinations(args)
     if args.explain:
         return _explain(args.explain)
@@ -191,6 +221,7 @@ def _lint(args: argparse.Namespace) -> int:
 
 def _watch(args: argparse.Namespace, start: Path, paths: Sequence[str]) -> int:
     """--watch: each run reads the configuration afresh, so an edit to it applies at once."""
+    from trainlint.config import apply_cli_overrides, load_settings
     from trainlint.watch import watch
 
     def settings_for_run() -> Settings:
@@ -236,7 +267,9 @@ def _lint_paths(args: argparse.Namespace, settings: Settings, paths: Sequence[st
 
 def _progress(args: argparse.Namespace, total: int):
     """Files done / total on stderr for a long run on a terminal (trainlint/progress.py decides)."""
-    if args.quiet or args.output_format in output.MACHINE_FORMATS or args.watch:
+    from trainlint import output
+
+    if args.quiet or args.output_format in output.MACHINE_FORMATS or args.watch or not sys.stderr.isatty():
         return None
     from trainlint.progress import Progress
 
@@ -282,6 +315,7 @@ def _explain(code: str) -> int:
 
 def _list_rules(settings: Settings) -> int:
     from trainlint.catalog import rule_infos
+    from trainlint.config import ALWAYS_ON
 
     enabled = settings.enabled_codes()
     rules = rule_infos()
@@ -367,6 +401,7 @@ def _write_report(
     stream: TextIO,
     stdin_text: SourceText | None,
 ) -> int:
+    from trainlint import output
     from trainlint.source import SourceError, SourceText
 
     findings = result.findings

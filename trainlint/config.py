@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -103,7 +102,9 @@ class Settings:
             "per_file_ignores": self.per_file_ignores,
             "rule_options": self.rule_options,
         }
-        return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=12).hexdigest()
+        from trainlint.source import content_digest
+
+        return content_digest(json.dumps(data, sort_keys=True).encode(), size=12)
 
     @property
     def cache_path(self) -> Path:
@@ -173,15 +174,20 @@ def load_settings(config_file: Path | None, start: Path) -> Settings:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    in_pyproject = path.name == "pyproject.toml" or "tool" in data
+    in_pyproject = _is_pyproject(data, path)
     return settings_from_table(_trainlint_table(data, path), path, in_pyproject)
 
 
+def _is_pyproject(data: Mapping[str, Any], path: Path) -> bool:
+    """A pyproject.toml by name, or by its tables (``[tool]``, ``[project]``, ``[build-system]``),
+    which a trainlint-only file never has."""
+    return path.name == "pyproject.toml" or any(key in data for key in ("tool", "project", "build-system"))
+
+
 def _trainlint_table(data: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
-    """The settings in a TOML document: its ``[tool.trainlint]`` when it is a pyproject.toml
-    (by name, or by having a ``[tool]`` table, which a trainlint-only file never has), else the
-    whole document."""
-    if path.name != "pyproject.toml" and "tool" not in data:
+    """The settings in a TOML document: its ``[tool.trainlint]`` when it is a pyproject.toml,
+    else the whole document."""
+    if not _is_pyproject(data, path):
         return data
     tool = data.get("tool", {})
     table = tool.get("trainlint") if isinstance(tool, dict) else None

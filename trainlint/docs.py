@@ -2,8 +2,8 @@
 
 ``trainlint --explain CODE`` prints a page; ``python -m trainlint.docs rules/ [CODE ...]`` writes them,
 and a test fails when a page under ``rules/`` differs from what the code generates. The same
-command writes ``trainlint/rules/catalog.json`` (the rules' metadata and pages, read by the
-command line without importing the rule modules; see ``trainlint/catalog.py``).
+command writes ``trainlint/rules/catalog.json`` and ``pages.json`` (the rules' metadata and
+pages, read by the command line without importing the rule modules; see ``trainlint/catalog.py``).
 """
 
 from __future__ import annotations
@@ -99,15 +99,19 @@ def write_pages(directory: Path, codes: list[str] | None = None) -> list[Path]:
     return written
 
 
-def write_catalog() -> Path:
-    from trainlint.catalog import CATALOG, catalog_text
+def write_catalog() -> list[Path]:
+    from trainlint.catalog import catalog_texts
 
-    CATALOG.write_text(catalog_text(), encoding="utf-8")
-    return CATALOG
+    written = []
+    for path, text in catalog_texts().items():
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
 
 
 if __name__ == "__main__":
     arguments = sys.argv[1:] or ["rules"]
     for path in write_pages(Path(arguments[0]), arguments[1:]):
         print(path)
-    print(write_catalog())
+    for path in write_catalog():
+        print(path)
