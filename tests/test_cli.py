@@ -258,3 +258,17 @@ def test_a_thousand_files_with_any_number_of_jobs(tmp_path: Path) -> None:
     keys = [(line.split(":")[0], int(line.split(":")[1]), int(line.split(":")[2])) for line in findings]
     assert keys == sorted(keys)  # by path, line, column
     assert serial_seconds < 120, f"1,000 files took {serial_seconds:.1f}s"
+
+
+def test_every_install_line_names_this_distribution() -> None:
+    """`pip install trainlint` installs another project: the README never tells anyone to."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    installs = 0
+    for line in readme.splitlines():
+        if "pip install" not in line or line.lstrip().startswith("Do not"):
+            continue
+        command = line.split("pip install", 1)[1].split("&&")[0].split("#")[0]
+        words = [word.strip("'\"`),.") for word in command.split()]
+        assert not any(word == "trainlint" or word.startswith("trainlint[") for word in words), line
+        installs += "torch-trainlint" in command or ".[" in command
+    assert installs >= 5  # the editable install, the package, CI, flake8, the lsp and runtime extras

@@ -7,17 +7,15 @@ from __future__ import annotations
 import io
 import json
 import os
-import pty
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURES, ROOT, run_cli
+from tests.conftest import FIXTURES, ROOT, run_cli, run_on_a_terminal
 from trainlint import output
-from trainlint.findings import Edit, Finding, Fix, Position
+from trainlint.findings import Finding, Position
 
 SARIF_SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "sarif-schema-2.1.0.json"
 AMP_VIDEO = FIXTURES / "cli" / "amp_video.py"
@@ -220,30 +218,8 @@ def test_summary_counts_fixable_findings_and_levels() -> None:
 
 
 def _run_on_a_terminal(arguments: list[str], cwd: Path, env: dict[str, str]) -> str:
-    """Run the command line with stdout on a pseudo-terminal and return what it printed."""
-    leader, follower = pty.openpty()
-    try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "trainlint", *arguments],
-            cwd=cwd,
-            stdout=follower,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-        os.close(follower)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(leader, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        process.wait(timeout=60)
-    finally:
-        os.close(leader)
-    return b"".join(chunks).decode()
+    """What the command line printed with its stdout on a pseudo-terminal."""
+    return run_on_a_terminal(arguments, cwd, env)[0]
 
 
 def test_colour_only_on_a_terminal_unless_forced_or_disabled(project: Path) -> None:

@@ -5,43 +5,21 @@ machine-readable format; erased before the report. Terminals are real pseudo-ter
 from __future__ import annotations
 
 import os
-import pty
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, run_on_a_terminal
 
 AMP_VIDEO = (FIXTURES / "cli" / "amp_video.py").read_text(encoding="utf-8")
 ERASE_LINE = "\r\x1b[K"
 
 
 def run_with_stderr_on_a_terminal(arguments: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, str]:
-    """(stdout from a pipe, stderr from a pseudo-terminal) of the real command line."""
-    leader, follower = pty.openpty()
-    with tempfile.TemporaryFile() as stdout:  # a file, not a pipe: a large report must not block
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "trainlint", *arguments], cwd=cwd, stdout=stdout, stderr=follower, env=env
-            )
-            os.close(follower)
-            chunks = []
-            while True:
-                try:
-                    chunk = os.read(leader, 4096)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not chunk:
-                    break
-                chunks.append(chunk)
-            process.wait(timeout=120)
-        finally:
-            os.close(leader)
-        stdout.seek(0)
-        return stdout.read().decode(), b"".join(chunks).decode()
+    """(stdout from a file, stderr from a pseudo-terminal) of the real command line."""
+    return run_on_a_terminal(arguments, cwd, env, terminal="stderr")
 
 
 @pytest.fixture

@@ -9,6 +9,10 @@ import re
 import tokenize
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ast
 
 try:  # hashlib's own blake2b, without hashlib loading OpenSSL: a tenth of a cached run's start-up
     from _blake2 import blake2b
