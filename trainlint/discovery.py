@@ -7,10 +7,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
-
-import pathspec
+from typing import TYPE_CHECKING
 
 from trainlint.config import Settings
+
+if TYPE_CHECKING:  # imported where a .gitignore is read: a run on named files may need none
+    import pathspec
 
 SOURCE_SUFFIXES = (".py", ".pyi", ".ipynb")  # notebooks are read by trainlint.notebook
 
@@ -81,6 +83,8 @@ class _Excluder:
             ignore_file = directory / ".gitignore"
             if ignore_file.is_file():
                 try:
+                    import pathspec
+
                     lines = ignore_file.read_text(encoding="utf-8", errors="replace").splitlines()
                     spec = pathspec.GitIgnoreSpec.from_lines(lines)
                 except OSError:
@@ -114,12 +118,16 @@ class _Excluder:
         return self.by_pattern(path) or self.by_gitignore(path, is_dir)
 
     def excluded_with_parents(self, path: Path) -> bool:
-        if self.excluded(path, path.is_dir()):
+        """``force-exclude`` for a file named on the command line: the exclude patterns, on it and
+        on its directories. Not .gitignore, as in ruff: pre-commit names tracked files only, and a
+        tracked file that .gitignore names was added on purpose (and the check would load
+        pathspec on every hook run)."""
+        if self.by_pattern(path):
             return True
         relative = self._relative(path)
         if relative is None:
             return False
-        return any(self.excluded(parent, True) for parent in path.parents if self.root in parent.parents)
+        return any(self.by_pattern(parent) for parent in path.parents if self.root in parent.parents)
 
 
 def discover(paths: Iterable[str], settings: Settings) -> list[Target]:

@@ -2,30 +2,39 @@
 
 from __future__ import annotations
 
-import ast
 import bisect
 import codecs
 import gc
-import hashlib
 import io
 import re
 import tokenize
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ast
+
+try:  # hashlib's own blake2b, without hashlib loading OpenSSL: a tenth of a cached run's start-up
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - another Python implementation
+    from hashlib import blake2b
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
-def content_digest(data: bytes) -> str:
+def content_digest(data: bytes, size: int = 16) -> str:
     """The digest of a file's bytes. The cache keys files by it and compares it with what the
     project index recorded for each dependency, so both must use this one function."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+    return blake2b(data, digest_size=size).hexdigest()
 
 
 def python_ast(source: str | bytes, filename: str) -> ast.Module:
     """Python's own parse of the source (``SyntaxError`` when it fails), without the warnings its
     compiler prints about the code it reads (``invalid escape sequence '\\d'`` is a SyntaxWarning
     from Python 3.12): they are about the user's file, and a linter must not echo them to stderr."""
+    import ast  # here: only files that are parsed need it
+
     enabled = gc.isenabled()
     gc.disable()  # the parse allocates millions of small objects that are not garbage
     try:

@@ -194,6 +194,13 @@ class BceOnSigmoid(Rule):
     the construction to `nn.BCEWithLogitsLoss()` only when the construction is visible in the
     same class or function and every call of that loss gets a sigmoid output; otherwise the
     finding comes without a fix.
+
+    ## Fix safety
+    Safe: `binary_cross_entropy_with_logits(x, y)` equals `binary_cross_entropy(sigmoid(x), y)`
+    with the same `weight` and `reduction`; they differ only where the sigmoid rounded to 0 or 1 (a
+    loss clamped at 100 with a zero gradient before, the exact loss and gradient after) and by
+    rounding. `nn.BCELoss` becomes `nn.BCEWithLogitsLoss` only when every use of that instance is
+    rewritten with it.
     """
 
     code = "TL204"

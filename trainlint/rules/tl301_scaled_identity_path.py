@@ -76,16 +76,17 @@ class ScaledIdentityPath(Rule):
     `0.05 * (out + identity)`, which becomes `0.05 * out + identity`).
 
     ## Fix safety
-    Marked safe because it only removes the bug, but it changes the function the block computes:
-    a checkpoint trained with the factor behaves differently after the fix, so retrain (or
-    fine-tune) rather than load old weights into the fixed model.
+    Unsafe: it changes the function the block computes. `out + c * x` becomes `out + x` and
+    `c * (out + x)` becomes `c * out + x`, so a checkpoint trained with the factor computes
+    something else once loaded into the fixed model: retrain or fine-tune. A scaled sum can also be
+    a deliberate average (`0.5 * (x + f(x))`), which the fix turns into a different network.
     """
 
     code = "TL301"
     name = "scaled-identity-path"
     summary = "Residual identity path multiplied by a constant (signal decays as c^depth)"
     level = "error"
-    fix_applicability = "safe"
+    fix_applicability = "unsafe"
     triggers = ("forward",)
     examples = (
         Example(
@@ -107,6 +108,7 @@ class ScaledIdentityPath(Rule):
                     return self.relu(out + 0.1 * residual)
             ''',
             expect=[(15, 32)],
+            unsafe=True,
             fixed='''
             import torch.nn as nn
 
@@ -140,6 +142,7 @@ class ScaledIdentityPath(Rule):
                     return self.residual_scale * x + self.mlp(x)
             ''',
             expect=[(11, 16)],
+            unsafe=True,
             fixed='''
             import torch.nn as nn
 
@@ -234,7 +237,7 @@ class ScaledIdentityPath(Rule):
                     self,
                     scaled.node,
                     _message(ctx, scaled),
-                    fix=ctx.fix([ctx.replace(scaled.node, ctx.code(scaled.operand))], "safe",
+                    fix=ctx.fix([ctx.replace(scaled.node, ctx.code(scaled.operand))], "unsafe",
                                 f"Drop the factor `{ctx.code(scaled.factor)}` from the identity path"),
                 )
                 return
@@ -488,4 +491,5 @@ def _split_fix(ctx: FileContext, scaled: _Scaled, identity: cst.BaseExpression, 
     parent = ctx.parent(scaled.node)
     if isinstance(parent, (cst.BinaryOperation, cst.UnaryOperation, cst.Attribute, cst.Subscript)) and not scaled.node.lpar:
         text = f"({text})"
-    return ctx.fix([ctx.replace(scaled.node, text)], "safe", f"Keep `{factor}` on the branch only")
+    message = f"Keep `{factor}` on the branch only (the block then computes a different function)"
+    return ctx.fix([ctx.replace(scaled.node, text)], "unsafe", message)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 CONFIRM = {
     "rules": ["TL402"],
     "steps": 80,
+    "unsafe_fixes": True,
     "why": "clipping after the step does not clip the update",
     "original": [("nonfinite_losses", ">", 0)],
     "fixed": [("nonfinite_losses", "==", 0), ("grad_norm_max", "<=", 1.0001), ("loss_ratio", "<", 0.2)],
