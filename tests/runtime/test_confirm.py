@@ -17,13 +17,13 @@ from trainlint.runtime.confirm import (  # noqa: E402
     example_specs,
     judge,
 )
-from trainlint.runtime.monitor import Record, StepRecord  # noqa: E402
+from trainlint.runtime.records import OptimizerRecord, Record, StepRecord  # noqa: E402
 from trainlint.runtime.report import summarize  # noqa: E402
 
 
 def report_with(losses: list[float], norm: float = 1.0):
     steps = [StepRecord(i, 0, v, norm, norm, 0, 0, None, False, 1) for i, v in enumerate(losses)]
-    return summarize(Record(steps=steps, backward_losses=losses, backward_calls=len(losses), optimizers=["SGD"]))
+    return summarize(Record(steps=steps, backward_losses=losses, backward_calls=len(losses), optimizers=[OptimizerRecord("SGD")]))
 
 
 def spec(original, fixed) -> ExampleSpec:

@@ -14,7 +14,7 @@ from conftest import RUNTIME_FIXTURES, run_trainlint  # noqa: E402
 def test_confirm_fixes_a_local_module_in_memory_and_runs_both():
     project = RUNTIME_FIXTURES / "project"
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in project.iterdir()}
-    result = run_trainlint("confirm", str(project / "train.py"), "--steps", "60")
+    result = run_trainlint("confirm", "--steps", "60", str(project / "train.py"))
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "fixed in memory (1):" in out

@@ -17,7 +17,7 @@ def test_each_rank_records_and_rank_zero_reports(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TRAINLINT_RANK_DIR": str(tmp_path)}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "trainlint", "smoke", str(RUNTIME_FIXTURES / "ddp_train.py"), "--steps", "5",
+        "-m", "trainlint", "smoke", "--steps", "5", str(RUNTIME_FIXTURES / "ddp_train.py"),
     ]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
