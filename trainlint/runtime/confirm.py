@@ -157,16 +157,16 @@ def _script_linter(script: Path, select: list[str] | None) -> Any:
 
 
 def _place(finding: Any, path: Path, unclaimed: list[Any], disk_text: str, fixed_text: str) -> DiskFinding:
-    same_rule = [d for d in unclaimed if d.code == finding.code]
-    exact = [d for d in same_rule if (d.start, d.message) == (finding.start, finding.message)]
-    close = sorted(
-        (d for d in same_rule if d.message == finding.message), key=lambda d: abs(d.start.row - finding.start.row)
+    exact = [d for d in unclaimed if (d.code, d.start, d.message) == (finding.code, finding.start, finding.message)]
+    row = _disk_line(disk_text, fixed_text, finding.start.row)
+    nearby = sorted(
+        (d for d in unclaimed if d.code == finding.code and (d.message == finding.message or abs(d.start.row - row) <= 2)),
+        key=lambda d: (d.message != finding.message, abs(d.start.row - row)),
     )
-    match = (exact or close or [None])[0]
+    match = (exact or nearby or [None])[0]
     if match is not None:
         unclaimed.remove(match)
         return DiskFinding(match.code, match.name, match.message, path, match.start.row, match.start.column)
-    row = _disk_line(disk_text, fixed_text, finding.start.row)
     return DiskFinding(finding.code, finding.name, finding.message, path, row, finding.start.column, on_disk=False)
 
 
@@ -279,7 +279,9 @@ def _verdict(code: str, findings: list[DiskFinding], spec: ExampleSpec, original
     judgement = judge_effects(spec.effects, original.report, fixed.report)
     status, detail = judgement.status, judgement.detail
     if status == NOT_REPRODUCED:
-        status = f"not reproduced in {steps_done(original.record)} steps on {original.device}"
+        steps = steps_done(original.record)
+        span = f"{steps} steps" if steps else f"{original.record.backward_calls} backward passes"
+        status = f"not reproduced in {span} on {original.device}"
         detail += f"; what would show it: {spec.shows_with or 'more steps (--steps)'}"
     elif status == EFFECT_CONFIRMED:
         status = CONFIRMED

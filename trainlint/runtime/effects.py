@@ -188,7 +188,7 @@ def _loss_falls(o: Numbers, f: Numbers) -> Judgement:
         return Judgement(CONFIRMED, text)
     if o.loss_trend != "fell" or (ro is not None and ro > rf + LOSS_RATIO_MARGIN):
         return Judgement(NOT_CONFIRMED, text)
-    return Judgement(NOT_REPRODUCED, f"the loss fell as much in the original ({text})")
+    return Judgement(NOT_REPRODUCED, f"the loss fell at least as much in the original ({text})")
 
 
 EFFECTS: dict[str, Judge] = {

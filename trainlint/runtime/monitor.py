@@ -144,8 +144,8 @@ class Monitor:
                 raise RuntimeError("another trainlint monitor is already watching this process")
             _active = self
         self._running = True
+        self._install()  # imports torch._dynamo once (a second): not the run's time
         self._started_at = time.perf_counter()
-        self._install()
         self._stopper.start()
         return self
 

@@ -20,7 +20,7 @@ from trainlint.runtime.records import Record
 from trainlint.runtime.report import HealthReport
 
 _WRAP = 110
-_NONFINITE = "_non-finite"  # a leading underscore keeps it out of the legend
+_NONFINITE = "nonfinite"  # the gid of the red crosses
 
 
 def plot_png(
@@ -52,13 +52,14 @@ def build_figure(runs: Sequence[tuple[str, Record, HealthReport]], verdicts: Seq
         _plot_loss(axes[0][column], record)
         _plot_grad_norms(axes[1][column], record)
         axes[0][column].set_title(_run_title(title, report), fontsize=10)
+        axes[1][column].set_xlabel("optimizer step" if record.steps else "backward pass (no optimizer step)")
+        for ax in (axes[0][column], axes[1][column]):
+            labels = ax.get_legend_handles_labels()[1]
+            if len(labels) > 1 or (labels and not record.steps):  # one optimizer's line needs no key
+                ax.legend(fontsize=8, loc="best")
     _scale_rows(axes)
-    for ax in axes[1]:
-        ax.set_xlabel("optimizer step")
     axes[0][0].set_ylabel("loss (sum over the step's micro-batches)")
     axes[1][0].set_ylabel("gradient norm (log)")
-    if any(len(r.optimizers) > 1 for _, r, _ in runs):
-        axes[0][0].legend(fontsize=8, loc="best")
     bottom = footer_inches / figure.get_figheight()
     figure.tight_layout(rect=(0, bottom, 1, 1))
     if footer:
@@ -80,14 +81,13 @@ def _plot_loss(ax: Any, record: Record) -> None:
     series = _series(record)
     if not series:  # no optimizer step: the loss of each backward pass is all there is
         losses = record.backward_losses
-        ax.plot(range(len(losses)), [_finite_or_nan(v) for v in losses], lw=1, color="gray")
+        label = "loss per backward pass (no optimizer step)"
+        ax.plot(range(len(losses)), [_finite_or_nan(v) for v in losses], color="gray", label=label, **_style(losses))
         _mark_nonfinite(ax, [k for k, v in enumerate(losses) if not math.isfinite(v)])
-        ax.text(0.5, 0.5, "no optimizer step:\nloss per backward pass", transform=ax.transAxes,
-                ha="center", va="center", color="gray")
         return
     for colour, (label, steps) in enumerate(series):
         xs = [k for k, s in enumerate(steps) if s.loss is not None]
-        ax.plot(xs, [_finite_or_nan(steps[k].loss) for k in xs], lw=1, color=f"C{colour}", label=label)
+        ax.plot(xs, [_finite_or_nan(steps[k].loss) for k in xs], color=f"C{colour}", label=label, **_style(xs))
         _mark_nonfinite(ax, [k for k in xs if not math.isfinite(steps[k].loss)])
         _shade_skipped(ax, steps)
 
@@ -99,7 +99,7 @@ def _plot_grad_norms(ax: Any, record: Record) -> None:
         return
     for colour, (label, steps) in enumerate(series):
         norms = [s.grad_norm if math.isfinite(s.grad_norm) and s.grad_norm > 0 else math.nan for s in steps]
-        ax.plot(range(len(norms)), norms, lw=1, color=f"C{colour}", label=label)
+        ax.plot(range(len(norms)), norms, color=f"C{colour}", label=label, **_style(norms))
         _mark_nonfinite(ax, [k for k, s in enumerate(steps) if not math.isfinite(s.grad_norm)])
         _shade_skipped(ax, steps)
 
@@ -115,8 +115,13 @@ def _scale_rows(axes: Any) -> None:
             ax.set_yscale("log")
 
 
+def _style(points: Sequence[Any]) -> dict[str, Any]:
+    """Lines, with dots while they are few enough to tell apart (a lone finite value shows)."""
+    return {"lw": 1, "marker": "o", "ms": 2.5} if len(points) <= 200 else {"lw": 1}
+
+
 def _data_lines(ax: Any) -> list[Any]:
-    return [line for line in ax.get_lines() if line.get_label() != _NONFINITE]
+    return [line for line in ax.get_lines() if line.get_gid() != _NONFINITE]
 
 
 def _has_positive(values: Any) -> bool:
@@ -128,12 +133,15 @@ def _finite_or_nan(value: float | None) -> float:
 
 
 def _mark_nonfinite(ax: Any, xs: Sequence[int]) -> None:
+    """Red crosses along the top of the axes, where a value was NaN or Inf."""
     if xs:
+        first = not any(line.get_gid() == _NONFINITE for line in ax.get_lines())
         ax.plot(xs, [0.96] * len(xs), "x", color="red", ms=5, transform=ax.get_xaxis_transform(),
-                label=_NONFINITE)
+                gid=_NONFINITE, label="NaN/Inf" if first else "_")
 
 
 def _shade_skipped(ax: Any, steps: Sequence[Any]) -> None:
     for k, s in enumerate(steps):
         if s.skipped:
-            ax.axvspan(k - 0.5, k + 0.5, color="red", alpha=0.15, lw=0)
+            label = "_" if ax.patches else "skipped by the GradScaler"
+            ax.axvspan(k - 0.5, k + 0.5, color="red", alpha=0.15, lw=0, label=label)

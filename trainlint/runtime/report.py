@@ -206,7 +206,7 @@ def describe_ending(record: Record) -> str:
     else:
         text = f"the script ended after {done}{of} steps"
     if ending.swallowed_stops:
-        text += f"; the script caught the stop {ending.swallowed_stops} more time(s)"
+        text += f", caught by the script {ending.swallowed_stops}x"
     return text
 
 
@@ -362,7 +362,7 @@ def report_rows(report: HealthReport) -> list[tuple[str, str]]:
     bad_weights = report.first_nonfinite_weights_step
     rows = [
         ("verdict", report.verdict),
-        ("run", _clip(report.ending, 60)),
+        ("run", _clip(report.ending, 70)),
         ("exception", _clip(report.exception or "-", 60)),
         ("backward passes", str(report.iterations)),
     ]
