@@ -68,6 +68,8 @@ def test_everything_is_restored_afterwards():
         ("x = torch.zeros(2, device='cuda:0')", True),
         ("parser.add_argument('--device', default='cuda')", True),
         ("t = torch.cuda.FloatTensor(3)", True),
+        ("batch = batch.pin_memory()", True),
+        ("loader = DataLoader(data, pin_memory=True)", False),  # patched without the mode
         ("device = 'cuda' if torch.cuda.is_available() else 'cpu'", False),
         ("if torch.cuda.is_available():\n    model.cuda()", False),
         ("if not torch.cuda.is_available():\n    pass\nelse:\n    model.cuda()", False),

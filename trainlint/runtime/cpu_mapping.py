@@ -172,7 +172,7 @@ def uses_cuda_devices(text: str, cuda_available: bool | None = None) -> bool:
     """Whether ``text`` may place a tensor or module on a CUDA device.
 
     ``.cuda()``, a ``"cuda"``/``"cuda:N"`` string (``.to("cuda")``, ``device="cuda"``, an
-    argparse default) or ``torch.cuda.FloatTensor`` count; the device type given to autocast or
+    argparse default), ``torch.cuda.FloatTensor`` and pinned memory outside a DataLoader count; the device type given to autocast or
     GradScaler does not (mapped without the mode), nor a comparison (``x.device.type ==
     "cuda"``), nor, on a machine without CUDA, the branch that ``torch.cuda.is_available()``
     guards. Code that does not parse counts: better slow than wrong.
@@ -196,9 +196,11 @@ class _CudaDeviceUse(ast.NodeVisitor):
 
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
-        if isinstance(func, ast.Attribute) and func.attr == "cuda":
-            self.found = True
         name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if isinstance(func, ast.Attribute) and func.attr in ("cuda", "pin_memory"):
+            self.found = True  # .cuda(), .pin_memory(): both need a GPU without the mapping
+        if name != "DataLoader" and any(k.arg == "pin_memory" for k in node.keywords):
+            self.found = True  # torch.empty(..., pin_memory=True); DataLoader's is patched cheaply
         if name in self._MAPPED_WITHOUT_MODE:  # its device type is mapped by the cheap patches
             self.visit(func)
             for value in [*node.args, *(k.value for k in node.keywords)]:
