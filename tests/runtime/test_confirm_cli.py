@@ -98,10 +98,10 @@ def test_confirm_shows_lines_of_the_file_on_disk_and_the_json_says_what_ran(tmp_
 def test_an_effect_this_run_does_not_show_is_not_reproduced_and_says_what_would(capsys):
     from trainlint.runtime.cli import main
 
-    code = main(["confirm", "--steps", "20", str(RUNTIME_FIXTURES / "confirm_quiet.py")])
+    code = main(["confirm", "--steps", "20", str(RUNTIME_FIXTURES / "never_zeroed.py"), "--lr", "1e-4"])
     lines = verdict_lines(capsys.readouterr().out)
     assert len(lines) == 1 and lines[0].startswith(
-        "TL403 gradients-never-zeroed (confirm_quiet.py:15): not reproduced in 20 steps on cpu: "
+        "TL403 gradients-never-zeroed (never_zeroed.py:22): not reproduced in 20 steps on cpu: "
     )
     assert lines[0].endswith("what would show it: more steps (--steps 100): the accumulated gradient grows every step")
     assert code == 0  # honest: not reproduced is not a failure
@@ -110,9 +110,9 @@ def test_an_effect_this_run_does_not_show_is_not_reproduced_and_says_what_would(
 def test_confirm_fails_when_the_original_shows_the_effect_and_the_fixed_run_keeps_it(capsys):
     from trainlint.runtime.cli import main
 
-    code = main(["confirm", "--steps", "20", str(RUNTIME_FIXTURES / "confirm_diverges.py")])
+    code = main(["confirm", "--steps", "20", str(RUNTIME_FIXTURES / "never_zeroed.py"), "--lr", "5"])
     lines = verdict_lines(capsys.readouterr().out)
-    assert lines[0].startswith("TL403 gradients-never-zeroed (confirm_diverges.py:15): not confirmed: loss 9.46 -> nan")
+    assert lines[0].startswith("TL403 gradients-never-zeroed (never_zeroed.py:22): not confirmed: loss 9.46 -> nan")
     assert code == 1
 
 
