@@ -5,16 +5,19 @@ must be the script's own, and the trained weights the same bits.
 
 from __future__ import annotations
 
-import math
+import re
 
 import pytest
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
+from conftest import RUNTIME_FIXTURES  # noqa: E402
+
 from trainlint.runtime import summarize, watch  # noqa: E402
 from trainlint.runtime.records import MANUAL_UPDATE  # noqa: E402
-from trainlint.runtime.report import report_rows  # noqa: E402
+from trainlint.runtime.report import format_number, report_rows  # noqa: E402
+from trainlint.runtime.smoke import run_script  # noqa: E402
 
 
 def total_norm(params) -> float:
@@ -40,51 +43,51 @@ def plain_and_watched(loop, **watch_options):
 # Several optimizers
 
 
-def gan_loop(steps: int = 12):
-    """A DCGAN-shaped loop: the discriminator on real and fake batches, then the generator."""
-    torch.manual_seed(0)
-    generator = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
-    discriminator = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.LeakyReLU(0.2), torch.nn.Linear(16, 1))
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=0.01)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=0.001)
-    real = torch.randn(64, 2) * 0.5 + 2.0
-    log = {"d_loss": [], "g_loss": [], "d_norm": [], "g_norm": []}
-    for _ in range(steps):
-        discriminator.zero_grad()
-        d_real = F.binary_cross_entropy_with_logits(discriminator(real), torch.ones(64, 1))
-        d_real.backward()
-        fake = generator(torch.randn(64, 4))
-        d_fake = F.binary_cross_entropy_with_logits(discriminator(fake.detach()), torch.zeros(64, 1))
-        d_fake.backward()
-        log["d_loss"].append((d_real + d_fake).item())  # what DCGAN prints as Loss_D
-        log["d_norm"].append(total_norm(discriminator.parameters()))
-        opt_d.step()
-        generator.zero_grad()
-        g_loss = F.binary_cross_entropy_with_logits(discriminator(fake), torch.ones(64, 1))
-        g_loss.backward()  # reaches the discriminator's parameters too
-        log["g_loss"].append(g_loss.item())
-        log["g_norm"].append(total_norm(generator.parameters()))
-        opt_g.step()
-    return log, generator
+def printed(stdout: str, name: str) -> list[float]:
+    """A number the GAN script prints each step ("Loss_D: 1.38")."""
+    return [float(v) for v in re.findall(rf"{name}: (\S+)", stdout)]
 
 
-def test_a_gan_s_discriminator_and_generator_each_have_their_own_loss_and_norms():
-    log, record = plain_and_watched(gan_loop)
+def test_a_gan_s_discriminator_and_generator_each_have_their_own_loss_and_norms(capsys):
+    run = run_script(RUNTIME_FIXTURES / "gan_train.py", steps=12, device="cpu")
+    out, record = capsys.readouterr().out, run.record
     assert [o.label for o in record.optimizers] == ["opt_d (Adam)", "opt_g (Adam)"]
     d_steps, g_steps = record.steps_of(0), record.steps_of(1)
-    assert [s.loss for s in d_steps] == pytest.approx(log["d_loss"], rel=1e-6)
-    assert [s.loss for s in g_steps] == pytest.approx(log["g_loss"], rel=1e-6)
-    assert [s.grad_norm for s in d_steps] == pytest.approx(log["d_norm"], rel=1e-6)
-    assert [s.grad_norm for s in g_steps] == pytest.approx(log["g_norm"], rel=1e-6)
+    assert len(d_steps) == len(g_steps) == 12
+    # The generator's 12th step ends the run before the script prints it: 11 lines printed.
+    assert [s.loss for s in d_steps[:11]] == pytest.approx(printed(out, "Loss_D"), rel=1e-6)
+    assert [s.loss for s in g_steps[:11]] == pytest.approx(printed(out, "Loss_G"), rel=1e-6)
+    assert [s.grad_norm for s in d_steps[:11]] == printed(out, "norm_D")
+    assert [s.grad_norm for s in g_steps[:11]] == printed(out, "norm_G")
     assert [s.backward_calls for s in d_steps] == [2] * 12  # real and fake
     # The discriminator wins: its loss falls while the generator's rises. One stream would hide it.
-    assert log["d_loss"][-1] < log["d_loss"][0] and log["g_loss"][-1] > log["g_loss"][0]
-    report = summarize(record)
-    d, g = report.optimizers
+    d, g = run.report.optimizers
     assert (d.label, d.loss_trend, d.steps_run) == ("opt_d (Adam)", "fell", 12)
     assert (g.label, g.loss_trend, g.steps_run) == ("opt_g (Adam)", "rose", 12)
-    assert report.loss_first is None  # no single loss for two optimizers
-    assert f"opt_g (Adam): loss rose ({g.loss_first:.3g} -> " in "; ".join(report.reasons)
+    assert run.report.loss_first is None  # no single loss for two optimizers
+    assert f"opt_g (Adam): loss rose ({format_number(g.loss_first)} -> " in "; ".join(run.report.reasons)
+
+
+def test_the_report_and_the_png_show_each_optimizer_on_its_own(capsys, tmp_path):
+    from trainlint.runtime.cli import main
+
+    png = tmp_path / "gan.png"
+    assert main(["smoke", "--steps", "12", "--png", str(png), str(RUNTIME_FIXTURES / "gan_train.py")]) == 1
+    out = capsys.readouterr().out
+    table = {line.split("  ")[0]: line for line in out.splitlines()}
+    assert table["opt_d (Adam): optimizer steps"].split()[-4:] == ["12", "applied", "/", "12"]
+    assert table["opt_d (Adam): loss"].endswith(" fell") and table["opt_g (Adam): loss"].endswith(" rose")
+    first_g = format_number(printed(out, "Loss_G")[0])
+    assert f"\nunhealthy: opt_g (Adam): loss rose ({first_g} -> " in out  # the generator's, by name
+    pytest.importorskip("matplotlib")
+    from trainlint.runtime.plot import build_figure
+
+    run = run_script(RUNTIME_FIXTURES / "gan_train.py", steps=12, device="cpu")
+    loss_axes = build_figure([("smoke", run.record, run.report)]).axes[0]
+    lines = [line for line in loss_axes.get_lines() if not line.get_label().startswith("_")]
+    assert [line.get_label() for line in lines] == ["opt_d (Adam)", "opt_g (Adam)"]
+    assert [len(line.get_xdata()) for line in lines] == [12, 12]  # a step each, no sawtooth
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def actor_critic_loop(steps: int = 10):
@@ -117,18 +120,6 @@ def test_actor_and_critic_steps_each_take_the_loss_that_reached_their_parameters
     assert [s.loss for s in record.steps_of(0)] == pytest.approx(log["actor"], rel=1e-6)
     assert [s.loss for s in record.steps_of(1)] == pytest.approx(log["critic"], rel=1e-6)
     assert all(s.backward_calls == 1 for s in record.steps)
-
-
-def test_the_png_draws_each_optimizer_as_its_own_line():
-    pytest.importorskip("matplotlib")
-    from trainlint.runtime.plot import build_figure
-
-    _, record = plain_and_watched(gan_loop)
-    figure = build_figure([("smoke", record, summarize(record))])
-    loss_axes = figure.axes[0]
-    lines = [line for line in loss_axes.get_lines() if not line.get_label().startswith("_")]
-    assert [line.get_label() for line in lines] == ["opt_d (Adam)", "opt_g (Adam)"]
-    assert [len(line.get_xdata()) for line in lines] == [12, 12]  # a step each, no sawtooth
 
 
 # --------------------------------------------------------------------------------------------
