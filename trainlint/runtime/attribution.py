@@ -13,6 +13,7 @@ per backward pass whatever the model's size.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -62,17 +63,28 @@ def _was_cleared(before: _Fingerprint, now: _Fingerprint) -> bool:
 
 
 class _Sample:
-    """A few parameters of one optimizer, evenly spaced, refreshed when its parameters change."""
+    """A few parameters of one optimizer, evenly spaced, refreshed when its parameters change.
+
+    Holds the optimizer weakly: a script that makes a new optimizer every epoch does not make
+    every backward pass fingerprint all the old ones.
+    """
 
     def __init__(self, optimizer: Optimizer) -> None:
-        self.optimizer = optimizer
+        self.optimizer = weakref.ref(optimizer)
         self.count = -1
         self.params: list[torch.Tensor] = []
 
+    @property
+    def alive(self) -> bool:
+        return self.optimizer() is not None
+
     def fingerprint(self) -> _Fingerprint:
-        count = sum(len(group["params"]) for group in self.optimizer.param_groups)
+        optimizer = self.optimizer()
+        if optimizer is None:
+            return ()
+        count = sum(len(group["params"]) for group in optimizer.param_groups)
         if count != self.count:  # add_param_group()
-            params = params_of(self.optimizer)
+            params = params_of(optimizer)
             stride = max(1, len(params) // SAMPLED_PARAMS)
             self.params, self.count = params[::stride][:SAMPLED_PARAMS] + params[-1:], count
         return tuple(_grad_identity(p) for p in self.params)
@@ -92,6 +104,10 @@ class LossLedger:
             self._samples[index] = _Sample(optimizer)
 
     def before_backward(self) -> dict[int, _Fingerprint]:
+        for index in [i for i, sample in self._samples.items() if not sample.alive]:
+            del self._samples[index]
+            self._after.pop(index, None)
+            self._pending.pop(index, None)
         before = {index: sample.fingerprint() for index, sample in self._samples.items()}
         for index, now in before.items():
             if index in self._after and _was_cleared(self._after[index], now):
