@@ -115,7 +115,7 @@ class Monitor:
         self.max_backward = max_backward
         self.sync_every = max(1, sync_every)
         self.check_params = check_params
-        self._stopper = Stopper(steps=max_steps, backward=max_backward, seconds=max_seconds)
+        self._stopper = Stopper(steps=max_steps, seconds=max_seconds)
         self._record = Record(ending=self._stopper.ending)
         self._pending: list[PendingStep] = []
         self._backward_losses: list[torch.Tensor | None] = []

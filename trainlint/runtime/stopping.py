@@ -78,8 +78,8 @@ class _RelentlessStop:
 class Stopper:
     """Limits of one run, and how it ended."""
 
-    def __init__(self, *, steps: int | None, backward: int | None, seconds: float | None) -> None:
-        self.steps, self.backward, self.seconds = steps, backward, seconds
+    def __init__(self, *, steps: int | None, seconds: float | None) -> None:
+        self.seconds = seconds
         self.ending = Ending(steps_wanted=steps)
         self._deadline: float | None = None
         self._raised = False
