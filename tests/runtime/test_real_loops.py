@@ -286,3 +286,35 @@ def test_no_loss_verdict_when_no_step_was_applied():
     assert report.loss_trend is None and report.loss_fell is None
     loss_row = dict(report_rows(report))["loss"]
     assert loss_row.endswith("(no step applied)") and "fell" not in loss_row
+
+
+def test_fsdp_s_sharded_gradscaler_shows_the_loss_before_scaling(tmp_path):
+    """The real ShardedGradScaler (it overrides ``scale``), in a one-process gloo group."""
+    dist = torch.distributed
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    def loop():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(8, 4)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scaler = ShardedGradScaler(device="cpu", init_scale=2.0**16)
+        inputs = torch.randn(16, 8)
+        log = []
+        for _ in range(4):
+            loss = F.cross_entropy(model(inputs), inputs[:, :4].argmax(dim=1))
+            log.append(loss.item())
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad()
+        return log, model
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        log, record = plain_and_watched(loop)
+    finally:
+        dist.destroy_process_group()
+    assert [s.loss for s in record.steps] == pytest.approx(log, rel=1e-6)  # not 65536x
+    assert [s.scale for s in record.steps] == [2.0**16] * 4
