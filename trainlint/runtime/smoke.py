@@ -166,8 +166,17 @@ def _execute(script: Path, text: str | None, monitor: Monitor) -> None:
         if not group_before and _process_group_initialized():
             # A run stopped after N steps never reaches the script's destroy_process_group().
             torch.distributed.destroy_process_group()
+            # And its objects must outlive the run: freeing DDP's reducer while the process goes
+            # on can deadlock inside torch (the gloo group's destructor joins its worker threads
+            # holding the GIL, and a worker needs the GIL to free its last work; seen 1 run in
+            # 7 under torchrun). A script run by itself frees them at exit, where that cannot
+            # happen, so they are kept until then.
+            _KEPT_UNTIL_EXIT.append(module)
         if saved_main is not None:
             sys.modules["__main__"] = saved_main
+
+
+_KEPT_UNTIL_EXIT: list[types.ModuleType] = []
 
 
 def _process_group_initialized() -> bool:
