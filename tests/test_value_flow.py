@@ -463,3 +463,89 @@ def test_class_refs_for_classes_of_the_project_and_of_libraries(tmp_path: Path) 
     (lstm,) = project.values("train.py", "B", -1).of_type(ClassRef)
     assert (net.qualified, net.site is not None) == ("train.Net", True)
     assert (lstm.qualified, lstm.site) == ("torch.nn.LSTM", None)
+
+
+# -- attached to a graph: the code backpropagates it ---------------------------------------------
+
+
+def _attached(values: Values) -> bool:
+    from trainlint.analysis.values import Facts
+
+    return values.may(lambda v: isinstance(v, Facts) and v.attached)
+
+
+def test_a_backpropagated_loss_and_its_terms_are_attached(tmp_path: Path) -> None:
+    project = Project(tmp_path, {"train.py": """
+        def fit(model, loader, optimizer, criterion, beta):
+            total = 0.0
+            for x, y in loader:
+                out = model(x)
+                ce = criterion(out, y)
+                reg = out.pow(2).mean()
+                loss = ce + beta * reg
+                loss.backward()
+                optimizer.step()
+                total += loss
+                total += ce
+                total += reg
+                total += loss.item()
+                total += loss.detach()
+                total += 0.9 * loss
+    """})
+    assert _attached(project.values("train.py", "loss", -3))
+    assert evidence_text(project.values("train.py", "loss", -3).items).startswith(" (backpropagated at train.py:8")
+    assert _attached(project.values("train.py", "ce", -1)) and _attached(project.values("train.py", "reg", -1))
+    assert not _attached(project.values("train.py", "loss.item()"))
+    assert not _attached(project.values("train.py", "loss.detach()"))
+    assert _attached(project.values("train.py", "0.9 * loss"))
+    assert not _attached(project.values("train.py", "out", 0))  # the model's output is no term of the loss
+
+
+@pytest.mark.parametrize("backward", [
+    "scaler.scale(loss).backward()", "accelerator.backward(loss)", "(loss / accum).backward()",
+    "torch.autograd.backward(loss)", "self.manual_backward(loss)",
+])
+def test_each_spelling_of_a_backward_attaches_its_loss(tmp_path: Path, backward: str) -> None:
+    project = Project(tmp_path, {"train.py": f"""
+        import torch
+        def step(self, criterion, scaler, accelerator, accum, x, y):
+            loss = criterion(x, y)
+            {backward}
+            return loss
+    """})
+    assert _attached(project.values("train.py", "loss", -1))
+
+
+def test_a_loss_returned_by_a_training_step_helper_is_attached_at_its_caller(tmp_path: Path) -> None:
+    project = Project(tmp_path, {"trainer.py": """
+        class Trainer:
+            def _train_batch(self, model, x, y):
+                loss = self.loss_func(model(x), y)
+                loss.backward()
+                self.optimizer.step()
+                return loss
+
+            def train(self, model, batches):
+                total = 0
+                for x, y in batches:
+                    loss = self._train_batch(model, x, y)
+                    total += loss
+    """})
+    assert _attached(project.values("trainer.py", "loss", -1))
+
+
+def test_what_a_lightning_training_step_returns_is_attached_and_a_loss_not_backpropagated_is_not(tmp_path: Path) -> None:
+    project = Project(tmp_path, {"module.py": """
+        import torch.nn.functional as F
+        class Net:
+            def training_step(self, batch, batch_idx):
+                loss = F.cross_entropy(self(batch[0]), batch[1])
+                self.outputs.append(loss)
+                return {"loss": loss}
+
+            def validation_step(self, batch, batch_idx):
+                loss = F.cross_entropy(self(batch[0]), batch[1])
+                self.outputs.append(loss)
+    """})
+    assert _attached(project.values("module.py", "loss", 2))
+    assert not _attached(project.values("module.py", "loss", -1))

@@ -13,7 +13,8 @@ Two questions the numerical rules ask before they report:
   which computes none.
 
 API (``regions = ctx.get(Regions)``): ``autocast(call)`` (the float16 autocast a call is, if any),
-``float16_regions`` (this file's), ``may_run_in_float16(node)``, ``computes_no_gradient(node)``.
+``float16_regions`` (this file's), ``may_run_in_float16(node)``, ``computes_no_gradient(node)``,
+``may_compute_no_gradient(node)`` (also where ``set_grad_enabled`` decides at run time).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ _FLOAT16 = frozenset({"torch.float16", "torch.half"})
 _FLOAT16_BY_DEFAULT = frozenset({"cuda"})
 _NO_GRADIENT = frozenset({"torch.no_grad", "torch.inference_mode", "torch.autograd.no_grad",
                           "torch.autograd.grad_mode.no_grad", "torch.autograd.grad_mode.inference_mode"})
+_SET_GRAD_ENABLED = frozenset({"torch.set_grad_enabled", "torch.autograd.set_grad_enabled",
+                               "torch.autograd.grad_mode.set_grad_enabled"})
 _CALLER_DEPTH = 3
 _FRAMEWORK_RUNNERS = frozenset({"Trainer", "Fabric", "Accelerator"})
 _FLOAT16_WORDS = ("autocast", ".half()", "16")  # a module that runs a model in float16 spells one
@@ -279,7 +282,44 @@ class Regions:
 
     def _is_no_gradient(self, expr: cst.BaseExpression) -> bool:
         target = expr.func if isinstance(expr, cst.Call) else expr
+        if self.ctx.qualified_name(target) in _SET_GRAD_ENABLED:  # `set_grad_enabled(False)`
+            return isinstance(expr, cst.Call) and self._grad_switch(expr) is False
         return self.ctx.qualified_name(target) in _NO_GRADIENT
+
+    def _grad_switch(self, call: cst.Call) -> bool | None:
+        """``torch.set_grad_enabled(mode)``'s mode: True, False, or None when it may be either
+        (``set_grad_enabled(phase == "train")``)."""
+        mode = argument(call, 0, "mode")
+        if mode is None:
+            return None
+        values = self.flow.values(mode.value)
+        flags = {v.value for v in values.of_type(Constant)}
+        if values.unknown or len(flags) != 1 or len(values) != 1:
+            return None
+        flag = flags.pop()
+        return flag if isinstance(flag, bool) else None
+
+    def may_compute_no_gradient(self, node: cst.CSTNode) -> bool:
+        """``computes_no_gradient``, or gradients switched by a value the code decides at run time
+        (``with torch.set_grad_enabled(phase == "train"):``), or switched off by a call statement
+        earlier in the node's function (``torch.set_grad_enabled(False)``): unsure means yes."""
+        if self.computes_no_gradient(node):
+            return True
+        for ancestor in self.ctx.ancestors(node):
+            if isinstance(ancestor, cst.With) and any(self._switches_gradients(item.item) for item in ancestor.items):
+                return True
+        function = self.flow.scopes.scope_of(node)
+        start = self.ctx.span(node)[0]
+        for call in self.ctx.nodes.of(cst.Call):
+            if self.ctx.qualified_name(call.func) in _SET_GRAD_ENABLED and self._grad_switch(call) is not True:
+                if self.flow.scopes.scope_of(call) is function and self.ctx.span(call)[0] < start:
+                    return True
+        return False
+
+    def _switches_gradients(self, expr: cst.BaseExpression) -> bool:
+        return isinstance(expr, cst.Call) and self.ctx.qualified_name(expr.func) in _SET_GRAD_ENABLED and (
+            self._grad_switch(expr) is not True
+        )
 
     def _every_caller_gradient_free(self, function: cst.FunctionDef, depth: int) -> bool:
         sites, complete = self.flow.call_sites(function)

@@ -18,8 +18,9 @@ The kinds of value:
   ``scaler.scale(loss)``), kept through shape-only
   operations, with what was done to it on the way (an added eps, ``1 - p``, a floor, a mask,
   a selection, ``detach``).
-- :class:`Facts`: a tensor of unknown origin with a known positive floor (``x.clamp(min=1e-6)``)
-  or known to carry no gradient (``x.detach()``).
+- :class:`Facts`: a tensor of unknown origin with a known positive floor (``x.clamp(min=1e-6)``),
+  known to carry no gradient (``x.detach()``), or known to hold an autograd graph (``attached``:
+  it is backpropagated, or is a term of what is; see :mod:`.autograd`).
 - :class:`Constant`: a Python literal (a number, a string, True/False/None).
 - :class:`Collection`: a tuple, list or dict literal, a tuple of returns, ``accelerator.prepare``'s
   results; ``homogeneous`` when its length is unknown and every item is ``items[0]``.
@@ -70,7 +71,7 @@ def _short_path(ctx: FileContext) -> str:
     return ctx.path
 
 
-EvidenceKind = Literal["passed", "default", "returned", "attribute", "built", "element"]
+EvidenceKind = Literal["passed", "default", "returned", "attribute", "built", "element", "backpropagated"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ class Evidence:
             return f"`{self.detail}` set at {self.site.location}"
         if self.kind == "built":
             return f"built at {self.site.location}"
+        if self.kind == "backpropagated":
+            return f"backpropagated at {self.site.location}"
         return f"from {self.site.location}"
 
 
@@ -186,10 +189,12 @@ class Facts(Value):
     """A tensor of unknown origin with what is known of it: a positive ``floor`` it stays above
     (``x.clamp(min=1e-6)``, ``torch.maximum(x, eps)``, plus an eps), and whether it is
     ``detached`` from the graph (``.detach()``, or computed from detached tensors and constants
-    only: no gradient flows back through it)."""
+    only: no gradient flows back through it), and whether it is ``attached`` to a graph: the code
+    backpropagates it, or a loss it is a term of (evidence: where)."""
 
     floor: float | None = None
     detached: bool = False
+    attached: bool = False
 
 
 @dataclass(frozen=True)

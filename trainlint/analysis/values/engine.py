@@ -26,12 +26,14 @@ from typing import TYPE_CHECKING
 
 import libcst as cst
 
+from trainlint.analysis.values.autograd import AutogradMixin
 from trainlint.analysis.values.calls import CallsMixin
 from trainlint.analysis.values.classes import ClassesMixin
 from trainlint.analysis.values.domain import (
     NOTHING,
     UNKNOWN,
     Facts,
+    Evidence,
     ClassRef,
     Collection,
     Constant,
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
 _LITERAL_NAMES = {"True": True, "False": False, "None": None}
 
 
-class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin):
+class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin, AutogradMixin):
     """The engine for one module (``ctx.get(ValueFlow)``); it asks the engines of other modules
     of the project (``ctx.project``) for what is defined there."""
 
@@ -66,6 +68,7 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin):
         self._memo: dict[tuple[cst.CSTNode, bool], tuple[Values, frozenset[Dependency]]] = {}
         self._init_calls()
         self._init_classes()
+        self._init_autograd()
 
     # -- the question ------------------------------------------------------------------------
     def values(self, expr: cst.BaseExpression) -> Values:
@@ -144,7 +147,15 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin):
         return Values.union(parts) if parts else UNKNOWN
 
     def binding_values(self, binding: Binding, symbolic: bool) -> Values:
-        """What one binding of a name gives it."""
+        """What one binding of a name gives it; a value the code backpropagates (itself or as a
+        term of the loss) is also known to be attached to its graph."""
+        values = self._binding_values(binding, symbolic)
+        backward = self.backpropagated(binding)
+        if backward is None:
+            return values
+        return values | Values.of(Facts(attached=True).with_evidence(Evidence("backpropagated", self.site(backward))))
+
+    def _binding_values(self, binding: Binding, symbolic: bool) -> Values:
         if binding.kind in ("assign", "annotated", "walrus") and binding.value is not None:
             return self.evaluate(binding.value, symbolic)
         if binding.kind == "parameter":

@@ -58,6 +58,8 @@ _ITEM_KEEPING_BUILTINS = frozenset({"list", "tuple", "sorted", "reversed", "iter
 _EXPONENTIAL_OF = {"log_softmax": "softmax", "log_sigmoid": "sigmoid"}
 _NEVER_POSITIONAL = 99  # an argument only ever passed by keyword
 _ONES = frozenset({"torch.ones_like", "torch.ones"})
+_GRAPH_KEEPING_REDUCTIONS = frozenset({"mean", "sum"})
+_GRAPH_KEEPING_OPERATORS = (cst.Add, cst.Subtract, cst.Multiply, cst.Divide, cst.Power, cst.MatrixMultiply)
 
 
 def argument(call: cst.Call, index: int, keyword: str | None = None) -> cst.Arg | None:
@@ -250,7 +252,9 @@ class TorchCallsMixin:
         if name in SHAPE_METHODS or name in CAST_METHODS or name in SELECTING_METHODS or name == "clone":
             return Values.of(facts)
         if name in ("detach", "detach_"):
-            return Values.of(replace(facts, detached=True))
+            return Values.of(replace(facts, detached=True, attached=False))
+        if facts.attached and name in _GRAPH_KEEPING_REDUCTIONS:
+            return Values.of(facts)  # `loss.mean()` is still attached to the graph
         if name in FLOOR_METHODS and name != "maximum":
             raised = [f.floor for f in self._bounded(call, 0, symbolic).of_type(Facts) if f.floor is not None]
             floors = [f for f in (facts.floor, *raised) if f is not None]
@@ -443,6 +447,10 @@ def _facts_arithmetic(operator: cst.BaseBinaryOp, left: Values, right: Values) -
     """Arithmetic on tensors with known facts: a floored tensor plus a non-negative constant keeps
     a floor; a result computed only from detached tensors and constants is detached."""
     sides = (left, right)
+    if isinstance(operator, _GRAPH_KEEPING_OPERATORS):
+        attached = [f for side in sides for f in side.of_type(Facts) if f.attached and not f.detached]
+        if attached:  # the result of arithmetic on a tensor with a graph has a graph
+            return Values.of(attached[0])
     if any(side.unknown for side in sides):
         return UNKNOWN
     operands = [v for side in sides for v in side]

@@ -126,3 +126,20 @@ _ACTIVATIONS = frozenset({
     "Softmax", "LogSoftmax", "Softplus", "Softsign", "Hardtanh", "Hardswish", "Hardsigmoid", "LogSigmoid",
     "Tanhshrink", "Threshold", "GLU", "Identity", "Dropout", "Flatten",
 })
+
+# Layers that compute differently in train() and eval() mode: dropout (on in training only) and
+# batch norm (batch statistics in training, running ones in eval); nn.Transformer layers build
+# dropout with p=0.1 by default.
+MODE_DEPENDENT_LAYERS = frozenset({
+    "torch.nn.Dropout", "torch.nn.Dropout1d", "torch.nn.Dropout2d", "torch.nn.Dropout3d", "torch.nn.AlphaDropout",
+    "torch.nn.FeatureAlphaDropout", "torch.nn.BatchNorm1d", "torch.nn.BatchNorm2d", "torch.nn.BatchNorm3d",
+    "torch.nn.SyncBatchNorm", "torch.nn.LazyBatchNorm1d", "torch.nn.LazyBatchNorm2d", "torch.nn.LazyBatchNorm3d",
+    "torch.nn.Transformer", "torch.nn.TransformerEncoderLayer", "torch.nn.TransformerDecoderLayer",
+    "torch.nn.modules.dropout.Dropout", "torch.nn.modules.batchnorm.BatchNorm2d",
+})
+# torchvision classification networks, each built with batch norm or dropout (ViT and Swin are
+# not listed: their dropout defaults to 0).
+MODE_DEPENDENT_ZOO = (
+    r"(resnet|resnext|wide_resnet|vgg|alexnet|densenet|inception|googlenet|mobilenet|shufflenet|efficientnet"
+    r"|mnasnet|regnet|squeezenet)"
+)

@@ -1,0 +1,364 @@
+"""Which models are in ``train()`` or ``eval()`` mode where training and evaluation code runs.
+
+``model.eval()`` switches dropout off and makes batch norm use its running statistics, for every
+submodule, until ``model.train()``; the switch is a side effect that outlives the function that
+makes it (``validate(model)`` returns with the model in eval mode). This analysis follows it:
+
+- mode calls: ``m.train()``, ``m.train(True)``, ``m.train(mode=True)`` set training mode;
+  ``m.eval()``, ``m.train(False)`` set eval mode (``m`` as the value-flow engine sees it:
+  parameters through their callers, ``self.encoder`` through the class); a ``train()`` whose
+  receiver is unknown may have set any model back to training (the rules then stay quiet);
+- through calls of the project's functions and methods (``validate(model)`` ->
+  ``encode_data`` -> ``model.val_start()`` -> ``self.img_enc.eval()``), each summarized once:
+  the modes it leaves, relative to the modes it was called with, and the modes at its training
+  points;
+- across loop iterations (:class:`~trainlint.analysis.statement_flow.StatementFlow`): what the
+  end of one iteration (or of an epoch) leaves is what the next one starts with.
+
+A training point is a backward of a training step (:class:`TrainingSteps`), reached directly or
+in a called function; its models are those the step runs (:class:`ModelStructure`).
+
+API (``modes = ctx.get(ModelModes)``): ``left_in_eval()`` (training points reached with a model
+still in eval mode from code that runs after them, for TL404), ``eval_mode_at(call)`` (the
+``eval()`` every path to a call has made on a model, for TL406), ``mode_dependent(instance)``
+(whether a model has dropout or batch norm).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import libcst as cst
+
+from trainlint.analysis.model_structure import ModelStructure
+from trainlint.analysis.statement_flow import StatementFlow
+from trainlint.analysis.training_step import BACKWARD_KINDS, TrainingSteps
+from trainlint.analysis.values import Constant, FunctionRef, Instance, Site, ValueFlow, Values
+from trainlint.analysis.values.torch_calls import argument
+from trainlint.analysis.values.torch_semantics import MODE_DEPENDENT_LAYERS, MODE_DEPENDENT_ZOO
+
+if TYPE_CHECKING:
+    from trainlint.context import FileContext
+
+ENTRY = "entry"  # the mode the model had when the function was called
+TRAIN = "train"
+UNKNOWN = "unknown"  # a train() of unknown receiver ran: the model may be in training mode
+_CALL_DEPTH = 3  # functions of functions of functions are followed
+
+
+@dataclass(frozen=True)
+class Eval:
+    """The model is in eval mode: ``origin`` is the ``.eval()`` call, ``anchor`` the call in the
+    function being analyzed that led to it (the ``.eval()`` itself, or ``validate(model)``)."""
+
+    anchor: cst.CSTNode = field(compare=True)
+    origin: Site
+
+
+Tag = str | Eval
+
+
+@dataclass(frozen=True)
+class Modes:
+    """Per model (an engine ``Instance``), the modes it may be in; ``default`` for the others."""
+
+    default: frozenset[Tag] = frozenset({ENTRY})
+    table: frozenset[tuple[Instance, frozenset[Tag]]] = frozenset()
+
+    def of(self, key: Instance) -> frozenset[Tag]:
+        for known, tags in self.table:
+            if known == key:
+                return tags
+        return self.default
+
+    def keys(self) -> list[Instance]:
+        return [key for key, _ in self.table]
+
+    def with_tags(self, key: Instance, tags: frozenset[Tag]) -> Modes:
+        kept = frozenset((k, t) for k, t in self.table if k != key)
+        return Modes(self.default, kept | {(key, tags)})
+
+    def join(self, other: Modes) -> Modes:
+        keys = set(self.keys()) | set(other.keys())
+        table = frozenset((key, self.of(key) | other.of(key)) for key in keys)
+        return Modes(self.default | other.default, table)
+
+    def after(self, callee: Modes, anchor: cst.CSTNode) -> Modes:
+        """These modes, then what a callee did (its modes relative to its entry): ENTRY in the
+        callee's answer stands for the caller's modes; its Evals are anchored at the call."""
+
+        def compose(tags: frozenset[Tag], before: frozenset[Tag]) -> frozenset[Tag]:
+            own = frozenset(Eval(anchor, t.origin) if isinstance(t, Eval) else t for t in tags if t != ENTRY)
+            return own | (before if ENTRY in tags else frozenset())
+
+        keys = set(self.keys()) | set(callee.keys())
+        table = frozenset((key, compose(callee.of(key), self.of(key))) for key in keys)
+        return Modes(compose(callee.default, self.default), table)
+
+
+@dataclass(frozen=True)
+class TrainingPoint:
+    """A backward of a training step, reached at ``anchor`` (a call in the analyzed function),
+    with the modes its models may be in there."""
+
+    anchor: cst.CSTNode
+    modes: Modes
+    models: frozenset[Instance]
+
+
+@dataclass(frozen=True)
+class _Summary:
+    exit: Modes
+    points: tuple[TrainingPoint, ...]
+
+
+@dataclass(frozen=True)
+class LeftInEval:
+    """A training point reached with ``model`` in eval mode, set by ``eval.anchor``, a call that
+    runs after the training point in the same loop (so on a later iteration)."""
+
+    point: TrainingPoint
+    model: Instance
+    eval: Eval
+
+
+_EMPTY = _Summary(Modes(), ())
+
+
+class ModelModes:
+    def __init__(self, ctx: FileContext) -> None:
+        self.ctx = ctx
+        self.flow = ctx.get(ValueFlow)
+        self.structure = ctx.get(ModelStructure)
+        self._summaries: dict[cst.FunctionDef, tuple[int, _Summary]] = {}
+        self._seen: dict[cst.CSTNode, dict[cst.Call, Modes]] = {}
+        self._points: dict[cst.CSTNode, list[TrainingPoint]] = {}
+
+    # -- questions -----------------------------------------------------------------------------
+    def left_in_eval(self) -> Iterator[LeftInEval]:
+        """Training points of this file's functions (and top-level code) that a model reaches in
+        eval mode, set by a call that comes after them in the code, through a loop; only models
+        with dropout or batch norm, and never when a ``train()`` of unknown receiver may run."""
+        for scope in self._scopes_with_loops():
+            self._analyze(scope)
+            for point in self._points.get(scope, []):
+                yield from self._evals_left(point)
+
+    def eval_mode_at(self, call: cst.Call, model: Instance) -> Eval | None:
+        """The ``eval()`` that every path to ``call`` (in its function) has left ``model`` in."""
+        scope = self.flow.scopes.scope_of(call)
+        self._analyze(scope)
+        modes = self._seen.get(scope, {}).get(call)
+        if modes is None:
+            return None
+        tags = [tag for key, tags in _related(modes, model, self) for tag in tags]
+        evals = [tag for tag in tags if isinstance(tag, Eval)]
+        return evals[0] if evals and len(evals) == len(tags) else None
+
+    def mode_dependent(self, instance: Instance) -> bool:
+        """The model has dropout or batch norm (its own layers, transitively, or a model zoo's
+        classification network known to have them)."""
+        tail = instance.cls.rpartition(".")[2]
+        if instance.cls.startswith("torchvision.models.") and re.match(MODE_DEPENDENT_ZOO, tail):
+            return True
+        return bool(self.structure.layers_of_value(instance) & MODE_DEPENDENT_LAYERS)
+
+    # -- the analysis of one scope ---------------------------------------------------------------
+    def _scopes_with_loops(self) -> list[cst.CSTNode]:
+        scopes: dict[cst.CSTNode, None] = {}
+        for loop in (*self.ctx.nodes.of(cst.For), *self.ctx.nodes.of(cst.While)):
+            scopes.setdefault(self.flow.scopes.scope_of(loop), None)
+        return list(scopes)
+
+    def _analyze(self, scope: cst.CSTNode) -> None:
+        if isinstance(scope, cst.FunctionDef):
+            self.summary(scope, _CALL_DEPTH)
+        elif scope not in self._seen:
+            self._walk(scope, _CALL_DEPTH)  # type: ignore[arg-type]
+
+    def summary(self, function: cst.FunctionDef, budget: int) -> _Summary:
+        """What the function does to modes, relative to the modes it is called with; its callees
+        followed ``budget`` levels deep."""
+        found = self._summaries.get(function)
+        if found is not None and found[0] >= budget:
+            return found[1]
+        if budget < 0:
+            return _EMPTY
+        self._summaries[function] = (_CALL_DEPTH + 1, _EMPTY)  # recursion: not through itself
+        summary = self._walk(function, budget)
+        self._summaries[function] = (budget, summary)
+        return summary
+
+    def _walk(self, scope: cst.FunctionDef | cst.Module, budget: int) -> _Summary:
+        backwards = self._backwards(scope)
+        points: list[TrainingPoint] = []
+
+        def at_call(call: cst.Call, modes: Modes) -> Modes:
+            if call in backwards:
+                points.append(TrainingPoint(call, modes, backwards[call]))
+            changed = self._mode_call(call, modes)
+            if changed is not None:
+                return changed
+            for summary in self._callees(call, budget - 1):
+                points.extend(TrainingPoint(call, modes.after(p.modes, call), p.models) for p in summary.points)
+                modes = modes.after(summary.exit, call)
+            return modes
+
+        walker: StatementFlow[Modes] = StatementFlow(lambda a, b: a.join(b), at_call)
+        exit_modes = walker.run(scope, Modes())
+        self._seen[scope] = walker.seen
+        merged: dict[tuple[cst.CSTNode, frozenset[Instance]], Modes] = {}
+        for point in points:
+            key = (point.anchor, point.models)
+            merged[key] = merged[key].join(point.modes) if key in merged else point.modes
+        points = [TrainingPoint(anchor, modes, models) for (anchor, models), modes in merged.items()]
+        self._points[scope] = points
+        return _Summary(exit_modes, tuple(points))
+
+    def _backwards(self, scope: cst.CSTNode) -> dict[cst.CSTNode, frozenset[Instance]]:
+        """The backward calls of the scope's own training steps, with the models each trains."""
+        found: dict[cst.CSTNode, frozenset[Instance]] = {}
+        for step in self.ctx.get(TrainingSteps).all_steps():
+            if step.function is not scope:
+                continue
+            runs = self.structure.runs_in(step.loop if step.loop is not None else step.function)
+            models = frozenset(i for run in runs for i in run.instances)
+            for event in step.of_kind(*BACKWARD_KINDS):
+                if event.via_helper is None and models:
+                    found[event.node] = models
+        return found
+
+    # -- calls -----------------------------------------------------------------------------------
+    def _mode_call(self, call: cst.Call, modes: Modes) -> Modes | None:
+        """The modes after ``m.train(...)``/``m.eval()``; None for any other call."""
+        func = call.func
+        if not isinstance(func, cst.Attribute) or func.attr.value not in ("train", "eval"):
+            return None
+        if func.attr.value == "eval":
+            if call.args:
+                return None
+            mode: bool | None = False
+        else:
+            mode = self._train_argument(call)
+            if mode == "not a mode":
+                return None
+        receiver = self.flow.values(func.value)
+        instances = [v for v in receiver.of_type(Instance) if self.structure.is_model(v)]
+        if mode is False:
+            if not instances or receiver.unknown:
+                return modes  # an eval() of something unknown: no claim
+            tag = Eval(call, self.flow.site(call))
+            for instance in instances:
+                tags = frozenset({tag}) if len(instances) == 1 else modes.of(instance) | {tag}
+                modes = modes.with_tags(instance, tags)
+            return modes
+        tag = TRAIN if mode is True else UNKNOWN
+        if not instances or receiver.unknown or mode is None:
+            return _everything_may_be(modes, UNKNOWN)
+        for instance in instances:
+            for key in [*modes.keys(), instance]:
+                if key == instance or _contains(self, instance, key):
+                    modes = modes.with_tags(key, frozenset({tag}))
+        return modes
+
+    def _train_argument(self, call: cst.Call) -> bool | None | str:
+        """``train()``/``train(True)``: True; ``train(False)``: False; ``train(flag)``: None;
+        ``train(data, epochs)`` (a project's own ``train`` function): "not a mode"."""
+        if not call.args:
+            return True
+        if len(call.args) > 1:
+            return "not a mode"
+        found = argument(call, 0, "mode")
+        if found is None:
+            return "not a mode"
+        values = self.flow.values(found.value)
+        flags = {v.value for v in values.of_type(Constant)}
+        if not values.unknown and len(values) == 1 and flags <= {True, False}:
+            return flags.pop() if flags else None
+        return None if values.unknown or flags & {True, False} else "not a mode"
+
+    def _callees(self, call: cst.Call, budget: int) -> Iterator[_Summary]:
+        """Summaries of the project functions and methods the call may run."""
+        func = call.func
+        if self.ctx.qualified_name(func) is not None and self.flow.definition(self.ctx.qualified_name(func) or "") is None:
+            return  # a library function
+        targets: list[tuple[FileContext, cst.FunctionDef]] = []
+        if isinstance(func, cst.Attribute):
+            for value in self.flow.values(func.value).of_type(Instance):
+                found = self.flow.method_of(value.cls, func.attr.value)
+                if found is not None:
+                    targets.append((found[0].ctx, found[1]))
+        if not targets:
+            for value in self.flow.values(func).of_type(FunctionRef):
+                if value.site is not None and isinstance(value.site.node, cst.FunctionDef):
+                    targets.append((value.site.ctx, value.site.node))
+        if budget < 0:
+            return
+        for ctx, function in dict.fromkeys(targets):
+            yield ctx.get(ModelModes).summary(function, budget)
+
+    # -- what a training point sees ----------------------------------------------------------------
+    def _evals_left(self, point: TrainingPoint) -> Iterator[LeftInEval]:
+        start = self.ctx.span(point.anchor)[0]
+        for model in sorted(point.models, key=lambda i: i.cls):
+            tags = [tag for _, tags in _related(point.modes, model, self) for tag in tags]
+            if UNKNOWN in tags:
+                continue
+            for tag in tags:
+                if isinstance(tag, Eval) and self.ctx.span(tag.anchor)[0] > start and self._matters(model, tag):
+                    yield LeftInEval(point, model, tag)
+                    break
+
+    def _matters(self, model: Instance, tag: Eval) -> bool:
+        """The model (or the part of it that was put in eval mode) has dropout or batch norm."""
+        evaluated = [v for v in ValueFlowAt(tag.origin).receiver_instances() if self.structure.is_model(v)]
+        parts = [v for v in evaluated if v != model and _contains(self, model, v)]
+        return any(self.mode_dependent(part) for part in parts) if parts else self.mode_dependent(model)
+
+
+@dataclass(frozen=True)
+class ValueFlowAt:
+    """The receiver of a ``.eval()`` call, asked in the module that holds it."""
+
+    site: Site
+
+    def receiver_instances(self) -> list[Instance]:
+        call = self.site.node
+        if not isinstance(call, cst.Call) or not isinstance(call.func, cst.Attribute):
+            return []
+        return self.site.ctx.get(ValueFlow).values(call.func.value).of_type(Instance)
+
+
+def _everything_may_be(modes: Modes, tag: Tag) -> Modes:
+    table = frozenset((key, tags | {tag}) for key, tags in modes.table)
+    return Modes(modes.default | {tag}, table)
+
+
+def _same(a: Instance, b: Instance) -> bool:
+    """The same model: one construction, or ``self`` of its class (whose site is unknown)."""
+    return a.cls == b.cls and (a.site == b.site or a.site is None or b.site is None)
+
+
+def _contains(modes: ModelModes, outer: Instance, inner: Instance) -> bool:
+    """``outer`` builds a module of ``inner``'s class (``train()`` of ``outer`` reaches it)."""
+    if _same(outer, inner):
+        return True
+    importer = outer.site.ctx.real_path if outer.site is not None else modes.ctx.real_path
+    return inner.cls in modes.ctx.project.built_by_class(outer.cls, importer)
+
+
+def _related(modes: Modes, model: Instance, analysis: ModelModes) -> list[tuple[Instance, frozenset[Tag]]]:
+    """The modes of every key that is the model, one of its parts, or a model holding it; the
+    default when no key is."""
+    found = [
+        (key, tags)
+        for key, tags in modes.table
+        if _same(key, model) or _contains(analysis, key, model) or _contains(analysis, model, key)
+    ]
+    return found or [(model, modes.default)]
+
+
+__all__ = ["ENTRY", "TRAIN", "UNKNOWN", "Eval", "LeftInEval", "ModelModes", "Modes", "TrainingPoint"]
