@@ -33,10 +33,11 @@ from typing import TYPE_CHECKING
 
 import libcst as cst
 
+from trainlint.analysis.loop_facts import callees
 from trainlint.analysis.model_structure import ModelStructure
 from trainlint.analysis.statement_flow import StatementFlow
 from trainlint.analysis.training_step import BACKWARD_KINDS, TrainingSteps
-from trainlint.analysis.values import Constant, FunctionRef, Instance, Site, ValueFlow, Values
+from trainlint.analysis.values import Constant, Instance, Site, ValueFlow
 from trainlint.analysis.values.torch_calls import argument
 from trainlint.analysis.values.torch_semantics import MODE_DEPENDENT_LAYERS, MODE_DEPENDENT_ZOO
 
@@ -282,22 +283,9 @@ class ModelModes:
 
     def _callees(self, call: cst.Call, budget: int) -> Iterator[_Summary]:
         """Summaries of the project functions and methods the call may run."""
-        func = call.func
-        if self.ctx.qualified_name(func) is not None and self.flow.definition(self.ctx.qualified_name(func) or "") is None:
-            return  # a library function
-        targets: list[tuple[FileContext, cst.FunctionDef]] = []
-        if isinstance(func, cst.Attribute):
-            for value in self.flow.values(func.value).of_type(Instance):
-                found = self.flow.method_of(value.cls, func.attr.value)
-                if found is not None:
-                    targets.append((found[0].ctx, found[1]))
-        if not targets:
-            for value in self.flow.values(func).of_type(FunctionRef):
-                if value.site is not None and isinstance(value.site.node, cst.FunctionDef):
-                    targets.append((value.site.ctx, value.site.node))
         if budget < 0:
             return
-        for ctx, function in dict.fromkeys(targets):
+        for ctx, function in callees(self.ctx, call):
             yield ctx.get(ModelModes).summary(function, budget)
 
     # -- what a training point sees ----------------------------------------------------------------

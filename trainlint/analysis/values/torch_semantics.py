@@ -143,3 +143,17 @@ MODE_DEPENDENT_ZOO = (
     r"(resnet|resnext|wide_resnet|vgg|alexnet|densenet|inception|googlenet|mobilenet|shufflenet|efficientnet"
     r"|mnasnet|regnet|squeezenet)"
 )
+
+DATA_LOADERS = frozenset({"torch.utils.data.DataLoader", "torch.utils.data.dataloader.DataLoader"})
+DISTRIBUTED_SAMPLERS = frozenset({
+    "torch.utils.data.DistributedSampler", "torch.utils.data.distributed.DistributedSampler",
+})
+# Samplers that draw from the whole dataset in every process.
+WHOLE_DATASET_SAMPLERS = frozenset({
+    f"torch.utils.data{module}.{name}"
+    for module in ("", ".sampler")
+    for name in ("RandomSampler", "WeightedRandomSampler", "SequentialSampler", "SubsetRandomSampler")
+})
+DDP_WRAPPERS = frozenset({
+    "torch.nn.parallel.DistributedDataParallel", "torch.nn.parallel.distributed.DistributedDataParallel",
+})
