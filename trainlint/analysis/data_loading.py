@@ -82,6 +82,13 @@ class DataLoading:
             if found:
                 yield RepeatedIteration(node, iterable, tuple(found), outer)
 
+    def next_calls(self, node: cst.CSTNode) -> Iterator[cst.Call]:
+        """``next(batches)`` calls under a node (a loop body drawing its batches by hand)."""
+        for call in self.ctx.nodes.of(cst.Call):
+            if isinstance(call.func, cst.Name) and call.func.value == "next" and call.args:
+                if any(a is node for a in self.ctx.ancestors(call)):
+                    yield call
+
     def builds_ddp(self, scope: cst.CSTNode) -> bool:
         """The scope wraps a model in ``DistributedDataParallel`` (``DDP(model)``)."""
         for call in self.ctx.nodes.of(cst.Call):

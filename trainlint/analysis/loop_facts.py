@@ -261,16 +261,16 @@ class LoopFacts:
         every iteration runs a backward, its own or in a function of the project it calls
         (``self.mp_trainer.backward(loss)``), and no optimizer step nor ``zero_grad``: the
         gradients of all the parts add up before whatever step comes after."""
-        backwards = [
-            e for step in self.steps.all_steps() for e in step.of_kind(*BACKWARD_KINDS)
-            if e.via_helper is None and e.kind is not EventKind.FRAMEWORK_BACKWARD
-        ]
+        backwards = {
+            id(e.node): e for step in self.steps.all_steps() for e in step.of_kind(*BACKWARD_KINDS)
+            if e.kind is not EventKind.FRAMEWORK_BACKWARD
+        }
         for loop in self.ctx.nodes.of(cst.For):
             if not self._splits_a_batch(loop.iter) or any(_finishes_a_step(c) for c in _own_calls(loop.body)):
                 continue
-            own = tuple(e for e in backwards if _inside(self.ctx, e.statement, loop.body))
+            own = tuple(e for e in backwards.values() if _inside(self.ctx, _statement(e), loop.body))
             helpers = tuple(c for c in _own_calls(loop.body) if not own and self._runs_undivided_backward(c))
-            statements = [e.statement for e in own] + list(helpers)
+            statements = [_statement(e) for e in own] + list(helpers)
             if statements and _every_iteration(self.ctx, loop, statements):
                 yield MicroBatches(loop, own, helpers)
 
@@ -466,6 +466,11 @@ def _modulo_divisor(test: cst.BaseExpression) -> cst.BaseExpression | None:
         if isinstance(target.operator, cst.Equal) and zero and isinstance(left, cst.BinaryOperation) and isinstance(left.operator, cst.Modulo):
             return left.right
     return None
+
+
+def _statement(event: StepEvent) -> cst.CSTNode:
+    """The statement holding the event in the function it is written in (a helper's own)."""
+    return event.local_statement if event.local_statement is not None else event.statement
 
 
 def _finishes_a_step(call: cst.Call) -> bool:

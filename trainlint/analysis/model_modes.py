@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,7 @@ from trainlint.analysis.statement_flow import StatementFlow
 from trainlint.analysis.training_step import BACKWARD_KINDS, TrainingSteps
 from trainlint.analysis.values import Constant, Instance, Site, ValueFlow
 from trainlint.analysis.values.torch_calls import argument
+from trainlint.context import child_nodes
 from trainlint.analysis.values.torch_semantics import MODE_DEPENDENT_LAYERS, MODE_DEPENDENT_ZOO
 
 if TYPE_CHECKING:
@@ -48,6 +50,11 @@ ENTRY = "entry"  # the mode the model had when the function was called
 TRAIN = "train"
 UNKNOWN = "unknown"  # a train() of unknown receiver ran: the model may be in training mode
 _CALL_DEPTH = 3  # functions of functions of functions are followed
+# Functions that evaluate, by the names projects give them (`validate`, `evaluate_model`,
+# `test_epoch`, `run_validation`, `val_step`, `eval_loop`).
+EVALUATION_NAME = re.compile(
+    r"^(.*_)?(validate|validation|valid|val|evaluate|evaluation|eval|test|testing|inference|infer|predict)(_.*)?$"
+)
 
 
 @dataclass(frozen=True)
@@ -63,22 +70,44 @@ Tag = str | Eval
 
 
 @dataclass(frozen=True)
+class ModelKey:
+    """A model as the modes table knows it: its class and where it was built (file, offset).
+    Engine values compare by the node of their construction; a key stays the same when a file
+    is parsed again (a second lint, a fix pass), whichever parse the engine's answer came from."""
+
+    cls: str
+    path: str | None = None
+    offset: int | None = None
+
+    @staticmethod
+    def of(instance: Instance) -> ModelKey:
+        site = instance.site
+        if site is None or site.node not in site.ctx.nodes.parents:
+            return ModelKey(instance.cls, site.ctx.path if site is not None else None)
+        return ModelKey(instance.cls, site.ctx.path, site.ctx.span(site.node)[0])
+
+    def same(self, other: ModelKey) -> bool:
+        """One construction, or ``self`` of the class (whose construction is unknown)."""
+        return self.cls == other.cls and (self.offset is None or other.offset is None or self == other)
+
+
+@dataclass(frozen=True)
 class Modes:
     """Per model (an engine ``Instance``), the modes it may be in; ``default`` for the others."""
 
     default: frozenset[Tag] = frozenset({ENTRY})
-    table: frozenset[tuple[Instance, frozenset[Tag]]] = frozenset()
+    table: frozenset[tuple[ModelKey, frozenset[Tag]]] = frozenset()
 
-    def of(self, key: Instance) -> frozenset[Tag]:
+    def of(self, key: ModelKey) -> frozenset[Tag]:
         for known, tags in self.table:
             if known == key:
                 return tags
         return self.default
 
-    def keys(self) -> list[Instance]:
+    def keys(self) -> list[ModelKey]:
         return [key for key, _ in self.table]
 
-    def with_tags(self, key: Instance, tags: frozenset[Tag]) -> Modes:
+    def with_tags(self, key: ModelKey, tags: frozenset[Tag]) -> Modes:
         kept = frozenset((k, t) for k, t in self.table if k != key)
         return Modes(self.default, kept | {(key, tags)})
 
@@ -155,7 +184,7 @@ class ModelModes:
         modes = self._seen.get(scope, {}).get(call)
         if modes is None:
             return None
-        tags = [tag for key, tags in _related(modes, model, self) for tag in tags]
+        tags = [tag for key, tags in _related(modes, ModelKey.of(model), self) for tag in tags]
         evals = [tag for tag in tags if isinstance(tag, Eval)]
         return evals[0] if evals and len(evals) == len(tags) else None
 
@@ -225,12 +254,21 @@ class ModelModes:
         for step in self.ctx.get(TrainingSteps).all_steps():
             if step.function is not scope:
                 continue
-            runs = self.structure.runs_in(step.loop if step.loop is not None else step.function)
-            models = frozenset(i for run in runs for i in run.instances)
+            models = self._models_run_in(step.loop if step.loop is not None else step.function)
             for event in step.of_kind(*BACKWARD_KINDS):
                 if event.via_helper is None and models:
                     found[event.node] = models
         return found
+
+    def _models_run_in(self, node: cst.CSTNode) -> frozenset[Instance]:
+        """The models a training step runs: those whose layers are known (``runs_in``, which
+        follows helpers), and model instances called directly (a model zoo's network)."""
+        found = {i for run in self.structure.runs_in(node) for i in run.instances}
+        for call in _own_calls(node):
+            func = call.func.value if isinstance(call.func, cst.Attribute) and call.func.attr.value == "forward" else call.func
+            if isinstance(func, (cst.Name, cst.Attribute)) and self.ctx.qualified_name(func) is None:
+                found.update(v for v in self.flow.values(func).of_type(Instance) if self.structure.is_model(v))
+        return frozenset(found)
 
     # -- calls -----------------------------------------------------------------------------------
     def _mode_call(self, call: cst.Call, modes: Modes) -> Modes | None:
@@ -248,20 +286,21 @@ class ModelModes:
                 return None
         receiver = self.flow.values(func.value)
         instances = [v for v in receiver.of_type(Instance) if self.structure.is_model(v)]
+        keys = list(dict.fromkeys(ModelKey.of(i) for i in instances))
         if mode is False:
-            if not instances or receiver.unknown:
+            if not keys or receiver.unknown:
                 return modes  # an eval() of something unknown: no claim
             tag = Eval(call, self.flow.site(call))
-            for instance in instances:
-                tags = frozenset({tag}) if len(instances) == 1 else modes.of(instance) | {tag}
-                modes = modes.with_tags(instance, tags)
+            for key in keys:
+                tags = frozenset({tag}) if len(keys) == 1 else modes.of(key) | {tag}
+                modes = modes.with_tags(key, tags)
             return modes
         tag = TRAIN if mode is True else UNKNOWN
-        if not instances or receiver.unknown or mode is None:
+        if not keys or receiver.unknown or mode is None:
             return _everything_may_be(modes, UNKNOWN)
-        for instance in instances:
-            for key in [*modes.keys(), instance]:
-                if key == instance or _contains(self, instance, key):
+        for trained in keys:
+            for key in [*modes.keys(), trained]:
+                if key.same(trained) or _contains(self, trained, key):
                     modes = modes.with_tags(key, frozenset({tag}))
         return modes
 
@@ -292,18 +331,20 @@ class ModelModes:
     def _evals_left(self, point: TrainingPoint) -> Iterator[LeftInEval]:
         start = self.ctx.span(point.anchor)[0]
         for model in sorted(point.models, key=lambda i: i.cls):
-            tags = [tag for _, tags in _related(point.modes, model, self) for tag in tags]
+            tags = [tag for _, tags in _related(point.modes, ModelKey.of(model), self) for tag in tags]
             if UNKNOWN in tags:
                 continue
             for tag in tags:
-                if isinstance(tag, Eval) and self.ctx.span(tag.anchor)[0] > start and self._matters(model, tag):
-                    yield LeftInEval(point, model, tag)
-                    break
+                if isinstance(tag, Eval) and (self.ctx.span(tag.anchor)[0] > start or _evaluation_before(tag)):
+                    if self._matters(model, tag):
+                        yield LeftInEval(point, model, tag)
+                        break
 
     def _matters(self, model: Instance, tag: Eval) -> bool:
         """The model (or the part of it that was put in eval mode) has dropout or batch norm."""
         evaluated = [v for v in ValueFlowAt(tag.origin).receiver_instances() if self.structure.is_model(v)]
-        parts = [v for v in evaluated if v != model and _contains(self, model, v)]
+        key = ModelKey.of(model)
+        parts = [v for v in evaluated if not ModelKey.of(v).same(key) and _contains(self, key, ModelKey.of(v))]
         return any(self.mode_dependent(part) for part in parts) if parts else self.mode_dependent(model)
 
 
@@ -320,33 +361,49 @@ class ValueFlowAt:
         return self.site.ctx.get(ValueFlow).values(call.func.value).of_type(Instance)
 
 
+def _own_calls(node: cst.CSTNode) -> Iterator[cst.Call]:
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, cst.Call):
+            yield current
+        if not isinstance(current, (cst.FunctionDef, cst.ClassDef, cst.Lambda)) or current is node:
+            stack.extend(child_nodes(current))
+
+
+def _evaluation_before(tag: Eval) -> bool:
+    """The eval mode comes from an evaluation run before training (``validate(model)`` for a
+    baseline), not from a ``.eval()`` written there (which may freeze the model on purpose)."""
+    anchor = tag.anchor
+    if anchor is tag.origin.node or not isinstance(anchor, cst.Call):
+        return False
+    func = anchor.func
+    name = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else ""
+    return bool(EVALUATION_NAME.match(name.lower()))
+
+
 def _everything_may_be(modes: Modes, tag: Tag) -> Modes:
     table = frozenset((key, tags | {tag}) for key, tags in modes.table)
     return Modes(modes.default | {tag}, table)
 
 
-def _same(a: Instance, b: Instance) -> bool:
-    """The same model: one construction, or ``self`` of its class (whose site is unknown)."""
-    return a.cls == b.cls and (a.site == b.site or a.site is None or b.site is None)
-
-
-def _contains(modes: ModelModes, outer: Instance, inner: Instance) -> bool:
+def _contains(modes: ModelModes, outer: ModelKey, inner: ModelKey) -> bool:
     """``outer`` builds a module of ``inner``'s class (``train()`` of ``outer`` reaches it)."""
-    if _same(outer, inner):
+    if outer.same(inner):
         return True
-    importer = outer.site.ctx.real_path if outer.site is not None else modes.ctx.real_path
+    importer = Path(outer.path) if outer.path is not None else modes.ctx.real_path
     return inner.cls in modes.ctx.project.built_by_class(outer.cls, importer)
 
 
-def _related(modes: Modes, model: Instance, analysis: ModelModes) -> list[tuple[Instance, frozenset[Tag]]]:
+def _related(modes: Modes, model: ModelKey, analysis: ModelModes) -> list[tuple[ModelKey, frozenset[Tag]]]:
     """The modes of every key that is the model, one of its parts, or a model holding it; the
     default when no key is."""
     found = [
         (key, tags)
         for key, tags in modes.table
-        if _same(key, model) or _contains(analysis, key, model) or _contains(analysis, model, key)
+        if key.same(model) or _contains(analysis, key, model) or _contains(analysis, model, key)
     ]
     return found or [(model, modes.default)]
 
 
-__all__ = ["ENTRY", "TRAIN", "UNKNOWN", "Eval", "LeftInEval", "ModelModes", "Modes", "TrainingPoint"]
+__all__ = ["ENTRY", "EVALUATION_NAME", "ModelKey", "TRAIN", "UNKNOWN", "Eval", "LeftInEval", "ModelModes", "Modes", "TrainingPoint"]

@@ -172,7 +172,7 @@ def _message(ctx: FileContext, left: LeftInEval) -> str:
     where = "" if origin.node is anchor else f" (`{_short(origin.ctx, origin.node)}` at {origin.location})"
     layers = _mode_layers(ctx, left.model)
     return (
-        f"`{called}` leaves `{left.model.name}` in eval mode{where} and the next training iteration reaches "
+        f"`{called}` leaves the `{left.model.name}` model in eval mode{where} and the next training iteration reaches "
         f"its backward without `train()`: {layers} for the rest of training"
     )
 

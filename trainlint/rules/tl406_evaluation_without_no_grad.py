@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import libcst as cst
 
 from trainlint.analysis.imports import dotted_name
-from trainlint.analysis.model_modes import ModelModes
+from trainlint.analysis.model_modes import EVALUATION_NAME, ModelModes
 from trainlint.analysis.model_structure import ModelRun, ModelStructure
 from trainlint.analysis.regions import Regions
 from trainlint.analysis.training_step import TrainingSteps
@@ -18,11 +17,6 @@ from trainlint.context import FileContext, child_nodes
 from trainlint.findings import Edit, Finding, Fix
 from trainlint.rule import Example, Rule
 
-# Functions that evaluate, by the names projects give them (`validate`, `evaluate_model`,
-# `test_epoch`, `run_validation`, `val_step`, `eval_loop`).
-_EVALUATION_NAME = re.compile(
-    r"^(.*_)?(validate|validation|valid|val|evaluate|evaluation|eval|test|testing|inference|infer|predict)(_.*)?$"
-)
 # Code that needs gradients in an evaluation: saliency maps, adversarial examples, test-time
 # adaptation, gradient checks.
 _NEEDS_GRADIENTS = ("backward", "autograd", ".grad", "requires_grad", "zero_grad", ".step(")
@@ -143,7 +137,7 @@ class EvaluationWithoutNoGrad(Rule):
         for evaluation in _evaluations(ctx):
             run = evaluation.runs[0]
             message = (
-                f"`{_short(ctx, run)}` runs {evaluation.why} with gradients enabled: autograd keeps every "
+                f"`{_short(ctx, run)}` runs {evaluation.why}, with gradients enabled: autograd keeps every "
                 "activation of each batch for a backward that never comes (and the graph of every batch whose "
                 "outputs are kept); wrap the evaluation in `with torch.no_grad():`"
             )
@@ -205,7 +199,7 @@ def _after_eval(ctx: FileContext, scope: cst.CSTNode, runs: list[ModelRun]) -> I
 
 def _named_evaluation(ctx: FileContext, scope: cst.CSTNode, runs: list[ModelRun]) -> Iterator[_Evaluation]:
     """Runs of a known model in a loop of a function named for evaluation (``validate``...)."""
-    if not isinstance(scope, cst.FunctionDef) or not _EVALUATION_NAME.match(scope.name.value.lower()):
+    if not isinstance(scope, cst.FunctionDef) or not EVALUATION_NAME.match(scope.name.value.lower()):
         return
     regions = ctx.get(Regions)
     looped = [
@@ -297,7 +291,7 @@ def _calls(node: cst.CSTNode) -> Iterator[cst.Call]:
 def _evaluates_only(ctx: FileContext, scope: cst.CSTNode) -> bool:
     """The scope's results feed no training: a function not called, in value position, from a
     training step (a frozen model's forward inside a loss), unless it is named for evaluation."""
-    if not isinstance(scope, cst.FunctionDef) or _EVALUATION_NAME.match(scope.name.value.lower()):
+    if not isinstance(scope, cst.FunctionDef) or EVALUATION_NAME.match(scope.name.value.lower()):
         return True
     if scope.name.value in ("forward", "__call__", "training_step"):
         return False

@@ -181,6 +181,9 @@ def _loaders_of(loading: DataLoading, loop: TrainingLoop) -> Iterator[tuple[Inst
         for arg in call.args:
             for loader in loading.loaders(arg.value):
                 yield loader, arg.value
+    for call in loading.next_calls(loop.node.body):  # `x, y = next(batches)`
+        for loader in loading.loaders(call.args[0].value):
+            yield loader, call
 
 
 def _under_ddp(ctx: FileContext, loading: DataLoading, loop: TrainingLoop, loader: Instance) -> bool:
