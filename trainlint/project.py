@@ -64,6 +64,7 @@ class ProjectIndex:
         self._files: list[Path] | None = None
         self._texts: dict[Path, bytes | None] = {}
         self._importing: dict[tuple[str, str], list[Path]] = {}  # (module, word) -> files that may use it
+        self._reaching: dict[tuple[bytes, ...], frozenset[str]] = {}  # words -> functions reaching them
         self._current: FileContext | None = None
         self._current_summary: ModuleSummary | None = None
         from trainlint.analysis.values.guard import EvaluationGuard
@@ -271,6 +272,30 @@ class ProjectIndex:
             if path != current and _mentions(self._read(path) or b"", mentioning) and (summary := self.summary(path)):
                 yield summary
 
+    def functions_reaching(self, words: tuple[bytes, ...]) -> frozenset[str]:
+        """Names of the project's functions and methods whose body spells one of ``words``
+        (``b".eval("``, ``b"backward("``), or calls such a function by name, a few calls deep: a
+        text search over the project (each ``def`` runs to the next one), once per run and set of
+        words. The analyses that follow calls skip resolving a call no such function can answer
+        (``x.view(...)``, ``self.log(...)``), which would make the engine look for every caller."""
+        found = self._reaching.get(words)
+        if found is None:
+            bodies: dict[bytes, list[bytes]] = {}
+            for path in self.project_files():
+                _add_bodies(bodies, self._read(path) or b"")
+            current = self._current
+            if current is not None:
+                _add_bodies(bodies, current.source.text.encode("utf-8", "surrogatepass"))
+            reaching = {name for name, texts in bodies.items() if any(w in t for t in texts for w in words)}
+            for _ in range(3):
+                pattern = re.compile(rb"\b(?:" + b"|".join(re.escape(n) for n in sorted(reaching)) + rb")\(") if reaching else None
+                more = {name for name, texts in bodies.items() if pattern is not None and any(pattern.search(t) for t in texts)}
+                if more <= reaching:
+                    break
+                reaching |= more
+            found = self._reaching[words] = frozenset(name.decode() for name in reaching)
+        return found
+
     def importers(self, module: str, name: str) -> list[ModuleSummary]:
         """The project's other modules that import ``name`` from ``module`` (or use it as
         ``module.name``): a fix that changes what a module-level name is must not surprise them."""
@@ -310,6 +335,17 @@ class ProjectIndex:
             yield name
             if not name.startswith("torch."):
                 yield from self._calls_of_class(name, summary.path, seen)
+
+
+_DEF = re.compile(rb"^[ \t]*(?:async[ \t]+)?def[ \t]+(\w+)[ \t]*\(", re.MULTILINE)
+
+
+def _add_bodies(bodies: dict[bytes, list[bytes]], text: bytes) -> None:
+    """Each ``def name(`` of the text with what follows it up to the next ``def``."""
+    matches = list(_DEF.finditer(text))
+    for index, match in enumerate(matches):
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
+        bodies.setdefault(match.group(1), []).append(text[match.end() : end])
 
 
 def _mentions(data: bytes, words: tuple[str, ...]) -> bool:

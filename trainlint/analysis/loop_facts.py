@@ -38,17 +38,24 @@ if TYPE_CHECKING:
     from trainlint.context import FileContext
 
 Loop = cst.For | cst.While
+# Words without which a function cannot run a training step (its backward or optimizer step).
+TRAINING_WORDS = (b"backward(", b".step(")
 AccumulationKind = Literal["augmented", "assigned", "appended"]
 _APPENDING = frozenset({"append", "extend", "add", "insert", "appendleft"})
 _SCOPES = (cst.FunctionDef, cst.ClassDef, cst.Lambda)
 
 
-def callees(ctx: FileContext, call: cst.Call) -> list[tuple[FileContext, cst.FunctionDef]]:
+def callees(ctx: FileContext, call: cst.Call, words: tuple[bytes, ...]) -> list[tuple[FileContext, cst.FunctionDef]]:
     """The functions and methods of the project that ``call`` may run (``validate(model)``,
-    ``self.helper()``, ``model.train_emb(x)`` for a model of a project class); none for library
-    calls and calls the engine cannot follow."""
+    ``self.helper()``, ``model.train_emb(x)`` for a model of a project class), when a function of
+    that name spells one of ``words`` (or calls one that does: see
+    ``ProjectIndex.functions_reaching``); none for library calls and calls the engine cannot
+    follow."""
     flow = ctx.get(ValueFlow)
     func = call.func
+    name = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else None
+    if name is None or name not in ctx.project.functions_reaching(words):
+        return []  # no function of the project by that name does what the caller looks for
     qualified = ctx.qualified_name(func)
     if qualified is not None and flow.definition(qualified) is None:
         return []  # a library function
@@ -139,7 +146,7 @@ class LoopFacts:
     def _runs_a_step(self, call: cst.Call, depth: int = 2) -> bool:
         """The call runs a training step (a function holding a backward or its optimizer step),
         itself or in a function it calls (``train_k_steps`` calling ``train_step``)."""
-        for ctx, function in callees(self.ctx, call):
+        for ctx, function in callees(self.ctx, call, TRAINING_WORDS):
             if any(step.function is function for step in ctx.get(TrainingSteps).all_steps()):
                 return True
             if depth > 0 and any(ctx.get(LoopFacts)._runs_a_step(inner, depth - 1) for inner in _own_calls(function.body)):
@@ -277,7 +284,7 @@ class LoopFacts:
     def _runs_undivided_backward(self, call: cst.Call) -> bool:
         """The call runs a function of the project holding backwards of undivided losses and no
         optimizer step (a mixed-precision helper's ``backward(loss)``)."""
-        for ctx, function in callees(self.ctx, call):
+        for ctx, function in callees(self.ctx, call, (b"backward(",)):
             for helper in ctx.get(TrainingSteps).all_steps():
                 if helper.function is not function or helper.of_kind(*STEP_KINDS, EventKind.ZERO_GRAD):
                     continue
@@ -522,5 +529,5 @@ def _arithmetic_parts(expr: cst.BaseExpression) -> Iterator[cst.CSTNode]:
 
 
 __all__ = [
-    "Accumulation", "AccumulationStep", "LoopFacts", "MicroBatches", "TrainingLoop", "callees",
+    "TRAINING_WORDS", "Accumulation", "AccumulationStep", "LoopFacts", "MicroBatches", "TrainingLoop", "callees",
 ]

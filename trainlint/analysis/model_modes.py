@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import libcst as cst
 
-from trainlint.analysis.loop_facts import callees
+from trainlint.analysis.loop_facts import TRAINING_WORDS, callees
 from trainlint.analysis.model_structure import ModelStructure
 from trainlint.analysis.statement_flow import StatementFlow
 from trainlint.analysis.training_step import BACKWARD_KINDS, TrainingSteps
@@ -50,6 +50,8 @@ ENTRY = "entry"  # the mode the model had when the function was called
 TRAIN = "train"
 UNKNOWN = "unknown"  # a train() of unknown receiver ran: the model may be in training mode
 _CALL_DEPTH = 3  # functions of functions of functions are followed
+# Words without which a function switches no mode and runs no training step.
+_MODE_WORDS = (b".eval(", b".train(", *TRAINING_WORDS)
 # Functions that evaluate, by the names projects give them (`validate`, `evaluate_model`,
 # `test_epoch`, `run_validation`, `val_step`, `eval_loop`).
 EVALUATION_NAME = re.compile(
@@ -261,13 +263,16 @@ class ModelModes:
         return found
 
     def _models_run_in(self, node: cst.CSTNode) -> frozenset[Instance]:
-        """The models a training step runs: those whose layers are known (``runs_in``, which
-        follows helpers), and model instances called directly (a model zoo's network)."""
-        found = {i for run in self.structure.runs_in(node) for i in run.instances}
+        """The models a training step runs: calls of a name or of ``self``'s attributes (``model(x)``,
+        ``self.net(x)``, ``self.model.forward(x)``) that hold model instances, including a model
+        zoo's network whose layers are unknown. (Calls of other expressions, ``x.view(...)``, are
+        not asked about: they would make the engine look for every caller of the function.)"""
+        found: set[Instance] = set()
         for call in _own_calls(node):
             func = call.func.value if isinstance(call.func, cst.Attribute) and call.func.attr.value == "forward" else call.func
-            if isinstance(func, (cst.Name, cst.Attribute)) and self.ctx.qualified_name(func) is None:
-                found.update(v for v in self.flow.values(func).of_type(Instance) if self.structure.is_model(v))
+            if not _names_a_model_call(func) or self.ctx.qualified_name(func) is not None:
+                continue
+            found.update(v for v in self.flow.values(func).of_type(Instance) if self.structure.is_model(v))
         return frozenset(found)
 
     # -- calls -----------------------------------------------------------------------------------
@@ -324,7 +329,7 @@ class ModelModes:
         """Summaries of the project functions and methods the call may run."""
         if budget < 0:
             return
-        for ctx, function in callees(self.ctx, call):
+        for ctx, function in callees(self.ctx, call, _MODE_WORDS):
             yield ctx.get(ModelModes).summary(function, budget)
 
     # -- what a training point sees ----------------------------------------------------------------
@@ -359,6 +364,15 @@ class ValueFlowAt:
         if not isinstance(call, cst.Call) or not isinstance(call.func, cst.Attribute):
             return []
         return self.site.ctx.get(ValueFlow).values(call.func.value).of_type(Instance)
+
+
+def _names_a_model_call(func: cst.BaseExpression) -> bool:
+    """``model``, ``self.model``, ``self.model.module``, ``self``: how code calls a model."""
+    if isinstance(func, cst.Name):
+        return True
+    while isinstance(func, cst.Attribute):
+        func = func.value
+    return isinstance(func, cst.Name) and func.value == "self"
 
 
 def _own_calls(node: cst.CSTNode) -> Iterator[cst.Call]:
