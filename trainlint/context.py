@@ -63,6 +63,18 @@ def child_nodes(node: cst.CSTNode) -> list[cst.CSTNode]:
     return children
 
 
+def descendants(node: cst.CSTNode, *, enter_scopes: bool = True) -> Iterator[cst.CSTNode]:
+    """Every node under ``node`` (not ``node`` itself), in source order; with ``enter_scopes``
+    False the bodies of nested functions, classes and lambdas are left out. Iterative, so deep
+    trees cannot exhaust the stack."""
+    stack = child_nodes(node)[::-1]
+    while stack:
+        current = stack.pop()
+        yield current
+        if enter_scopes or not isinstance(current, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+            stack.extend(child_nodes(current)[::-1])
+
+
 class NodeIndex:
     """One walk over the tree: nodes by type in source order, and each node's parent."""
 

@@ -199,38 +199,36 @@ def _inspections_while_scaled(step: TrainingStep, backward: StepEvent) -> list[S
     """Gradient inspections after this backward, before its gradients are unscaled or cleared.
     A NaN/Inf test counts only when the step is skipped or zeroed before the unscale: its
     verdict alone is the same on scaled gradients."""
-    found: dict[int, StepEvent] = {}
-    for path in step.paths():
-        position = next((i for i, e in enumerate(path) if e is backward), None)
-        if position is None:
+    found = []
+    for inspection in step.of_kind(EventKind.GRAD_INSPECT):
+        if not any(backward in state.scaled for state in step.states.before(inspection)):
             continue
-        tests: list[StepEvent] = []
-        for event in path[position + 1 :]:
-            if event.kind in (EventKind.SKIP, EventKind.ZERO_GRAD):
-                found.update((id(t), t) for t in tests)  # acted on behind the scaler's back
-            if event.kind in _WINDOW_ENDS and (event.scaler in (None, backward.scaler)):
-                break
-            if event.kind is EventKind.SCALED_BACKWARD and event.scaler == backward.scaler:
-                break  # the next backward answers for what follows it
-            if event.kind is EventKind.GRAD_INSPECT:
-                if event.scale_invariant:
-                    tests.append(event)
-                else:
-                    found[id(event)] = event
-    return list(found.values())
+        if inspection.scale_invariant and not _acted_on(step, inspection, backward.scaler):
+            continue
+        found.append(inspection)
+    return found
+
+
+def _acted_on(step: TrainingStep, test: StepEvent, scaler: str | None) -> bool:
+    """A skip or a zero_grad follows the test before the scaler unscales the gradients."""
+
+    def window_ends(event: StepEvent) -> bool:
+        if event.kind is EventKind.SCALED_BACKWARD:
+            return event.scaler == scaler
+        return event.kind in _WINDOW_ENDS and event.scaler in (None, scaler)
+
+    reach = step.flow.after(test, window_ends)
+    return any(e.kind in (EventKind.SKIP, EventKind.ZERO_GRAD) for e in reach.events)
 
 
 def _optimizer_unscaled_next(step: TrainingStep, backward: StepEvent) -> str | None:
     """The optimizer this backward's gradients are unscaled or stepped for next, when it is one."""
-    optimizers = set()
-    for path in step.paths():
-        position = next((i for i, e in enumerate(path) if e is backward), None)
-        if position is None:
-            continue
-        for event in path[position + 1 :]:
-            if event.scaler == backward.scaler and event.kind in (EventKind.UNSCALE, EventKind.SCALER_STEP):
-                optimizers.add(event.optimizer)
-                break
-            if event.kind is EventKind.SCALED_BACKWARD and event.scaler == backward.scaler:
-                break
+
+    def unscales(event: StepEvent) -> bool:
+        return event.scaler == backward.scaler and event.kind in (EventKind.UNSCALE, EventKind.SCALER_STEP)
+
+    def next_one(event: StepEvent) -> bool:
+        return unscales(event) or (event.kind is EventKind.SCALED_BACKWARD and event.scaler == backward.scaler)
+
+    optimizers = {e.optimizer for e in step.flow.after(backward, next_one).events if unscales(e)}
     return optimizers.pop() if len(optimizers) == 1 and None not in optimizers else None

@@ -144,42 +144,28 @@ class ClipScaledGradients(Rule):
 
 
 def _scaler_still_scaling(step: TrainingStep, clip: StepEvent) -> str | None:
-    """The known scaler whose scale the clipped gradients still carry on some path, if any."""
-    for path in step.paths():
-        position = next((i for i, e in enumerate(path) if e is clip), None)
-        if position is not None:
-            scaler = _scaling_at(step, path[:position], path[position + 1 :])
-            if scaler is not None:
-                return scaler
-    return None
+    """The known scaler whose scale the clipped gradients still carry on some path, if any. With
+    no backward before the clip in this step, the step's own next `scaler.step` tells."""
+    states = step.states.before(clip)
+    scaled = sorted(b.scaler for s in states for b in s.scaled if b.scaler is not None)
+    if scaled:
+        return scaled[0]
+    if any(s.backward_seen for s in states) or not states:
+        return None
 
+    def unscales(event: StepEvent) -> bool:
+        return event.kind in (EventKind.UNSCALE, EventKind.SCALER_STEP)
 
-def _scaling_at(step: TrainingStep, before: Sequence[StepEvent], after: Sequence[StepEvent]) -> str | None:
-    for event in reversed(before):
-        if event.kind in (EventKind.UNSCALE, EventKind.SCALER_STEP, EventKind.ZERO_GRAD):
-            return None
-        if event.kind in (EventKind.BACKWARD, EventKind.FRAMEWORK_BACKWARD):
-            return None  # fresh gradients, not scaled by a GradScaler of this step
-        if event.kind is EventKind.SCALED_BACKWARD:
-            return event.scaler if step.scaler_of(event) is not None else None
-    # no backward before the clip in this step: the step's own scaler.step tells
-    for event in after:
-        if event.kind is EventKind.UNSCALE:
-            return None
-        if event.kind is EventKind.SCALER_STEP:
-            return event.scaler if step.scaler_of(event) is not None else None
-    return None
+    first = [e for e in step.flow.after(clip, unscales).events if unscales(e)]
+    known = sorted(e.scaler for e in first if e.kind is EventKind.SCALER_STEP and step.scaler_of(e) is not None)
+    return known[0] if known and len(known) == len(first) else None
 
 
 def _optimizer_stepped_next(step: TrainingStep, clip: StepEvent, scaler: str) -> str | None:
     """The one optimizer the scaler unscales or steps next after the clip, on every path."""
-    optimizers = set()
-    for path in step.paths():
-        position = next((i for i, e in enumerate(path) if e is clip), None)
-        if position is None:
-            continue
-        for event in path[position + 1 :]:
-            if event.scaler == scaler and event.kind in (EventKind.UNSCALE, EventKind.SCALER_STEP):
-                optimizers.add(event.optimizer)
-                break
+
+    def unscales(event: StepEvent) -> bool:
+        return event.scaler == scaler and event.kind in (EventKind.UNSCALE, EventKind.SCALER_STEP)
+
+    optimizers = {e.optimizer for e in step.flow.after(clip, unscales).events if unscales(e)}
     return optimizers.pop() if len(optimizers) == 1 and None not in optimizers else None

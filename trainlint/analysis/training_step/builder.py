@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import libcst as cst
 
@@ -23,6 +22,7 @@ from trainlint.analysis.training_step.events import (
 from trainlint.analysis.training_step.graph import (
     _Branch,
     _decision,
+    _dotted_reads,
     _Exit,
     _flatten,
     _free_names,
@@ -32,6 +32,7 @@ from trainlint.analysis.training_step.graph import (
 )
 from trainlint.analysis.training_step.receivers import _Module
 from trainlint.analysis.training_step.syntax import (
+    _bound_texts,
     _call_name,
     _descendants,
     _evaluation_order,
@@ -46,12 +47,8 @@ from trainlint.analysis.values import (
     Tensor,
 )
 
-if TYPE_CHECKING:
-    pass
-
-
-# ---------------------------------------------------------------------------------------------
-# Building one function's items.
+# Events on an optimizer: a loop whose body has one on its own variable loops over optimizers.
+_OPTIMIZER_KINDS = frozenset({EventKind.UNSCALE, EventKind.SCALER_STEP, EventKind.OPT_STEP, EventKind.ZERO_GRAD})
 
 
 @dataclass
@@ -113,17 +110,25 @@ class _Builder:
             items.extend(self.compound(statement))
         return items
 
-    def branch(self, node: cst.CSTNode, alternatives: list[Sequence[cst.CSTNode] | cst.BaseSuite | None]) -> _Branch:
+    def branch(self, node: cst.CSTNode, alternatives: list[Sequence[cst.CSTNode] | cst.BaseSuite | None]) -> list[_Item]:
+        """The alternatives of an if/try/match; nothing when none of them holds an event or exit
+        (a logging ``if`` adds no path)."""
         built = []
         outer = self.nesting
         for index, alternative in enumerate(alternatives):
             self.nesting = (*outer, (id(node), index))
             built.append(self.block(alternative) if alternative is not None else [])
         self.nesting = outer
+        if not any(built):
+            return []
+        own_if = node if isinstance(node, cst.If) and self.depth == 0 else None
         flag = self.decision_key(node.test) if isinstance(node, cst.If) else None
         if flag is None:
-            return _Branch(built)
-        return _Branch(built, flag=flag[0], flag_values=(flag[1], not flag[1]))
+            return [_Branch(built, own_if=own_if)]
+        reads = frozenset(self.subst(name) or name for name in _dotted_reads(node.test))  # type: ignore[attr-defined]
+        if "@" in flag[0]:
+            reads |= {flag[0]}  # a helper's own variable: decided anew on every call
+        return [_Branch(built, flag=flag[0], flag_values=(flag[1], not flag[1]), reads=reads, own_if=own_if)]
 
     def decision_key(self, test: cst.BaseExpression) -> tuple[str, bool] | None:
         """The key and side of an ``if`` test, spelled as the step's function would: a helper's
@@ -164,19 +169,19 @@ class _Builder:
                 other = [orelse]
             elif isinstance(orelse, cst.Else):
                 other = orelse.body
-            return [*items, self.branch(statement, [statement.body, other])]
+            return [*items, *self.branch(statement, [statement.body, other])]
         if isinstance(statement, (cst.For, cst.While)):
             header = self.expression(statement.iter if isinstance(statement, cst.For) else statement.test)
             self.loops.append(statement)
             body = self.block(statement.body)
             self.loops.pop()
             after = self.block(statement.orelse.body) if statement.orelse is not None else []
-            return [*header, _Loop(body, statement), *after]
+            return [*header, _Loop(body, statement, self._runs_at_least_once(statement, body)), *after]
         if isinstance(statement, (cst.Try, cst.TryStar)):
             body = [*statement.body.body, *(statement.orelse.body.body if statement.orelse is not None else [])]
             alternatives: list[Sequence[cst.CSTNode] | cst.BaseSuite | None] = [body]
             alternatives.extend(handler.body for handler in statement.handlers)
-            items = [self.branch(statement, alternatives)]
+            items = self.branch(statement, alternatives)
             if statement.finalbody is not None:
                 items.extend(self.block(statement.finalbody.body))
             return items
@@ -187,8 +192,18 @@ class _Builder:
             items = self.expression(statement.subject)
             cases: list[Sequence[cst.CSTNode] | cst.BaseSuite | None] = [case.body for case in statement.cases]
             cases.append(None)
-            return [*items, self.branch(statement, cases)]
+            return [*items, *self.branch(statement, cases)]
         return []  # nested def/class: not run here
+
+    def _runs_at_least_once(self, loop: cst.For | cst.While, body: list[_Item]) -> bool:
+        """A loop over the optimizers that its body unscales, steps or clears, or over a literal
+        non-empty list or tuple: a training step never iterates over no optimizer."""
+        if not isinstance(loop, cst.For):
+            return False
+        if isinstance(loop.iter, (cst.List, cst.Tuple)) and loop.iter.elements:
+            return not any(isinstance(e, cst.StarredElement) for e in loop.iter.elements)
+        targets = {self.subst(t) or t for t in _bound_texts(loop.target)}
+        return any(e.optimizer in targets for e in _flatten(body) if e.kind in _OPTIMIZER_KINDS)
 
     def small(self, small: cst.BaseSmallStatement, statement: cst.CSTNode) -> list[_Item]:
         if isinstance(small, (cst.Return, cst.Continue, cst.Break, cst.Raise)):

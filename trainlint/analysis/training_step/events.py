@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
 
 import libcst as cst
 
@@ -18,11 +17,6 @@ from trainlint.analysis.values.torch_semantics import (
     GRAD_SCALERS,
 )
 
-if TYPE_CHECKING:
-    pass
-
-
-MAX_PATHS = 256  # paths() stops here (a step with 9 independent ifs already has 512)
 HELPER_DEPTH = 2  # helpers of helpers are followed, one level further is not
 
 
@@ -109,12 +103,22 @@ class StepEvent:
     call_site: cst.Call | None = None  # the call of the helper in the step's function, when inlined
     local_statement: cst.CSTNode | None = None  # the statement holding `node`, in whatever function holds it
     guard: SkipGuard | None = None  # for SKIP: what its enclosing `if` tests look at
-    skip_keyword: str | None = None  # for SKIP: "continue" | "return" | "break"
+    skip_keyword: str | None = None  # for SKIP: "continue" | "return" | "break" | "if" (a branch that leaves the step out)
+    # for SKIP: the events that finish the step (steps, update, zero_grad) it leaves out
+    bypassed: tuple[StepEvent, ...] = ()
     # for GRAD_INSPECT: a NaN/Inf test, whose verdict is the same before and after unscaling
     # (only acting on it, by skipping or zeroing, goes behind the scaler's back)
     scale_invariant: bool = False
     # for GRAD_INSPECT: the value read goes into isnan/isinf/isfinite (``math.isfinite(norm.item())``)
     tests_finiteness: bool = False
+
+    @property
+    def skip_text(self) -> str:
+        """How a SKIP is named in a message: "this `continue`"; "`if not skip_step:`" for a branch."""
+        if self.skip_keyword != "if":
+            return f"this `{self.skip_keyword}`"
+        test = " ".join(cst.Module(body=[]).code_for_node(self.node).split())
+        return f"`if {test}:`" if len(test) <= 40 else "this `if`"
 
     @property
     def anchor(self) -> cst.CSTNode:

@@ -3,7 +3,6 @@ whether an `unscale_` may be inserted."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import libcst as cst
@@ -63,44 +62,57 @@ def unscale_insertion(step: TrainingStep, at: StepEvent, scaler: str, optimizer:
     NaN/Inf test (TL109 adds the update there), so the next step does not unscale twice; and each
     later ``unscale_`` to remove is reached only through ``at``. Returns the calls to remove, or
     None when it is not safe (gradient accumulation that skips the update, for example)."""
-    removals: dict[int, StepEvent] = {}
-    for path in step.paths():
-        position = next((i for i, e in enumerate(path) if e is at), None)
-        if position is None:
-            continue
-        later = path[position + 1 :]
-        if any(_unscales(e, scaler, optimizer) for e in _since_update(path[:position], scaler)):
-            return None
-        if not _reaches_update_or_checked_skip(later, scaler):
-            return None
-        for event in later:
-            if _unscales(event, scaler, optimizer):
-                removals[id(event)] = event
-    for path in step.paths():  # a removed call must never run without ``at`` before it
-        seen_at = False
-        for event in path:
-            seen_at = seen_at or event is at
-            if id(event) in removals and not seen_at:
-                return None
-    return list(removals.values())
+    if any(state.unscaled_of(scaler, optimizer) for state in step.states.before(at)):
+        return None
+
+    def updates_or_skips(event: StepEvent) -> bool:
+        return (event.kind is EventKind.SCALER_UPDATE and event.scaler == scaler) or event.kind is EventKind.SKIP
+
+    until_update = step.flow.after(at, updates_or_skips)
+    if until_update.escapes or any(e.kind is EventKind.SKIP and not _checked(e) for e in until_update.events):
+        return None
+    everything_after = step.flow.after(at)
+    removals = [e for e in everything_after.events if _unscales(e, scaler, optimizer)]
+    if any(everything_after.without_start(e) for e in removals):
+        return None  # a removed call must never run without ``at`` before it
+    return removals
 
 
 def _unscales(event: StepEvent, scaler: str, optimizer: str) -> bool:
     return event.kind is EventKind.UNSCALE and event.scaler == scaler and event.optimizer == optimizer
 
 
-def _since_update(events: Sequence[StepEvent], scaler: str) -> Sequence[StepEvent]:
-    for index in range(len(events) - 1, -1, -1):
-        if events[index].kind is EventKind.SCALER_UPDATE and events[index].scaler == scaler:
-            return events[index + 1 :]
-    return events
+def _checked(skip: StepEvent) -> bool:
+    """A skip on a gradient or NaN/Inf test (TL109 adds the scaler's update there)."""
+    return skip.guard is not None and (skip.guard.checks_finiteness or skip.guard.reads_grads)
 
 
-def _reaches_update_or_checked_skip(events: Sequence[StepEvent], scaler: str) -> bool:
-    for event in events:
-        if event.kind is EventKind.SCALER_UPDATE and event.scaler == scaler:
-            return True
-        if event.kind is EventKind.SKIP:
-            guard = event.guard
-            return guard is not None and (guard.checks_finiteness or guard.reads_grads)
-    return False
+def skip_insertion(ctx: FileContext, skip: StepEvent, code: str) -> Edit | None:
+    """Insert ``code`` where a skip is taken: before its ``continue``/``return``, or at the start
+    of the side of an ``if`` that leaves the step out (an ``else:`` is added when there is none).
+    None when the skip is in a helper or there is no place to write it."""
+    if skip.kind is not EventKind.SKIP or skip.via_helper is not None:
+        return None
+    statement = skip.statement
+    if skip.skip_keyword != "if" or not isinstance(statement, cst.If):
+        return ctx.insert_before(statement, code)
+    bypassed = {id(e.statement) for e in skip.bypassed}
+    body_runs_the_step = any(id(s) in bypassed for s in (statement.body, *_descendants(statement.body)))
+    if not body_runs_the_step:
+        return _at_block_start(ctx, statement.body, code)
+    orelse = statement.orelse
+    if isinstance(orelse, cst.Else):
+        return _at_block_start(ctx, orelse.body, code)
+    if orelse is not None or not isinstance(statement.body, cst.IndentedBlock) or not statement.body.body:
+        return None  # an `elif` chain, or a one-line `if x: y()`
+    outer, inner = ctx.statement_indent(statement), ctx.statement_indent(statement.body.body[0])
+    if outer is None or inner is None or not inner.startswith(outer):
+        return None
+    unit = inner[len(outer) :]
+    return ctx.insert_after(statement, "else:\n" + "\n".join(unit + line for line in code.splitlines()))
+
+
+def _at_block_start(ctx: FileContext, block: cst.BaseSuite, code: str) -> Edit | None:
+    if not isinstance(block, cst.IndentedBlock) or not block.body:
+        return None
+    return ctx.insert_before(block.body[0], code)

@@ -1,19 +1,18 @@
-"""The control flow of a step: alternatives, loops, inlined helpers and exits, and the paths
-through one iteration of it."""
+"""The control flow of a step (alternatives, loops, inlined helpers and exits) and the step
+itself: its events, optimizers and scalers, and the analyses asked of it (``flow``, ``states``,
+``feeding``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import libcst as cst
 
 from trainlint.analysis.imports import dotted_name
 from trainlint.analysis.training_step.events import (
-    BACKWARD_KINDS,
-    MAX_PATHS,
-    STEP_KINDS,
     EventKind,
     OptimizerInfo,
     ScalerInfo,
@@ -22,11 +21,12 @@ from trainlint.analysis.training_step.events import (
 from trainlint.analysis.training_step.syntax import _descendants, _is_none
 
 if TYPE_CHECKING:
-    pass
+    from trainlint.analysis.training_step.dataflow import Feeding, StepStates
+    from trainlint.analysis.training_step.flow import StepFlow
 
 
 # ---------------------------------------------------------------------------------------------
-# The step's control flow: a small tree of items, walked by paths().
+# The step's control flow: a small tree of items, folded over by flow.py.
 
 
 @dataclass(eq=False)
@@ -39,14 +39,22 @@ class _Branch:
     # as `self.use_amp` does not change inside a step).
     flag: str | None = None
     flag_values: tuple[bool, ...] = ()
+    # The names and attribute chains the test reads, as the step's function spells them: the
+    # decision holds across iterations when the loop assigns none of them.
+    reads: frozenset[str] = frozenset()
+    # The `if` statement, when it is written in the step's own function (not in a helper).
+    own_if: cst.If | None = None
 
 
 @dataclass(eq=False)
 class _Loop:
-    """A loop inside the step: its body runs zero times or once (for path purposes)."""
+    """A loop inside the step: its body runs zero times or once (for path purposes), or once."""
 
     body: list[_Item]
     node: cst.CSTNode
+    # The body surely runs: a loop over the optimizers that it unscales or steps, or over a
+    # literal non-empty list (`for opt in [opt_g, opt_d]:`).
+    at_least_once: bool = False
 
 
 @dataclass(eq=False)
@@ -66,70 +74,6 @@ class _Exit:
 
 
 _Item = StepEvent | _Branch | _Loop | _Inline | _Exit
-_Flags = tuple[tuple[str, bool], ...]  # the flags a path has decided, in order
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    events: tuple[StepEvent, ...]
-    exit: _Exit | None  # what ended it; None: it fell off the end
-    flags: _Flags = ()
-
-    def key(self) -> tuple[int, ...]:
-        return (*(id(e) for e in self.events), id(self.exit), hash(self.flags))
-
-
-def _run(items: Sequence[_Item], limit: int, flags: _Flags = ()) -> list[_Outcome]:
-    """Every way through ``items``: the events met and the exit that ended it."""
-    outcomes = [_Outcome((), None, flags)]
-    for item in items:
-        following: dict[tuple[int, ...], _Outcome] = {}
-        for outcome in outcomes:
-            if outcome.exit is not None:
-                following.setdefault(outcome.key(), outcome)
-                continue
-            for more in _item_outcomes(item, limit, outcome.flags):
-                joined = _Outcome(outcome.events + more.events, more.exit, more.flags)
-                following.setdefault(joined.key(), joined)
-            if len(following) > limit:
-                break
-        outcomes = list(following.values())[: limit + 1]
-    return outcomes
-
-
-def _item_outcomes(item: _Item, limit: int, flags: _Flags) -> list[_Outcome]:
-    if isinstance(item, StepEvent):
-        return [_Outcome((item,), None, flags)]
-    if isinstance(item, _Exit):
-        return [_Outcome((item.event,) if item.event is not None else (), item, flags)]
-    if isinstance(item, _Branch):
-        return _branch_outcomes(item, limit, flags)
-    if isinstance(item, _Inline):
-        return [
-            _Outcome(o.events, None if o.exit is not None and o.exit.keyword == "return" else o.exit, o.flags)
-            for o in _run(item.body, limit, flags)
-        ]
-    # a loop: skipped, or its body once; its own continue/break fall through to after the loop
-    outcomes = [_Outcome((), None, flags)]
-    for o in _run(item.body, limit, flags):
-        own = o.exit is not None and o.exit.keyword in ("continue", "break") and o.exit.loop is item.node
-        outcomes.append(_Outcome(o.events, None if own else o.exit, o.flags))
-    return outcomes
-
-
-def _branch_outcomes(branch: _Branch, limit: int, flags: _Flags) -> list[_Outcome]:
-    decided = dict(flags).get(branch.flag) if branch.flag is not None else None
-    outcomes = []
-    for index, alternative in enumerate(branch.alternatives):
-        taken = flags
-        if branch.flag is not None:
-            value = branch.flag_values[index]
-            if decided is not None and decided != value:
-                continue  # this path already took the other side of the same flag
-            if decided is None:
-                taken = (*flags, (branch.flag, value))
-        outcomes.extend(_run(alternative, limit, taken))
-    return outcomes
 
 
 def _flatten(items: Iterable[_Item]) -> Iterator[StepEvent]:
@@ -152,46 +96,11 @@ def clears_gradients_of(event: StepEvent, optimizer: str | None) -> bool:
     return event.kind is EventKind.ZERO_GRAD and (event.optimizer is None or event.optimizer == optimizer)
 
 
-def backwards_feeding(path: Sequence[StepEvent]) -> dict[StepEvent, list[StepEvent]]:
-    """For each optimizer step on the path (``opt.step()`` or ``scaler.step(opt)``), the
-    backwards whose gradients it applies.
-
-    Steps that follow each other share the backwards before them (``scaler.step(opt_d)``,
-    ``scaler.step(opt_g)`` after two backwards); a backward that an earlier group of steps already
-    applied does not feed a later one; a zero_grad of the optimizer drops the backwards before it.
-    """
-    feeding: dict[StepEvent, list[StepEvent]] = {}
-    pending: list[int] = []  # backwards since the last group of steps, by index on the path
-    group: list[int] = []  # backwards feeding the current group of steps
-    in_group = False
-    for index, event in enumerate(path):
-        if event.kind in BACKWARD_KINDS:
-            pending.append(index)
-            in_group = False
-        elif event.kind in STEP_KINDS:
-            if not in_group:
-                group, pending, in_group = pending, [], True
-            feeding[event] = [
-                path[b]
-                for b in group
-                if not any(clears_gradients_of(e, event.optimizer) for e in path[b + 1 : index])
-            ]
-    return feeding
-
-
 def runs_a_closure(event: StepEvent) -> bool:
     """``opt.step(closure)`` (LBFGS and friends): the closure zeroes and recomputes the gradients
     itself, so nothing placed before the step in the loop body acts on the gradients it uses."""
     call = event.node
     return event.kind is EventKind.OPT_STEP and isinstance(call, cst.Call) and bool(call.args)
-
-
-def events_after(path: Sequence[StepEvent], event: StepEvent) -> Sequence[StepEvent]:
-    """The events that follow ``event`` on the path (nothing when it is not on it)."""
-    for index, candidate in enumerate(path):
-        if candidate is event:
-            return path[index + 1 :]
-    return ()
 
 
 def scale_text(step: TrainingStep, scaler: str) -> str:
@@ -218,37 +127,50 @@ class TrainingStep:
     uncertain_scalers: frozenset[str] = frozenset()  # used like scalers but of unknown origin: stay quiet
     helpers: frozenset[cst.FunctionDef] = frozenset()  # functions inlined into this step
     _items: list[_Item] = field(default_factory=list, repr=False)
+    # Which decision keys keep their value from one iteration to the next (see flow.py).
+    invariant_keys: frozenset[str] = field(default=frozenset(), repr=False)
     _paths: list[list[StepEvent]] | None = field(default=None, repr=False)
-    _truncated: bool = field(default=False, repr=False)
 
-    def paths(self) -> Iterator[list[StepEvent]]:
-        """Every feasible path through one execution of the step (if/else, try, loop bodies run
-        zero or once); a SKIP (early continue/return/break) ends its path; paths that raise are
-        left out. Two ``if``s whose tests call nothing and read the same thing (``if
-        self.use_amp:`` twice; ``if x is None:`` then ``if x is not None:``; ``==`` then ``!=``)
-        take matching sides on every path. Bounded: at most MAX_PATHS paths (see ``truncated``)."""
-        yield from (list(path) for path in self._walked_paths())
+    def paths(self) -> list[list[StepEvent]]:
+        """Every feasible path through one iteration of the step (if/else, try, inner loops
+        run zero times or once), each as its list of events; a SKIP exit ends its path; paths that
+        raise are left out. Two ``if``s that test the same thing take matching sides.
 
-    @property
-    def truncated(self) -> bool:
-        """The step has more than MAX_PATHS paths and ``paths()`` lists only some: unsure."""
-        self._walked_paths()
-        return self._truncated
-
-    def _walked_paths(self) -> list[list[StepEvent]]:
+        For tests and debugging: their number doubles with each independent ``if`` that holds
+        an event. Rules ask ``states``, ``feeding`` or ``flow``, which never list paths."""
         if self._paths is None:
-            outcomes = _run(self._items, MAX_PATHS)
-            self._truncated = len(outcomes) > MAX_PATHS
-            distinct: dict[tuple[int, ...], list[StepEvent]] = {}
-            for outcome in outcomes[:MAX_PATHS]:
-                if outcome.exit is None or outcome.exit.keyword != "raise":
-                    distinct.setdefault(tuple(id(e) for e in outcome.events), list(outcome.events))
-            self._paths = list(distinct.values())
+
+            def extend(path: tuple[StepEvent, ...], event: StepEvent) -> tuple[StepEvent, ...]:
+                return (*path, event)
+
+            ends = self.flow.fold((), extend).ends
+            self._paths = sorted((list(path) for path, _ in ends), key=lambda p: [self.index(e) for e in p])
         return self._paths
 
-    def paths_through(self, event: StepEvent) -> list[list[StepEvent]]:
-        """The paths on which the event runs."""
-        return [path for path in self.paths() if any(e is event for e in path)]
+    @cached_property
+    def states(self) -> StepStates:
+        """What holds before each event, on every path, this iteration and the next."""
+        from trainlint.analysis.training_step.dataflow import (
+            StepStates,  # built on this module
+        )
+
+        return StepStates(self)
+
+    @cached_property
+    def feeding(self) -> Feeding:
+        """The backwards each optimizer step applies, on every path."""
+        from trainlint.analysis.training_step.dataflow import Feeding  # built on this module
+
+        return Feeding(self)
+
+    @cached_property
+    def flow(self) -> StepFlow:
+        """The step as a dataflow: fold a state along every path, this iteration and the next."""
+        from trainlint.analysis.training_step.flow import (
+            StepFlow,  # flow.py builds on this module
+        )
+
+        return StepFlow(self, self._items, self.invariant_keys.__contains__)
 
     def scaler_of(self, event: StepEvent) -> ScalerInfo | None:
         """The known GradScaler of a scaler event (None when unknown, uncertain or disabled)."""
@@ -256,6 +178,11 @@ class TrainingStep:
 
     def of_kind(self, *kinds: EventKind) -> list[StepEvent]:
         return [e for e in self.events if e.kind in kinds]
+
+    def in_order(self, events: Iterable[StepEvent]) -> list[StepEvent]:
+        """The events sorted in the step's source order (``events``)."""
+        order = {id(e): i for i, e in enumerate(self.events)}
+        return sorted(events, key=lambda e: order.get(id(e), len(order)))
 
     def index(self, event: StepEvent) -> int:
         """The event's position in source order (``events``)."""
@@ -308,6 +235,17 @@ def _free_names(expr: cst.BaseExpression) -> set[str]:
     """The names an expression reads (``self`` and ``x`` in ``self.a == x``, not ``a``)."""
     attributes = {id(n.attr) for n in (expr, *_descendants(expr)) if isinstance(n, cst.Attribute)}
     return {n.value for n in (expr, *_descendants(expr)) if isinstance(n, cst.Name) and id(n) not in attributes}
+
+
+def _dotted_reads(expr: cst.BaseExpression) -> set[str]:
+    """The names and attribute chains an expression reads, longest first: ``self.cfg.amp`` and
+    ``i`` in ``self.cfg.amp and i % 2``."""
+    chains = {
+        text
+        for n in (expr, *_descendants(expr))
+        if isinstance(n, (cst.Name, cst.Attribute)) and (text := dotted_name(n)) is not None
+    }
+    return {c for c in chains if not any(other.startswith(c + ".") for other in chains)}
 
 
 def _canonical_code(expr: cst.CSTNode) -> str:

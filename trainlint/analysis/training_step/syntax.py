@@ -4,21 +4,11 @@ targets an assignment binds, the order an expression evaluates in)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import libcst as cst
 
 from trainlint.analysis.imports import dotted_name
-from trainlint.context import child_nodes
-
-if TYPE_CHECKING:
-    pass
-
-
-# ---------------------------------------------------------------------------------------------
-# Module-wide facts: functions, classes, what names and attributes are assigned.
-
-
+from trainlint.context import child_nodes, descendants
 
 
 def _body(scope: cst.CSTNode) -> cst.CSTNode:
@@ -28,12 +18,7 @@ def _body(scope: cst.CSTNode) -> cst.CSTNode:
 
 def _descendants(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
     """Every node under ``node`` (not ``node`` itself), nested function and class bodies excluded."""
-    stack = child_nodes(node)[::-1]
-    while stack:
-        current = stack.pop()
-        yield current
-        if not isinstance(current, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
-            stack.extend(child_nodes(current)[::-1])
+    return descendants(node, enter_scopes=False)
 
 
 def _call_name(call: cst.Call) -> str | None:
@@ -140,3 +125,20 @@ def _evaluation_order(expr: cst.CSTNode) -> Iterator[cst.CSTNode]:
         if isinstance(node, (cst.Call, cst.Attribute, cst.Name)):
             stack.append((node, True))
         stack.extend((child, False) for child in reversed(child_nodes(node)))
+
+
+def _assigned_names(node: cst.CSTNode) -> set[str]:
+    """The names and attribute chains that code under ``node`` assigns (``x = ``, ``self.a += ``,
+    ``for i, b in``, ``with ... as f``, ``(n := ...)``), nested functions and classes excluded."""
+    assigned: set[str] = set()
+    for current in (node, *_descendants(node)):
+        targets: list[cst.BaseExpression] = []
+        if isinstance(current, cst.Assign):
+            targets = [t.target for t in current.targets]
+        elif isinstance(current, (cst.AugAssign, cst.AnnAssign, cst.For, cst.NamedExpr)):
+            targets = [current.target]
+        elif isinstance(current, cst.AsName):
+            targets = [current.name]  # type: ignore[list-item]
+        for target in targets:
+            assigned.update(_bound_texts(target))
+    return assigned
