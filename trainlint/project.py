@@ -19,6 +19,10 @@ from pathlib import Path
 
 from trainlint.source import content_digest, python_ast
 
+# The digest recorded in ``ProjectIndex.consulted`` for a path that was looked for and not found:
+# an answer that depends on a module's absence is stale once the module is created.
+ABSENT = "absent"
+
 
 @dataclass
 class ModuleSummary:
@@ -175,6 +179,8 @@ class ProjectIndex:
         self._by_name: dict[tuple[str, Path | None], ModuleSummary | None] = {}
         self._importer_roots: dict[Path, Path] = {}
         self.consulted: dict[str, str] = {}  # path -> digest of every module read for an answer
+        # module lookup -> the candidate paths it found missing (recorded as ABSENT per answer)
+        self._absent: dict[tuple[str, Path | None], list[str]] = {}
 
     # -- finding modules ----------------------------------------------------------------------
     def _importer_root(self, importer: Path | None) -> Path | None:
@@ -196,18 +202,21 @@ class ProjectIndex:
     def module(self, name: str, importer: Path | None = None) -> ModuleSummary | None:
         key = (name, self._importer_root(importer))
         if key not in self._by_name:
-            self._by_name[key] = self._find_module(name, importer)
+            self._by_name[key] = self._find_module(name, importer, self._absent.setdefault(key, []))
+        for missing in self._absent.get(key, ()):
+            self.consulted[missing] = ABSENT
         summary = self._by_name[key]
         if summary is not None:
             self.consulted[str(summary.path)] = summary.digest  # every answer records its sources
         return summary
 
-    def _find_module(self, name: str, importer: Path | None) -> ModuleSummary | None:
+    def _find_module(self, name: str, importer: Path | None, missing: list[str]) -> ModuleSummary | None:
         relative = Path(*name.split("."))
         for root in self._search_roots(importer):
             for candidate in (root / relative.with_suffix(".py"), root / relative / "__init__.py"):
                 if candidate.is_file():
                     return self.summary(candidate, name)
+                missing.append(str(candidate))
         return None
 
     def summary(self, path: Path, name: str | None = None) -> ModuleSummary | None:
