@@ -7,11 +7,12 @@ import argparse
 import difflib
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from trainlint import __version__, output
+from trainlint import __version__, lifetime, output
 from trainlint.config import ALWAYS_ON, ConfigError, Settings, apply_cli_overrides, load_settings
 from trainlint.discovery import Target, discover
 from trainlint.engine import Linter
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply the exclude settings also to files named on the command line (for pre-commit)",
     )
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write .trainlint_cache/")
+    parser.add_argument("--cache-dir", type=Path, help="keep the cache there (the configuration's must be in the project)")
     parser.add_argument("--jobs", "-j", type=int, default=0, help="parallel processes (default: all cores)")
     parser.add_argument("--quiet", "-q", action="store_true", help="print findings only, no summary")
     parser.add_argument("--stdin-filename", help="the path of the file read from stdin (for config and output)")
@@ -74,13 +76,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and arguments[0] in SUBCOMMANDS:
         return _subcommand(arguments)
+    output.tolerate_unencodable(sys.stdout, sys.stderr)
+    lifetime.stop_on_termination()
     try:
         return _lint(build_parser().parse_args(arguments))
     except (UsageError, ConfigError) as exc:
         print(f"trainlint: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (lifetime.Interrupted)
+        print(
+            f"trainlint: interrupted by {lifetime.signal_name(exc)}: stopped before the report "
+            "(a file is either fixed completely or left as it was)",
+            file=sys.stderr,
+        )
+        return lifetime.exit_status(exc)
+    except BrokenPipeError:  # `trainlint . | head`: the reader has gone, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer stopped by a closed pipe
+    except Exception as exc:  # a bug: exit 2 as for an error, with one line, not a traceback
+        print(f"trainlint: error: {internal_error(exc)}", file=sys.stderr)
+        return 2
+
+
+def internal_error(exc: BaseException) -> str:
+    """One line for an exception that escaped the run: what it was and where it was raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [frame for frame in frames if f"{os.sep}trainlint{os.sep}" in frame.filename] or frames
+    where = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else ""
+    detail = output.terminal_safe(str(exc).splitlines()[0] if str(exc) else "")
+    return f"internal error (please report it): {type(exc).__name__}{': ' + detail if detail else ''}{where}"
 
 
 def _subcommand(arguments: list[str]) -> int:
@@ -113,6 +137,8 @@ def _lint(args: argparse.Namespace) -> int:
     if "-" in paths:
         raise UsageError("'-' (stdin) cannot be combined with other paths")
     settings.force_exclude = settings.force_exclude or args.force_exclude
+    if args.cache_dir is not None:
+        settings.cache_dir = Path(os.path.abspath(args.cache_dir))
     targets = discover(paths, settings)
     if not targets and not args.quiet:
         # pre-commit with no Python file staged, or a directory without Python: not an error
@@ -253,7 +279,7 @@ def _print_fixes(fixed: Sequence, stream) -> None:
     for finding in fixed:
         by_path.setdefault(finding.path, []).append(finding)
     for path, items in by_path.items():
-        stream.write(f"- {path}:\n")
+        stream.write(f"- {output.terminal_safe(path)}:\n")
         counts: dict[tuple[str, str], int] = {}
         for f in items:
             counts[(f.code, f.name)] = counts.get((f.code, f.name), 0) + 1
@@ -271,8 +297,8 @@ def _print_diff(result: RunResult, stream) -> int:
             difflib.unified_diff(
                 file.original_text.splitlines(keepends=True),
                 file.fixed_text.splitlines(keepends=True),
-                fromfile=f"a/{file.display}",
-                tofile=f"b/{file.display}",
+                fromfile=f"a/{output.terminal_safe(file.display)}",
+                tofile=f"b/{output.terminal_safe(file.display)}",
             )
         )
     fixes = len(result.fixed)
