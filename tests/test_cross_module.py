@@ -21,6 +21,7 @@ from trainlint.analysis.model_structure import (
     ModelStructure,
     contains,
 )
+from trainlint.analysis.values import Constant, Instance, ValueFlow, Values
 from trainlint.config import Settings, apply_cli_overrides
 from trainlint.context import FileContext
 from trainlint.engine import Linter
@@ -106,6 +107,7 @@ def _structure(source: str, path: Path, roots: list[Path]) -> tuple[FileContext,
         module_name=module_name_for(path)[0],
         real_path=path,
     )
+    ctx.project.register(ctx)  # as the linter does: questions about this file read this text
     return ctx, ctx.get(ModelStructure)
 
 
@@ -125,7 +127,7 @@ def test_model_structure_follows_trainer_attribute_to_factory_in_other_module() 
     step = next(f for f in ctx.nodes.of(cst.FunctionDef) if f.name.value == "step")
     runs = structure.runs_in(step)
     assert [ctx.code(run.model) for run in runs] == ["self.model"]
-    assert runs[0].built_by == {"models.build_model"}
+    assert runs[0].built_by == {"models.video.VideoNet"}  # what the factory returns
     assert contains(runs[0].layers, CONV3D)
 
 
@@ -147,8 +149,11 @@ def test_model_structure_reads_this_files_classes_from_the_text_being_linted(tmp
     cell = next(c for c in ctx.nodes.of(cst.ClassDef) if c.name.value == "Cell")
     model_class = structure.class_for(cell)
     assert model_class.qualified == "nested.Outer.Cell"
-    assert model_class.constants == {"residual_scale": 0.1}
-    assert model_class.submodules["rnn"] == "torch.nn.GRU"
+    flow = ctx.get(ValueFlow)
+    scale = next(n for n in ctx.nodes.of(cst.Attribute) if ctx.code(n) == "self.residual_scale")
+    rnn = next(n for n in ctx.nodes.of(cst.Attribute) if ctx.code(n) == "self.rnn")
+    assert flow.values(scale) == Values.of(Constant(0.1))
+    assert [v.cls for v in flow.values(rnn).of_type(Instance)] == ["torch.nn.GRU"]
     assert contains(structure.layers_of("nested.Outer"), RECURRENT)
     model = next(n for n in ctx.nodes.of(cst.Name) if n.value == "model")
     assert structure.built_by(model) == {"nested.Outer"}

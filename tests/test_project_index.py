@@ -50,7 +50,7 @@ def test_script_directory_comes_first_like_sys_path0(tmp_path: Path) -> None:
     assert "torch.nn.Linear" in index.layers_of("models.Net", tmp_path / "train.py")
 
 
-def test_package_reexports_nested_submodules_bases_and_factories(tmp_path: Path) -> None:
+def test_package_reexports_nested_submodules_and_bases(tmp_path: Path) -> None:
     write(
         tmp_path,
         {
@@ -65,7 +65,7 @@ def test_package_reexports_nested_submodules_bases_and_factories(tmp_path: Path)
     )
     index = ProjectIndex([tmp_path])
     importer = tmp_path / "train.py"
-    for name in ("nets.build_model", "nets.Net", "nets.video.VideoNet"):
+    for name in ("nets.Net", "nets.video.VideoNet"):
         layers = index.layers_of(name, importer)
         assert {"torch.nn.Conv3d", "torch.nn.Linear"} <= layers, name
 

@@ -54,6 +54,17 @@ def parse(text: str) -> cst.Module:
             gc.enable()
 
 
+def parse_for_analysis(text: str, display: str) -> cst.Module | None:
+    """Another module of the project, parsed for the value-flow engine: None when it cannot be
+    parsed (its own lint run reports why)."""
+    if _too_deep_for_libcst(text, display) is not None:
+        return None
+    try:
+        return parse(text)
+    except Exception:  # a syntax error, or the native parser's limits
+        return None
+
+
 @lru_cache(maxsize=4096)
 def _module_name(path: Path) -> str:
     return module_name_for(path)[0]
@@ -102,27 +113,35 @@ class Linter:
     def _check_on_deep_stack(
         self, text: str, display: str, real_path: Path | None, rules: Sequence[Rule]
     ) -> list[Finding]:
-        too_deep = _too_deep_for_libcst(text, display)
-        if too_deep is not None:
-            return [too_deep]
+        ctx = self.project.parsed(real_path, text) if real_path is not None else None
+        if ctx is not None:
+            ctx.path = display  # parsed already for another file's question: reuse it
+        else:
+            too_deep = _too_deep_for_libcst(text, display)
+            if too_deep is not None:
+                return [too_deep]
         with deep_recursion():
-            return self._parse_and_run(text, display, real_path, rules)
+            return self._parse_and_run(ctx, text, display, real_path, rules)
 
-    def _parse_and_run(self, text: str, display: str, real_path: Path | None, rules: Sequence[Rule]) -> list[Finding]:
-        try:
-            module = parse(text)
-        except cst.ParserSyntaxError as exc:
-            return [_syntax_error(text, display, exc)]
-        except (RecursionError, MemoryError, Exception) as exc:  # the native parser's own limits
-            return [meta_finding(SYNTAX_ERROR, f"cannot parse: {type(exc).__name__}: {exc}", display)]
-        ctx = FileContext(
-            path=display,
-            source=SourceText(text),
-            module=module,
-            project=self.project,
-            module_name=_module_name(real_path) if real_path else None,
-            real_path=real_path,
-        )
+    def _parse_and_run(
+        self, ctx: FileContext | None, text: str, display: str, real_path: Path | None, rules: Sequence[Rule]
+    ) -> list[Finding]:
+        if ctx is None:
+            try:
+                module = parse(text)
+            except cst.ParserSyntaxError as exc:
+                return [_syntax_error(text, display, exc)]
+            except (RecursionError, MemoryError, Exception) as exc:  # the native parser's own limits
+                return [meta_finding(SYNTAX_ERROR, f"cannot parse: {type(exc).__name__}: {exc}", display)]
+            ctx = FileContext(
+                path=display,
+                source=SourceText(text),
+                module=module,
+                project=self.project,
+                module_name=_module_name(real_path) if real_path else None,
+                real_path=real_path,
+            )
+        self.project.register(ctx)
         found: list[Finding] = []
         for rule in rules:
             try:

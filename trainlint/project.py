@@ -1,52 +1,46 @@
-"""The project-level index: which local modules exist, and which layers each model class holds.
+"""The project: its modules, where each name is defined, who may call what, and the parsed
+modules the value-flow engine reads across files.
 
 Rules ask questions that span files ("does the model built by ``build_model`` in another module
-contain an ``nn.Conv3d``?"). The index answers from a summary of each module made with Python's
-``ast`` (about a tenth of a LibCST parse), loaded on first need, so linting one file still
-resolves the local modules it imports. Imports resolve as Python would: a script's own directory
-first (``sys.path[0]``), then the linted roots.
+contain an ``nn.Conv3d``?", "what is passed to ``Trainer(model)`` in train.py?"). The index
+answers *where to look* from a cheap ``ast`` summary of each module (:mod:`trainlint.module_summary`),
+loaded on first need, so linting one file still resolves the local modules it imports; the
+engine then parses the few modules it must read with LibCST, once, and keeps them (a bounded
+cache). Imports resolve as Python would: a script's own directory first (``sys.path[0]``), then
+the linted roots.
 
-Every file an answer was read from is recorded, so a cached result can be checked against them.
+The file being linted is registered with :meth:`ProjectIndex.register`: questions about it read
+the text being linted (which differs from the disk during ``--fix``), never the disk.
+
+Every file an answer was read from is recorded in ``consulted`` with its digest, so a cached
+result can be checked against them.
 """
 
 from __future__ import annotations
 
-import ast
 import os
+import re
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from trainlint.source import content_digest, python_ast
+from trainlint.module_summary import ModuleSummary, summarize
+
+if TYPE_CHECKING:
+    from trainlint.context import FileContext
 
 # The digest recorded in ``ProjectIndex.consulted`` for a path that was looked for and not found:
 # an answer that depends on a module's absence is stale once the module is created.
 ABSENT = "absent"
 
-
-@dataclass
-class ModuleSummary:
-    name: str
-    path: Path
-    digest: str
-    is_package: bool
-    imports: dict[str, str] = field(default_factory=dict)  # local name -> qualified name
-    # class name -> qualified names of what it calls (layers, submodules) and its bases
-    class_calls: dict[str, set[str]] = field(default_factory=dict)
-    class_bases: dict[str, list[str]] = field(default_factory=dict)
-    # function name -> qualified names of the callables whose result it returns
-    function_returns: dict[str, set[str]] = field(default_factory=dict)
-
-
-def _dotted(node: ast.expr) -> str | None:
-    parts: list[str] = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if not isinstance(node, ast.Name):
-        return None
-    parts.append(node.id)
-    return ".".join(reversed(parts))
+MAX_PARSED_MODULES = 24  # parsed modules kept for the engine (LRU)
+MAX_PROJECT_FILES = 20_000  # files scanned when looking for call sites
+_SKIPPED_DIRECTORIES = frozenset({
+    ".git", ".hg", ".svn", ".venv", "venv", "env", "__pycache__", "node_modules", "build", "dist",
+    "site-packages", ".tox", ".nox", ".mypy_cache", ".pytest_cache", ".trainlint_cache", ".eggs",
+    ".ipynb_checkpoints",
+})
 
 
 def module_name_for(path: Path) -> tuple[str, Path]:
@@ -60,114 +54,6 @@ def module_name_for(path: Path) -> tuple[str, Path]:
     return ".".join(reversed(parts)), directory
 
 
-class _Summarizer:
-    def __init__(self, summary: ModuleSummary) -> None:
-        self.summary = summary
-
-    def qualify(self, node: ast.expr) -> str | None:
-        dotted = _dotted(node)
-        if dotted is None:
-            return None
-        head, _, rest = dotted.partition(".")
-        bound = self.summary.imports.get(head)
-        if bound is None:
-            return None
-        return f"{bound}.{rest}" if rest else bound
-
-    def read_imports(self, tree: ast.Module) -> None:
-        summary = self.summary
-        package = summary.name if summary.is_package else summary.name.rpartition(".")[0]
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    if alias.asname:
-                        summary.imports[alias.asname] = alias.name
-                    else:
-                        head = alias.name.split(".")[0]
-                        summary.imports[head] = head
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = package.split(".") if package else []
-                    anchor = anchor[: len(anchor) - (node.level - 1)] if node.level > 1 else anchor
-                    base = ".".join([*anchor, base] if base else anchor)
-                for alias in node.names:
-                    if alias.name != "*":
-                        summary.imports[alias.asname or alias.name] = f"{base}.{alias.name}"
-        for node in tree.body:
-            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                summary.imports[node.name] = f"{summary.name}.{node.name}"
-
-    def calls_in(self, nodes: Iterable[ast.AST]) -> set[str]:
-        found: set[str] = set()
-        for root in nodes:
-            for node in ast.walk(root):
-                if isinstance(node, ast.Call):
-                    name = self.qualify(node.func)
-                    if name:
-                        found.add(name)
-        return found
-
-    def built_by(self, value: ast.expr, assigned: dict[str, set[str]]) -> set[str]:
-        """Callables that build the object an expression yields: ``Net(cfg)``, also through
-        method chains (``Net(cfg).cuda()``), wrappers (``DDP(Net())``, ``nn.Sequential(A(), B())``)
-        and local names assigned earlier in the function."""
-        if isinstance(value, ast.Name):
-            return assigned.get(value.id, set())
-        if not isinstance(value, ast.Call):
-            return set()
-        found = set()
-        name = self.qualify(value.func)
-        if name:
-            found.add(name)
-        if isinstance(value.func, ast.Attribute):
-            found |= self.built_by(value.func.value, assigned)
-        for argument in value.args:
-            found |= self.built_by(argument, assigned)
-        return found
-
-    def returned_calls(self, function: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
-        """Callables whose result the function returns, directly or through a local name."""
-        assigned: dict[str, set[str]] = {}
-        for node in ast.walk(function):
-            if isinstance(node, ast.Assign):
-                built = self.built_by(node.value, assigned)
-                for target in node.targets:
-                    if built and isinstance(target, ast.Name):
-                        assigned.setdefault(target.id, set()).update(built)
-        returned: set[str] = set()
-        for node in ast.walk(function):
-            if isinstance(node, ast.Return) and node.value is not None:
-                returned |= self.built_by(node.value, assigned)
-        return returned
-
-    def read_definitions(self, tree: ast.Module) -> None:
-        summary = self.summary
-        for node in tree.body:
-            if isinstance(node, ast.ClassDef):
-                summary.class_calls[node.name] = self.calls_in(node.body)
-                summary.class_bases[node.name] = [b for b in map(self.qualify, node.bases) if b]
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                summary.function_returns[node.name] = self.returned_calls(node)
-
-
-def summarize(name: str, path: Path, data: bytes) -> ModuleSummary:
-    summary = ModuleSummary(
-        name=name,
-        path=path,
-        digest=content_digest(data),
-        is_package=path.name == "__init__.py",
-    )
-    try:
-        tree = python_ast(data, str(path))
-    except (SyntaxError, ValueError):
-        return summary
-    summarizer = _Summarizer(summary)
-    summarizer.read_imports(tree)
-    summarizer.read_definitions(tree)
-    return summary
-
-
 class ProjectIndex:
     """Local modules, found from the linted roots and from each importing script's directory."""
 
@@ -178,9 +64,27 @@ class ProjectIndex:
         # may each import their own ``models``
         self._by_name: dict[tuple[str, Path | None], ModuleSummary | None] = {}
         self._importer_roots: dict[Path, Path] = {}
+        self._contexts: OrderedDict[Path, FileContext | None] = OrderedDict()
+        self._files: list[Path] | None = None
+        self._texts: dict[Path, bytes | None] = {}
+        self._current: FileContext | None = None
+        self._current_summary: ModuleSummary | None = None
         self.consulted: dict[str, str] = {}  # path -> digest of every module read for an answer
         # module lookup -> the candidate paths it found missing (recorded as ABSENT per answer)
         self._absent: dict[tuple[str, Path | None], list[str]] = {}
+        from trainlint.analysis.values.guard import EvaluationGuard
+
+        self.evaluation = EvaluationGuard()  # one recursion guard for the engines of every module
+
+    # -- the file being linted ----------------------------------------------------------------
+    def register(self, ctx: FileContext) -> None:
+        """The file being linted: its text, not the disk's, answers questions about it."""
+        self._current = ctx
+        self._current_summary = None
+
+    def _current_path(self) -> Path | None:
+        current = self._current
+        return current.real_path.resolve() if current is not None and current.real_path is not None else None
 
     # -- finding modules ----------------------------------------------------------------------
     def _importer_root(self, importer: Path | None) -> Path | None:
@@ -196,10 +100,16 @@ class ProjectIndex:
         importer_root = self._importer_root(importer)
         if importer_root is not None:
             roots.append(importer_root)
+            # A script run directly (`python noesis/sample.py`) imports from its own directory,
+            # even inside a package.
+            roots.append(Path(os.path.realpath(importer)).parent)  # type: ignore[arg-type]
         roots.extend(r if r.is_dir() else r.parent for r in self.roots)
         return list(dict.fromkeys(roots))
 
     def module(self, name: str, importer: Path | None = None) -> ModuleSummary | None:
+        current = self._current
+        if current is not None and name == (current.module_name or "__main__"):
+            return self._summary_of_current()  # the text being linted (stdin, a notebook, --fix)
         key = (name, self._importer_root(importer))
         if key not in self._by_name:
             self._by_name[key] = self._find_module(name, importer, self._absent.setdefault(key, []))
@@ -221,57 +131,183 @@ class ProjectIndex:
 
     def summary(self, path: Path, name: str | None = None) -> ModuleSummary | None:
         path = path.resolve()
+        if path == self._current_path():
+            return self._summary_of_current()
         if path not in self._by_path:
-            try:
-                data = path.read_bytes()
-            except OSError:
-                self._by_path[path] = None
-                return None
+            data = self._read(path)
             # The name Python gives the file from its top-level package, whatever name the first
             # lookup used: the summary (and its relative imports) must not depend on query order.
-            self._by_path[path] = summarize(module_name_for(path)[0], path, data)
+            self._by_path[path] = None if data is None else summarize(module_name_for(path)[0], path, data)
         summary = self._by_path[path]
         if summary is not None:
             self.consulted[str(path)] = summary.digest
         return summary
 
-    def _definition(self, qualified: str, importer: Path | None, depth: int = 0) -> tuple[ModuleSummary, str] | None:
-        """The module and top-level name that define ``qualified``, following re-exports."""
+    def _summary_of_current(self) -> ModuleSummary | None:
+        current = self._current
+        if current is None:
+            return None
+        if self._current_summary is None:
+            if current.real_path is not None:
+                path = current.real_path.resolve()
+                name = current.module_name or module_name_for(path)[0]
+            else:
+                path, name = Path(current.path), current.module_name or "__main__"
+            self._current_summary = summarize(name, path, current.source.text)
+        return self._current_summary
+
+    def _read(self, path: Path) -> bytes | None:
+        if path not in self._texts:
+            try:
+                self._texts[path] = path.read_bytes() if path.is_file() else None
+            except OSError:
+                self._texts[path] = None
+        return self._texts[path]
+
+    def definition(self, qualified: str, importer: Path | None, depth: int = 0) -> tuple[ModuleSummary, str] | None:
+        """The module and name (``Outer.Inner`` for a nested class) that define ``qualified``,
+        following re-exports through packages."""
         module_name, _, attr = qualified.rpartition(".")
         if not module_name or depth > 8:
             return None
         summary = self.module(module_name, importer)
         if summary is None:
+            outer = self.definition(module_name, importer, depth + 1)  # a nested class
+            if outer is not None and f"{outer[1]}.{attr}" in outer[0].classes:
+                return outer[0], f"{outer[1]}.{attr}"
             return None
-        if attr in summary.class_calls or attr in summary.function_returns:
+        if summary.defines(attr):
             return summary, attr
         reexport = summary.imports.get(attr)
         if reexport and reexport != qualified:
-            return self._definition(reexport, summary.path, depth + 1)
+            return self.definition(reexport, summary.path, depth + 1)
         return None
+
+    # -- parsed modules for the engine -------------------------------------------------------------
+    def context(self, summary: ModuleSummary) -> FileContext | None:
+        """The parsed module of a summary (the registered file's own context for it), kept in a
+        bounded cache; None when it cannot be read or parsed."""
+        path = summary.path
+        if summary is self._current_summary or path == self._current_path():
+            return self._current
+        if path in self._contexts:
+            self._contexts.move_to_end(path)
+            return self._contexts[path]
+        self._contexts[path] = self._parse(summary)
+        while len(self._contexts) > MAX_PARSED_MODULES:
+            self._contexts.popitem(last=False)
+        return self._contexts[path]
+
+    def _parse(self, summary: ModuleSummary) -> FileContext | None:
+        from trainlint.context import FileContext
+        from trainlint.engine import parse_for_analysis
+        from trainlint.source import SourceError, SourceText
+
+        data = self._read(summary.path)
+        if data is None:
+            return None
+        try:
+            source = SourceText.from_bytes(data)
+        except SourceError:
+            return None
+        module = parse_for_analysis(source.text, str(summary.path))
+        if module is None:
+            return None
+        return FileContext(_display(summary.path), source, module, self, summary.name, summary.path)
+
+    def parsed(self, path: Path, text: str) -> FileContext | None:
+        """A context this index already parsed for the engine, when its text is ``text``: the
+        linter reuses it rather than parsing the file a second time."""
+        found = self._contexts.get(path.resolve())
+        return found if found is not None and found.source.text == text else None
+
+    # -- who may call what ----------------------------------------------------------------------
+    def project_files(self) -> list[Path]:
+        """Every Python file under the roots (virtual environments and build output skipped)."""
+        if self._files is None:
+            found: list[Path] = []
+            for root in self.roots:
+                found.extend(_python_files(root, MAX_PROJECT_FILES - len(found)))
+            self._files = sorted(set(found))
+        return self._files
+
+    def modules_importing(self, module: str, word: str) -> Iterator[ModuleSummary]:
+        """Summaries of the project's modules that may use ``word`` defined in ``module``: their
+        text spells ``word`` and an import statement names a part of ``module`` (``from
+        models.gan import D``, ``import models``, ``from .gan import D``). Found with a text
+        search; only those are parsed. The file being linted comes first."""
+        needle = word.encode()
+        parts = [re.escape(part) for part in module.split(".") if part]
+        if not parts:
+            return
+        # A module named after a file name that is not UTF-8 keeps its bytes (it matches no import).
+        alternatives = "|".join(parts).encode("utf-8", "surrogateescape")
+        importing = re.compile(
+            rb"^[ \t]*(?:from[ \t]+[.\w]*\b(?:%s)\b|import[ \t]+[^\n]*\b(?:%s)\b)" % (alternatives, alternatives),
+            re.MULTILINE,
+        )
+        seen: set[Path] = set()
+        current = self._current_path()
+        if current is not None and self._current is not None:
+            seen.add(current)
+            text = self._current.source.text.encode("utf-8", "surrogatepass")
+            if needle in text and importing.search(text) and (summary := self._summary_of_current()) is not None:
+                yield summary
+        for path in self.project_files():
+            if path in seen:
+                continue
+            data = self._read(path)
+            if data is not None and needle in data and importing.search(data):
+                summary = self.summary(path)
+                if summary is not None:
+                    yield summary
 
     # -- questions rules ask ------------------------------------------------------------------
     def layers_of(self, qualified: str, importer: Path | None = None) -> frozenset[str]:
-        """Qualified names of every torch callable used, transitively, by the model that a class
-        or factory function of the project builds (``torch.nn.Conv3d``, ``torch.nn.functional.conv3d``).
-        Empty when the name is not a local class or factory."""
+        """Qualified names of every torch callable a class of the project builds, transitively
+        through its submodules and bases (``torch.nn.Conv3d``, ``torch.nn.functional.conv3d``).
+        Empty when the name is not a class of the project."""
         return frozenset(self._torch_calls(qualified, importer, set()))
 
     def _torch_calls(self, qualified: str, importer: Path | None, seen: set[str]) -> Iterator[str]:
         if qualified in seen:
             return
         seen.add(qualified)
-        found = self._definition(qualified, importer)
+        found = self.definition(qualified, importer)
         if found is None:
             return
         summary, attr = found
-        called = summary.class_calls.get(attr)
-        if called is None:
-            called = summary.function_returns.get(attr, set())
-        else:
-            called = called | set(summary.class_bases.get(attr, []))
-        for name in called:
+        cls = summary.classes.get(attr)
+        if cls is None:
+            return
+        for name in cls.calls | set(cls.bases):
             if name.startswith("torch."):
                 yield name
             else:
                 yield from self._torch_calls(name, summary.path, seen)
+
+
+def _display(path: Path) -> str:
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return path.as_posix()
+    return Path(path if relative.startswith("..") else relative).as_posix()
+
+
+def _python_files(root: Path, limit: int) -> Iterator[Path]:
+    if root.is_file():
+        if root.suffix == ".py":
+            yield root
+        return
+    count = 0
+    for directory, subdirectories, files in os.walk(root):  # symlinked directories are not followed
+        subdirectories[:] = sorted(d for d in subdirectories if d not in _SKIPPED_DIRECTORIES and not d.startswith("."))
+        for name in files:
+            if name.endswith(".py"):
+                count += 1
+                if count > limit:
+                    return
+                path = Path(directory, name)
+                if not path.is_symlink() and path.is_file():  # a link may point anywhere; a FIFO blocks
+                    yield path

@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from trainlint.analysis.imports import dotted_name
+from trainlint.analysis.values import Instance, Scopes, ValueFlow, Values, is_none
+from trainlint.analysis.values.torch_semantics import DEFAULT_INIT_SCALE, GRAD_SCALERS, is_optimizer_class
 from trainlint.context import child_nodes
 
 if TYPE_CHECKING:
@@ -74,17 +76,7 @@ _FINISHING_KINDS = frozenset(
     {EventKind.OPT_STEP, EventKind.SCALER_STEP, EventKind.SCALER_UPDATE, EventKind.ZERO_GRAD}
 )
 
-GRAD_SCALER_CONSTRUCTORS = frozenset(
-    {
-        "torch.amp.GradScaler",
-        "torch.amp.grad_scaler.GradScaler",
-        "torch.cuda.amp.GradScaler",
-        "torch.cuda.amp.grad_scaler.GradScaler",
-        "torch.cpu.amp.GradScaler",
-        "torch.cpu.amp.grad_scaler.GradScaler",
-        "torch.distributed.fsdp.sharded_grad_scaler.ShardedGradScaler",
-    }
-)
+GRAD_SCALER_CONSTRUCTORS = GRAD_SCALERS
 CLIP_FUNCTIONS = frozenset(
     {
         "torch.nn.utils.clip_grad_norm_",
@@ -117,8 +109,6 @@ _PASSING_CALLS = frozenset(
      "flatten", "list", "tuple", "sorted", "parameters_to_vector"}
 )
 _OPTIMIZER_NAME = re.compile(r"optimi[sz]er|^optim(_|$)|(^|_)opt(_|$)|^opt[a-z0-9]{0,2}$|_opt[a-z0-9]?$")
-_OPTIMIZER_LIBRARIES = ("torch.optim.", "transformers.", "bitsandbytes.", "apex.optimizers.", "timm.optim.",
-                        "deepspeed.ops.", "torch_optimizer.", "lion_pytorch.")
 
 
 class _Unknown:
@@ -139,12 +129,6 @@ class _ExpressionFacts:
 
     def checks_finiteness(self, finite_names: Iterable[str]) -> bool:
         return self.tests_finiteness or not self.names.isdisjoint(finite_names)
-
-
-@dataclass(frozen=True, eq=False)
-class _Assigned:
-    value: cst.BaseExpression | _Unknown
-    function: cst.FunctionDef | None  # where the assignment is (None: module level)
 
 
 @dataclass(frozen=True)
@@ -188,6 +172,13 @@ class ScalerInfo:
     expr: str  # "self.scaler" as written
     constructor: str | None  # "torch.cuda.amp.GradScaler"; None when known by usage (a parameter `scaler`)
     enabled: bool | None  # True: always on; None: depends on a runtime value (`enabled=self.amp`)
+    init_scale: float | None = DEFAULT_INIT_SCALE  # the scale it starts with; None when unknown
+
+    def scale_text(self) -> str:
+        """``65536x at start`` (``1024x`` for ``GradScaler(init_scale=1024)``), for messages."""
+        if self.init_scale is None:
+            return "its initial scale"
+        return f"{self.init_scale:g}x at start"
 
 
 @dataclass(frozen=True)
@@ -195,7 +186,9 @@ class OptimizerInfo:
     expr: str  # "self.optimizer" as written
     constructor: str | None  # "torch.optim.AdamW"; None when known by usage or name
     params_code: str | None  # "model.parameters()" when the constructor is seen
-    params: cst.BaseExpression | None = field(default=None, compare=False)  # that expression's node
+    params: cst.BaseExpression | None = field(default=None, compare=False)  # that expression's node, in this file
+    instance: Instance | None = field(default=None, compare=False)  # the engine's value of the optimizer
+    params_values: Values | None = field(default=None, compare=False)  # what its parameters are
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,6 +360,13 @@ def events_after(path: Sequence[StepEvent], event: StepEvent) -> Sequence[StepEv
     return ()
 
 
+def scale_text(step: TrainingStep, scaler: str) -> str:
+    """``65536x at start`` for a scaler of the step, ``1024x`` when it is built with
+    ``init_scale=1024``: the scale the code sets, for messages."""
+    info = step.scalers.get(scaler)
+    return info.scale_text() if info is not None else ScalerInfo(scaler, None, None).scale_text()
+
+
 def in_helper(event: StepEvent) -> str:
     """`` (in `_optimizer_step()`)`` for an event found in a helper, else nothing (for messages)."""
     return f" (in `{event.via_helper.name.value}()`)" if event.via_helper is not None else ""
@@ -517,6 +517,8 @@ class _Module:
 
     def __init__(self, ctx: FileContext) -> None:
         self.ctx = ctx
+        self.flow = ctx.get(ValueFlow)
+        self.scopes = ctx.get(Scopes)
         self.top_functions: dict[str, cst.FunctionDef] = {}
         self.classes: dict[str, cst.ClassDef] = {}
         for statement in ctx.module.body:
@@ -532,8 +534,8 @@ class _Module:
             and (text := dotted_name(call.func.value)) is not None
         }
         self.scaler_arguments = self._scaler_call_arguments()
-        self._scaler_cache: dict[tuple[str, cst.CSTNode | None], tuple[str, ScalerInfo | None]] = {}
-        self._optimizer_cache: dict[tuple[str, cst.CSTNode | None], OptimizerInfo | None] = {}
+        self._scaler_cache: dict[cst.BaseExpression, tuple[str, ScalerInfo | None]] = {}
+        self._optimizer_cache: dict[cst.BaseExpression, OptimizerInfo | None] = {}
         self._derived_cache: dict[cst.FunctionDef, tuple[frozenset[str], frozenset[str]]] = {}
         self._reads_cache: dict[cst.FunctionDef, tuple[bool, bool]] = {}
         self._facts_cache: dict[cst.CSTNode, _ExpressionFacts] = {}
@@ -597,72 +599,6 @@ class _Module:
             return (found, False) if found is not None else None
         return None
 
-    # -- assignments -------------------------------------------------------------------------
-    @cached_property
-    def values(self) -> dict[tuple[cst.CSTNode | None, str], list[_Assigned]]:
-        """(function, class or None for module level; text) -> what is assigned, and in which
-        function. Built on first need: most files that mention ``step`` hold no training step."""
-        self._values: dict[tuple[cst.CSTNode | None, str], list[_Assigned]] = {}
-        self._collect_assignments()
-        return self._values
-
-    def _collect_assignments(self) -> None:
-        ctx = self.ctx
-        for node in ctx.nodes.of(cst.Assign):
-            for target in node.targets:
-                self._bind(target.target, node.value, node)
-        for node in ctx.nodes.of(cst.AnnAssign):
-            if node.value is not None:
-                self._bind(node.target, node.value, node)
-        for node in ctx.nodes.of(cst.For):
-            self._bind(node.target, _UNKNOWN, node)
-        for node in ctx.nodes.of(cst.WithItem):
-            if node.asname is not None:
-                self._bind(node.asname.name, _UNKNOWN, node)
-
-    def _bind(self, target: cst.BaseExpression, value: cst.BaseExpression | _Unknown, node: cst.CSTNode) -> None:
-        if isinstance(target, (cst.Tuple, cst.List)):
-            for element in target.elements:
-                self._bind(element.value, _UNKNOWN, node)
-            return
-        text = dotted_name(target)
-        if text is None:
-            return
-        function = self.function_of(node)
-        scope: cst.CSTNode | None = function
-        if "." in text:
-            cls = self.class_of(function)
-            head, _, rest = text.partition(".")
-            params = _parameters(function) if function is not None else []
-            if cls is None or not params or params[0].name.value != head or "." in rest:
-                return
-            scope, text = cls, f"self.{rest}"
-        self._values.setdefault((scope, text), []).append(_Assigned(value, function))
-
-    def origin(self, text: str, function: cst.FunctionDef | None) -> tuple[list[_Assigned], cst.Param | None]:
-        """The values assigned to ``text`` as seen from ``function`` (for ``self.x``: anywhere in
-        the class and its bases in this module), or the Param when it is a parameter."""
-        if text.startswith("self.") and text.count(".") == 1:
-            cls = self.class_of(function)
-            if cls is None:
-                return [], None
-            values: list[_Assigned] = []
-            for current in self._classes_upward(cls):
-                values.extend(self.values.get((current, text), []))
-            return values, None
-        if "." in text:
-            return [], None
-        scope = function if isinstance(function, cst.FunctionDef) else None  # a script: module level
-        while scope is not None:
-            found = self.values.get((scope, text))
-            if found:
-                return found, None
-            for param in _parameters(scope):
-                if param.name.value == text:
-                    return [], param
-            scope = self.function_of(scope)
-        return self.values.get((None, text), []), None
-
     def _scaler_call_arguments(self) -> set[str]:
         """Texts passed to ``X.step(...)``/``X.unscale_(...)`` where X is named like a scaler."""
         found = set()
@@ -677,107 +613,63 @@ class _Module:
                         found.add(text)
         return found
 
-    # -- what a receiver is ------------------------------------------------------------------
+    # -- what a receiver is (asked of the value-flow engine) -------------------------------------
     def is_scalerish(self, text: str) -> bool:
         return "scaler" in _last_part(text).lower() or text in self.unscaled_receivers
 
-    def scaler_status(self, text: str, function: cst.FunctionDef | None, depth: int = 0) -> tuple[str, ScalerInfo | None]:
+    def _receiver_values(self, receiver: cst.BaseExpression) -> Values:
+        return self.flow.values(receiver)
+
+    def scaler_status(self, receiver: cst.BaseExpression, text: str) -> tuple[str, ScalerInfo | None]:
         """("known", info) | ("disabled", None) | ("uncertain", None) | ("none", None)."""
-        key = (text, function)
-        if key not in self._scaler_cache:
-            self._scaler_cache[key] = ("uncertain", None)  # a cycle stays uncertain
-            self._scaler_cache[key] = self._scaler_status(text, function, depth)
-        return self._scaler_cache[key]
+        if receiver not in self._scaler_cache:
+            self._scaler_cache[receiver] = self._scaler_status(receiver, text)
+        return self._scaler_cache[receiver]
 
-    def _scaler_status(self, text: str, function: cst.FunctionDef | None, depth: int) -> tuple[str, ScalerInfo | None]:
-        values, param = self.origin(text, function)
+    def _scaler_status(self, receiver: cst.BaseExpression, text: str) -> tuple[str, ScalerInfo | None]:
+        values = self._receiver_values(receiver)
         named_like_one = "scaler" in _last_part(text).lower()
-        if param is not None:
-            annotation = param.annotation.annotation if param.annotation is not None else None
-            constructor = self.ctx.qualified_name(annotation) if annotation is not None else None
-            if constructor in GRAD_SCALER_CONSTRUCTORS:
-                return "known", ScalerInfo(text, constructor, None)
-            return ("known", ScalerInfo(text, None, None)) if named_like_one else ("uncertain", None)
-        verdicts = [
-            self._scaler_value(a.value, a.function, depth)
-            for a in values
-            if not (isinstance(a.value, cst.BaseExpression) and _is_none(a.value))
-        ]
-        if not values:
-            return ("known", ScalerInfo(text, None, None)) if named_like_one and "." in text else ("uncertain", None)
-        if not verdicts:
-            return "none", None
-        if any(v is None for v in verdicts):
+        scalers = [v for v in values.of_type(Instance) if v.cls in GRAD_SCALER_CONSTRUCTORS]
+        if any(not is_none(v) and v not in scalers for v in values):
+            return "uncertain", None  # some other object: timm's NativeScaler, a DeepSpeed engine
+        if not scalers:
+            if not values.unknown:
+                return "none", None  # only ever None
+            if named_like_one and not values.untraced:  # given from outside: judged by its name
+                return "known", ScalerInfo(text, None, None, None)
             return "uncertain", None
-        enabled_verdicts = [v for v in verdicts if v is not False]
-        if not enabled_verdicts:
-            return "disabled", None
-        constructor = next((v.constructor for v in enabled_verdicts if isinstance(v, ScalerInfo) and v.constructor), None)
-        all_on = len(enabled_verdicts) == len(verdicts) and all(isinstance(v, ScalerInfo) and v.enabled for v in enabled_verdicts)
-        return "known", ScalerInfo(text, constructor, True if all_on else None)
+        enabled = [self.flow.scaler_enabled(s) for s in scalers]
+        if all(e is False for e in enabled):
+            return ("disabled", None) if not values.unknown else ("uncertain", None)
+        on = [s for s, e in zip(scalers, enabled) if e is not False]
+        scales = {self.flow.scaler_init_scale(s) for s in on}
+        all_on = not values.unknown and all(e is True for e in enabled) and not any(is_none(v) for v in values)
+        return "known", ScalerInfo(
+            text, on[0].cls, True if all_on else None, scales.pop() if len(scales) == 1 else None
+        )
 
-    def _scaler_value(self, value: cst.BaseExpression | _Unknown, function: cst.FunctionDef | None, depth: int) -> ScalerInfo | bool | None:
-        """A ScalerInfo, False (a disabled scaler or None), or None (unknown)."""
-        if isinstance(value, _Unknown):
-            return None
-        if isinstance(value, cst.Call):
-            constructor = self.ctx.qualified_name(value.func)
-            if constructor not in GRAD_SCALER_CONSTRUCTORS:
-                return None
-            enabled = _keyword(value, "enabled")
-            flag = _literal_bool(enabled) if enabled is not None else True
-            return False if flag is False else ScalerInfo("", constructor, flag)
-        if isinstance(value, cst.IfExp):
-            parts = [self._scaler_value(v, function, depth) for v in (value.body, value.orelse) if not _is_none(v)]
-            if any(p is None for p in parts):
-                return None
-            on = [p for p in parts if isinstance(p, ScalerInfo)]
-            return ScalerInfo("", on[0].constructor, None) if on else False
-        text = dotted_name(value)
-        if text is not None and depth < 3:
-            status, info = self.scaler_status(text, function, depth + 1)
-            if status == "known":
-                return info
-            if status == "disabled":
-                return False
-        return None
+    def optimizer_info(self, receiver: cst.BaseExpression, text: str) -> OptimizerInfo | None:
+        if receiver not in self._optimizer_cache:
+            self._optimizer_cache[receiver] = self._optimizer_info(receiver, text)
+        return self._optimizer_cache[receiver]
 
-    def optimizer_info(self, text: str, function: cst.FunctionDef | None) -> OptimizerInfo | None:
-        key = (text, function)
-        if key not in self._optimizer_cache:
-            self._optimizer_cache[key] = None
-            self._optimizer_cache[key] = self._optimizer_info(text, function)
-        return self._optimizer_cache[key]
-
-    def _optimizer_info(self, text: str, function: cst.FunctionDef | None) -> OptimizerInfo | None:
-        values, _ = self.origin(text, function)
+    def _optimizer_info(self, receiver: cst.BaseExpression, text: str) -> OptimizerInfo | None:
         last = _last_part(text).lower()
         if "sched" in last:
             return None
+        values = self._receiver_values(receiver)
+        if any(isinstance(v, Instance) and ("lr_scheduler" in v.cls or "Scheduler" in v.cls) for v in values):
+            return None
+        for instance in values.of_type(Instance):
+            if is_optimizer_class(instance.cls):
+                params = self.flow.construction_argument(instance, 0, "params")
+                call = instance.call
+                node = _params_of(call) if call is not None else None
+                local = node is not None and instance.site is not None and instance.site.ctx is self.ctx
+                code = instance.site.ctx.code(node) if node is not None and instance.site is not None else None
+                return OptimizerInfo(text, instance.cls, code, node if local else None, instance, params)
         named_like_one = bool(_OPTIMIZER_NAME.search(last)) or text in self.scaler_arguments
-        for assigned in values:
-            value = assigned.value
-            if isinstance(value, cst.Call):
-                constructor = self.ctx.qualified_name(value.func) or ""
-                if "lr_scheduler" in constructor or "Scheduler" in constructor:
-                    return None
-                if constructor.startswith(_OPTIMIZER_LIBRARIES):
-                    params = _params_of(value)
-                    return OptimizerInfo(text, constructor, self.ctx.code(params) if params else None, params)
-            if isinstance(value, cst.BaseExpression) and self._from_kwargs(value, assigned.function):
-                return None  # passed through **kwargs: not sure what it is
         return OptimizerInfo(text, None, None) if named_like_one else None
-
-    @staticmethod
-    def _from_kwargs(value: cst.BaseExpression, function: cst.FunctionDef | None) -> bool:
-        if not isinstance(function, cst.FunctionDef) or not isinstance(function.params.star_kwarg, cst.Param):
-            return False
-        kwargs = function.params.star_kwarg.name.value
-        return any(isinstance(n, cst.Name) and n.value == kwargs for n in (value, *_descendants(value)))
-
-    def _params_code(self, constructor: cst.Call) -> str | None:
-        params = _params_of(constructor)
-        return self.ctx.code(params) if params is not None else None
 
     def optimizer_for_params(self, params_code: str, function: cst.FunctionDef | None) -> str | None:
         """The one optimizer visible from ``function`` built over exactly these parameters
@@ -788,14 +680,26 @@ class _Module:
 
     @cached_property
     def _optimizers_by_params(self) -> dict[str, list[tuple[cst.CSTNode | None, str]]]:
+        """Optimizer constructions assigned to a name or ``self.<attr>``, by their params code."""
         found: dict[str, list[tuple[cst.CSTNode | None, str]]] = {}
-        for (scope, text), values in self.values.items():
-            for assigned in values:
-                value = assigned.value
-                if isinstance(value, cst.Call) and (self.ctx.qualified_name(value.func) or "").startswith(_OPTIMIZER_LIBRARIES):
-                    params = self._params_code(value)
-                    if params is not None:
-                        found.setdefault(params, []).append((scope, text))
+        for call in self.ctx.nodes.of(cst.Call):
+            if not is_optimizer_class(self.ctx.qualified_name(call.func) or ""):
+                continue
+            parent = self.ctx.parent(call)
+            if not isinstance(parent, cst.Assign) or len(parent.targets) != 1:
+                continue
+            text = dotted_name(parent.targets[0].target)
+            params = _params_of(call)
+            if text is None or params is None:
+                continue
+            function = self.function_of(call)
+            scope: cst.CSTNode | None = function
+            if "." in text:
+                head, _, rest = text.partition(".")
+                if head != "self" or "." in rest:
+                    continue
+                scope = self.class_of(function)
+            found.setdefault(self.ctx.code(params), []).append((scope, text))
         return found
 
     # -- names holding gradient values ----------------------------------------------------------
@@ -1106,9 +1010,7 @@ class _Builder:
         """A name of the helper being inlined: a parameter the caller did not name, or assigned here."""
         if name in self.substitutions:
             return True
-        if any(param.name.value == name for param in _parameters(self.function)):
-            return True
-        return (self.function, name) in self.module.values
+        return name in self.module.scopes.records(self.function)
 
     def compound(self, statement: cst.CSTNode) -> list[_Item]:
         self.statement = statement
@@ -1253,64 +1155,64 @@ class _Builder:
         if method == "zero_" and _is_grad(receiver):
             return [self.event(EventKind.ZERO_GRAD, call, target=receiver)]
         if method in ("unscale_", "update", "step", "scale") and self.module.is_scalerish(text):
-            found = self.scaler_call(call, method, text)
+            found = self.scaler_call(call, method, receiver, text)
             if found is not None:
                 return found
-        if method == "step" and len(call.args) <= 1 and self.optimizer(text) is not None:
+        if method == "step" and len(call.args) <= 1 and self.optimizer(receiver, text) is not None:
             return [self.event(EventKind.OPT_STEP, call, optimizer=self.subst(text), target=receiver)]
         if method == "zero_grad":
-            optimizer = self.subst(text) if self.optimizer(text) is not None else None
+            optimizer = self.subst(text) if self.optimizer(receiver, text) is not None else None
             return [self.event(EventKind.ZERO_GRAD, call, optimizer=optimizer, target=receiver)]
         return None
 
-    def scaler_call(self, call: cst.Call, method: str, text: str) -> list[_Item] | None:
-        status = self.scaler(text)
+    def scaler_call(self, call: cst.Call, method: str, receiver: cst.BaseExpression, text: str) -> list[_Item] | None:
+        status = self.scaler(receiver, text)
         argument = _first_positional(call)
         argument_text = self.subst(dotted_name(argument)) if argument is not None else None
         if status == "none":
             return None
         if status == "disabled":
-            if method == "step" and argument_text is not None:
-                self.optimizer(dotted_name(argument) or "")
+            if method == "step" and argument is not None and argument_text is not None:
+                self.optimizer(argument, dotted_name(argument) or "")
                 return [self.event(EventKind.OPT_STEP, call, optimizer=argument_text, target=argument)]
             return []
         kinds = {"unscale_": EventKind.UNSCALE, "update": EventKind.SCALER_UPDATE, "step": EventKind.SCALER_STEP}
         if method == "scale" or (method in ("unscale_", "step") and argument is None):
             return []
         if argument is not None and method != "update":
-            self.optimizer(dotted_name(argument) or "", by_use=True)
+            self.optimizer(argument, dotted_name(argument) or "", by_use=True)
         return [self.event(kinds[method], call, scaler=self.subst(text), optimizer=argument_text, target=argument)]
 
     def backward(self, call: cst.Call, tensor: cst.BaseExpression) -> StepEvent:
         scaler, loss = self._scaled(tensor)
         if scaler is not None:
-            status = self.scaler(scaler)
+            receiver, text = scaler
+            status = self.scaler(receiver, text)
             if status in ("known", "uncertain"):
-                return self.event(EventKind.SCALED_BACKWARD, call, scaler=self.subst(scaler), target=loss)
+                return self.event(EventKind.SCALED_BACKWARD, call, scaler=self.subst(text), target=loss)
         return self.event(EventKind.BACKWARD, call, target=loss if scaler is not None else tensor)
 
-    def _scaled(self, tensor: cst.BaseExpression) -> tuple[str | None, cst.BaseExpression]:
-        """(scaler text, loss) when the tensor is ``scaler.scale(loss)`` (or a name holding it)."""
+    def _scaled(self, tensor: cst.BaseExpression) -> tuple[tuple[cst.BaseExpression, str] | None, cst.BaseExpression]:
+        """((scaler, its text), loss) when the tensor is ``scaler.scale(loss)`` (or a name
+        holding it)."""
         while isinstance(tensor, cst.BinaryOperation):
             tensor = tensor.left
-        if isinstance(tensor, cst.Call) and isinstance(tensor.func, cst.Attribute) and tensor.func.attr.value == "scale":
-            text = dotted_name(tensor.func.value)
-            loss = _first_positional(tensor)
-            if text is not None and loss is not None and self.module.is_scalerish(text):
-                return text, loss
+        scaler, loss = self._scaled_value(tensor)
+        if scaler is not None:
+            return scaler, loss
         text = dotted_name(tensor)
         if text is not None and text in self.scaled_names:
             return self.scaled_names[text], tensor
         return None, tensor
 
-    def _scaled_names(self) -> dict[str, str]:
+    def _scaled_names(self) -> dict[str, tuple[cst.BaseExpression, str]]:
         """Names holding ``scaler.scale(loss)`` in this function (``scaled.backward()`` later)."""
         cache = self.module._scaled_names_cache
         if self.function not in cache:
             cache[self.function] = self._find_scaled_names()
         return cache[self.function]
 
-    def _find_scaled_names(self) -> dict[str, str]:
+    def _find_scaled_names(self) -> dict[str, tuple[cst.BaseExpression, str]]:
         found = {}
         for node in _descendants(_body(self.function)):
             if isinstance(node, cst.Assign) and len(node.targets) == 1:
@@ -1320,12 +1222,12 @@ class _Builder:
                     found[text] = scaler
         return found
 
-    def _scaled_value(self, value: cst.BaseExpression) -> tuple[str | None, cst.BaseExpression]:
+    def _scaled_value(self, value: cst.BaseExpression) -> tuple[tuple[cst.BaseExpression, str] | None, cst.BaseExpression]:
         if isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute) and value.func.attr.value == "scale":
             text = dotted_name(value.func.value)
             loss = _first_positional(value)
             if text is not None and loss is not None and self.module.is_scalerish(text):
-                return text, loss
+                return (value.func.value, text), loss
         return None, value
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -1380,25 +1282,20 @@ class _Builder:
             return self.substitutions[head] + dot + rest
         return text
 
-    def _context(self, text: str) -> tuple[str, cst.FunctionDef]:
-        """Where to look a name up: the step's own function once substituted."""
+    def scaler(self, receiver: cst.BaseExpression, text: str) -> str:
         spelled = self.subst(text) or text
-        return (spelled, self.state.root) if spelled != text else (text, self.function)
-
-    def scaler(self, text: str) -> str:
-        spelled, function = self._context(text)
-        status, info = self.module.scaler_status(spelled, function)
+        status, info = self.module.scaler_status(receiver, text)
         if status == "known" and info is not None:
-            self.state.scalers[spelled] = ScalerInfo(spelled, info.constructor, info.enabled)
+            self.state.scalers[spelled] = dataclasses.replace(info, expr=spelled)
         elif status == "uncertain":
             self.state.uncertain.add(spelled)
         return status
 
-    def optimizer(self, text: str, by_use: bool = False) -> OptimizerInfo | None:
+    def optimizer(self, receiver: cst.BaseExpression, text: str, by_use: bool = False) -> OptimizerInfo | None:
         if not text:
             return None
-        spelled, function = self._context(text)
-        info = self.module.optimizer_info(spelled, function)
+        spelled = self.subst(text) or text
+        info = self.module.optimizer_info(receiver, text)
         if info is None and by_use:
             info = OptimizerInfo(spelled, None, None)
         if info is not None:

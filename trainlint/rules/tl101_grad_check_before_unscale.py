@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from trainlint.analysis.training_step import (
+    scale_text as _scale,
     EventKind,
     StepEvent,
     TrainingStep,
@@ -154,7 +155,8 @@ class GradCheckBeforeUnscale(Rule):
             )
         else:
             message = (
-                f"{shown} reads gradients before `{call}`: they still carry the loss scale (65536x at start), "
+                f"{shown} reads gradients before `{call}`: they still carry the loss scale "
+                f"({_scale(step, scaler)}), "
                 f"so a norm or threshold read here is that much too large"
             )
         fix = self._fix(ctx, step, backward, inspection, scaler, optimizer) if optimizer is not None else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from trainlint.analysis.training_step import (
+    scale_text as _scale,
     EventKind,
     StepEvent,
     TrainingStep,
@@ -119,7 +120,7 @@ class ClipScaledGradients(Rule):
         shown = ctx.code(clip.anchor if clip.via_helper is not None else clip.node.func)  # type: ignore[attr-defined]
         subject = f"`{shown}`" if len(shown) <= 60 and "\n" not in shown else "this clip"
         message = (
-            f"{subject} clips gradients still multiplied by `{scaler}`'s loss scale (65536x at start), "
+            f"{subject} clips gradients still multiplied by `{scaler}`'s loss scale ({_scale(step, scaler)}), "
             f"so its threshold clips everything or nothing; call `{call}` before it"
         )
         fix = self._fix(ctx, step, clip, scaler, optimizer) if optimizer is not None else None

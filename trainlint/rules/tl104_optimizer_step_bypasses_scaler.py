@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from trainlint.analysis.training_step import (
+    scale_text as _scale,
     EventKind,
     StepEvent,
     TrainingStep,
@@ -157,7 +158,7 @@ class OptimizerStepBypassesScaler(Rule):
             scaler = flagged[event]
             message = (
                 f"`{event.optimizer}.step()`{in_helper(event)} applies gradients that `{scaler}.scale(...)` "
-                f"multiplied by the loss scale (65536 at the start), so the update is that many times too "
+                f"multiplied by the loss scale ({_scale(step, scaler)}), so the update is that many times too "
                 f"large and overflowed steps are not skipped; step through `{scaler}.step({event.optimizer})`"
             )
             fix = None

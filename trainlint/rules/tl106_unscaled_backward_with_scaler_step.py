@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from trainlint.analysis.training_step import (
+    scale_text as _scale,
     EventKind,
     StepEvent,
     TrainingStep,
@@ -155,7 +156,7 @@ class UnscaledBackwardWithScalerStep(Rule):
                 continue
             message = (
                 f"this backward{in_helper(backward)} is not scaled, but `{scaler}.step({scaler_step.optimizer})` "
-                f"divides its gradients by the loss scale (65536 at the start): the steps are that many times too small"
+                f"divides its gradients by the loss scale ({_scale(step, scaler)}): the steps are that many times too small"
             )
             fix = None
             if not found.other and len(found.scaler_steps) == 1:

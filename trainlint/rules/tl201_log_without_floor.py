@@ -17,14 +17,20 @@ from trainlint.analysis.probabilities import (
     format_float,
     positional_argument,
 )
-from trainlint.analysis.value_origin import ValueOrigins
+from trainlint.analysis.values import Scopes, Tensor
 from trainlint.context import FileContext
 from trainlint.findings import Edit, Finding, Fix
 from trainlint.rule import Example, Rule
 from trainlint.rules.tl202_log_of_softmax import log_softmax_code
 from trainlint.rules.tl203_log_of_sigmoid import logsigmoid_code, sigmoid_under_log
+from trainlint.rules.tl204_bce_on_sigmoid import loss_calls
 
 _CLAMP_NOTE = "; clamping stops the NaN but cuts the gradient below the floor"
+# Losses whose input is log-probabilities: a `log` passed to them is the log of a probability.
+_LOG_PROBABILITY_FUNCTIONS = frozenset({"torch.nn.functional.nll_loss", "torch.nn.functional.kl_div"})
+_LOG_PROBABILITY_MODULES = frozenset({
+    "torch.nn.NLLLoss", "torch.nn.modules.loss.NLLLoss", "torch.nn.KLDivLoss", "torch.nn.modules.loss.KLDivLoss",
+})
 
 
 @dataclass(frozen=True)
@@ -149,11 +155,14 @@ class LogWithoutFloor(Rule):
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
         probabilities = ctx.get(Probabilities)
+        judged: set[cst.Call] = set()
         for log_call, argument in probabilities.log_calls():
             if self._is_composed(probabilities, argument):
+                judged.add(log_call)
                 continue  # TL202 / TL203
             trace = probabilities.trace(argument)
             if trace is not None and trace.producers:
+                judged.add(log_call)
                 if sum(trace.eps) < FLOAT16_SAFE_EPS:
                     yield self._probability_finding(ctx, probabilities, log_call, argument, trace)
             elif probabilities.computes_in_float16:
@@ -164,7 +173,42 @@ class LogWithoutFloor(Rule):
                         f"`log(x + {format_float(eps)})` in float16 code: with an eps below 1/65504 the gradient "
                         f"1/(x + eps) overflows float16 at x = 0 and turns NaN"
                     )
+                    judged.add(log_call)
                     yield ctx.report(self, log_call, message + (_CLAMP_NOTE if fix else ""), fix=fix)
+        yield from self._logs_a_consumer_implies(ctx, probabilities, judged)
+
+    def _logs_a_consumer_implies(
+        self, ctx: FileContext, probabilities: Probabilities, judged: set[cst.Call]
+    ) -> Iterator[Finding]:
+        """``nll_loss(torch.log(x), y)``: whatever ``x`` is, the loss takes log-probabilities, so
+        ``x`` is a probability, and an unfloored log of it is this rule's bug."""
+        for loss in loss_calls(probabilities, _LOG_PROBABILITY_FUNCTIONS, _LOG_PROBABILITY_MODULES):
+            for tensor in probabilities.flow.values(loss.input).of_type(Tensor):
+                log_call = tensor.site.node
+                if tensor.kind != "log" or tensor.site.ctx is not ctx or log_call in judged:
+                    continue
+                argument = probabilities.log_argument(log_call)  # type: ignore[arg-type]
+                if argument is None or not self._unfloored(probabilities, argument):
+                    continue
+                judged.add(log_call)  # type: ignore[arg-type]
+                consumer = ctx.code(loss.call.func) if loss.module is None else f"nn.{loss.module}"
+                fix = self._clamp_fix(ctx, probabilities, argument)
+                message = (
+                    f"`log` of a value that `{consumer}` takes as log-probabilities, so a probability: with no "
+                    "floor, one that underflows to 0 makes it -inf and its gradient NaN"
+                )
+                yield ctx.report(self, log_call, message + (_CLAMP_NOTE if fix else ""), fix=fix)
+
+    @staticmethod
+    def _unfloored(probabilities: Probabilities, argument: cst.BaseExpression) -> bool:
+        """No floor a float16 gradient can live with: no clamp, no eps of 1/65504 or more, not a
+        constant, not floored on the way."""
+        core, eps = strip_eps(probabilities, argument)
+        if (eps is not None and eps >= FLOAT16_SAFE_EPS) or probabilities.is_floor(core):
+            return False
+        if probabilities.constant(core) is not None:
+            return False
+        return not probabilities.flow.values(core).may(lambda v: isinstance(v, Tensor) and v.floored)
 
     @staticmethod
     def _is_composed(probabilities: Probabilities, argument: cst.BaseExpression) -> bool:
@@ -186,15 +230,15 @@ class LogWithoutFloor(Rule):
         argument: cst.BaseExpression,
         trace: Trace,
     ) -> Finding:
-        kind = "/".join(sorted(trace.kinds))
+        kind = "/".join(sorted(trace.kinds)) + " output" + _where(ctx, log_call, trace)
         if trace.eps:
             message = (
-                f"eps {format_float(sum(trace.eps))} under `log` of a {kind} output is too small: 1/(p + eps) "
+                f"eps {format_float(sum(trace.eps))} under `log` of a {kind} is too small: 1/(p + eps) "
                 f"overflows float16 (NaN gradients), and the eps flattens the gradient of predictions below it"
             )
         else:
             message = (
-                f"`log` of a {kind} output with no floor: a probability that underflows to 0 makes it -inf "
+                f"`log` of a {kind} with no floor: a probability that underflows to 0 makes it -inf "
                 f"and its gradient NaN"
             )
         fix = log_space_fix(ctx, probabilities, log_call, trace)
@@ -210,6 +254,15 @@ class LogWithoutFloor(Rule):
         return ctx.fix(
             [ctx.replace(argument, clamped)], "unsafe", f"Clamp the argument at {floor} (no gradient below it)"
         )
+
+
+def _where(ctx: FileContext, log_call: cst.Call, trace: Trace) -> str:
+    """Where the probability comes from, when not from the function of the log call."""
+    function = ctx.enclosing(log_call, cst.FunctionDef)
+    for producer in trace.producers:
+        if not producer.local or ctx.enclosing(producer.call, cst.FunctionDef) is not function:
+            return producer.where()
+    return ""
 
 
 def strip_eps(probabilities: Probabilities, expr: cst.BaseExpression) -> tuple[cst.BaseExpression, float | None]:
@@ -255,6 +308,8 @@ def log_use(probabilities: Probabilities, log_call: cst.Call) -> LogUse | None:
 
 
 def log_space_code(probabilities: Probabilities, producer: Producer) -> str | None:
+    if not producer.local or producer.input is None:
+        return None
     if producer.kind == "softmax":
         return log_softmax_code(probabilities, producer)
     return logsigmoid_code(probabilities, producer.input, negate=False)
@@ -306,7 +361,7 @@ _FIX_MESSAGE = "Compute the probabilities in log space (`log_softmax`/`logsigmoi
 def _rewrite_binding(ctx: FileContext, probabilities: Probabilities, name: cst.Name, producer: Producer) -> Fix | None:
     """``p = F.softmax(x, 1)`` used only as ``log(p[...])`` -> ``log_p = F.log_softmax(x, 1)`` and
     ``log_p[...]``."""
-    values = ctx.get(ValueOrigins)
+    values = ctx.get(Scopes)
     function = values.scope_of(name)
     records = values.records(function).get(name.value, [])
     if len(records) != 1 or records[0].kind != "assign" or records[0].value is not producer.call:

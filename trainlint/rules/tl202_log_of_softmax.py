@@ -117,6 +117,8 @@ def log_softmax_code(probabilities: Probabilities, producer: Producer) -> str | 
     """``log_softmax`` spelled as the softmax was, with the same arguments; None if it cannot be
     spelled without a new import."""
     call = producer.call
+    if not producer.local or producer.input is None:
+        return None  # the softmax is elsewhere (another function, the end of a model)
     if producer.style == "module":
         return _module_log_softmax(probabilities, producer)
     callee = probabilities.renamed_callee(call.func, "log_softmax")
@@ -135,6 +137,7 @@ def _module_log_softmax(probabilities: Probabilities, producer: Producer) -> str
     dim = positional_argument(constructor, 0, "dim")
     if len(constructor.args) > (1 if dim is not None else 0):
         return None
+    assert producer.input is not None
     arguments = probabilities.code_without_parens(producer.input)
     if dim is not None:
         arguments += f", dim={probabilities.code_without_parens(dim.value)}"

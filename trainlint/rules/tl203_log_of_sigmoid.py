@@ -103,6 +103,8 @@ class LogOfSigmoid(Rule):
     def _fix(
         ctx: FileContext, probabilities: Probabilities, log_call: cst.Call, producer: Producer, complement: bool
     ) -> Fix | None:
+        if not producer.local or producer.input is None:
+            return None
         replacement = logsigmoid_code(probabilities, producer.input, complement)
         if replacement is None:
             return None

@@ -9,7 +9,7 @@ import libcst as cst
 
 from trainlint.analysis.imports import dotted_name
 from trainlint.analysis.probabilities import Probabilities, Producer, Trace, positional_argument
-from trainlint.analysis.value_origin import ValueOrigins
+from trainlint.analysis.values import Scopes
 from trainlint.context import FileContext
 from trainlint.findings import Edit, Finding, Fix
 from trainlint.rule import Example, Rule
@@ -20,11 +20,13 @@ _BCE_MODULES = frozenset({"torch.nn.BCELoss", "torch.nn.modules.loss.BCELoss"})
 
 @dataclass(frozen=True)
 class LossCall:
-    """A loss call and its input; ``constructor`` is the ``nn.XLoss(...)`` call for a module."""
+    """A loss call and its input. For a loss module, ``module`` is its class name (``BCELoss``)
+    and ``constructor`` its ``nn.BCELoss(...)`` construction when there is exactly one."""
 
     call: cst.Call
     input: cst.BaseExpression
     constructor: cst.Call | None
+    module: str | None = None
 
 
 def loss_calls(
@@ -33,14 +35,16 @@ def loss_calls(
     """Calls of the given loss functions or of instances of the given loss modules."""
     ctx = probabilities.ctx
     for call in ctx.nodes.of(cst.Call):
-        constructor = None
+        constructor = module = None
         if ctx.qualified_name(call.func) not in functions:
-            constructor = probabilities.module_kind(call.func, modules)
-            if constructor is None:
+            instances = probabilities.module_instances(call.func, modules)
+            if not instances:
                 continue
+            module = instances[0].name
+            constructor = instances[0].call if len(instances) == 1 else None
         argument = positional_argument(call, 0, "input")
         if argument is not None:
-            yield LossCall(call, argument.value, constructor)
+            yield LossCall(call, argument.value, constructor, module)
 
 
 def producer_trace(probabilities: Probabilities, expr: cst.BaseExpression, kind: str) -> Trace | None:
@@ -49,6 +53,17 @@ def producer_trace(probabilities: Probabilities, expr: cst.BaseExpression, kind:
     if trace is None or trace.kinds != {kind} or trace.eps or trace.complement or trace.selected:
         return None
     return trace
+
+
+def producer_place(ctx: FileContext, loss: LossCall, trace: Trace) -> str:
+    """Where the activation is, when it is not written in the loss's own expression: in another
+    function, at the end of a model's ``forward``, in an ``nn.Sequential``."""
+    producer = trace.producers[0]
+    if producer.local and producer.style != "layer":
+        function = ctx.enclosing(loss.call, cst.FunctionDef)
+        if ctx.enclosing(producer.call, cst.FunctionDef) is function:
+            return ""
+    return producer.where()
 
 
 def replace_producer(
@@ -65,6 +80,8 @@ def replace_producer(
     if len(trace.producers) != 1:
         return None
     producer = trace.producers[0]
+    if not producer.local or producer.input is None:
+        return None  # the activation is in another function or ends a model: no local rewrite
     new = replacement(producer)
     if new is None:
         return None
@@ -86,7 +103,7 @@ def _replace_through_binding(
     """For ``p = <producer>`` or ``p = <producer>.view(-1)[mask]`` bound once and read only by the
     loss: inline the replacement and delete the line (first form, logits a name that does not
     change in between), or replace the producer inside the bound value (second form)."""
-    values = ctx.get(ValueOrigins)
+    values = ctx.get(Scopes)
     load = _base_name(loss_input)
     function = values.scope_of(loss_input)
     if load is None:
@@ -151,7 +168,8 @@ class BceOnSigmoid(Rule):
     summary = "`binary_cross_entropy`/`BCELoss` on a sigmoid output instead of the logits"
     level = "error"
     fix_applicability = "safe"
-    triggers = ("binary_cross_entropy", "BCELoss")
+    # A loss built in another module reaches a file that only calls it (`criterion(D(x), y)`).
+    triggers = ("binary_cross_entropy", "BCELoss", "loss", "criterion")
     examples = [
         Example(
             code='''
@@ -200,17 +218,19 @@ class BceOnSigmoid(Rule):
             if loss.constructor is not None:
                 calls_by_constructor.setdefault(loss.constructor, []).append((loss, trace))
         for loss, trace in findings:
-            fix = (
-                self._function_fix(ctx, probabilities, loss, trace)
-                if loss.constructor is None
-                else self._module_fix(ctx, probabilities, loss.constructor, calls_by_constructor[loss.constructor])
-            )
-            what = "`nn.BCELoss`" if loss.constructor is not None else "`binary_cross_entropy`"
+            if loss.module is None:
+                fix = self._function_fix(ctx, probabilities, loss, trace)
+            elif loss.constructor is not None:
+                fix = self._module_fix(ctx, probabilities, loss.constructor, calls_by_constructor[loss.constructor])
+            else:
+                fix = None  # several constructions reach this call
+            what = "`nn.BCELoss`" if loss.module is not None else "`binary_cross_entropy`"
             yield ctx.report(
                 self,
                 loss.call,
-                f"{what} of a `sigmoid` output: sigmoid rounds to 1.0 from a logit of ~17 in float32, where the "
-                f"clamped log gives a loss of 100 and a zero gradient; the with-logits loss is exact and stable",
+                f"{what} of a `sigmoid` output{producer_place(ctx, loss, trace)}: sigmoid rounds to 1.0 from a "
+                f"logit of ~17 in float32, where the clamped log gives a loss of 100 and a zero gradient; the "
+                f"with-logits loss is exact and stable",
                 fix=fix,
             )
 
@@ -257,7 +277,7 @@ def _only_called_here(ctx: FileContext, constructor: cst.Call, calls: list[cst.C
         return False
     target = parent.targets[0].target
     if isinstance(target, cst.Name):
-        values = ctx.get(ValueOrigins)
+        values = ctx.get(Scopes)
         uses = values.uses(target.value, values.scope_of(parent))
         return bool(uses) and all(id(use) in callees for use in uses)
     attribute = dotted_name(target)

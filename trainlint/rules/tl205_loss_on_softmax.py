@@ -9,7 +9,7 @@ from trainlint.context import FileContext
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
 from trainlint.rules.tl202_log_of_softmax import log_softmax_code
-from trainlint.rules.tl204_bce_on_sigmoid import LossCall, loss_calls, producer_trace, replace_producer
+from trainlint.rules.tl204_bce_on_sigmoid import LossCall, loss_calls, producer_place, producer_trace, replace_producer
 
 _CROSS_ENTROPY = frozenset({"torch.nn.functional.cross_entropy"})
 _CROSS_ENTROPY_MODULES = frozenset({"torch.nn.CrossEntropyLoss", "torch.nn.modules.loss.CrossEntropyLoss"})
@@ -17,11 +17,11 @@ _NLL = frozenset({"torch.nn.functional.nll_loss"})
 _NLL_MODULES = frozenset({"torch.nn.NLLLoss", "torch.nn.modules.loss.NLLLoss"})
 
 _CE_MESSAGE = (
-    "{what} applies log_softmax itself, so this softmax is applied twice: the loss cannot fall below "
+    "{what} applies log_softmax itself, so this softmax{where} is applied twice: the loss cannot fall below "
     "log(1 + (C-1)/e) (1.46 for 10 classes) and the gradient vanishes for confident mistakes; pass the logits"
 )
 _NLL_MESSAGE = (
-    "{what} expects log-probabilities but gets `softmax` probabilities: the loss -p[target] stays in "
+    "{what} expects log-probabilities but gets `softmax` probabilities{where}: the loss -p[target] stays in "
     "[-1, 0] and its gradient does not grow with the error; use `log_softmax`"
 )
 
@@ -56,7 +56,8 @@ class LossOnSoftmax(Rule):
     summary = "`cross_entropy`/`nll_loss` fed with softmax probabilities"
     level = "error"
     fix_applicability = "safe"
-    triggers = ("cross_entropy", "CrossEntropyLoss", "nll_loss", "NLLLoss")
+    # A loss built in another module reaches a file that only calls it (`criterion(model(x), y)`).
+    triggers = ("cross_entropy", "CrossEntropyLoss", "nll_loss", "NLLLoss", "loss", "criterion")
     examples = [
         Example(
             code='''
@@ -116,7 +117,7 @@ class LossOnSoftmax(Rule):
                 yield ctx.report(
                     self,
                     loss.call,
-                    template.format(what=_describe(ctx, loss)),
+                    template.format(what=_describe(ctx, loss), where=producer_place(ctx, loss, trace)),
                     fix=self._fix(ctx, probabilities, loss, trace, negative_log_likelihood),
                 )
 
@@ -127,7 +128,7 @@ class LossOnSoftmax(Rule):
         def replacement(producer: Producer) -> str | None:
             if negative_log_likelihood:
                 return log_softmax_code(probabilities, producer)
-            return probabilities.code_without_parens(producer.input)
+            return probabilities.code_without_parens(producer.input) if producer.input is not None else None
 
         edits = replace_producer(ctx, probabilities, loss.input, trace, replacement)
         if edits is None:
@@ -137,7 +138,6 @@ class LossOnSoftmax(Rule):
 
 
 def _describe(ctx: FileContext, loss: LossCall) -> str:
-    if loss.constructor is not None:
-        name = (ctx.qualified_name(loss.constructor.func) or "").rpartition(".")[2]
-        return f"`nn.{name}`"
+    if loss.module is not None:
+        return f"`nn.{loss.module}`"
     return f"`{(ctx.qualified_name(loss.call.func) or '').rpartition('.')[2]}`"

@@ -7,13 +7,10 @@ from dataclasses import dataclass
 
 import libcst as cst
 
-from trainlint.analysis.model_structure import (
-    ModelClass,
-    ModelStructure,
-    number,
-    self_attribute,
-)
-from trainlint.analysis.value_origin import FOLLOWED_KINDS, ValueOrigins
+from trainlint.analysis.model_structure import ModelClass, ModelStructure, number, self_attribute
+from trainlint.analysis.values import Instance, Scopes, ValueFlow, evidence_text
+from trainlint.analysis.values import number as value_number
+from trainlint.analysis.values.scopes import FOLLOWED_KINDS
 from trainlint.context import FileContext
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
@@ -255,9 +252,10 @@ class ScaledIdentityPath(Rule):
 class _ResidualBlock:
     """The data flow of one ``forward``: which values carry its input unchanged (the stream)."""
 
-    def __init__(self, ctx: FileContext, flow: ValueOrigins, function: cst.FunctionDef, owner: ModelClass) -> None:
+    def __init__(self, ctx: FileContext, flow: Scopes, function: cst.FunctionDef, owner: ModelClass) -> None:
         self.ctx = ctx
         self.flow = flow
+        self.values = ctx.get(ValueFlow)
         self.function = function
         self.owner = owner
         params = function.params
@@ -273,7 +271,7 @@ class _ResidualBlock:
         owner = _owner_class(ctx, function)
         if function.name.value != "forward" or owner is None:
             return None
-        return cls(ctx, ctx.get(ValueOrigins), function, ctx.get(ModelStructure).class_for(owner))
+        return cls(ctx, ctx.get(Scopes), function, ctx.get(ModelStructure).class_for(owner))
 
     # -- constant factors ------------------------------------------------------------------------
     def constant(self, expr: cst.BaseExpression) -> float | None:
@@ -282,9 +280,8 @@ class _ResidualBlock:
         value = number(expr)
         if value is not None:
             return value
-        attr = self_attribute(expr)
-        if attr is not None:
-            return self.owner.constants.get(attr)
+        if self_attribute(expr) is not None:
+            return self.attribute_constant(expr)
         if isinstance(expr, cst.UnaryOperation) and isinstance(expr.operator, cst.Minus):
             inner = self.constant(expr.expression)
             return None if inner is None else -inner
@@ -294,6 +291,17 @@ class _ResidualBlock:
                 return None
             return _arithmetic(expr.operator, left, right)
         return None
+
+    def attribute_constant(self, expr: cst.BaseExpression) -> float | None:
+        """The one number ``self.<attr>`` holds wherever the project builds the class: assigned
+        once (``self.residual_scale = 0.1``), or from a constructor parameter whose default and
+        the arguments of every construction in the project agree (a construction outside the
+        project, from a config, is assumed to keep the default)."""
+        values = self.values.values(expr)
+        numbers = {value_number(v) for v in values}
+        if values.untraced or len(numbers) != 1 or None in numbers:
+            return None
+        return numbers.pop()
 
     def _factors(self, expr: cst.BaseExpression) -> Iterator[tuple[cst.BaseExpression, cst.BaseExpression, float]]:
         """``(factor, operand, value)`` for ``c * x``, ``x * c`` and ``x.mul(c)`` with a constant ``c``."""
@@ -369,17 +377,17 @@ class _ResidualBlock:
         first = call.args[0].value if call.args and call.args[0].keyword is None else None
         attr = self_attribute(func)
         if attr is not None:  # `self.downsample(x)`: a shortcut module applied to the stream
-            return first is not None and self._is_shortcut(attr) and self.is_stream(first, site, visiting)
+            return first is not None and self._is_shortcut(func) and self.is_stream(first, site, visiting)
         if isinstance(func, cst.Attribute) and func.attr.value in _SHAPE_METHODS:
             return self.is_stream(func.value, site, visiting)
         if self.ctx.qualified_name(func) in _SHORTCUT_FUNCTIONS:
             return first is not None and self.is_stream(first, site, visiting)
         return False
 
-    def _is_shortcut(self, attr: str) -> bool:
-        lowered = attr.lower()
-        return any(word in lowered for word in _SHORTCUT_WORDS) or (
-            self.owner.submodules.get(attr) in _SHORTCUT_MODULES
+    def _is_shortcut(self, submodule: cst.Attribute) -> bool:
+        lowered = submodule.attr.value.lower()
+        return any(word in lowered for word in _SHORTCUT_WORDS) or self.values.values(submodule).must(
+            lambda v: isinstance(v, Instance) and v.cls in _SHORTCUT_MODULES
         )
 
     def is_derived(self, expr: cst.BaseExpression, site: cst.CSTNode, visiting: set[cst.CSTNode]) -> bool:
@@ -477,8 +485,9 @@ def _owner_class(ctx: FileContext, function: cst.FunctionDef) -> cst.ClassDef | 
 def _message(ctx: FileContext, scaled: _Scaled, identity: cst.BaseExpression | None = None) -> str:
     identity = identity if identity is not None else scaled.operand
     factor = f"{scaled.value:g}"
+    origin = "" if number(scaled.factor) is not None else evidence_text(ctx.get(ValueFlow).values(scaled.factor))
     return (
-        f"the identity path `{ctx.code(identity)}` of this residual sum is multiplied by {factor}: after 10 "
+        f"the identity path `{ctx.code(identity)}` of this residual sum is multiplied by {factor}{origin}: after 10 "
         f"such blocks the input and its gradient are scaled by {factor}^10 = {scaled.value ** 10:.1e}; "
         "scale the branch, not the skip connection"
     )

@@ -9,7 +9,7 @@ import libcst as cst
 
 from trainlint.analysis.imports import dotted_name
 from trainlint.analysis.model_structure import ModelStructure, number
-from trainlint.analysis.value_origin import ValueOrigins
+from trainlint.analysis.values import Scopes
 from trainlint.context import FileContext
 from trainlint.findings import Edit, Finding, Fix
 from trainlint.rule import Example, Rule
@@ -283,7 +283,7 @@ def _built_here(ctx: FileContext, owner: cst.BaseExpression, function: cst.Funct
         return False
     if function is None:
         return bool(ctx.get(ModelStructure).built_by(owner))
-    reaching = ctx.get(ValueOrigins).reaching(owner, function)
+    reaching = ctx.get(Scopes).reaching(owner, function)
     values = [b.value for b in reaching.bindings if b.kind == "assign" and b.value is not None]
     if not values or len(values) != len(reaching.bindings):
         return False  # a parameter (a model built elsewhere, maybe trained already)

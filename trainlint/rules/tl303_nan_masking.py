@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import libcst as cst
 
 from trainlint.analysis.imports import dotted_name
-from trainlint.analysis.value_origin import ValueOrigins
+from trainlint.analysis.values import Scopes, Tensor, ValueFlow
 from trainlint.context import FileContext
 from trainlint.findings import Finding
 from trainlint.rule import Example, Rule
@@ -127,7 +127,8 @@ class _Masking:
 
     def __init__(self, ctx: FileContext) -> None:
         self.ctx = ctx
-        self.flow = ctx.get(ValueOrigins)
+        self.flow = ctx.get(Scopes)
+        self.values = ctx.get(ValueFlow)
 
     # -- the masking operations --------------------------------------------------------------
     def masked_by_call(self, call: cst.Call) -> tuple[str, cst.BaseExpression] | None:
@@ -208,12 +209,13 @@ class _Masking:
             return True
         if not isinstance(expr, cst.Name):
             return False
-        function = self.flow.function_of(expr)
-        leaves = self.flow.origins(expr, function) if function is not None else [expr]
-        if any(_is_grad_attribute(leaf) for leaf in leaves):
+        if self.values.values(expr).may(lambda v: isinstance(v, Tensor) and v.kind == "grad"):
             return True
         # the argument of a gradient hook, or a parameter called `grad` (a hook's argument)
-        return bool(leaves) and all(isinstance(leaf, cst.Name) and self._is_hook_argument(leaf) for leaf in leaves)
+        reaching = self.flow.reaching(expr)
+        if not reaching.bindings:
+            return reaching.unresolved and self._is_hook_argument(expr)  # a lambda's parameter
+        return all(b.kind == "parameter" and self._is_hook_argument(b.target) for b in reaching.bindings)
 
     def _is_hook_argument(self, leaf: cst.Name) -> bool:
         """A parameter of a function or lambda given to ``register_hook`` (its gradient), or a

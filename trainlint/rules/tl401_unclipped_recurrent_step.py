@@ -21,12 +21,11 @@ from trainlint.analysis.training_step import (
     runs_a_closure,
     unscale_insertion,
 )
-from trainlint.analysis.value_origin import FOLLOWED_KINDS, ValueOrigins
+from trainlint.analysis.values import Collection, Instance, Scopes, Value, ValueFlow, Values
 from trainlint.context import FileContext, child_nodes
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
 
-_PARAMETER_METHODS = ("parameters", "named_parameters")
 # How the file may already spell the clip function: the function itself when imported, else the
 # full path from the file's name for torch, else from its alias of a submodule.
 _CLIP_SPELLINGS = (
@@ -263,80 +262,23 @@ def _why_it_explodes(ctx: FileContext, step: TrainingStep, event: StepEvent) -> 
 
 
 def _trained_layers(ctx: FileContext, step: TrainingStep, optimizer: OptimizerInfo | None) -> frozenset[str]:
-    """Layers of the model the optimizer updates: the modules whose ``.parameters()`` it was
-    built from; when that is unknown, the one model the step runs, if it runs only one."""
+    """Layers of the model the optimizer updates: the modules whose parameters it was built
+    with; when that is unknown, the one model the step runs, if it runs only one."""
     structure = ctx.get(ModelStructure)
-    owners = [owner for source in _params_sources(ctx, step, optimizer) for owner in _owners_in(source)]
-    if owners:
-        layers: set[str] = set()
-        for owner in owners:
-            layers |= _owner_layers(ctx, structure, step.function, owner)
-        return frozenset(layers)
+    modules = _trained_modules(ctx, optimizer)
+    if modules:
+        return frozenset(layer for module in modules for layer in structure.layers_of_value(module))
     if len(step.optimizers) > 1:
         return frozenset()
     runs = structure.runs_in(step.function)
-    models = {ctx.code(run.model) for run in runs}
+    models = {instance.cls for run in runs for instance in run.instances}
     return runs[0].layers if len(models) == 1 else frozenset()
 
 
-def _params_sources(ctx: FileContext, step: TrainingStep, optimizer: OptimizerInfo | None) -> list[cst.BaseExpression]:
-    """What the optimizer's parameters were built from: its ``params`` expression or, when that
-    is a bare name assigned in the step's function (``params = list(rnn.parameters()) + ...``),
-    the values assigned to it. Empty when unknown."""
-    expr = optimizer.params if optimizer is not None else None
-    if not isinstance(expr, cst.Name):
-        return [expr] if expr is not None else []
-    bindings = ctx.get(ValueOrigins).records(step.function).get(expr.value, [])
-    if not bindings or any(b.kind not in FOLLOWED_KINDS or b.value is None for b in bindings):
+def _trained_modules(ctx: FileContext, optimizer: OptimizerInfo | None) -> list[Value]:
+    if optimizer is None or optimizer.params_values is None:
         return []
-    return [b.value for b in bindings if b.value is not None]
-
-
-def _owners_in(params: cst.BaseExpression | None) -> list[str]:
-    """``["model.encoder", "model.head"]`` for the ``.parameters()`` calls in a params expression."""
-    owners: list[str] = []
-    for node in _walk(params):
-        if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
-            if node.func.attr.value in _PARAMETER_METHODS:
-                owner = dotted_name(node.func.value)
-                if owner is not None:
-                    owners.append(owner)
-    return owners
-
-
-def _owner_layers(ctx: FileContext, structure: ModelStructure, function: cst.FunctionDef, owner: str) -> frozenset[str]:
-    """Layers of the module ``owner`` (``model``, ``self.net``, ``model.encoder``) as seen from the
-    step's function; a submodule of a local class is read from that class's ``__init__``."""
-    for node in _expression_nodes(ctx, owner, function):
-        layers = structure.model_layers(node)
-        if layers:
-            return layers
-    head, _, attr = owner.rpartition(".")
-    if not head:
-        return frozenset()
-    for node in _expression_nodes(ctx, head, function):
-        for built in structure.built_by(node):
-            local = structure.classes.get(built.rpartition(".")[2])
-            if local is not None and local.qualified == built and attr in local.submodules:
-                return structure.layers_of(local.submodules[attr])
-    return frozenset()
-
-
-def _expression_nodes(ctx: FileContext, code: str, function: cst.FunctionDef) -> Iterator[cst.BaseExpression]:
-    """Occurrences of the name or attribute chain ``code`` in the step's function, or in the
-    class around it for ``self.`` chains (the model attribute may appear only in ``__init__``)."""
-    scope: cst.CSTNode = function
-    if code.startswith("self."):
-        scope = ctx.enclosing(function, cst.ClassDef) or function
-    candidates: Iterable[cst.BaseExpression] = ctx.nodes.of(cst.Attribute) if "." in code else ctx.nodes.of(cst.Name)
-    for node in candidates:
-        if dotted_name(node) == code and not _is_attribute_name(ctx, node) and _inside(ctx, node, scope):
-            yield node
-
-
-def _is_attribute_name(ctx: FileContext, node: cst.BaseExpression) -> bool:
-    parent = ctx.parent(node)
-    return isinstance(parent, cst.Attribute) and parent.attr is node
+    return ctx.get(ModelStructure).modules_in(optimizer.params_values).items  # type: ignore[return-value]
 
 
 def _checks_gradient_finiteness(ctx: FileContext, step: TrainingStep, event: StepEvent) -> bool:
@@ -363,17 +305,23 @@ def _since_last_backward(step: TrainingStep, event: StepEvent) -> list[StepEvent
 # -- clipping already there --------------------------------------------------------------------------
 def _clipped(ctx: FileContext, step: TrainingStep, event: StepEvent) -> bool:
     """True when some path of the step clips the gradients of the parameters this step updates."""
-    optimizer = step.optimizers.get(event.optimizer or "")
-    owners = [owner for source in _params_sources(ctx, step, optimizer) for owner in _owners_in(source)]
+    structure = ctx.get(ModelStructure)
+    owners = {_class_of(m) for m in _trained_modules(ctx, step.optimizers.get(event.optimizer or ""))}
     for clip in step.of_kind(EventKind.CLIP):
         if clip.optimizer is not None and event.optimizer is not None:
             if clip.optimizer == event.optimizer:
                 return True
             continue
-        clipped = _owners_in(clip.target)
-        if len(step.optimizers) <= 1 or not owners or not clipped or set(clipped) & set(owners):
+        clipped = set()
+        if clip.target is not None:
+            clipped = {_class_of(m) for m in structure.modules_in(ctx.get(ValueFlow).values(clip.target))}
+        if len(step.optimizers) <= 1 or not owners or not clipped or clipped & owners:
             return True
     return False
+
+
+def _class_of(module: Value) -> str:
+    return module.cls if isinstance(module, Instance) else repr(module)
 
 
 def _skips_large_gradients(step: TrainingStep) -> bool:
@@ -428,8 +376,7 @@ def _reusable_params(ctx: FileContext, step: TrainingStep, event: StepEvent) -> 
     if expr is None or isinstance(expr, cst.Attribute):
         return None
     if isinstance(expr, cst.Name):
-        sources = _params_sources(ctx, step, optimizer)
-        if not sources or not all(_is_collection(source) for source in sources):
+        if not _is_collection(ctx.get(ValueFlow).values(expr)):
             return None
     elif any(isinstance(node, (cst.Dict, cst.DictComp)) for node in _walk(expr)):
         return None
@@ -438,18 +385,13 @@ def _reusable_params(ctx: FileContext, step: TrainingStep, event: StepEvent) -> 
     return code
 
 
-def _is_collection(expr: cst.BaseExpression) -> bool:
+def _is_collection(values: Values) -> bool:
     """A list or tuple of tensors that can be iterated again (``list(m.parameters())``, ``[w, b]``,
-    their sums), not a generator nor parameter groups."""
-    if isinstance(expr, cst.BinaryOperation) and isinstance(expr.operator, cst.Add):
-        return _is_collection(expr.left) and _is_collection(expr.right)
-    if isinstance(expr, (cst.List, cst.Tuple, cst.ListComp)):
-        return not any(isinstance(node, (cst.Dict, cst.DictComp)) for node in _walk(expr))
-    return (
-        isinstance(expr, cst.Call)
-        and isinstance(expr.func, cst.Name)
-        and expr.func.value in ("list", "tuple")
-        and not any(isinstance(node, (cst.Dict, cst.DictComp)) for node in _walk(expr))
+    their sums), not a generator (``m.parameters()``) nor parameter groups."""
+    return values.must(
+        lambda v: isinstance(v, Collection) and v.kind != "dict" and not any(
+            isinstance(item, Collection) and item.kind == "dict" for part in v.items for item in part
+        )
     )
 
 
@@ -480,7 +422,7 @@ def _free_names(expr: cst.BaseExpression) -> set[str]:
 def _visible_at_step(ctx: FileContext, step: TrainingStep, name: str) -> bool:
     if hasattr(builtins, name) or name in ctx.imports.bindings:
         return True
-    if name in ctx.get(ValueOrigins).records(step.function):
+    if name in ctx.get(Scopes).records(step.function):
         return True
     return name in _module_level_names(ctx)
 

@@ -1,30 +1,22 @@
-"""Where a value comes from inside one function: name bindings, the bindings that reach a use,
-and every load of a name.
+"""Names inside one scope (a function, or a module's top-level code): the bindings of each name,
+which of them reach a use, and every load of a name. The value-flow engine's first layer.
 
-A small, flow-approximate data flow over simple names, built lazily per function (or for the
-module's top-level code, as in training scripts):
+A small, flow-approximate data flow over simple names, built lazily per scope:
 
-- ``bindings(function)``: every simple name the function binds, with the assigned expressions
-  (``x = v``, ``a = b = v``, ``x: T = v``, ``(x := v)``; for ``x += v`` the right operand ``v``).
-- ``records(function)``: the same as :class:`Binding` records, which also carry the names bound
-  in ways whose value cannot be followed (parameters, ``for``/``with``/``except`` targets, tuple
-  unpacking, imports, nested ``def``/``class``).
+- ``records(scope)``: every binding of each simple name, as :class:`Binding` records:
+  ``x = v``, ``a = b = v``, ``x: T = v``, ``(x := v)``; for ``x += v`` the right operand ``v``;
+  parameters; and the names bound by unpacking (``a, b = f()``), ``for`` and ``with`` targets,
+  whose ``source`` and ``path`` say which element of which expression they take; imports and
+  nested ``def``/``class``.
 - ``reaching(name)``: the bindings that may give a loaded name its value at that point. Bindings
   are ordered by source position; a binding *dominates* a later use when it is not inside a
   branch, loop body or handler that the use is outside of (``with`` and ``try`` bodies count as
   straight-line code). The search walks back from the use and stops at the first dominating
   binding; inside a loop, bindings later in the loop body reach too (the previous iteration).
-- ``origins(expr)``: the expressions a value may come from, following names through their
-  reaching bindings transitively (bounded). Name leaves are values that cannot be followed: a
-  parameter (the Name inside its ``cst.Param``), a name bound by unpacking/``for``/``with``/
-  ``import`` (the bound Name), or a free, global or possibly unbound name (the loaded Name).
-- ``uses(name, function)``: every load of a name in the function, nested scopes included unless
+- ``uses(name, scope)``: every load of a name in the scope, nested scopes included unless
   they rebind it.
-- ``attribute_values(class_def, attr)``: the values assigned to ``self.<attr>`` in the class's
-  methods and to ``<attr>`` in its body (``self.scale = 0.1``, ``self.loss = nn.BCELoss()``).
 
-Nothing here is specific to a rule. ``origins`` does not follow attributes (``self.p``): their
-value may be set anywhere; ``attribute_values`` lists the candidates for callers that accept that.
+What the bound values *are* is the engine's question (:mod:`trainlint.analysis.values.engine`).
 """
 
 from __future__ import annotations
@@ -42,11 +34,15 @@ if TYPE_CHECKING:
 
 Scope = cst.FunctionDef | cst.Module  # whose names a flow follows: a def, or top-level code
 BindingKind = Literal["assign", "annotated", "augmented", "walrus", "parameter", "opaque"]
+# A step into an unpacked value: a tuple position, ITEM for one item of an iteration, or
+# UNPACKED for a starred target (``a, *rest = xs``) whose value is not followed.
+PathStep = int | str
+ITEM = "item"
+UNPACKED = "unpacked"
 # Kinds whose value is the whole new value of the name.
 FOLLOWED_KINDS = frozenset({"assign", "annotated", "walrus"})
 # Statement kinds that replace the whole value of a name.
 _FULL_REBINDS = frozenset({"assign", "annotated", "opaque"})
-MAX_ORIGIN_STEPS = 64
 
 _SCOPES = (cst.FunctionDef, cst.Lambda, cst.ClassDef)
 _COMPREHENSIONS = (cst.ListComp, cst.SetComp, cst.DictComp, cst.GeneratorExp)
@@ -62,13 +58,35 @@ _CONDITIONAL_PARENTS = (cst.If, cst.Else, cst.For, cst.While, cst.ExceptHandler,
 def _target_names(target: cst.BaseExpression) -> Iterator[cst.Name]:
     """The Names bound by an assignment target (``a``, ``a, (b, *c)``); attributes and
     subscripts bind no name."""
-    if isinstance(target, cst.Name):
-        yield target
-    elif isinstance(target, (cst.Tuple, cst.List)):
-        for element in target.elements:
-            yield from _target_names(element.value)
+    for name, _ in target_paths(target):
+        yield name
+
+
+def target_paths(target: cst.BaseExpression, path: tuple[PathStep, ...] = ()) -> Iterator[tuple[cst.BaseExpression, tuple[PathStep, ...]]]:
+    """Each Name, attribute or subscript an assignment target binds, with the path of the element
+    it takes from the assigned value: ``a, (b, c)`` gives ``a`` (0,), ``b`` (1, 0), ``c`` (1, 1).
+    Names only come back as Names; other targets (``self.x``) come back as they are."""
+    if isinstance(target, (cst.Tuple, cst.List)):
+        for index, element in enumerate(target.elements):
+            if isinstance(element, cst.StarredElement):
+                yield from target_paths(element.value, (*path, UNPACKED))
+            else:
+                yield from target_paths(element.value, (*path, index))
     elif isinstance(target, cst.StarredElement):
-        yield from _target_names(target.value)
+        yield from target_paths(target.value, (*path, UNPACKED))
+    else:
+        yield target, path
+
+
+def in_header(scope: cst.CSTNode, child: cst.CSTNode) -> bool:
+    """``child`` is part of a definition that Python evaluates in the scope around it: a
+    ``def``'s decorators, defaults and annotations, a ``class``'s bases and decorators, a lambda's
+    defaults."""
+    if isinstance(scope, (cst.FunctionDef, cst.ClassDef)):
+        return child is not scope.body
+    if isinstance(scope, cst.Lambda):
+        return child is scope.params
+    return False
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,7 +96,9 @@ class Binding:
     ``value`` is the assigned expression for ``assign``/``annotated``/``walrus`` (the whole new
     value) and for ``augmented`` (the right operand of ``x op= v``); None for ``parameter`` and
     ``opaque`` bindings. ``statement`` is the node that binds (Assign, AnnAssign, AugAssign,
-    NamedExpr, Param, For, With, ExceptHandler, Import, FunctionDef...).
+    NamedExpr, Param, For, With, ExceptHandler, Import, FunctionDef...). For an opaque binding by
+    unpacking, ``source`` is the unpacked expression (the assigned value, the ``for`` loop's
+    iterable) and ``path`` the element the name takes (``for x in xs`` is ``(ITEM,)``).
     """
 
     name: str
@@ -88,6 +108,8 @@ class Binding:
     kind: BindingKind
     effect: int  # walk position from which the new value is visible
     anchor: cst.CSTNode  # the node whose enclosing blocks decide on which paths it happens
+    source: cst.BaseExpression | None = None
+    path: tuple[PathStep, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,7 +160,7 @@ class _FunctionFlow:
             scope = node if isinstance(node, _SCOPES) else self.owner[node]
             for child in children:
                 self.parent[child] = node
-                self.owner[child] = scope
+                self.owner[child] = self.owner[node] if in_header(node, child) else scope
             stack.extend((child, False) for child in reversed(children))
 
     def contains(self, outer: cst.CSTNode, inner: cst.CSTNode) -> bool:
@@ -151,11 +173,13 @@ class _FunctionFlow:
             current = self.parent.get(current)
 
     def scope_of(self, node: cst.CSTNode) -> cst.CSTNode:
-        """The innermost function, lambda, class or comprehension around a node (within the
-        function)."""
+        """The innermost function, lambda, class or comprehension whose scope a node is evaluated
+        in (within the function); a def's decorators and defaults, a class's bases, are outside."""
+        child = node
         for ancestor in self.ancestors(node):
-            if isinstance(ancestor, (*_SCOPES, *_COMPREHENSIONS)):
+            if isinstance(ancestor, (*_SCOPES, *_COMPREHENSIONS)) and not in_header(ancestor, child):
                 return ancestor
+            child = ancestor
         return self.function
 
     def _owning_scope(self, node: cst.CSTNode) -> cst.CSTNode:
@@ -165,9 +189,10 @@ class _FunctionFlow:
 
     # -- bindings ----------------------------------------------------------------------------
     def _add(self, target: cst.Name, value: cst.BaseExpression | None, statement: cst.CSTNode,
-             kind: BindingKind, effect: int, anchor: cst.CSTNode) -> None:
+             kind: BindingKind, effect: int, anchor: cst.CSTNode,
+             source: cst.BaseExpression | None = None, path: tuple[PathStep, ...] = ()) -> None:
         self._stores.add(target)
-        binding = Binding(target.value, target, value, statement, kind, effect, anchor)
+        binding = Binding(target.value, target, value, statement, kind, effect, anchor, source, path)
         self.bindings.setdefault(target.value, []).append(binding)
 
     def _collect_parameters(self) -> None:
@@ -204,8 +229,9 @@ class _FunctionFlow:
                 if isinstance(target, cst.Name):
                     self._add(target, node.value, node, "assign", self.exit[node], node)
                 else:
-                    for name in _target_names(target):
-                        self._add(name, None, node, "opaque", self.exit[node], node)
+                    for name, path in target_paths(target):
+                        if isinstance(name, cst.Name):
+                            self._add(name, None, node, "opaque", self.exit[node], node, node.value, path)
         elif isinstance(node, cst.AnnAssign) and own and isinstance(node.target, cst.Name):
             if node.value is not None:
                 self._add(node.target, node.value, node, "annotated", self.exit[node], node)
@@ -217,8 +243,9 @@ class _FunctionFlow:
         elif isinstance(node, cst.NamedExpr) and own and isinstance(node.target, cst.Name):
             self._add(node.target, node.value, node, "walrus", self.exit[node], node)
         elif isinstance(node, cst.For) and own:
-            for name in _target_names(node.target):
-                self._add(name, None, node, "opaque", self.enter[node.body], node.body)
+            for name, path in target_paths(node.target, (ITEM,)):
+                if isinstance(name, cst.Name):
+                    self._add(name, None, node, "opaque", self.enter[node.body], node.body, node.iter, path)
         elif isinstance(node, cst.CompFor):
             self._stores.update(_target_names(node.target))  # comprehension scope, not ours
         elif isinstance(node, cst.WithItem) and own and node.asname is not None:
@@ -380,11 +407,13 @@ class _FunctionFlow:
         binds the name, or the use sits in a nested ``def``/``class`` (its own flow)."""
         if self.shadowed(use):
             return True
+        child: cst.CSTNode = use
         for ancestor in self.ancestors(use):
             if ancestor is self.function:
                 return False
-            if isinstance(ancestor, (cst.FunctionDef, cst.ClassDef)):
+            if isinstance(ancestor, (cst.FunctionDef, cst.ClassDef)) and not in_header(ancestor, child):
                 return True
+            child = ancestor
         return False
 
     @staticmethod
@@ -405,13 +434,12 @@ class _FunctionFlow:
                 yield ancestor
 
 
-class ValueOrigins:
-    """Data flow over simple names inside functions, built once per file (``ctx.get``)."""
+class Scopes:
+    """Bindings and reaching bindings of simple names, per scope, built once per file (``ctx.get``)."""
 
     def __init__(self, ctx: FileContext) -> None:
         self._ctx = ctx
         self._flows: dict[Scope, _FunctionFlow] = {}
-        self._attribute_tables: dict[cst.ClassDef, dict[str, list[cst.BaseExpression | None]]] = {}
 
     def _flow(self, function: Scope) -> _FunctionFlow:
         flow = self._flows.get(function)
@@ -420,8 +448,14 @@ class ValueOrigins:
         return flow
 
     def function_of(self, node: cst.CSTNode) -> cst.FunctionDef | None:
-        """The innermost ``def`` around a node."""
-        return self._ctx.enclosing(node, cst.FunctionDef)
+        """The innermost ``def`` whose body holds the node (its decorators and defaults run in
+        the scope around it)."""
+        child = node
+        for ancestor in self._ctx.ancestors(node):
+            if isinstance(ancestor, cst.FunctionDef) and not in_header(ancestor, child):
+                return ancestor
+            child = ancestor
+        return None
 
     def scope_of(self, node: cst.CSTNode) -> Scope:
         """The innermost ``def`` around a node, or the module for top-level code (scripts)."""
@@ -441,6 +475,12 @@ class ValueOrigins:
             if any(b.value is not None for b in found)
         }
 
+    def binds_locally(self, function: Scope, name: str) -> bool:
+        """The scope binds ``name`` itself (so a read that no binding reaches is unbound there,
+        not a global), unless it declares it ``global``/``nonlocal``."""
+        flow = self._flow(function)
+        return name in flow.bindings and name not in flow.declared_outside
+
     def parameters(self, function: Scope) -> dict[str, cst.Param]:
         return {
             name: b.statement  # type: ignore[misc]
@@ -455,66 +495,6 @@ class ValueOrigins:
         if name not in flow.enter:
             return Reaching((), True)
         return flow.reaching(name)
-
-    def origins(
-        self,
-        expr: cst.BaseExpression,
-        function: Scope | None = None,
-        through: Callable[[cst.BaseExpression], Iterable[cst.BaseExpression] | None] | None = None,
-    ) -> list[cst.BaseExpression]:
-        """The expressions the value of ``expr`` may come from, following loaded names through
-        the bindings that reach them, transitively. ``through(e)`` may return sub-expressions to
-        follow instead of keeping ``e`` (e.g. a subscript's value); None keeps ``e`` as a leaf.
-        An augmented ``x op= v`` contributes ``v`` and the earlier value of ``x``. Name leaves
-        cannot be followed (see the module docstring). Stops after MAX_ORIGIN_STEPS steps,
-        keeping what is left as leaves."""
-        flow = self._flow(function or self.scope_of(expr))
-        leaves: list[cst.BaseExpression] = []
-        seen: set[int] = set()
-        work = [expr]
-        steps = 0
-        while work:
-            current = work.pop()
-            if id(current) in seen:
-                continue
-            seen.add(id(current))
-            steps += 1
-            if steps > MAX_ORIGIN_STEPS:
-                leaves.append(current)
-                continue
-            work.extend(reversed(self._step(current, flow, through, leaves)))
-        leaves.sort(key=lambda leaf: flow.enter.get(leaf, len(flow.enter)))  # source order
-        return leaves
-
-    def _step(
-        self,
-        current: cst.BaseExpression,
-        flow: _FunctionFlow,
-        through: Callable[[cst.BaseExpression], Iterable[cst.BaseExpression] | None] | None,
-        leaves: list[cst.BaseExpression],
-    ) -> list[cst.BaseExpression]:
-        """One expansion: what to follow next from ``current`` (adding leaves as found)."""
-        if isinstance(current, cst.Name) and current in flow.enter:
-            if current not in flow.load_set:
-                leaves.append(current)  # a bound target or a parameter's own Name
-                return []
-            reaching = flow.reaching(current)
-            if reaching.unresolved:
-                leaves.append(current)
-            follow: list[cst.BaseExpression] = []
-            for binding in reversed(reaching.bindings):
-                if binding.kind in FOLLOWED_KINDS and binding.value is not None:
-                    follow.append(binding.value)
-                elif binding.kind == "augmented" and binding.value is not None:
-                    follow += [binding.value, binding.target]
-                else:
-                    leaves.append(binding.target)
-            return follow
-        passed = through(current) if through is not None else None
-        if passed is None:
-            leaves.append(current)
-            return []
-        return list(passed)
 
     def later_bindings(self, name: str, node: cst.CSTNode, function: Scope) -> list[Binding]:
         """Bindings of ``name`` in the function that take effect after ``node`` starts (in source
@@ -535,82 +515,3 @@ class ValueOrigins:
     def statement_of(self, node: cst.CSTNode, function: Scope | None = None) -> cst.CSTNode:
         """The innermost small or compound statement holding a node."""
         return self._flow(function or self.scope_of(node)).statement_of(node)
-
-    # -- attributes of ``self`` ----------------------------------------------------------------
-    def attribute_values(self, class_def: cst.ClassDef, attr: str) -> list[cst.BaseExpression] | None:
-        """The values assigned to ``self.<attr>`` in the class's methods (and to ``<attr>`` in
-        the class body), in source order; None when it is also bound in a way whose value cannot
-        be followed (``self.a, self.b = ...``, ``self.a += ...``). Nested classes are not read."""
-        table = self._attribute_tables.get(class_def)
-        if table is None:
-            table = self._attribute_tables[class_def] = self._attribute_table(class_def)
-        found = table.get(attr)
-        if found is None:
-            return []
-        return None if any(value is None for value in found) else found  # type: ignore[return-value]
-
-    def _attribute_table(self, class_def: cst.ClassDef) -> dict[str, list[cst.BaseExpression | None]]:
-        table: dict[str, list[cst.BaseExpression | None]] = {}
-        for line in self._ctx.nodes.of(cst.SimpleStatementLine):  # source order
-            method = self._method_between(line, class_def)
-            if method is False:
-                continue
-            receiver = _first_parameter(method) if method is not None else None
-            for statement in line.body:
-                for target, value in _assignment_targets(statement):
-                    if method is None:
-                        name = target.value if isinstance(target, cst.Name) else None
-                    else:
-                        name = _attribute_name(target, receiver)
-                    if name is not None:
-                        table.setdefault(name, []).append(value)
-        return table
-
-    def _method_between(self, node: cst.CSTNode, class_def: cst.ClassDef) -> cst.FunctionDef | None | bool:
-        """The method of ``class_def`` holding ``node`` (None: the class body itself); False
-        when the node is not directly in the class (elsewhere, or in a nested class or def)."""
-        method: cst.FunctionDef | None = None
-        for ancestor in self._ctx.ancestors(node):
-            if ancestor is class_def:
-                return method
-            if isinstance(ancestor, cst.ClassDef):
-                return False
-            if isinstance(ancestor, cst.FunctionDef):
-                if method is not None:
-                    return False  # a def inside a method: its own scope
-                method = ancestor
-        return False
-
-
-def _first_parameter(function: cst.FunctionDef) -> str | None:
-    params = [*function.params.posonly_params, *function.params.params]
-    return params[0].name.value if params else None
-
-
-def _assignment_targets(statement: cst.CSTNode) -> Iterator[tuple[cst.BaseExpression, cst.BaseExpression | None]]:
-    """(target, value) for each target of an assignment; value None when it cannot be followed
-    (tuple unpacking, augmented assignment)."""
-    if isinstance(statement, cst.Assign):
-        for assign_target in statement.targets:
-            target = assign_target.target
-            if isinstance(target, (cst.Tuple, cst.List)):
-                for element in target.elements:
-                    yield element.value, None
-            else:
-                yield target, statement.value
-    elif isinstance(statement, cst.AnnAssign) and statement.value is not None:
-        yield statement.target, statement.value
-    elif isinstance(statement, cst.AugAssign):
-        yield statement.target, None
-
-
-def _attribute_name(target: cst.BaseExpression, receiver: str | None) -> str | None:
-    """``attr`` for ``<receiver>.attr``."""
-    if (
-        receiver is not None
-        and isinstance(target, cst.Attribute)
-        and isinstance(target.value, cst.Name)
-        and target.value.value == receiver
-    ):
-        return target.attr.value
-    return None

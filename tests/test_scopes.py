@@ -1,4 +1,5 @@
-"""Where a value comes from inside a function: the shared ValueOrigins analysis."""
+"""Names inside one scope, the value-flow engine's first layer: bindings, the bindings that reach
+a use, and every load of a name."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import textwrap
 
 import libcst as cst
 
-from trainlint.analysis.value_origin import ValueOrigins
+from trainlint.analysis.values import Scopes
 from trainlint.context import FileContext
 from trainlint.project import ProjectIndex
 from trainlint.source import SourceText
@@ -29,13 +30,32 @@ def _returned(ctx: FileContext, function: cst.FunctionDef) -> list[cst.BaseExpre
 
 
 def _origins(ctx: FileContext, function_name: str) -> list[list[str]]:
-    """The origins of each returned expression, as code; parameters marked with ``@param``."""
-    values = ctx.get(ValueOrigins)
+    """What reaches each returned name, as code: the assigned values (for ``x += v``, ``v`` and
+    the earlier values of ``x``), ``name@param`` for a parameter, the name for a binding whose
+    value is not an expression (unpacking, a loop), ``name@unresolved`` when it may be unbound or
+    global."""
+    scopes = ctx.get(Scopes)
     function = _function(ctx, function_name)
-    return [
-        [ctx.code(o) + ("@param" if isinstance(ctx.parent(o), cst.Param) else "") for o in values.origins(e, function)]
-        for e in _returned(ctx, function)
-    ]
+    return [_reaching_codes(ctx, scopes, function, e) for e in _returned(ctx, function)]
+
+
+def _reaching_codes(ctx: FileContext, scopes: Scopes, function: cst.FunctionDef, use: cst.BaseExpression) -> list[str]:
+    if not isinstance(use, cst.Name):
+        return [ctx.code(use)]
+    reaching = scopes.reaching(use, function)
+    found: list[str] = []
+    for binding in sorted(reaching.bindings, key=lambda b: b.effect):
+        if binding.kind == "parameter":
+            found.append(f"{binding.name}@param")
+        elif binding.kind == "augmented" and binding.value is not None:
+            found.append(ctx.code(binding.value))
+        elif binding.value is not None:
+            found.append(ctx.code(binding.value))
+        else:
+            found.append(binding.name)
+    if reaching.unresolved:
+        found.append(f"{use.value}@unresolved")
+    return found
 
 
 def test_bindings_lists_every_simple_assignment_in_the_function() -> None:
@@ -51,7 +71,7 @@ def test_bindings_lists_every_simple_assignment_in_the_function() -> None:
             return a
         """
     )
-    bindings = ctx.get(ValueOrigins).bindings(_function(ctx, "f"))
+    bindings = ctx.get(Scopes).bindings(_function(ctx, "f"))
     assert {k: [ctx.code(v) for v in vs] for k, vs in bindings.items()} == {
         "a": ["x + 1"], "b": ["x + 1"], "c": ["2", "3"], "w": ["a * 2"],
     }
@@ -80,7 +100,7 @@ def test_a_conditional_assignment_keeps_the_earlier_value_possible() -> None:
             return out, identity
         """
     )
-    assert _origins(ctx, "forward") == [["self.conv(x)"], ["x@param", "self.downsample(x)"]]
+    assert _origins(ctx, "forward") == [["self.conv(x)"], ["x", "self.downsample(x)"]]
 
 
 def test_branches_and_loops() -> None:
@@ -98,8 +118,8 @@ def test_branches_and_loops() -> None:
         """
     )
     # y is bound on both branches; after the loop, x may be unbound (empty xs) or the target
-    assert _origins(ctx, "f") == [["1", "2"], ["0", "total + x"], ["x", "x"]]
-    values = ctx.get(ValueOrigins)
+    assert _origins(ctx, "f") == [["1", "2"], ["0", "total + x"], ["x", "x@unresolved"]]
+    values = ctx.get(Scopes)
     function = _function(ctx, "f")
     loop_use = next(n for n in values.uses("total", function))
     reaching = values.reaching(loop_use, function)
@@ -116,10 +136,15 @@ def test_augmented_assignment_adds_its_operand_to_the_earlier_value() -> None:
             return out
         """
     )
-    assert _origins(ctx, "forward") == [["x@param", "self.conv(x)"]]
+    # `out += x`: the right operand, then (reaching the target) what `out` held before
+    scopes = ctx.get(Scopes)
+    function = _function(ctx, "forward")
+    augmented = [b for b in scopes.records(function)["out"] if b.kind == "augmented"]
+    assert [ctx.code(b.value) for b in augmented] == ["x"]
+    assert _reaching_codes(ctx, scopes, function, augmented[0].target) == ["self.conv(x)"]
 
 
-def test_globals_unpacking_and_lambdas_are_unresolved_leaves() -> None:
+def test_globals_are_unresolved_and_unpacking_records_its_source() -> None:
     ctx = _context(
         """
         SCALE = 0.1
@@ -130,26 +155,9 @@ def test_globals_unpacking_and_lambdas_are_unresolved_leaves() -> None:
             return SCALE, a, g
         """
     )
-    assert _origins(ctx, "f") == [["SCALE"], ["a"], ["lambda a: a"]]
-
-
-def test_through_follows_chosen_subexpressions() -> None:
-    ctx = _context(
-        """
-        def f(logits, idx):
-            p = logits.softmax(-1)
-            q = p[idx]
-            return q
-        """
-    )
-    values = ctx.get(ValueOrigins)
-    function = _function(ctx, "f")
-
-    def through(expr: cst.BaseExpression):
-        return [expr.value] if isinstance(expr, cst.Subscript) else None
-
-    (returned,) = _returned(ctx, function)
-    assert [ctx.code(o) for o in values.origins(returned, function, through)] == ["logits.softmax(-1)"]
+    assert _origins(ctx, "f") == [["SCALE@unresolved"], ["a"], ["lambda a: a"]]
+    unpacked = ctx.get(Scopes).records(_function(ctx, "f"))["a"][0]
+    assert (ctx.code(unpacked.source), unpacked.path) == ("pair", (0,))
 
 
 def test_uses_skip_comprehension_and_lambda_rebindings() -> None:
@@ -163,44 +171,10 @@ def test_uses_skip_comprehension_and_lambda_rebindings() -> None:
             return p
         """
     )
-    values = ctx.get(ValueOrigins)
+    values = ctx.get(Scopes)
     function = _function(ctx, "f")
     uses = values.uses("p", function)
     assert [ctx.code(ctx.parent(u)).strip() for u in uses] == ["p + 1", "p += 2", "return p"]
-
-
-def test_attribute_values_of_self() -> None:
-    ctx = _context(
-        """
-        import torch.nn as nn
-
-        class Block(nn.Module):
-            scale = 1.0
-
-            def __init__(self):
-                super().__init__()
-                self.residual_scale = 0.1
-                self.loss = nn.BCELoss()
-                self.a, self.b = 1, 2
-
-            def forward(this, x):
-                this.cache = x
-                return x
-        """
-    )
-    values = ctx.get(ValueOrigins)
-    block = ctx.nodes.of(cst.ClassDef)[0]
-
-    def codes(attr: str) -> list[str] | None:
-        found = values.attribute_values(block, attr)
-        return None if found is None else [ctx.code(v) for v in found]
-
-    assert codes("residual_scale") == ["0.1"]
-    assert codes("loss") == ["nn.BCELoss()"]
-    assert codes("scale") == ["1.0"]
-    assert codes("cache") == ["x"]
-    assert codes("a") is None
-    assert codes("missing") == []
 
 
 def test_later_bindings() -> None:
@@ -212,7 +186,7 @@ def test_later_bindings() -> None:
             return probs
         """
     )
-    values = ctx.get(ValueOrigins)
+    values = ctx.get(Scopes)
     function = _function(ctx, "f")
     sigmoid_call = next(c for c in ctx.nodes.of(cst.Call) if ctx.code(c) == "logits.sigmoid()")
     assert [ctx.code(b.value) for b in values.later_bindings("logits", sigmoid_call, function)] == ["logits * 2"]
@@ -256,8 +230,8 @@ def test_top_level_script_code_is_followed_in_the_module_scope() -> None:
             return probs
         """
     )
-    values = ctx.get(ValueOrigins)
+    values = ctx.get(Scopes)
     probs_in_loop = next(n for n in ctx.nodes.of(cst.Name) if n.value == "probs" and ctx.code(ctx.parent(n)) == "probs")
     assert values.scope_of(probs_in_loop) is ctx.module
-    assert [ctx.code(o) for o in values.origins(probs_in_loop)] == ["torch.softmax(logits, dim=1)"]
+    assert [ctx.code(b.value) for b in values.reaching(probs_in_loop).bindings] == ["torch.softmax(logits, dim=1)"]
     assert len(values.uses("probs", ctx.module)) == 2  # the read inside helper() counts too

@@ -1,0 +1,465 @@
+"""The value-flow engine: what an expression may be, across functions, classes and files.
+
+Each test writes a small project the way real ones are laid out and asks the engine about one
+expression, as a rule would (``ctx.get(ValueFlow).values(expr)``).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import libcst as cst
+import pytest
+
+from trainlint.analysis.model_structure import ModelStructure
+from trainlint.analysis.values import (
+    ClassRef,
+    Collection,
+    Constant,
+    Instance,
+    Parameters,
+    Tensor,
+    ValueFlow,
+    Values,
+    evidence_text,
+)
+from trainlint.context import FileContext
+from trainlint.project import ProjectIndex, module_name_for
+from trainlint.source import SourceText
+
+
+class Project:
+    """Files on disk, linted one at a time as the linter does (the file registered with its index)."""
+
+    def __init__(self, root: Path, files: dict[str, str]) -> None:
+        self.root = root
+        for name, text in files.items():
+            path = root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+
+    def context(self, name: str) -> FileContext:
+        path = self.root / name
+        text = path.read_text(encoding="utf-8")
+        ctx = FileContext(name, SourceText(text), cst.parse_module(text), ProjectIndex([self.root]),
+                          module_name_for(path)[0], path)
+        ctx.project.register(ctx)
+        return ctx
+
+    def values(self, name: str, code: str, occurrence: int = -1) -> Values:
+        """What the ``occurrence``-th expression written ``code`` in file ``name`` may be."""
+        ctx = self.context(name)
+        return ctx.get(ValueFlow).values(_find(ctx, code, occurrence))
+
+
+def _find(ctx: FileContext, code: str, occurrence: int = -1) -> cst.BaseExpression:
+    found = [
+        node for kind in (cst.Name, cst.Attribute, cst.Call, cst.Subscript, cst.BinaryOperation)
+        for node in ctx.nodes.of(kind) if ctx.code(node) == code
+    ]
+    found.sort(key=lambda node: ctx.span(node)[0])
+    assert found, f"no {code!r} in {ctx.path}"
+    return found[occurrence]
+
+
+def classes(values: Values) -> list[str]:
+    return sorted(v.cls for v in values.of_type(Instance))
+
+
+def tensor_kinds(values: Values) -> list[str]:
+    return sorted(t.kind for t in values.of_type(Tensor))
+
+
+# -- names -------------------------------------------------------------------------------------------
+def test_local_names_globals_closures_and_imports(tmp_path: Path) -> None:
+    project = Project(tmp_path, {
+        "losses.py": """
+            import torch.nn as nn
+            criterion = nn.BCELoss()
+        """,
+        "train.py": """
+            import torch.nn as nn
+            from losses import criterion
+
+            SCALE = 0.5
+            loss_fn = nn.MSELoss()
+
+            def outer():
+                model = nn.LSTM(8, 8)
+                def inner(x):
+                    return model(x), loss_fn, SCALE, criterion
+                return inner
+        """,
+    })
+    assert classes(project.values("train.py", "model", -1)) == ["torch.nn.LSTM"]  # a closure
+    assert classes(project.values("train.py", "loss_fn", -1)) == ["torch.nn.MSELoss"]  # a global read in a function
+    assert project.values("train.py", "SCALE", -1) == Values.of(Constant(0.5))
+    assert classes(project.values("train.py", "criterion", -1)) == ["torch.nn.BCELoss"]  # another module
+
+
+def test_a_later_binding_in_straight_line_code_hides_the_earlier_one(tmp_path: Path) -> None:
+    project = Project(tmp_path, {"train.py": """
+        import torch.nn as nn
+
+        def build(flag):
+            net = nn.GRU(4, 4)
+            net = nn.LSTM(4, 4)
+            if flag:
+                head = nn.Linear(4, 2)
+            else:
+                head = nn.Linear(4, 3)
+            return net, head
+    """})
+    assert classes(project.values("train.py", "net", -1)) == ["torch.nn.LSTM"]
+    assert len(project.values("train.py", "head", -1)) == 2  # either branch
+
+
+# -- self ---------------------------------------------------------------------------------------------
+def test_self_attributes_from_every_method_and_from_a_base_in_another_module(tmp_path: Path) -> None:
+    project = Project(tmp_path, {
+        "base.py": """
+            import torch
+            class BaseTrainer:
+                def __init__(self):
+                    self.scaler = torch.cuda.amp.GradScaler(init_scale=1024)
+        """,
+        "trainer.py": """
+            import torch
+            from base import BaseTrainer
+
+            class Trainer(BaseTrainer):
+                def setup(self, model):
+                    self.optimizer = torch.optim.AdamW(model.parameters())
+
+                def step(self, loss):
+                    self.scaler.scale(loss).backward()
+                    self.scaler.step(self.optimizer)
+        """,
+    })
+    assert classes(project.values("trainer.py", "self.scaler", -1)) == ["torch.cuda.amp.GradScaler"]
+    assert classes(project.values("trainer.py", "self.optimizer", -1)) == ["torch.optim.AdamW"]
+
+
+def test_self_attribute_from_a_constructor_parameter_default_and_call_sites(tmp_path: Path) -> None:
+    project = Project(tmp_path, {
+        "blocks.py": """
+            import torch.nn as nn
+
+            class Block(nn.Module):
+                def __init__(self, dim, residual_scale=0.1):
+                    super().__init__()
+                    self.residual_scale = residual_scale
+
+                def forward(self, x):
+                    return self.residual_scale * x
+        """,
+        "model.py": """
+            from blocks import Block
+            layers = [Block(64), Block(64, residual_scale=0.2)]
+        """,
+    })
+    values = project.values("blocks.py", "self.residual_scale", -1)
+    assert sorted(v.value for v in values.of_type(Constant)) == [0.1, 0.2]
+    assert not values.unknown
+    texts = {e.describe() for v in values for e in v.evidence}
+    assert "the default `residual_scale=0.1`" in texts
+    assert any(text.startswith("passed at model.py:2") for text in texts)
+
+
+def test_a_class_built_nowhere_in_the_project_keeps_its_default_as_an_external_guess(tmp_path: Path) -> None:
+    project = Project(tmp_path, {"blocks.py": """
+        class Block:
+            def __init__(self, residual_scale=0.1):
+                self.residual_scale = residual_scale
+            def forward(self, x):
+                return self.residual_scale * x
+    """})
+    values = project.values("blocks.py", "self.residual_scale", -1)
+    assert values.constants() == [0.1]
+    assert values.unknown and not values.untraced  # it may be built elsewhere, from a config
+
+
+# -- parameters --------------------------------------------------------------------------------------
+def test_parameters_from_positional_keyword_and_partial_call_sites(tmp_path: Path) -> None:
+    project = Project(tmp_path, {
+        "train.py": """
+            import functools
+            import torch
+            import torch.nn as nn
+
+            def train(model, optimizer, criterion=None):
+                return model, optimizer, criterion
+
+            def main():
+                model = nn.LSTM(4, 4)
+                train(model, torch.optim.SGD(model.parameters(), lr=0.1))
+                run = functools.partial(train, criterion=nn.BCELoss())
+                run(nn.GRU(4, 4), optimizer=torch.optim.Adam(model.parameters()))
+        """,
+    })
+    returned = project.values("train.py", "criterion", 1)  # in the return statement
+    assert classes(returned) == ["torch.nn.BCELoss"] and returned.constants() == [None]
+    ctx = project.context("train.py")
+    train = next(f for f in ctx.nodes.of(cst.FunctionDef) if f.name.value == "train")
+    flow = ctx.get(ValueFlow)
+    assert classes(flow.parameter_values(train, "model")) == ["torch.nn.GRU", "torch.nn.LSTM"]
+    assert classes(flow.parameter_values(train, "optimizer")) == ["torch.optim.Adam", "torch.optim.SGD"]
+
+
+def test_a_class_passed_as_an_argument_and_instantiated_inside(tmp_path: Path) -> None:
+    project = Project(tmp_path, {"train.py": """
+        import torch.nn as nn
+
+        class Net(nn.Module):
+            def forward(self, x):
+                return x.sigmoid()
+
+        def fit(model_cls, x):
+            model = model_cls()
+            return model(x)
+
+        fit(Net, None)
+    """})
+    assert classes(project.values("train.py", "model", -1)) == ["train.Net"]
+    assert tensor_kinds(project.values("train.py", "model(x)")) == ["sigmoid"]
+
+
+def test_a_function_used_as_a_value_may_be_called_with_anything(tmp_path: Path) -> None:
+    project = Project(tmp_path, {"train.py": """
+        import torch.multiprocessing as mp
+        import torch.nn as nn
+
+        def worker(rank, model):
+            return model
+
+        mp.spawn(worker, args=(nn.LSTM(4, 4),))
+        worker(0, nn.GRU(4, 4))
+    """})
+    values = project.values("train.py", "model", -1)
+    assert classes(values) == ["torch.nn.GRU"] and values.unknown and not values.untraced
+
+
+def test_parameters_across_modules_and_a_trainer_built_in_another_module(tmp_path: Path) -> None:
+    project = Project(tmp_path, {
+        "trainer.py": """
+            class Trainer:
+                def __init__(self, model, optimizer, criterion):
+                    self.model = model
+                    self.optimizer = optimizer
+                    self.criterion = criterion
+
+                def fit(self, loader):
+                    for x, y in loader:
+                        loss = self.criterion(self.model(x), y)
+        """,
+        "train.py": """
+            import torch
+            import torch.nn as nn
+            from trainer import Trainer
+
+            model = nn.Sequential(nn.Linear(8, 1), nn.Sigmoid())
+            trainer = Trainer(model, torch.optim.Adam(model.parameters()), nn.BCELoss())
+            trainer.fit([])
+        """,
+    })
+    assert classes(project.values("trainer.py", "self.criterion", -1)) == ["torch.nn.BCELoss"]
+    output = project.values("trainer.py", "self.model(x)")
+    assert tensor_kinds(output) == ["sigmoid"]
+    assert "passed at train.py:6" in evidence_text(output) or "passed at train.py:6" in evidence_text(
+        project.values("trainer.py", "self.model", -1)
+    )
+
+
+# -- returns, containers, iteration ------------------------------------------------------------------
+def test_return_summaries_tuple_unpacking_and_iteration(tmp_path: Path) -> None:
+    project = Project(tmp_path, {
+        "factory.py": """
+            import torch
+            import torch.nn as nn
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            def build(cfg):
+                model = nn.LSTM(cfg.width, cfg.width).cuda()
+                optimizer = torch.optim.Adam(model.parameters())
+                return DDP(model), optimizer
+
+            def wrap(module):
+                return module.to("cuda")
+        """,
+        "train.py": """
+            import torch.nn as nn
+            from factory import build, wrap
+
+            model, optimizer = build(cfg)
+            head = wrap(nn.Linear(4, 2))
+            optimizers = [optimizer, {"params": model.parameters()}]
+            for opt in optimizers:
+                opt.step()
+            for name, p in model.named_parameters():
+                p.grad
+        """,
+    })
+    assert classes(project.values("train.py", "model", -1)) == ["torch.nn.LSTM"]
+    assert classes(project.values("train.py", "optimizer", -1)) == ["torch.optim.Adam"]
+    assert classes(project.values("train.py", "head")) == ["torch.nn.Linear"]  # a parameter returned
+    opt = project.values("train.py", "opt", -1)
+    assert classes(opt) == ["torch.optim.Adam"] and len(opt.of_type(Collection)) == 1
+    parameters = project.values("train.py", "p", -1).of_type(Parameters)
+    assert [classes(p.owners) for p in parameters] == [["torch.nn.LSTM"]]
+
+
+# -- tensors and models ------------------------------------------------------------------------------
+def test_a_forward_that_ends_in_a_softmax_on_every_path(tmp_path: Path) -> None:
+    project = Project(tmp_path, {"policy.py": """
+        import torch
+        import torch.nn as nn
+        import torch.nn.functional as F
+
+        class Policy(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = nn.Linear(4, 2)
+
+            def forward(self, obs, greedy=False):
+                logits = self.net(obs)
+                if greedy:
+                    return F.softmax(logits / 0.1, dim=-1)
+                return F.softmax(logits, dim=-1)
+
+            def act(self, obs, actions):
+                probs = self(obs)
+                picked = probs.gather(1, actions).squeeze(1)
+                return torch.log(picked)
+
+        class Mixed(nn.Module):
+            def forward(self, x):
+                if self.training:
+                    return x
+                return x.softmax(-1)
+    """})
+    values = project.values("policy.py", "picked", -1)
+    assert tensor_kinds(values) == ["softmax", "softmax"] and values.must(lambda v: isinstance(v, Tensor))
+    assert all(t.selected for t in values.of_type(Tensor))
+    ctx = project.context("policy.py")
+    mixed = next(c for c in ctx.nodes.of(cst.ClassDef) if c.name.value == "Mixed")
+    forward = next(s for s in mixed.body.body if isinstance(s, cst.FunctionDef))
+    summary = ctx.get(ValueFlow).summary(forward)
+    assert summary.may(lambda v: isinstance(v, Tensor)) and not summary.must(lambda v: isinstance(v, Tensor))
+
+
+def test_an_nn_sequential_ending_in_a_sigmoid_and_exp_of_log_softmax(tmp_path: Path) -> None:
+    project = Project(tmp_path, {"gan.py": """
+        import torch
+        import torch.nn as nn
+
+        class Discriminator(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = nn.Sequential(nn.Linear(784, 1), nn.LeakyReLU(0.2), nn.Linear(1, 1), nn.Sigmoid())
+
+            def forward(self, img):
+                return self.model(img.view(img.size(0), -1))
+
+        D = Discriminator()
+        validity = D(torch.randn(2, 784))
+        p = torch.exp(torch.log_softmax(validity, dim=1))
+    """})
+    validity = project.values("gan.py", "validity", -1)
+    (tensor,) = validity.of_type(Tensor)
+    assert (tensor.kind, tensor.style) == ("sigmoid", "layer") and tensor.module is not None
+    assert tensor.module.code() == "nn.Sigmoid()"
+    assert tensor_kinds(project.values("gan.py", "p", -1)) == ["softmax"]
+
+
+def test_a_loss_module_is_not_a_model(tmp_path: Path) -> None:
+    project = Project(tmp_path, {"train.py": """
+        import torch.nn as nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.rnn = nn.LSTM(4, 4)
+
+        def step(model, criterion, x, y):
+            return criterion(model(x), y)
+
+        step(Net(), nn.CrossEntropyLoss(), None, None)
+    """})
+    ctx = project.context("train.py")
+    structure = ctx.get(ModelStructure)
+    step = next(f for f in ctx.nodes.of(cst.FunctionDef) if f.name.value == "step")
+    runs = structure.runs_in(step)
+    assert [ctx.code(run.model) for run in runs] == ["model"]
+    assert runs[0].built_by == {"train.Net"}
+
+
+# -- bounds -------------------------------------------------------------------------------------------
+def test_recursion_cycles_and_self_reassignment_end(tmp_path: Path) -> None:
+    project = Project(tmp_path, {"train.py": """
+        import torch.nn as nn
+
+        def ping(x):
+            return pong(x)
+
+        def pong(x):
+            return ping(x)
+
+        class Trainer:
+            def __init__(self):
+                self.model = nn.LSTM(4, 4)
+                self.model = self.model.cuda()
+                self.scale = 0.5
+                self.scale = self.scale * 2
+
+            def step(self):
+                return self.model, self.scale, ping(1)
+
+        h = nn.GRU(4, 4)
+        for _ in range(3):
+            h = h.cuda()
+    """})
+    assert classes(project.values("train.py", "self.model", -1)) == ["torch.nn.LSTM"]  # .cuda() keeps it
+    scale = project.values("train.py", "self.scale", -1)
+    assert scale.unknown and scale.untraced  # 0.5, then something computed from it
+    assert project.values("train.py", "ping(1)").unknown
+    assert classes(project.values("train.py", "h", -1)) == ["torch.nn.GRU"]
+
+
+def test_deep_chains_of_calls_stay_bounded(tmp_path: Path) -> None:
+    chain = "\n".join(f"def f{i}(x):\n    return f{i + 1}(x)\n" for i in range(200))
+    project = Project(tmp_path, {"deep.py": chain + "def f200(x):\n    return x\nresult = f0(1)\n"})
+    assert project.values("deep.py", "f0(1)").unknown  # past the depth limit: unknown, no RecursionError
+
+
+@pytest.mark.parametrize("scale,expected", [("", 65536.0), ("init_scale=1024", 1024.0), ("init_scale=2.0**10", 1024.0)])
+def test_the_scale_a_grad_scaler_starts_with(tmp_path: Path, scale: str, expected: float) -> None:
+    project = Project(tmp_path, {"train.py": f"""
+        import torch
+        scaler = torch.cuda.amp.GradScaler({scale})
+        scaler.update()
+    """})
+    ctx = project.context("train.py")
+    flow = ctx.get(ValueFlow)
+    (instance,) = flow.values(_find(ctx, "scaler")).of_type(Instance)
+    assert flow.scaler_init_scale(instance) == expected
+
+
+def test_the_project_index_is_asked_only_where_needed(tmp_path: Path) -> None:
+    """A function of a script nobody imports: no other module is read for its callers."""
+    project = Project(tmp_path, {
+        "train.py": "def train(model):\n    return model\n",
+        "other.py": "import torch\ndef train(model):\n    return model\ntrain(torch.nn.GRU(2, 2))\n",
+    })
+    ctx = project.context("train.py")
+    values = ctx.get(ValueFlow).values(_find(ctx, "model", -1))
+    assert values.unknown and not values.items
+    assert str((tmp_path / "other.py").resolve()) not in ctx.project.consulted
+
+
+def test_class_refs_for_classes_of_the_project_and_of_libraries(tmp_path: Path) -> None:
+    project = Project(tmp_path, {"train.py": "import torch.nn as nn\nclass Net(nn.Module):\n    pass\nA = Net\nB = nn.LSTM\n"})
+    (net,) = project.values("train.py", "A", -1).of_type(ClassRef)
+    (lstm,) = project.values("train.py", "B", -1).of_type(ClassRef)
+    assert (net.qualified, net.site is not None) == ("train.Net", True)
+    assert (lstm.qualified, lstm.site) == ("torch.nn.LSTM", None)

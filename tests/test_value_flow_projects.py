@@ -1,0 +1,80 @@
+"""Multi-file projects in the shapes real training code has, through the real command line.
+
+Each directory of ``tests/fixtures/projects`` with an ``expected.txt`` is a small project: a model
+in ``models/``, a loss in ``losses.py``, a ``Trainer`` class that receives what it trains with,
+a policy network whose method returns probabilities, a step built as a closure... Its
+``expected.txt`` lists every finding of every rule, one per line, as ``PATH:ROW:COLUMN CODE``
+followed by a fragment the message must contain (where the value came from); an empty file is a
+look-alike that must stay clean. Most positive projects have a corrected twin that is clean.
+
+Each project is copied to a temporary directory, so that neither this repository's configuration
+(which excludes ``tests/fixtures``) nor a cache can change the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURES, run_cli
+
+PROJECTS = FIXTURES / "projects"
+CASES = sorted(p.parent.name for p in PROJECTS.glob("*/expected.txt"))
+
+
+def _expected(project: Path) -> dict[tuple[str, int, int, str], str]:
+    found = {}
+    for line in (project / "expected.txt").read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        place, code, fragment = (line.split(" ", 2) + [""])[:3]
+        path, row, column = place.rsplit(":", 2)
+        found[(path, int(row), int(column), code)] = fragment
+    return found
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_project_findings_and_where_they_come_from(name: str, tmp_path: Path) -> None:
+    project = tmp_path / name
+    shutil.copytree(PROJECTS / name, project)
+    result = run_cli(".", "--select", "ALL", "--no-cache", "--output-format", "json", cwd=project)
+    assert result.returncode in (0, 1), result.stderr
+    findings = {
+        (Path(f["filename"]).resolve().relative_to(project.resolve()).as_posix(), f["location"]["row"],
+         f["location"]["column"], f["code"]): f["message"]
+        for f in json.loads(result.stdout)
+    }
+    expected = _expected(project)
+    assert sorted(findings) == sorted(expected)
+    for key, fragment in expected.items():
+        assert fragment in findings[key], f"{key}: {findings[key]!r} lacks {fragment!r}"
+
+
+def test_every_positive_project_has_a_clean_twin() -> None:
+    """A finding is only as good as the look-alike it leaves alone."""
+    positives = [name for name in CASES if _expected(PROJECTS / name)]
+    negatives = [name for name in CASES if not _expected(PROJECTS / name)]
+    assert len(negatives) >= len(positives) - 1, (positives, negatives)
+
+
+def test_editing_the_model_module_changes_the_cached_finding_in_the_training_script(tmp_path: Path) -> None:
+    """The finding in train.py is about models/discriminator.py: the cache must follow it."""
+    project = tmp_path / "gan"
+    shutil.copytree(PROJECTS / "gan_logits", project)
+
+    def tl204() -> list[int]:
+        result = run_cli(".", "--select", "TL204", "--output-format", "json", cwd=project)
+        return sorted(f["location"]["row"] for f in json.loads(result.stdout) if f["code"] == "TL204")
+
+    assert tl204() == []
+    (project / "losses.py").write_text("import torch.nn as nn\n\nadversarial_loss = nn.BCELoss()\n", encoding="utf-8")
+    assert tl204() == []  # logits into BCELoss: wrong, but not this rule's bug
+    discriminator = project / "models" / "discriminator.py"
+    text = discriminator.read_text(encoding="utf-8")
+    discriminator.write_text(text.replace("nn.Linear(256, 1),\n", "nn.Linear(256, 1),\n            nn.Sigmoid(),\n"), encoding="utf-8")
+    assert tl204() == [21, 26, 27]
+    discriminator.write_text(text, encoding="utf-8")
+    assert tl204() == []

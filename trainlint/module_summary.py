@@ -1,0 +1,178 @@
+"""What a module defines, imports and calls, read with Python's ``ast`` (about a tenth of a LibCST
+parse): the project index's cheap summary of every module it looks into.
+
+A summary is an index, not an analysis: it says where to look (which module defines a class,
+which modules may call a function, which classes a class constructs), and the value-flow engine
+then reads the module itself for what values are.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainlint.source import content_digest, python_ast
+
+# Decorators that leave who calls a function, and with what, unchanged.
+HARMLESS_DECORATORS = frozenset({
+    "staticmethod", "classmethod", "property", "abstractmethod", "abc.abstractmethod", "functools.wraps",
+    "torch.no_grad", "torch.inference_mode", "torch.enable_grad", "torch.jit.script", "torch.jit.export",
+    "torch.jit.ignore", "torch.jit.unused", "torch.compile", "torch.compiler.disable", "dataclass",
+    "dataclasses.dataclass", "functools.lru_cache", "functools.cache", "typing.overload", "overload",
+    "torch.autocast", "torch.cuda.amp.autocast", "torch.amp.autocast", "contextlib.contextmanager",
+})
+
+
+@dataclass
+class ClassSummary:
+    calls: set[str] = field(default_factory=set)  # qualified names of what its body calls (layers, submodules)
+    bases: list[str] = field(default_factory=list)  # qualified names of its bases
+    decorated: bool = False  # by something that may register it (a factory registry)
+
+
+@dataclass
+class ModuleSummary:
+    name: str
+    path: Path
+    digest: str
+    is_package: bool
+    imports: dict[str, str] = field(default_factory=dict)  # local name -> qualified name
+    classes: dict[str, ClassSummary] = field(default_factory=dict)  # "Outer.Inner" for nested ones
+    functions: set[str] = field(default_factory=set)  # top-level functions
+    variables: set[str] = field(default_factory=set)  # names assigned at the top level
+    decorated_functions: set[str] = field(default_factory=set)
+    calls: set[str] = field(default_factory=set)  # qualified callees, and ".name" for method calls
+    references: set[str] = field(default_factory=set)  # qualified names and ".attr" used as values, not called
+
+    def defines(self, name: str) -> bool:
+        return name in self.classes or name in self.functions or name in self.variables
+
+
+def _dotted(node: ast.expr) -> str | None:
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+class _Summarizer:
+    def __init__(self, summary: ModuleSummary) -> None:
+        self.summary = summary
+
+    def qualify(self, node: ast.expr) -> str | None:
+        dotted = _dotted(node)
+        if dotted is None:
+            return None
+        head, _, rest = dotted.partition(".")
+        bound = self.summary.imports.get(head)
+        if bound is None:
+            return None
+        return f"{bound}.{rest}" if rest else bound
+
+    def read_imports(self, tree: ast.Module) -> None:
+        summary = self.summary
+        package = summary.name if summary.is_package else summary.name.rpartition(".")[0]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.asname:
+                        summary.imports[alias.asname] = alias.name
+                    else:
+                        head = alias.name.split(".")[0]
+                        summary.imports[head] = head
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".") if package else []
+                    anchor = anchor[: len(anchor) - (node.level - 1)] if node.level > 1 else anchor
+                    base = ".".join([*anchor, base] if base else anchor)
+                for alias in node.names:
+                    if alias.name != "*":
+                        summary.imports[alias.asname or alias.name] = f"{base}.{alias.name}"
+        for node in tree.body:
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                summary.imports[node.name] = f"{summary.name}.{node.name}"
+
+    def _decorated(self, node: ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+        for decorator in node.decorator_list:
+            target = decorator.func if isinstance(decorator, ast.Call) else decorator
+            name = self.qualify(target) or _dotted(target) or ""
+            if name not in HARMLESS_DECORATORS and name.rpartition(".")[2] not in HARMLESS_DECORATORS:
+                return True
+        return False
+
+    def read_definitions(self, body: Iterable[ast.stmt], prefix: str = "") -> None:
+        summary = self.summary
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                name = f"{prefix}{node.name}"
+                summary.classes[name] = ClassSummary(
+                    calls=self.calls_in(node.body),
+                    bases=[b for b in map(self.qualify, node.bases) if b],
+                    decorated=self._decorated(node),
+                )
+                self.read_definitions(node.body, f"{name}.")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not prefix:
+                summary.functions.add(node.name)
+                if self._decorated(node):
+                    summary.decorated_functions.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)) and not prefix:
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    summary.variables.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+
+    def calls_in(self, nodes: Iterable[ast.AST]) -> set[str]:
+        found: set[str] = set()
+        for root in nodes:
+            for node in ast.walk(root):
+                if isinstance(node, ast.Call):
+                    name = self.qualify(node.func)
+                    if name:
+                        found.add(name)
+        return found
+
+    def read_uses(self, tree: ast.Module) -> None:
+        """Every call's callee (qualified, or ``.method``), and every name or ``self.attr`` used
+        as a value rather than called: a function passed as a callback has call sites no one
+        can see."""
+        summary = self.summary
+        callees: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                callees.add(id(node.func))
+                name = self.qualify(node.func)
+                if name is not None:
+                    summary.calls.add(name)
+                elif isinstance(node.func, ast.Attribute):
+                    summary.calls.add("." + node.func.attr)
+        for node in ast.walk(tree):
+            if id(node) in callees or not isinstance(node, (ast.Name, ast.Attribute)):
+                continue
+            if not isinstance(getattr(node, "ctx", None), ast.Load):
+                continue
+            name = self.qualify(node)
+            if name is not None:
+                summary.references.add(name)
+            elif isinstance(node, ast.Attribute):
+                summary.references.add("." + node.attr)
+
+
+def summarize(name: str, path: Path, data: bytes | str, tree: ast.Module | None = None) -> ModuleSummary:
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    summary = ModuleSummary(name=name, path=path, digest=content_digest(raw), is_package=path.name == "__init__.py")
+    if tree is None:
+        try:
+            tree = python_ast(data, str(path))
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return summary
+    summarizer = _Summarizer(summary)
+    summarizer.read_imports(tree)
+    summarizer.read_definitions(tree.body)
+    summarizer.read_uses(tree)
+    return summary
