@@ -78,3 +78,20 @@ def test_editing_the_model_module_changes_the_cached_finding_in_the_training_scr
     assert tl204() == [21, 26, 27]
     discriminator.write_text(text, encoding="utf-8")
     assert tl204() == []
+
+
+def test_a_module_level_loss_another_module_imports_is_not_rewritten(tmp_path: Path) -> None:
+    """`criterion = nn.BCELoss()` fed a local sigmoid: switching it to `BCEWithLogitsLoss` is safe
+    only while no other module of the project imports it (and may call it on probabilities)."""
+    rule = FIXTURES / "rules" / "TL204" / "pos_module_global_criterion.py"
+    (tmp_path / "train.py").write_text(rule.read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "evaluate.py").write_text(
+        "from train import criterion\n\n\ndef bce(probs, y):\n    return criterion(probs, y)\n", encoding="utf-8"
+    )
+    original = (tmp_path / "train.py").read_text(encoding="utf-8")
+    result = run_cli("--no-cache", "--fix", "--select", "TL204", "train.py", cwd=tmp_path)
+    assert result.returncode == 1 and "train.py:9:12: TL204" in run_cli("--no-cache", "--select", "TL204", "--output-format", "concise", "train.py", cwd=tmp_path).stdout
+    assert (tmp_path / "train.py").read_text(encoding="utf-8") == original
+    (tmp_path / "evaluate.py").unlink()
+    run_cli("--no-cache", "--fix", "--select", "TL204", "train.py", cwd=tmp_path)
+    assert "criterion = nn.BCEWithLogitsLoss()" in (tmp_path / "train.py").read_text(encoding="utf-8")

@@ -15,21 +15,10 @@ from pathlib import Path
 
 from trainlint.source import content_digest, python_ast
 
-# Decorators that leave who calls a function, and with what, unchanged.
-HARMLESS_DECORATORS = frozenset({
-    "staticmethod", "classmethod", "property", "abstractmethod", "abc.abstractmethod", "functools.wraps",
-    "torch.no_grad", "torch.inference_mode", "torch.enable_grad", "torch.jit.script", "torch.jit.export",
-    "torch.jit.ignore", "torch.jit.unused", "torch.compile", "torch.compiler.disable", "dataclass",
-    "dataclasses.dataclass", "functools.lru_cache", "functools.cache", "typing.overload", "overload",
-    "torch.autocast", "torch.cuda.amp.autocast", "torch.amp.autocast", "contextlib.contextmanager",
-})
-
-
 @dataclass
 class ClassSummary:
     calls: set[str] = field(default_factory=set)  # qualified names of what its body calls (layers, submodules)
     bases: list[str] = field(default_factory=list)  # qualified names of its bases
-    decorated: bool = False  # by something that may register it (a factory registry)
 
 
 @dataclass
@@ -42,7 +31,6 @@ class ModuleSummary:
     classes: dict[str, ClassSummary] = field(default_factory=dict)  # "Outer.Inner" for nested ones
     functions: set[str] = field(default_factory=set)  # top-level functions
     variables: set[str] = field(default_factory=set)  # names assigned at the top level
-    decorated_functions: set[str] = field(default_factory=set)
     calls: set[str] = field(default_factory=set)  # qualified callees, and ".name" for method calls
     references: set[str] = field(default_factory=set)  # qualified names and ".attr" used as values, not called
 
@@ -99,14 +87,6 @@ class _Summarizer:
             if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                 summary.imports[node.name] = f"{summary.name}.{node.name}"
 
-    def _decorated(self, node: ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
-        for decorator in node.decorator_list:
-            target = decorator.func if isinstance(decorator, ast.Call) else decorator
-            name = self.qualify(target) or _dotted(target) or ""
-            if name not in HARMLESS_DECORATORS and name.rpartition(".")[2] not in HARMLESS_DECORATORS:
-                return True
-        return False
-
     def read_definitions(self, body: Iterable[ast.stmt], prefix: str = "") -> None:
         summary = self.summary
         for node in body:
@@ -115,13 +95,10 @@ class _Summarizer:
                 summary.classes[name] = ClassSummary(
                     calls=self.calls_in(node.body),
                     bases=[b for b in map(self.qualify, node.bases) if b],
-                    decorated=self._decorated(node),
                 )
                 self.read_definitions(node.body, f"{name}.")
             elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not prefix:
                 summary.functions.add(node.name)
-                if self._decorated(node):
-                    summary.decorated_functions.add(node.name)
             elif isinstance(node, (ast.Assign, ast.AnnAssign)) and not prefix:
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 for target in targets:

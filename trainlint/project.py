@@ -262,6 +262,18 @@ class ProjectIndex:
                 if summary is not None:
                     yield summary
 
+    def importers(self, module: str, name: str) -> list[ModuleSummary]:
+        """The project's other modules that import ``name`` from ``module`` (or use it as
+        ``module.name``): a fix that changes what a module-level name is must not surprise them."""
+        qualified = f"{module}.{name}"
+        current = self._current_summary if self._current is not None else None
+        return [
+            summary
+            for summary in self.modules_importing(module, name)
+            if summary is not current and summary.name != module
+            and (qualified in summary.imports.values() or qualified in summary.references or qualified in summary.calls)
+        ]
+
     # -- questions rules ask ------------------------------------------------------------------
     def layers_of(self, qualified: str, importer: Path | None = None) -> frozenset[str]:
         """Qualified names of every torch callable a class of the project builds, transitively

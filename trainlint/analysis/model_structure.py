@@ -88,8 +88,9 @@ class ModelRun:
     call: cst.Call
     model: cst.BaseExpression  # the model as written
     built_by: frozenset[str]  # qualified names of the classes/factories that built it
-    layers: frozenset[str]
+    layers: frozenset[str]  # of any model it may be
     instances: tuple[Instance, ...] = ()
+    common_layers: frozenset[str] = frozenset()  # of every model it may be ("must"); empty when it may be unknown
 
 
 def number(expr: cst.BaseExpression) -> float | None:
@@ -206,6 +207,31 @@ class ModelStructure:
         site_ctx = value.site.ctx if value.site is not None else self.ctx
         return self.ctx.project.layers_of(value.cls, site_ctx.real_path or self.ctx.real_path)
 
+    def trained_layers(self, params: Values) -> frozenset[str]:
+        """Layers an optimizer built over ``params`` certainly trains: for each part of its
+        parameters (``m.parameters()``, each item of a list or of parameter groups), the layers
+        every module that part may belong to has ("must"); nothing for a part of unknown owner."""
+        layers: set[str] = set()
+        for part in self._parameter_parts(params):
+            owners = part.owners
+            each = [self.layers_of_value(owner) for owner in owners]
+            if each and not owners.unknown and owners.must(lambda v: isinstance(v, Instance)):
+                layers |= frozenset.intersection(*each)
+        return frozenset(layers)
+
+    def _parameter_parts(self, params: Values, depth: int = 0) -> list[Parameters]:
+        if depth > _MAX_CONTENT_DEPTH:
+            return []
+        parts: list[Parameters] = []
+        for value in params:
+            if isinstance(value, Parameters):
+                parts.append(value)
+            elif isinstance(value, Collection):
+                items = [value.item("params")] if value.kind == "dict" else list(value.items)
+                for item in items:
+                    parts.extend(self._parameter_parts(item, depth + 1))
+        return parts
+
     def modules_in(self, params: Values, depth: int = 0) -> Values:
         """The modules whose parameters an optimizer's ``params`` hold: ``m.parameters()``,
         lists of them, parameter groups (``[{"params": m.encoder.parameters()}, ...]``)."""
@@ -270,13 +296,14 @@ class ModelStructure:
             return None
         if isinstance(model, cst.Name) and model.value != "self" and self.ctx.qualified_name(model) is not None:
             return None  # a class or function called by name builds, it does not run a model
-        instances = tuple(self.models(model).of_type(Instance))
-        layers: set[str] = set()
-        for instance in instances:
-            layers |= self.layers_of_value(instance)
+        models = self.models(model)
+        instances = tuple(models.of_type(Instance))
+        each = [self.layers_of_value(instance) for instance in instances]
+        layers = frozenset().union(*each)
         if not layers:
             return None
-        return ModelRun(call, model, frozenset(i.cls for i in instances), frozenset(layers), instances)
+        common = frozenset.intersection(*each) if each and not models.unknown else frozenset()
+        return ModelRun(call, model, frozenset(i.cls for i in instances), layers, instances, common)
 
     def _local_callee(self, call: cst.Call) -> cst.FunctionDef | None:
         func = call.func

@@ -175,14 +175,19 @@ class Probabilities:
     def module_instances(self, callee: cst.BaseExpression, qualified_names: frozenset[str]) -> list[Instance]:
         """The module instances ``callee`` may be, when every one is one of ``qualified_names``
         (``nn.BCELoss()`` built inline, in a local name, in ``self.loss``, passed as a parameter,
-        returned by a factory, or each of several such); empty when unknown or anything else."""
+        returned by a factory, a constructor's default, or each of several such); empty when
+        unknown or anything else."""
         if not isinstance(callee, (cst.Name, cst.Attribute, cst.Call)):
             return []
         qualified = self.ctx.qualified_name(callee) if not isinstance(callee, cst.Call) else None
         if qualified is not None and qualified.split(".")[0] in _LIBRARIES:
             return []  # `F.relu`, `torch.log`: a library's function or class, not an instance
         values = self.flow.values(callee)
-        if not values.must(lambda v: isinstance(v, Instance) and v.cls in qualified_names):
+        # A constructor default (`loss_fn=nn.CrossEntropyLoss()`) of a class built outside the
+        # project counts: a caller from outside is assumed to keep it (Values.untraced).
+        if values.untraced or not values.items:
+            return []
+        if not all(isinstance(v, Instance) and v.cls in qualified_names for v in values):
             return []
         return values.of_type(Instance)
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from trainlint.analysis.imports import dotted_name
-from trainlint.analysis.values import Instance, Scopes, ValueFlow, Values, is_none
+from trainlint.analysis.values import Instance, Scopes, Tensor, ValueFlow, Values, is_none
 from trainlint.analysis.values.torch_semantics import DEFAULT_INIT_SCALE, GRAD_SCALERS, is_optimizer_class
 from trainlint.context import child_nodes
 
@@ -539,7 +539,6 @@ class _Module:
         self._derived_cache: dict[cst.FunctionDef, tuple[frozenset[str], frozenset[str]]] = {}
         self._reads_cache: dict[cst.FunctionDef, tuple[bool, bool]] = {}
         self._facts_cache: dict[cst.CSTNode, _ExpressionFacts] = {}
-        self._scaled_names_cache: dict[cst.FunctionDef, dict[str, str]] = {}
 
     # -- where things are ----------------------------------------------------------------------
     def function_of(self, node: cst.CSTNode) -> cst.FunctionDef | None:
@@ -660,14 +659,17 @@ class _Module:
         values = self._receiver_values(receiver)
         if any(isinstance(v, Instance) and ("lr_scheduler" in v.cls or "Scheduler" in v.cls) for v in values):
             return None
-        for instance in values.of_type(Instance):
-            if is_optimizer_class(instance.cls):
-                params = self.flow.construction_argument(instance, 0, "params")
-                call = instance.call
-                node = _params_of(call) if call is not None else None
-                local = node is not None and instance.site is not None and instance.site.ctx is self.ctx
-                code = instance.site.ctx.code(node) if node is not None and instance.site is not None else None
-                return OptimizerInfo(text, instance.cls, code, node if local else None, instance, params)
+        optimizers = [v for v in values.of_type(Instance) if is_optimizer_class(v.cls)]
+        if optimizers:
+            # `for opt in optimizers:` is each of them: what they train together is their union,
+            # and a fix that spells one optimizer's parameters applies only to a single one.
+            params = Values.union(self.flow.construction_argument(o, 0, "params") or Values() for o in optimizers)
+            instance = optimizers[0]
+            call = instance.call if len(optimizers) == 1 else None
+            node = _params_of(call) if call is not None else None
+            local = node is not None and instance.site is not None and instance.site.ctx is self.ctx
+            code = instance.site.ctx.code(node) if node is not None and instance.site is not None else None
+            return OptimizerInfo(text, instance.cls, code, node if local else None, instance, params)
         named_like_one = bool(_OPTIMIZER_NAME.search(last)) or text in self.scaler_arguments
         return OptimizerInfo(text, None, None) if named_like_one else None
 
@@ -961,7 +963,6 @@ class _Builder:
         self.loops: list[cst.CSTNode] = []
         self.statement: cst.CSTNode = function
         self.nesting: tuple[tuple[int, int], ...] = ()
-        self.scaled_names: dict[str, str] = self._scaled_names()
 
     # -- statements --------------------------------------------------------------------------
     def block(self, body: cst.BaseSuite | Sequence[cst.BaseStatement]) -> list[_Item]:
@@ -1200,27 +1201,12 @@ class _Builder:
         scaler, loss = self._scaled_value(tensor)
         if scaler is not None:
             return scaler, loss
-        text = dotted_name(tensor)
-        if text is not None and text in self.scaled_names:
-            return self.scaled_names[text], tensor
+        for value in self.module.flow.values(tensor).of_type(Tensor):  # `scaled = scaler.scale(loss)`
+            if value.kind == "scaled" and value.site.ctx is self.ctx and isinstance(value.site.node, cst.Call):
+                scaler, _ = self._scaled_value(value.site.node)
+                if scaler is not None:
+                    return scaler, tensor
         return None, tensor
-
-    def _scaled_names(self) -> dict[str, tuple[cst.BaseExpression, str]]:
-        """Names holding ``scaler.scale(loss)`` in this function (``scaled.backward()`` later)."""
-        cache = self.module._scaled_names_cache
-        if self.function not in cache:
-            cache[self.function] = self._find_scaled_names()
-        return cache[self.function]
-
-    def _find_scaled_names(self) -> dict[str, tuple[cst.BaseExpression, str]]:
-        found = {}
-        for node in _descendants(_body(self.function)):
-            if isinstance(node, cst.Assign) and len(node.targets) == 1:
-                text = dotted_name(node.targets[0].target)
-                scaler, _ = self._scaled_value(node.value)
-                if text is not None and scaler is not None:
-                    found[text] = scaler
-        return found
 
     def _scaled_value(self, value: cst.BaseExpression) -> tuple[tuple[cst.BaseExpression, str] | None, cst.BaseExpression]:
         if isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute) and value.func.attr.value == "scale":

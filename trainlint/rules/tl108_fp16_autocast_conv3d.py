@@ -72,6 +72,9 @@ class Fp16AutocastConv3d(Rule):
     built by a factory or nested in submodules. bfloat16 autocast and CPU autocast (bfloat16 by
     default) are not reported.
 
+    It is reported only when every model the region may run contains a 3-D convolution: a model
+    that is one of several classes, or unknown on some path, keeps the rule quiet.
+
     ## Why is this bad?
     float16 keeps 5 exponent bits: its largest value is 65504 and its resolution near 1 is
     2**-10. Under autocast a convolution runs in float16 and each output is a sum of
@@ -283,7 +286,7 @@ def build_model(cfg):
     def _conv3d_run(ctx: FileContext, structure: ModelStructure, region: cst.CSTNode) -> str | None:
         """The model with a 3-D convolution run in the region, as the message names it."""
         for run in structure.runs_in(region):
-            if contains(run.layers, CONV3D):
+            if contains(run.common_layers, CONV3D):  # every model it may be has a Conv3d
                 builders = sorted(name.rpartition(".")[2] for name in run.built_by)
                 built = f" (built by `{builders[0]}`)" if builders and builders[0] != ctx.code(run.model) else ""
                 return f"`{ctx.code(run.model)}`{built}"

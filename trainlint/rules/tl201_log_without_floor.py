@@ -54,6 +54,14 @@ class LogWithoutFloor(Rule):
     `torch.log(x + eps)` with such an eps. `log(softmax(x))` and `log(sigmoid(x))` written as one
     expression are TL202 and TL203.
 
+    The probability may come from anywhere the value-flow engine can follow: another function
+    whose result is passed in, a method of a policy network, the end of a model's `forward`,
+    another module of the project. It is reported only when every value that may reach the log
+    is such a probability (a value trainlint cannot see keeps the rule quiet), and the message
+    names where the softmax or sigmoid is when it is not in the log's own function. A log passed
+    to `nll_loss`/`NLLLoss` or `kl_div`/`KLDivLoss`, which take log-probabilities, is the log of a
+    probability whatever its argument is, and is reported when nothing floors that argument.
+
     ## Why is this bad?
     A probability reaches exactly 0 long before the model is done being wrong: softmax rounds
     e^-104 to 0 in float32, and in float16 anything below 3e-8 (half its smallest subnormal).

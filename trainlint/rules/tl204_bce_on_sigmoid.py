@@ -147,6 +147,13 @@ class BceOnSigmoid(Rule):
     Finds `F.binary_cross_entropy(torch.sigmoid(x), y)` and `nn.BCELoss()` called on a sigmoid
     output (directly, or through a name, indexing or a reshape inside the function).
 
+    The sigmoid may be anywhere the value comes from: through names, in another function whose
+    result is passed in, at the end of a model's `forward` or as the last layer of its
+    `nn.Sequential` (a GAN discriminator), in another module of the project; the loss may be built
+    elsewhere too (`criterion` passed to a `Trainer`). It is reported only when every value that
+    may reach the loss is a sigmoid output; the message names where the sigmoid is when it is not
+    in the loss's own function, and the fix is offered only when it is.
+
     ## Why is this bad?
     The sigmoid is computed on its own and rounds to exactly 1.0 from a logit of ~17 in float32
     (~8.3 in float16). For a confidently wrong prediction, `log(1 - p)` is then -inf, which BCE
@@ -278,7 +285,10 @@ def _only_called_here(ctx: FileContext, constructor: cst.Call, calls: list[cst.C
     target = parent.targets[0].target
     if isinstance(target, cst.Name):
         values = ctx.get(Scopes)
-        uses = values.uses(target.value, values.scope_of(parent))
+        scope = values.scope_of(parent)
+        uses = values.uses(target.value, scope)
+        if isinstance(scope, cst.Module) and ctx.project.importers(ctx.module_name or "__main__", target.value):
+            return False  # another module imports this loss and may call it on other inputs
         return bool(uses) and all(id(use) in callees for use in uses)
     attribute = dotted_name(target)
     class_def = ctx.enclosing(parent, cst.ClassDef)

@@ -31,6 +31,12 @@ class LossOnSoftmax(Rule):
     Finds `F.cross_entropy` / `nn.CrossEntropyLoss` and `F.nll_loss` / `nn.NLLLoss` whose input
     is a `softmax` output (directly, or through a name, indexing or a reshape in the function).
 
+    The softmax may be anywhere the value comes from: through names, in another function, at the
+    end of a model's `forward` or as the last layer of its `nn.Sequential`, in another module of
+    the project; the loss may be built elsewhere too. It is reported only when every value that
+    may reach the loss is a softmax output; the message names where the softmax is when it is not
+    in the loss's own function, and the fix is offered only when it is.
+
     ## Why is this bad?
     `cross_entropy` computes `log_softmax` of its input. Given probabilities, it applies a
     second softmax to values in [0, 1], whose outputs stay close to uniform: the largest

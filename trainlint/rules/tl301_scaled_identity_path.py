@@ -58,6 +58,10 @@ class ScaledIdentityPath(Rule):
     design and is not reported, nor is an interpolation that scales both terms
     (`0.9 * h + 0.1 * f(x)`).
 
+    A constant attribute may be set in `__init__` directly or from a constructor parameter
+    (`self.residual_scale = residual_scale`): then every construction of the class in the project
+    must pass the same value, or none and keep the default, and the message says which.
+
     ## Why is this bad?
     A residual block computes `x + f(x)` so that the input and its gradient pass through
     unchanged however deep the network is. With `0.1 * x + f(x)` the identity signal is scaled
@@ -275,28 +279,14 @@ class _ResidualBlock:
 
     # -- constant factors ------------------------------------------------------------------------
     def constant(self, expr: cst.BaseExpression) -> float | None:
-        """The value of a numeric literal, a constant attribute set in ``__init__``
-        (``self.residual_scale``), or arithmetic on them (``1 - self.leak``); else None."""
+        """The one number ``expr`` is wherever the project builds the class: a literal, a name or
+        a constant attribute (``self.residual_scale = 0.1``, or set from a constructor parameter
+        whose default and the arguments of every construction in the project agree; a
+        construction outside the project, from a config, is assumed to keep the default), or
+        arithmetic on them (``1 - self.leak``); else None."""
         value = number(expr)
         if value is not None:
             return value
-        if self_attribute(expr) is not None:
-            return self.attribute_constant(expr)
-        if isinstance(expr, cst.UnaryOperation) and isinstance(expr.operator, cst.Minus):
-            inner = self.constant(expr.expression)
-            return None if inner is None else -inner
-        if isinstance(expr, cst.BinaryOperation):
-            left, right = self.constant(expr.left), self.constant(expr.right)
-            if left is None or right is None:
-                return None
-            return _arithmetic(expr.operator, left, right)
-        return None
-
-    def attribute_constant(self, expr: cst.BaseExpression) -> float | None:
-        """The one number ``self.<attr>`` holds wherever the project builds the class: assigned
-        once (``self.residual_scale = 0.1``), or from a constructor parameter whose default and
-        the arguments of every construction in the project agree (a construction outside the
-        project, from a config, is assumed to keep the default)."""
         values = self.values.values(expr)
         numbers = {value_number(v) for v in values}
         if values.untraced or len(numbers) != 1 or None in numbers:
@@ -462,18 +452,6 @@ class _ResidualBlock:
             ):
                 return True
         return False
-
-
-def _arithmetic(operator: cst.BaseBinaryOp, left: float, right: float) -> float | None:
-    if isinstance(operator, cst.Add):
-        return left + right
-    if isinstance(operator, cst.Subtract):
-        return left - right
-    if isinstance(operator, cst.Multiply):
-        return left * right
-    if isinstance(operator, cst.Divide) and right != 0:
-        return left / right
-    return None
 
 
 def _owner_class(ctx: FileContext, function: cst.FunctionDef) -> cst.ClassDef | None:

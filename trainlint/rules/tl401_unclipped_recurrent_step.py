@@ -21,7 +21,7 @@ from trainlint.analysis.training_step import (
     runs_a_closure,
     unscale_insertion,
 )
-from trainlint.analysis.values import Collection, Instance, Scopes, Value, ValueFlow, Values
+from trainlint.analysis.values import Collection, Instance, Scopes, Value, ValueFlow, Values, evidence_text
 from trainlint.context import FileContext, child_nodes
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
@@ -48,6 +48,11 @@ class UnclippedExplodingStep(Rule):
     without clipping them. A plain CNN loop without clipping is not reported, and
     neither is a step that clips on some path (`if args.max_grad_norm > 0:`), through a helper,
     or by skipping the update when the gradient norm passes a threshold.
+
+    The model is followed wherever it is built: passed to a `Trainer`, returned by a factory in
+    another module, unpacked from `model, optimizer = build(cfg)`. Its layers count only when
+    every module a part of the optimizer's parameters may belong to has them; a part whose owner
+    is unknown counts for nothing.
 
     ## Why is this bad?
     Backpropagation through time multiplies the gradient by the recurrent Jacobian once per time
@@ -246,13 +251,14 @@ class UnclippedExplodingStep(Rule):
 
 # -- why the step needs clipping ---------------------------------------------------------------------
 def _why_it_explodes(ctx: FileContext, step: TrainingStep, event: StepEvent) -> str | None:
-    layers = _trained_layers(ctx, step, step.optimizers.get(event.optimizer or ""))
+    optimizer = step.optimizers.get(event.optimizer or "")
+    layers = _trained_layers(ctx, step, optimizer)
     recurrent = sorted(layer for layer in layers if layer in RECURRENT)
     if recurrent:
         layer = recurrent[0].replace("torch.nn.", "nn.")
         return (
-            f"the model it trains contains `{layer}`, whose gradients can grow exponentially "
-            "with sequence length and depth"
+            f"the model it trains{_model_origin(ctx, optimizer)} contains `{layer}`, whose gradients can grow "
+            "exponentially with sequence length and depth"
         )
     # Under a GradScaler inf gradients are the scaler's routine overflow signal, not a sign that
     # the gradients explode: only a plain step's NaN/Inf check says so.
@@ -261,18 +267,26 @@ def _why_it_explodes(ctx: FileContext, step: TrainingStep, event: StepEvent) -> 
     return None
 
 
+def _model_origin(ctx: FileContext, optimizer: OptimizerInfo | None) -> str:
+    """`` (`Seq2Seq`, passed at train.py:15)`` when the model was built or passed elsewhere."""
+    for module in _trained_modules(ctx, optimizer):
+        if isinstance(module, Instance) and (module.evidence or (module.site is not None and module.site.ctx is not ctx)):
+            where = evidence_text([module]) or f" (built at {module.site.location})"  # type: ignore[union-attr]
+            return f" (`{module.name}`, {where[2:]}"
+    return ""
+
+
 def _trained_layers(ctx: FileContext, step: TrainingStep, optimizer: OptimizerInfo | None) -> frozenset[str]:
     """Layers of the model the optimizer updates: the modules whose parameters it was built
     with; when that is unknown, the one model the step runs, if it runs only one."""
     structure = ctx.get(ModelStructure)
-    modules = _trained_modules(ctx, optimizer)
-    if modules:
-        return frozenset(layer for module in modules for layer in structure.layers_of_value(module))
+    if optimizer is not None and optimizer.params_values is not None:
+        return structure.trained_layers(optimizer.params_values)
     if len(step.optimizers) > 1:
         return frozenset()
     runs = structure.runs_in(step.function)
     models = {instance.cls for run in runs for instance in run.instances}
-    return runs[0].layers if len(models) == 1 else frozenset()
+    return runs[0].common_layers if len(models) == 1 else frozenset()
 
 
 def _trained_modules(ctx: FileContext, optimizer: OptimizerInfo | None) -> list[Value]:

@@ -18,6 +18,7 @@ import libcst as cst
 
 from trainlint.analysis.values.domain import (
     EXTERNAL,
+    NOTHING,
     UNKNOWN,
     ClassRef,
     Collection,
@@ -30,12 +31,19 @@ from trainlint.analysis.values.domain import (
     Value,
     Values,
 )
-from trainlint.module_summary import HARMLESS_DECORATORS
 
 if TYPE_CHECKING:
     from trainlint.analysis.values.engine import ValueFlow
     from trainlint.context import FileContext
 
+# Decorators that leave who calls a function, and with what, unchanged.
+HARMLESS_DECORATORS = frozenset({
+    "staticmethod", "classmethod", "property", "abstractmethod", "abc.abstractmethod", "functools.wraps",
+    "torch.no_grad", "torch.inference_mode", "torch.enable_grad", "torch.jit.script", "torch.jit.export",
+    "torch.jit.ignore", "torch.jit.unused", "torch.compile", "torch.compiler.disable", "dataclass",
+    "dataclasses.dataclass", "functools.lru_cache", "functools.cache", "typing.overload", "overload",
+    "torch.autocast", "torch.cuda.amp.autocast", "torch.amp.autocast", "contextlib.contextmanager",
+})
 # Methods the framework or Python calls, never the project: their parameters come from outside.
 _CALLED_FROM_OUTSIDE = frozenset({"forward", "__call__"})
 _MAX_CALL_SITES = 64
@@ -58,9 +66,6 @@ class CallSite:
     self_value: Values | None = None
     prepended: tuple[Values, ...] = ()  # a partial's bound positional arguments
     keywords: tuple[tuple[str, Values], ...] = ()  # a partial's bound keyword arguments
-
-
-_MISSING = object()
 
 
 class CallsMixin:
@@ -98,38 +103,28 @@ class CallsMixin:
             return self.instance_call(callee, call, symbolic)
         return UNKNOWN
 
-    def returned_at(self: ValueFlow, ctx, function: cst.FunctionDef, site: CallSite, symbolic: bool) -> Values:
+    def returned_at(self: ValueFlow, ctx: FileContext, function: cst.FunctionDef, site: CallSite, symbolic: bool) -> Values:
         """The summary of ``function`` (defined in ``ctx``'s module) with its parameters replaced
-        by the arguments of ``site``."""
+        by the arguments of ``site``; from another module, with where it returns as evidence."""
         from trainlint.analysis.values.engine import ValueFlow
 
         owner = ctx.get(ValueFlow)
-        summary = owner.summary(function)
-        if not any(isinstance(v, (Param, Collection, Parameters)) for v in summary):
-            if ctx is self.ctx:
-                return summary
-            name = owner.qualified_of(function)[len(owner.prefix) + 1 :]  # `Discriminator.forward`
-            return summary.with_evidence(Evidence("returned", owner.site(function), name))
-        arguments = {p: site.flow._argument_values(site, function, p, symbolic) for p in owner.parameter_names(function)}
-        substituted = _substitute(summary, function, arguments)
-        return substituted
+        result = owner.summary(function)
+        if any(isinstance(v, (Param, Collection, Parameters)) for v in result):
+            names = owner.parameter_names(function)
+            arguments = {name: site.flow._argument_values(site, function, name, symbolic) for name in names}
+            result = _substitute(result, function, arguments)
+        if ctx is self.ctx:
+            return result
+        name = owner.qualified_of(function)[len(owner.prefix) + 1 :]  # `Discriminator.forward`
+        return result.with_evidence(Evidence("returned", owner.site(function), name))
 
     def summary(self: ValueFlow, function: cst.FunctionDef) -> Values:
         """What the function may return, its own parameters left symbolic; computed once.
         A generator, or a function that may end without ``return``, may also give None/unknown."""
-        found = self._summaries.get(function)
-        if found is not None:
-            return found
-        state = self.guard.enter(("summary", id(function)))
-        if state != "entered":
-            return UNKNOWN
-        try:
-            result = self._compute_summary(function)
-        finally:
-            complete = self.guard.leave()
-        if complete:
-            self._summaries[function] = result
-        return result
+        return self.guard.answer(
+            ("summary", id(function)), self._summaries, function, lambda: self._compute_summary(function), UNKNOWN
+        )
 
     def _compute_summary(self: ValueFlow, function: cst.FunctionDef) -> Values:
         returns: list[Values] = []
@@ -151,24 +146,13 @@ class CallsMixin:
         """The default and the arguments passed for ``name`` at every call of ``function`` in the
         project; a parameter of a function called from outside (a framework hook, a callback)
         with no default is unknown."""
-        key = (function, name)
-        found = self._parameters.get(key)
-        if found is not None:
-            return found
-        state = self.guard.enter(("parameter", id(function), name))
-        if state == "cycle":
-            from trainlint.analysis.values.domain import NOTHING
-
-            return NOTHING
-        if state == "deep":
-            return UNKNOWN
-        try:
-            result = self._compute_parameter(function, name)
-        finally:
-            complete = self.guard.leave()
-        if complete:
-            self._parameters[key] = result
-        return result
+        return self.guard.answer(
+            ("parameter", id(function), name),
+            self._parameters,
+            (function, name),
+            lambda: self._compute_parameter(function, name),
+            NOTHING,  # a parameter passed on to itself (recursion): the other call sites decide
+        )
 
     def _compute_parameter(self: ValueFlow, function: cst.FunctionDef, name: str) -> Values:
         param = _param(function, name)

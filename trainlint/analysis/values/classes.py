@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import libcst as cst
 
-from trainlint.analysis.values.domain import EXTERNAL, UNKNOWN, ClassRef, Instance, Value, Values
+from trainlint.analysis.values.domain import EXTERNAL, NOTHING, UNKNOWN, ClassRef, Instance, Value, Values
 from trainlint.analysis.values.scopes import PathStep, target_paths
 
 if TYPE_CHECKING:
@@ -102,34 +102,18 @@ class ClassesMixin:
     def class_attribute(self: ValueFlow, class_def: cst.ClassDef, attr: str) -> Values:
         """``attr`` of instances of this module's class: every assignment to ``self.attr`` in
         the class and its bases (nearest first), each in its method's context."""
-        key = (class_def, attr)
-        found = self._attributes.get(key)
-        if found is not None:
-            return found
-        state = self.guard.enter(("attribute", id(class_def), attr))
-        if state == "cycle":
-            from trainlint.analysis.values.domain import NOTHING
+        return self.guard.answer(
+            ("attribute", id(class_def), attr),
+            self._attributes,
+            (class_def, attr),
+            lambda: self._class_attribute(class_def, attr),
+            NOTHING,  # `self.model = self.model.cuda()`: the other assignments decide
+        )
 
-            return NOTHING  # `self.model = self.model.cuda()`: the other assignments decide
-        if state == "deep":
-            return UNKNOWN
-        try:
-            parts = [flow._own_attribute(node, attr) for flow, node in self.lineage(class_def)]
-            parts = [p for p in parts if p is not None]
-            result = Values.union(parts) if parts else EXTERNAL  # set by a framework, or from outside
-        finally:
-            complete = self.guard.leave()
-        if complete:
-            self._attributes[key] = result
-        return result
-
-    def assigns_attribute(self: ValueFlow, qualified: str, attr: str) -> bool:
-        """Whether the class (or a base in the project) assigns ``self.attr`` or defines ``attr``."""
-        found = self.class_definition(qualified)
-        if found is None:
-            return False
-        flow, node = found
-        return any(attr in owner._attribute_table(class_def) for owner, class_def in flow.lineage(node))
+    def _class_attribute(self: ValueFlow, class_def: cst.ClassDef, attr: str) -> Values:
+        parts = [flow._own_attribute(node, attr) for flow, node in self.lineage(class_def)]
+        found = [part for part in parts if part is not None]
+        return Values.union(found) if found else EXTERNAL  # set by a framework, or from outside
 
     def _own_attribute(self: ValueFlow, class_def: cst.ClassDef, attr: str) -> Values | None:
         """What this class's own methods and body assign to ``attr``; None when none does."""

@@ -14,7 +14,8 @@ The kinds of value:
   its ``class``/``def``) or of a library (``site`` None); a function keeps the arguments a
   ``functools.partial`` fixed.
 - :class:`Tensor`: a tensor with a known producer (``softmax``, ``sigmoid``, ``log_softmax``,
-  ``log_sigmoid``, ``log`` for ``torch.log(x)`` of anything, ``grad`` for ``p.grad``), kept through shape-only
+  ``log_sigmoid``, ``log`` for ``torch.log(x)`` of anything, ``grad`` for ``p.grad``, ``scaled`` for
+  ``scaler.scale(loss)``), kept through shape-only
   operations, with what was done to it on the way (an added eps, ``1 - p``, a floor, a mask,
   a selection, ``detach``).
 - :class:`Constant`: a Python literal (a number, a string, True/False/None).
@@ -149,7 +150,7 @@ class FunctionRef(Value):
         return self.qualified.rpartition(".")[2]
 
 
-TensorKind = Literal["softmax", "sigmoid", "log_softmax", "log_sigmoid", "log", "grad"]
+TensorKind = Literal["softmax", "sigmoid", "log_softmax", "log_sigmoid", "log", "grad", "scaled"]
 PROBABILITY_KINDS = frozenset({"softmax", "sigmoid"})
 
 

@@ -72,22 +72,9 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin):
 
     def evaluate(self, expr: cst.BaseExpression, symbolic: bool) -> Values:
         """``symbolic``: parameters of the function stay :class:`Param` (for summaries)."""
-        key = (expr, symbolic)
-        found = self._memo.get(key)
-        if found is not None:
-            return found
-        state = self.guard.enter(("expr", id(expr), symbolic))
-        if state == "cycle":
-            return NOTHING
-        if state == "deep":
-            return UNKNOWN
-        try:
-            result = self._compute(expr, symbolic)
-        finally:
-            complete = self.guard.leave()
-        if complete:
-            self._memo[key] = result
-        return result
+        return self.guard.answer(
+            ("expr", id(expr), symbolic), self._memo, (expr, symbolic), lambda: self._compute(expr, symbolic), NOTHING
+        )
 
     def site(self, node: cst.CSTNode) -> Site:
         return Site(self.ctx, node)
@@ -254,10 +241,13 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin):
         tensor = self.tensor_arithmetic(expr.operator, left, right)
         if tensor is not None:
             return tensor
-        if left.must(lambda v: number(v) is not None) and right.must(lambda v: number(v) is not None):
+        numbers = [v for side in (left, right) for v in side if number(v) is not None]
+        if left and right and len(numbers) == len(left) + len(right) and len(left) * len(right) <= 8:
             results = [_arithmetic(expr.operator, number(a), number(b)) for a in left for b in right]
-            if all(r is not None for r in results) and len(results) <= 8:
-                return Values.of(*(Constant(r) for r in results))
+            if all(r is not None for r in results):
+                # what is unknown of either side (a default of a class built elsewhere) stays so
+                rest = Values((), left.unknown or right.unknown, left.untraced or right.untraced)
+                return Values.of(*(Constant(r) for r in results)) | rest
         if isinstance(expr.operator, cst.Add) and left and right and not (left.unknown or right.unknown):
             if all(isinstance(v, Collection) for v in (*left, *right)):
                 items = Values.union(c.every_item() for c in (*left.of_type(Collection), *right.of_type(Collection)))

@@ -10,9 +10,13 @@ asking them directly later gives the full answer.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, MutableMapping
+from typing import TypeVar
+
+from trainlint.analysis.values.domain import UNKNOWN, Values
 
 MAX_DEPTH = 48
+K = TypeVar("K")
 
 
 class EvaluationGuard:
@@ -20,6 +24,32 @@ class EvaluationGuard:
         self._stack: list[Hashable] = []
         self._positions: dict[Hashable, int] = {}
         self._partial: list[bool] = []
+
+    def answer(
+        self,
+        key: Hashable,
+        cache: MutableMapping[K, Values],
+        cache_key: K,
+        compute: Callable[[], Values],
+        on_cycle: Values,
+    ) -> Values:
+        """``cache[cache_key]``, or ``compute()`` under this guard (cached when complete);
+        ``on_cycle`` when the question is already being answered, unknown past the depth limit."""
+        found = cache.get(cache_key)
+        if found is not None:
+            return found
+        state = self.enter(key)
+        if state == "cycle":
+            return on_cycle
+        if state == "deep":
+            return UNKNOWN
+        try:
+            result = compute()
+        finally:
+            complete = self.leave()
+        if complete:
+            cache[cache_key] = result
+        return result
 
     def enter(self, key: Hashable) -> str:
         """"entered", "cycle" (the key is already being answered) or "deep" (past the limit).

@@ -21,7 +21,7 @@ What the bound values *are* is the engine's question (:mod:`trainlint.analysis.v
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -217,7 +217,6 @@ class _FunctionFlow:
                 self.loads.setdefault(node.value, []).append(node)
         for names in self.loads.values():
             names.sort(key=self.enter.__getitem__)
-        self.load_set: set[cst.Name] = {n for names in self.loads.values() for n in names}
         for found in self.bindings.values():
             found.sort(key=lambda b: b.effect)
 

@@ -33,6 +33,7 @@ from trainlint.analysis.values.torch_semantics import (
     DEFAULT_INIT_SCALE,
     FLOOR_FUNCTIONS,
     FLOOR_METHODS,
+    GRAD_SCALERS,
     JOINING_FUNCTIONS,
     LIBRARY_LAYERS,
     MODEL_FACTORIES,
@@ -171,6 +172,8 @@ class TorchCallsMixin:
         return Values.union(parts)
 
     def _method_on(self: ValueFlow, value: Value, name: str, call: cst.Call, symbolic: bool) -> Values:
+        if isinstance(value, Instance) and value.cls in GRAD_SCALERS and name == "scale":
+            return Values.of(Tensor("scaled", self.site(call)))  # the loss times the loss scale
         if isinstance(value, Instance):
             if name in SELF_RETURNING:
                 return Values.of(value)
@@ -204,6 +207,10 @@ class TorchCallsMixin:
             return self._passthrough(call, symbolic)
         if name in PARAMETER_METHODS:
             return _parameters_of(UNKNOWN, name)
+        if name == "scale" and len(call.args) == 1 and not call.args[0].keyword and not call.args[0].star:
+            # `scaler.scale(loss)` of a scaler known only by its use: the training-step analysis
+            # decides from the receiver whether it is one
+            return Values.of(Tensor("scaled", self.site(call)))
         if self._is_module_or_self(receiver):
             return UNKNOWN
         produced = _method_producer(call, name)

@@ -126,11 +126,3 @@ _ACTIVATIONS = frozenset({
     "Softmax", "LogSoftmax", "Softplus", "Softsign", "Hardtanh", "Hardswish", "Hardsigmoid", "LogSigmoid",
     "Tanhshrink", "Threshold", "GLU", "Identity", "Dropout", "Flatten",
 })
-
-
-def is_model_class(qualified: str, project: bool) -> bool:
-    """A class whose instances are models a step trains: any class of the project, or a torch
-    layer that is neither a loss nor an activation (``criterion = nn.BCELoss()`` is no model)."""
-    if project:
-        return True
-    return is_torch_layer(qualified) and not is_loss_class(qualified) and not is_activation_class(qualified)
