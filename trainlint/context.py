@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import sys
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,6 +37,19 @@ _SKIPPED_FIELDS = frozenset(
     }
 )
 _fields_by_type: dict[type, tuple[str, ...]] = {}
+
+
+@contextmanager
+def paused_garbage_collector() -> Iterator[None]:
+    """Python's cyclic garbage collector off for a block that allocates millions of small objects
+    that all stay alive (a parse, a tree's positions): collections would only scan them."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _walked_fields(node_type: type) -> tuple[str, ...]:
@@ -156,10 +171,14 @@ class FileContext:
         # LibCST computes positions by recursive code generation: a few frames per level of
         # nesting, so a long chain such as `a + a + ... + a` (hundreds of terms, which the parser
         # accepts) needs more than Python's default 1000 frames.
+        # The collector is paused as for the parse: the positions are a few objects per node, all
+        # kept, and collections scanning a large tree made this cost grow faster than the file
+        # (measured: 2.6x for 2x the lines with it, 2.0x and half the time without).
         limit = sys.getrecursionlimit()
         sys.setrecursionlimit(max(limit, _POSITION_RECURSION_LIMIT))
         try:
-            return MetadataWrapper(self.module, unsafe_skip_copy=True).resolve(PositionProvider)
+            with paused_garbage_collector():
+                return MetadataWrapper(self.module, unsafe_skip_copy=True).resolve(PositionProvider)
         finally:
             sys.setrecursionlimit(limit)
 

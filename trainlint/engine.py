@@ -7,7 +7,6 @@ selection -> fixes. Each file is parsed once per pass; rules share one walk of t
 from __future__ import annotations
 
 import ast
-import gc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -17,7 +16,7 @@ import libcst as cst
 
 from trainlint import noqa
 from trainlint.config import INTERNAL_ERROR, SYNTAX_ERROR, Settings
-from trainlint.context import FileContext
+from trainlint.context import FileContext, paused_garbage_collector
 from trainlint.deep_stack import call_with_deep_stack, deep_recursion, nesting_limit
 from trainlint.findings import Finding, Position, is_fix_allowed
 from trainlint.fixes import apply_fixes, non_overlapping
@@ -45,13 +44,8 @@ def meta_finding(code: str, message: str, path: str, row: int = 1, column: int =
 def parse(text: str) -> cst.Module:
     """LibCST parse with the cyclic GC paused: the parser allocates millions of small objects that
     the GC would scan for nothing (measured: the parse takes 0.73x the time)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with paused_garbage_collector():
         return cst.parse_module(text)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def parse_for_analysis(text: str, display: str) -> cst.Module | None:
@@ -230,10 +224,9 @@ def _too_deep_for_libcst(text: str, display: str) -> Finding | None:
     long operator chain. TL003 for valid Python that LibCST nests deeper than trainlint can walk:
     an `and`/`or` chain is one flat node for Python but one level per operand for LibCST. Costs
     about a tenth of the LibCST parse."""
-    enabled = gc.isenabled()
-    gc.disable()  # as for the parse: the AST's many small objects are not garbage (35% faster)
     try:
-        tree = python_ast(text, display)
+        with paused_garbage_collector():  # as for the parse: the AST's objects are not garbage (35% faster)
+            tree = python_ast(text, display)
     except SyntaxError as error:
         if error.msg and error.msg.startswith(_NESTING_MESSAGES):
             return meta_finding(SYNTAX_ERROR, f"syntax error: {error.msg}", display, error.lineno or 1, max(1, error.offset or 1))
@@ -242,9 +235,6 @@ def _too_deep_for_libcst(text: str, display: str) -> Finding | None:
         return meta_finding(SYNTAX_ERROR, "cannot parse: the code is nested too deeply for Python's parser", display)
     except Exception:  # ValueError and the like: LibCST reports them
         return None
-    finally:
-        if enabled:
-            gc.enable()
     limit = nesting_limit()
     deepest = _deepest_boolean_chain(tree, text, limit)
     if deepest is None:
