@@ -194,3 +194,36 @@ def test_excludes_apply_relative_to_the_config(tmp_path: Path) -> None:
         os.chdir(cwd)
     # "legacy" (a bare name) is excluded at any depth, "src/gen/*.py" from the config's directory
     assert found == ["train.py"]
+
+
+# -- tests are not training ------------------------------------------------------------------------
+
+TEST_LIKE_PATHS = ["tests/test_train.py", "tests/helpers/models.py", "pkg/tests/unit.py", "test_amp.py", "pkg/amp_test.py", "conftest.py"]
+
+
+@pytest.mark.parametrize("relative", TEST_LIKE_PATHS)
+def test_training_rules_skip_test_code_by_default(tmp_path: Path, relative: str) -> None:
+    amp_video = (Path(__file__).parent / "fixtures" / "cli" / "amp_video.py").read_text(encoding="utf-8")
+    (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / relative).write_text(amp_video, encoding="utf-8")
+    (tmp_path / "train.py").write_text(amp_video, encoding="utf-8")
+    result = run_cli("--no-cache", "--output-format", "concise", ".", cwd=tmp_path)
+    assert result.stdout.splitlines()[:-1] == [line for line in result.stdout.splitlines()[:-1] if line.startswith("train.py:")]
+    assert "train.py:15:14: TL108" in result.stdout
+    write_config(tmp_path, "[tool.trainlint]\ntest-paths = []\n")
+    linted = run_cli("--no-cache", "--output-format", "concise", ".", cwd=tmp_path)
+    assert f"{relative}:15:14: TL108" in linted.stdout
+
+
+def test_test_paths_are_configurable_and_syntax_errors_are_still_reported(tmp_path: Path) -> None:
+    (tmp_path / "checks").mkdir()
+    (tmp_path / "checks" / "smoke.py").write_text((Path(__file__).parent / "fixtures" / "cli" / "amp_video.py").read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "broken.py").write_text("import torch\nx = (\n", encoding="utf-8")
+    write_config(tmp_path, '[tool.trainlint]\ntest-paths = ["checks/*", "tests/*"]\n')
+    result = run_cli("--no-cache", "--output-format", "concise", ".", cwd=tmp_path)
+    assert "checks/smoke.py" not in result.stdout
+    assert "tests/broken.py:2:5: TL001" in result.stdout  # a broken file is reported wherever it is
+    write_config(tmp_path, "[tool.trainlint]\ntest-paths = 7\n")
+    bad = run_cli("--no-cache", ".", cwd=tmp_path)
+    assert bad.returncode == 2 and "test-paths" in bad.stderr

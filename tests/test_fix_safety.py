@@ -329,3 +329,71 @@ def test_write_atomic_refuses_a_read_only_file_even_for_root(tmp_path: Path) -> 
         assert path.read_bytes() == b"x = 1\n"
     finally:
         path.chmod(0o644)
+
+
+# -- what a safe fix may change --------------------------------------------------------------------
+# A safe fix rewrites arguments and operators. The calls it may drop are of functions without side
+# effects that the rewrite folds into another (log(softmax(x)) -> log_softmax(x)), or a rename
+# (BCELoss -> BCEWithLogitsLoss). TL102 drops a second `unscale_`, which could only raise.
+_FOLDED_AWAY = frozenset({"log", "softmax", "sigmoid", "expit", "exp", "mul", "div", "add", "sub"})  # the last: operators
+_RENAMED = {"BCELoss": "BCEWithLogitsLoss", "binary_cross_entropy": "binary_cross_entropy_with_logits"}
+_RAISING = {("TL102", "unscale_")}
+
+
+def _call_names(text: str) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for node in _walk(cst.parse_module(text)):
+        if isinstance(node, cst.Call):
+            func = node.func
+            name = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else "?"
+            found[name] = found.get(name, 0) + 1
+    return found
+
+
+def _walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    from trainlint.context import child_nodes
+
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        stack.extend(child_nodes(current))
+
+
+def _rule_sources() -> list[tuple[str, str, Path]]:
+    cases = []
+    for directory in sorted((FIXTURES / "rules").glob("TL*")):
+        for path in sorted(directory.glob("pos_*.py")):
+            if not path.name.endswith(".fixed.py"):
+                cases.append((directory.name, path.name, path))
+    return cases
+
+
+@pytest.mark.parametrize("code,name,path", _rule_sources(), ids=lambda v: getattr(v, "name", v) if isinstance(v, Path) else v)
+def test_a_safe_fix_never_removes_a_call_that_may_have_side_effects(code: str, name: str, path: Path) -> None:
+    source = path.read_text(encoding="utf-8")
+    linter = Linter(apply_cli_overrides(Settings(), [code], None, None), ProjectIndex([path.parent]))
+    fixed = linter.fix(source, name, path, unsafe_fixes=False).text
+    before, after = _call_names(source), _call_names(fixed)
+    for callee, count in before.items():
+        dropped = count - after.get(callee, 0)
+        if dropped <= 0 or callee in _FOLDED_AWAY or (code, callee) in _RAISING:
+            continue
+        renamed = _RENAMED.get(callee)
+        assert renamed is not None and after.get(renamed, 0) - before.get(renamed, 0) >= dropped, (
+            f"{code} {name}: the safe fix removed {dropped} call(s) of `{callee}`"
+        )
+
+
+def test_no_floor_is_proposed_where_one_already_holds(tmp_path: Path) -> None:
+    """`s = x.clamp(min=1e-4)` then `log(s + 1e-8)` under float16: the value is floored well
+    above 1/65504, so there is no finding and no clamp to add; with a floor of 1e-6 there is,
+    and the fix's floor is above it (never a no-op)."""
+    rules = FIXTURES / "rules" / "TL201"
+    for name, expected in (("neg_log_of_clamped_value_fp16.py", []), ("pos_log_of_clamped_value_fp16.py", ["TL201"])):
+        shutil.copyfile(rules / name, tmp_path / name)
+        result = run_cli("--no-cache", "--select", "TL201", "--output-format", "concise", name, cwd=tmp_path)
+        assert [line.split(": ")[1].split()[0] for line in result.stdout.splitlines() if ": TL" in line] == expected
+    run_cli("--no-cache", "--select", "TL201", "--fix", "--unsafe-fixes", "pos_log_of_clamped_value_fp16.py", cwd=tmp_path)
+    fixed = (tmp_path / "pos_log_of_clamped_value_fp16.py").read_text(encoding="utf-8")
+    assert "var.clamp(min=2e-5)" in fixed and "var.clamp(min=1e-6)" in fixed

@@ -262,3 +262,24 @@ def test_machine_formats_locate_cells() -> None:
     assert [r["cell"] for r in output.json_records(findings)] == [7, 9]
     round_trip = [type(f).from_json(f.to_json()) for f in findings]  # the cache keeps the cell
     assert round_trip == findings
+
+
+def test_automagic_lines_are_ipython_not_syntax_errors(tmp_path: Path) -> None:
+    """`pip install ...`, `ls ./data`, `cat log.txt`: valid IPython (automagic is on by default).
+    They are left alone, and the notebook around them is linted and fixed."""
+    text = make_notebook(
+        code_cell("pip install -q torch torchvision\nls ./data\n"),
+        code_cell("import torch\n"),
+        code_cell("cat train.log\nlogits = torch.randn(4, 10)\nlog_p = torch.log(torch.softmax(logits, dim=1))\n"),
+        code_cell("pip = 3  # a variable named like a magic is Python\nprint(pip)\n"),
+    )
+    path = tmp_path / "explore.ipynb"
+    path.write_text(text, encoding="utf-8")
+    result = run_cli("--no-cache", "--output-format", "concise", "explore.ipynb", cwd=tmp_path)
+    assert "TL001" not in result.stdout
+    assert "explore.ipynb:cell 3:3:9: TL202" in result.stdout
+    run_cli("--no-cache", "--fix", "explore.ipynb", cwd=tmp_path)
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    assert "".join(cells[0]["source"]) == "pip install -q torch torchvision\nls ./data\n"
+    assert "".join(cells[2]["source"]).startswith("cat train.log\n")
+    assert "torch.log_softmax(logits, dim=1)" in "".join(cells[2]["source"])

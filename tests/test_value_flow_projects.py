@@ -95,3 +95,24 @@ def test_a_module_level_loss_another_module_imports_is_not_rewritten(tmp_path: P
     (tmp_path / "evaluate.py").unlink()
     run_cli("--no-cache", "--fix", "--select", "TL204", "train.py", cwd=tmp_path)
     assert "criterion = nn.BCEWithLogitsLoss()" in (tmp_path / "train.py").read_text(encoding="utf-8")
+
+
+def test_two_scripts_asking_about_one_model_module_both_depend_on_it(tmp_path: Path) -> None:
+    """The engine keeps the model module parsed between the two scripts; each script's cached
+    answer must still record that it read it, or editing it would leave one script stale."""
+    shutil.copytree(PROJECTS / "gan_logits", tmp_path / "gan")
+    project = tmp_path / "gan"
+    (project / "losses.py").write_text("import torch.nn as nn\n\nadversarial_loss = nn.BCELoss()\n", encoding="utf-8")
+    (project / "finetune.py").write_text((project / "train.py").read_text(encoding="utf-8"), encoding="utf-8")
+
+    def files_with_tl204() -> list[str]:
+        result = run_cli(".", "--select", "TL204", "--jobs", "1", "--output-format", "json", cwd=project)
+        return sorted({Path(f["filename"]).name for f in json.loads(result.stdout)})
+
+    assert files_with_tl204() == []
+    discriminator = project / "models" / "discriminator.py"
+    discriminator.write_text(
+        discriminator.read_text(encoding="utf-8").replace("nn.Linear(256, 1),\n", "nn.Linear(256, 1),\n            nn.Sigmoid(),\n"),
+        encoding="utf-8",
+    )
+    assert files_with_tl204() == ["finetune.py", "train.py"]

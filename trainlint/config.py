@@ -24,7 +24,7 @@ IO_ERROR = "TL002"
 INTERNAL_ERROR = "TL003"
 ALWAYS_ON = frozenset({SYNTAX_ERROR, IO_ERROR, INTERNAL_ERROR})
 
-_LIST_KEYS = ("select", "ignore", "extend-select", "exclude", "extend-exclude")
+_LIST_KEYS = ("select", "ignore", "extend-select", "exclude", "extend-exclude", "test-paths")
 _BOOL_KEYS = ("bare-noqa", "force-exclude", "unsafe-fixes", "respect-gitignore")
 _KNOWN_KEYS = frozenset({*_LIST_KEYS, *_BOOL_KEYS, "per-file-ignores", "rules", "cache-dir"})
 
@@ -33,6 +33,12 @@ DEFAULT_EXCLUDES = (
     ".pytype", ".ruff_cache", ".svn", ".tox", ".trainlint_cache", ".venv", "__pypackages__",
     "_build", "buck-out", "build", "dist", "node_modules", "site-packages", "venv",
 )
+
+
+# Tests are not training: the training rules (every TL1xx-TL4xx) skip files matching these, as
+# `per-file-ignores` would. `test-paths = []` lints tests like any code.
+DEFAULT_TEST_PATHS = ("tests/*", "test/*", "*/tests/*", "*/test/*", "test_*.py", "*_test.py", "conftest.py")
+TRAINING_RULES = ("TL1", "TL2", "TL3", "TL4")
 
 
 class ConfigError(Exception):
@@ -49,6 +55,7 @@ class Settings:
     exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDES))
     extend_exclude: list[str] = field(default_factory=list)
     per_file_ignores: dict[str, list[str]] = field(default_factory=dict)
+    test_paths: list[str] = field(default_factory=lambda: list(DEFAULT_TEST_PATHS))
     rule_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     bare_noqa: bool = False
     force_exclude: bool = False
@@ -76,12 +83,13 @@ class Settings:
         relative to the current directory, or absolute)."""
         from fnmatch import fnmatch
 
-        if not self.per_file_ignores:
+        if not self.per_file_ignores and not self.test_paths:
             return frozenset()
         relative_path = _relative_to(path, self.root)
         name = relative_path.rsplit("/", 1)[-1]
         codes: set[str] = set()
-        for pattern, selectors in self.per_file_ignores.items():
+        ignores = [*self.per_file_ignores.items(), *((pattern, list(TRAINING_RULES)) for pattern in self.test_paths)]
+        for pattern, selectors in ignores:
             if fnmatch(relative_path, pattern) or fnmatch(name, pattern):
                 codes |= set(expand_selectors(selectors, "per-file-ignores"))
         return frozenset(codes)
@@ -91,6 +99,7 @@ class Settings:
         data = {
             "codes": sorted(self.enabled_codes()),
             "per_file_ignores": self.per_file_ignores,
+            "test_paths": self.test_paths,
             "rule_options": self.rule_options,
             "bare_noqa": self.bare_noqa,
         }
@@ -188,6 +197,9 @@ def settings_from_table(table: Mapping[str, Any], path: Path) -> Settings:
     if exclude is not None:
         settings.exclude = exclude
     settings.extend_exclude = _string_list(table, "extend-exclude", where) or []
+    test_paths = _string_list(table, "test-paths", where)
+    if test_paths is not None:
+        settings.test_paths = test_paths
     for key in _BOOL_KEYS:
         if key in table:
             if not isinstance(table[key], bool):

@@ -129,6 +129,12 @@ class FileContext:
     def nodes(self) -> NodeIndex:
         return NodeIndex(self.module)
 
+    def forget_answers(self, keep: tuple[type, ...]) -> None:
+        """Drop every analysis but ``keep`` (those that read this file alone): the project index
+        does this for the modules it keeps parsed, so that answers about another file are
+        computed afresh, recording the modules they read."""
+        self._analyses = {kind: found for kind, found in self._analyses.items() if kind in keep}
+
     def get(self, analysis: type[A]) -> A:
         """The analysis of this file of the given class, built once: ``analysis(ctx)``."""
         found = self._analyses.get(analysis)

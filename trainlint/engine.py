@@ -86,15 +86,18 @@ class Linter:
 
     def lint(self, text: str, display: str, real_path: Path | None = None) -> list[Finding]:
         """Findings that survive per-file ignores and ``noqa``, sorted, for one file's text."""
-        found = self.unsuppressed(text, display, real_path)
+        found = self.unsuppressed(text, display, real_path, skip=self.settings.ignored_for(display))
         return sorted(self._suppress(found, text, display), key=lambda f: f.sort_key)
 
-    def unsuppressed(self, text: str, display: str, real_path: Path | None = None) -> list[Finding]:
+    def unsuppressed(
+        self, text: str, display: str, real_path: Path | None = None, skip: frozenset[str] = frozenset()
+    ) -> list[Finding]:
         """Findings before ``noqa`` and per-file ignores (the flake8 plugin applies flake8's own);
-        a ``# trainlint: skip-file`` file has none."""
+        a ``# trainlint: skip-file`` file has none. Rules in ``skip`` (ignored for this file) do
+        not run."""
         if noqa.has_skip_file(text):
             return []
-        rules = self.rules_for(text)
+        rules = [rule for rule in self.rules_for(text) if rule.code not in skip]
         # A file that names torch is always parsed, so its syntax errors are always reported;
         # any other file is parsed only when some rule's trigger word occurs in it.
         return self._check(text, display, real_path, rules) if rules or "torch" in text else []

@@ -39,6 +39,12 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 # %%html, ...) hands the body to something else, so the cell is not linted.
 PYTHON_CELL_MAGICS = frozenset({"capture", "debug", "prun", "time", "timeit"})
 _LINE_MAGIC = re.compile(r"[ \t]*[%!]")
+# Magics and shell aliases IPython runs without `%` when automagic is on (the default).
+_AUTOMAGIC = re.compile(
+    r"[ \t]*(?:pip|conda|mamba|cd|ls|ll|lf|lk|lx|ldir|env|set_env|cat|pwd|mkdir|rmdir|rm|cp|mv|less|more|man|"
+    r"clear|history|reset|load_ext|reload_ext|unload_ext|matplotlib|timeit|time|run|load|pdb|debug|alias|"
+    r"pushd|popd|dirs|dhist|config|store|autoreload|aimport|sx|system|bookmark|who|whos|xdel|tb|xmode)\b"
+)
 _ASSIGNED_MAGIC = re.compile(r"[ \t]*[A-Za-z_][\w.]*(?:[ \t]*,[ \t]*[A-Za-z_][\w.]*)*[ \t]*=[ \t]*[%!]")
 _HELP = re.compile(r"[ \t]*(?:\?{1,2}[\w.*]+|[\w.*\[\]()]+\?{1,2})[ \t]*$")
 
@@ -200,7 +206,22 @@ def _split_lines(text: str) -> list[str]:
 
 
 def _is_ipython_line(line: str) -> bool:
-    return bool(_LINE_MAGIC.match(line) or _ASSIGNED_MAGIC.match(line) or _HELP.match(line.rstrip("\r\n")))
+    return bool(
+        _LINE_MAGIC.match(line) or _ASSIGNED_MAGIC.match(line) or _HELP.match(line.rstrip("\r\n"))
+        or _is_automagic(line)
+    )
+
+
+def _is_automagic(line: str) -> bool:
+    """``pip install -q torch``, ``ls ./data``, ``cat log.txt``: a known magic or shell alias
+    written without ``%`` (IPython's automagic, on by default) on a line that is not Python."""
+    if not _AUTOMAGIC.match(line):
+        return False
+    try:
+        compile(line.strip(), "<cell line>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError):
+        return True
+    return False  # `env` alone, `cd / data`: valid Python, linted as such (nothing to find there)
 
 
 def _cell_magic(source: str) -> str | None:

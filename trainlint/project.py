@@ -34,7 +34,11 @@ if TYPE_CHECKING:
 # an answer that depends on a module's absence is stale once the module is created.
 ABSENT = "absent"
 
-MAX_PARSED_MODULES = 24  # parsed modules kept for the engine (LRU)
+MAX_PARSED_MODULES = 32  # parsed modules kept for the engine (LRU)
+# Other modules the engine may read to answer the questions about one linted file. Past it, what
+# lies in further modules is unknown (rules stay quiet): the cost of a file stays bounded. It
+# counts modules, not parses, so the answer never depends on which files were linted before.
+MAX_MODULES_PER_FILE = 16
 MAX_PROJECT_FILES = 20_000  # files scanned when looking for call sites
 _SKIPPED_DIRECTORIES = frozenset({
     ".git", ".hg", ".svn", ".venv", "venv", "env", "__pycache__", "node_modules", "build", "dist",
@@ -69,6 +73,7 @@ class ProjectIndex:
         self._texts: dict[Path, bytes | None] = {}
         self._current: FileContext | None = None
         self._current_summary: ModuleSummary | None = None
+        self._read_for_current: set[Path] = set()
         self.consulted: dict[str, str] = {}  # path -> digest of every module read for an answer
         # module lookup -> the candidate paths it found missing (recorded as ABSENT per answer)
         self._absent: dict[tuple[str, Path | None], list[str]] = {}
@@ -78,9 +83,18 @@ class ProjectIndex:
 
     # -- the file being linted ----------------------------------------------------------------
     def register(self, ctx: FileContext) -> None:
-        """The file being linted: its text, not the disk's, answers questions about it."""
+        """The file being linted: its text, not the disk's, answers questions about it. The
+        modules kept parsed forget the answers computed for the previous file: each file's
+        answers are its own (the same whatever was linted before), and record what they read."""
+        from trainlint.analysis.imports import ImportResolver
+        from trainlint.analysis.values.scopes import Scopes
+
         self._current = ctx
         self._current_summary = None
+        self._read_for_current = set()
+        for parsed in self._contexts.values():
+            if parsed is not None:
+                parsed.forget_answers(keep=(ImportResolver, Scopes))
 
     def _current_path(self) -> Path | None:
         current = self._current
@@ -190,6 +204,10 @@ class ProjectIndex:
         path = summary.path
         if summary is self._current_summary or path == self._current_path():
             return self._current
+        if path not in self._read_for_current:
+            if len(self._read_for_current) >= MAX_MODULES_PER_FILE:
+                return None
+            self._read_for_current.add(path)
         if path in self._contexts:
             self._contexts.move_to_end(path)
             return self._contexts[path]
@@ -279,9 +297,14 @@ class ProjectIndex:
         """Qualified names of every torch callable a class of the project builds, transitively
         through its submodules and bases (``torch.nn.Conv3d``, ``torch.nn.functional.conv3d``).
         Empty when the name is not a class of the project."""
-        return frozenset(self._torch_calls(qualified, importer, set()))
+        return frozenset(name for name in self.built_by_class(qualified, importer) if name.startswith("torch."))
 
-    def _torch_calls(self, qualified: str, importer: Path | None, seen: set[str]) -> Iterator[str]:
+    def built_by_class(self, qualified: str, importer: Path | None = None) -> frozenset[str]:
+        """Everything a class of the project calls in its body, and its bases, transitively
+        through the project's classes (qualified names: its layers, its submodules' classes)."""
+        return frozenset(self._calls_of_class(qualified, importer, set()))
+
+    def _calls_of_class(self, qualified: str, importer: Path | None, seen: set[str]) -> Iterator[str]:
         if qualified in seen:
             return
         seen.add(qualified)
@@ -293,10 +316,9 @@ class ProjectIndex:
         if cls is None:
             return
         for name in cls.calls | set(cls.bases):
-            if name.startswith("torch."):
-                yield name
-            else:
-                yield from self._torch_calls(name, summary.path, seen)
+            yield name
+            if not name.startswith("torch."):
+                yield from self._calls_of_class(name, summary.path, seen)
 
 
 def _display(path: Path) -> str:

@@ -13,12 +13,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
 import libcst as cst
 
-from trainlint.analysis.values import Instance, Site, Tensor, ValueFlow, Values, evidence_text, number
+from trainlint.analysis.values import Bounded, Instance, Site, Tensor, ValueFlow, Values, evidence_text, number
 from trainlint.analysis.values.torch_semantics import SHAPE_METHODS as _SHAPE_METHODS
 
 if TYPE_CHECKING:
@@ -234,6 +233,15 @@ class Probabilities:
             return None
         return numbers.pop()
 
+    def floor_of(self, expr: cst.BaseExpression) -> float | None:
+        """The floor ``expr`` provably stays above, when every value it may be has one (a
+        ``clamp(min=c)``, a positive constant, a floored value plus an eps); else None."""
+        values = self.flow.values(expr)
+        floors = [v.floor if isinstance(v, Bounded) else number(v) for v in values]
+        if values.unknown or not floors or any(f is None or f <= 0 for f in floors):
+            return None
+        return min(f for f in floors if f is not None)
+
     def positive_constant(self, expr: cst.BaseExpression) -> float | None:
         value = self.constant(expr)
         return value if value is not None and value > 0 else None
@@ -306,25 +314,3 @@ class Probabilities:
     def receiver_code(self, expr: cst.BaseExpression) -> str:
         """Code for ``expr`` placed before ``.method()``: parenthesized unless atomic."""
         return self.ctx.code(expr) if is_atomic(expr) else f"({self.ctx.code(expr)})"
-
-    # -- precision -------------------------------------------------------------------------------
-    @cached_property
-    def computes_in_float16(self) -> bool:
-        """True when the file shows float16 computation: ``torch.float16``/``torch.half``,
-        ``.half()``, a ``GradScaler``, or an ``autocast`` that is neither bfloat16 nor on CPU."""
-        ctx = self.ctx
-        for attribute in ctx.nodes.of(cst.Attribute):
-            if ctx.qualified_name(attribute) in {"torch.float16", "torch.half"}:
-                return True
-        for call in ctx.nodes.of(cst.Call):
-            func = call.func
-            if isinstance(func, cst.Attribute) and func.attr.value == "half" and not call.args:
-                return True
-            qualified = ctx.qualified_name(func) or ""
-            if qualified.endswith(".GradScaler"):
-                return True
-            if qualified.endswith(".autocast") and qualified != "torch.cpu.amp.autocast":
-                text = ctx.code(call)
-                if "bfloat16" not in text and "'cpu'" not in text and '"cpu"' not in text:
-                    return True
-        return False

@@ -3,63 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import libcst as cst
 
 from trainlint.analysis.imports import dotted_name
 from trainlint.analysis.model_structure import CONV3D, ModelStructure, contains
+from trainlint.analysis.regions import Autocast, Regions
 from trainlint.context import FileContext
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
-
-
-@dataclass(frozen=True)
-class _Signature:
-    device: str | None  # the device whose default dtype applies; None: the first argument names it
-    enabled_index: int
-    dtype_index: int
-
-
-# autocast(device_type, dtype=None, enabled=True, ...) and cuda/cpu.amp.autocast(enabled=True, dtype=...)
-_DEVICE_FIRST = _Signature(None, 2, 1)
-_AUTOCASTS: dict[str, _Signature] = {
-    "torch.autocast": _DEVICE_FIRST,
-    "torch.amp.autocast": _DEVICE_FIRST,
-    "torch.amp.autocast_mode.autocast": _DEVICE_FIRST,
-    "torch.cuda.amp.autocast": _Signature("cuda", 0, 1),
-    "torch.cuda.amp.autocast_mode.autocast": _Signature("cuda", 0, 1),
-    "torch.cpu.amp.autocast": _Signature("cpu", 0, 1),
-}
-_FLOAT16 = frozenset({"torch.float16", "torch.half"})
-# Devices whose autocast default is float16 (CPU, XPU and HPU default to bfloat16).
-_FLOAT16_BY_DEFAULT = frozenset({"cuda"})
-
-
-@dataclass(frozen=True)
-class _Autocast:
-    call: cst.Call
-    dtype: cst.BaseExpression | None  # the dtype argument as written, None when absent
-
-
-def _argument(call: cst.Call, index: int, keyword: str) -> cst.BaseExpression | None:
-    position = 0
-    for arg in call.args:
-        if arg.keyword is not None:
-            if arg.keyword.value == keyword:
-                return arg.value
-        elif not arg.star:
-            if position == index:
-                return arg.value
-            position += 1
-    return None
-
-
-def _string(expr: cst.BaseExpression | None) -> str | None:
-    if isinstance(expr, cst.SimpleString):
-        value = expr.evaluated_value
-        return value if isinstance(value, str) else None
-    return None
 
 
 class Fp16AutocastConv3d(Rule):
@@ -239,7 +191,9 @@ def build_model(cfg):
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
         structure = ctx.get(ModelStructure)
-        for autocast, region in self._fp16_regions(ctx):
+        for autocast, region in ctx.get(Regions).float16_regions:
+            if autocast.certainty != "always":
+                continue  # float16 on some settings only (`dtype=cfg.amp_dtype`): not sure enough
             culprit = self._conv3d_run(ctx, structure, region)
             if culprit is None:
                 continue
@@ -251,35 +205,6 @@ def build_model(cfg):
                 "(float32's range)",
                 fix=self._fix(ctx, autocast),
             )
-
-    # -- where float16 autocast is on ------------------------------------------------------------
-    def _fp16_regions(self, ctx: FileContext) -> Iterator[tuple[_Autocast, cst.CSTNode]]:
-        for with_statement in ctx.nodes.of(cst.With):
-            for item in with_statement.items:
-                if isinstance(item.item, cst.Call):
-                    found = self._fp16_autocast(ctx, item.item)
-                    if found is not None:
-                        yield found, with_statement.body
-        for function in ctx.nodes.of(cst.FunctionDef):
-            for decorator in function.decorators:
-                if isinstance(decorator.decorator, cst.Call):
-                    found = self._fp16_autocast(ctx, decorator.decorator)
-                    if found is not None:
-                        yield found, function.body
-
-    def _fp16_autocast(self, ctx: FileContext, call: cst.Call) -> _Autocast | None:
-        """The call when it is an autocast that runs in float16, None when not or unknown."""
-        signature = _AUTOCASTS.get(ctx.qualified_name(call.func) or "")
-        if signature is None or any(arg.star for arg in call.args):
-            return None  # ``**amp_kwargs`` may set anything
-        enabled = _argument(call, signature.enabled_index, "enabled")
-        if isinstance(enabled, cst.Name) and enabled.value == "False":
-            return None
-        dtype = _argument(call, signature.dtype_index, "dtype")
-        if dtype is not None:
-            return _Autocast(call, dtype) if ctx.qualified_name(dtype) in _FLOAT16 else None
-        device = signature.device or _string(_argument(call, 0, "device_type"))
-        return _Autocast(call, None) if device in _FLOAT16_BY_DEFAULT else None
 
     # -- what runs inside ----------------------------------------------------------------------
     @staticmethod
@@ -297,7 +222,7 @@ def build_model(cfg):
 
     # -- the fix -------------------------------------------------------------------------------
     @staticmethod
-    def _fix(ctx: FileContext, autocast: _Autocast) -> Fix | None:
+    def _fix(ctx: FileContext, autocast: Autocast) -> Fix | None:
         if autocast.dtype is not None:
             written = dotted_name(autocast.dtype)
             if written is not None and "." in written:  # keep the spelling: `th.half` -> `th.bfloat16`

@@ -17,6 +17,7 @@ from trainlint.analysis.probabilities import (
     format_float,
     positional_argument,
 )
+from trainlint.analysis.regions import Regions
 from trainlint.analysis.values import Scopes, Tensor
 from trainlint.context import FileContext
 from trainlint.findings import Edit, Finding, Fix
@@ -26,6 +27,7 @@ from trainlint.rules.tl203_log_of_sigmoid import logsigmoid_code, sigmoid_under_
 from trainlint.rules.tl204_bce_on_sigmoid import loss_calls
 
 _CLAMP_NOTE = "; clamping stops the NaN but cuts the gradient below the floor"
+FLOAT16_FIX_EPS = 2e-5  # 1/2e-5 = 50000 < 65504: a floor float16's gradient can hold
 # Losses whose input is log-probabilities: a `log` passed to them is the log of a probability.
 _LOG_PROBABILITY_FUNCTIONS = frozenset({"torch.nn.functional.nll_loss", "torch.nn.functional.kl_div"})
 _LOG_PROBABILITY_MODULES = frozenset({
@@ -47,12 +49,19 @@ class LogUse:
 
 class LogWithoutFloor(Rule):
     """## What it does
-    Finds `torch.log(p)`, `p.log()` and `-torch.log(p + 1e-7)` where `p` comes from a `softmax`
-    or `sigmoid` inside the same function (directly, through a name, indexing, `gather`,
-    `torch.where` or `1 - p`) with no floor, or with an eps below 1/65504 ≈ 1.5e-5. In a file
-    that computes in float16 (`autocast`, `GradScaler`, `.half()`), it also finds any
+    Finds `torch.log(p)` and `p.log()` where `p` comes from a `softmax` or `sigmoid` (directly,
+    through a name, indexing, `gather`, `torch.where` or `1 - p`) with no floor; and, in code
+    that may run in float16, `-torch.log(p + 1e-7)` with an eps below 1/65504 ≈ 1.5e-5, and any
     `torch.log(x + eps)` with such an eps. `log(softmax(x))` and `log(sigmoid(x))` written as one
     expression are TL202 and TL203.
+
+    "May run in float16" is decided from the float16 autocast regions (not bfloat16, not CPU,
+    not `enabled=False`) that reach the code: around it, around a call of its function, around
+    a call of the model whose method it is (anywhere in the project), a `.half()` model, or a
+    `Trainer(precision="16-mixed")`. A small eps in float32 code keeps the log finite and is not
+    reported. Code that computes no gradient (`torch.no_grad()`, `inference_mode()`, a function
+    only such code calls, a `.detach()`ed probability) is not reported either: the harm is a NaN
+    gradient.
 
     The probability may come from anywhere the value-flow engine can follow: another function
     whose result is passed in, a method of a policy network, the end of a model's `forward`,
@@ -77,7 +86,8 @@ class LogWithoutFloor(Rule):
     safe when there was no eps (the same values, computed stably) and unsafe when an eps is
     dropped (the loss of confidently wrong predictions is no longer capped at -log(eps)).
     Otherwise the fix is unsafe: `torch.log(p.clamp(min=EPS))`, which stops the NaN but leaves no
-    gradient below EPS (option `eps`); in float16 code an EPS of at least 1.6e-5 keeps 1/EPS finite.
+    gradient below EPS (option `eps`); in code that may run in float16 the fix uses 2e-5 when EPS is
+    smaller, since a floor below 1/65504 would leave 1/EPS overflowing float16.
 
     ## Evidence
     Measured on CPU with torch 2.13: `-log(softmax(x)[1])` for logits `[0, -gap]` is -inf from a
@@ -163,6 +173,7 @@ class LogWithoutFloor(Rule):
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
         probabilities = ctx.get(Probabilities)
+        regions = ctx.get(Regions)
         judged: set[cst.Call] = set()
         for log_call, argument in probabilities.log_calls():
             if self._is_composed(probabilities, argument):
@@ -171,15 +182,19 @@ class LogWithoutFloor(Rule):
             trace = probabilities.trace(argument)
             if trace is not None and trace.producers:
                 judged.add(log_call)
-                if sum(trace.eps) < FLOAT16_SAFE_EPS:
+                if trace.detached or regions.computes_no_gradient(log_call):
+                    continue  # no gradient flows back through it: no NaN gradient to fear
+                if not trace.eps or (sum(trace.eps) < FLOAT16_SAFE_EPS and regions.may_run_in_float16(log_call)):
                     yield self._probability_finding(ctx, probabilities, log_call, argument, trace)
-            elif probabilities.computes_in_float16:
+            elif regions.may_run_in_float16(log_call) and not regions.computes_no_gradient(log_call):
                 eps = self._small_eps(probabilities, argument)
                 if eps is not None:
-                    fix = self._clamp_fix(ctx, probabilities, argument)
+                    fix = self._clamp_fix(ctx, probabilities, argument, float16=True)
+                    floor = probabilities.floor_of(strip_eps(probabilities, argument)[0])
+                    at = f"x = {format_float(floor)}, its floor," if floor is not None else "x = 0"
                     message = (
                         f"`log(x + {format_float(eps)})` in float16 code: with an eps below 1/65504 the gradient "
-                        f"1/(x + eps) overflows float16 at x = 0 and turns NaN"
+                        f"1/(x + eps) overflows float16 at {at} and turns NaN"
                     )
                     judged.add(log_call)
                     yield ctx.report(self, log_call, message + (_CLAMP_NOTE if fix else ""), fix=fix)
@@ -190,17 +205,20 @@ class LogWithoutFloor(Rule):
     ) -> Iterator[Finding]:
         """``nll_loss(torch.log(x), y)``: whatever ``x`` is, the loss takes log-probabilities, so
         ``x`` is a probability, and an unfloored log of it is this rule's bug."""
+        regions = ctx.get(Regions)
         for loss in loss_calls(probabilities, _LOG_PROBABILITY_FUNCTIONS, _LOG_PROBABILITY_MODULES):
             for tensor in probabilities.flow.values(loss.input).of_type(Tensor):
                 log_call = tensor.site.node
                 if tensor.kind != "log" or tensor.site.ctx is not ctx or log_call in judged:
                     continue
                 argument = probabilities.log_argument(log_call)  # type: ignore[arg-type]
-                if argument is None or not self._unfloored(probabilities, argument):
+                if argument is None or regions.computes_no_gradient(log_call):
+                    continue
+                if not self._unfloored(probabilities, argument, regions.may_run_in_float16(log_call)):
                     continue
                 judged.add(log_call)  # type: ignore[arg-type]
                 consumer = ctx.code(loss.call.func) if loss.module is None else f"nn.{loss.module}"
-                fix = self._clamp_fix(ctx, probabilities, argument)
+                fix = self._clamp_fix(ctx, probabilities, argument, regions.may_run_in_float16(log_call))
                 message = (
                     f"`log` of a value that `{consumer}` takes as log-probabilities, so a probability: with no "
                     "floor, one that underflows to 0 makes it -inf and its gradient NaN"
@@ -208,11 +226,14 @@ class LogWithoutFloor(Rule):
                 yield ctx.report(self, log_call, message + (_CLAMP_NOTE if fix else ""), fix=fix)
 
     @staticmethod
-    def _unfloored(probabilities: Probabilities, argument: cst.BaseExpression) -> bool:
-        """No floor a float16 gradient can live with: no clamp, no eps of 1/65504 or more, not a
-        constant, not floored on the way."""
+    def _unfloored(probabilities: Probabilities, argument: cst.BaseExpression, float16: bool) -> bool:
+        """No floor the gradient can live with: no clamp, no eps (in code that may run in float16,
+        none of 1/65504 or more), not a constant, not floored on the way."""
         core, eps = strip_eps(probabilities, argument)
-        if (eps is not None and eps >= FLOAT16_SAFE_EPS) or probabilities.is_floor(core):
+        if (eps is not None and (eps >= FLOAT16_SAFE_EPS or not float16)) or probabilities.is_floor(core):
+            return False
+        floor = probabilities.floor_of(core)
+        if floor is not None and (floor >= FLOAT16_SAFE_EPS or not float16):
             return False
         if probabilities.constant(core) is not None:
             return False
@@ -228,7 +249,8 @@ class LogWithoutFloor(Rule):
         core, eps = strip_eps(probabilities, argument)
         if eps is None or eps >= FLOAT16_SAFE_EPS or probabilities.is_floor(core):
             return None
-        return None if probabilities.constant(core) is not None else eps
+        floor = probabilities.floor_of(core)  # `s = x.clamp(min=1e-4)` earlier: already floored
+        return None if floor is not None and floor + eps >= FLOAT16_SAFE_EPS else eps
 
     def _probability_finding(
         self,
@@ -252,12 +274,19 @@ class LogWithoutFloor(Rule):
         fix = log_space_fix(ctx, probabilities, log_call, trace)
         if fix is not None:
             return ctx.report(self, log_call, f"{message}; compute it in log space", fix=fix)
-        fix = self._clamp_fix(ctx, probabilities, argument)
+        fix = self._clamp_fix(ctx, probabilities, argument, ctx.get(Regions).may_run_in_float16(log_call))
         return ctx.report(self, log_call, message + (_CLAMP_NOTE if fix else ""), fix=fix)
 
-    def _clamp_fix(self, ctx: FileContext, probabilities: Probabilities, argument: cst.BaseExpression) -> Fix | None:
+    def _clamp_fix(
+        self, ctx: FileContext, probabilities: Probabilities, argument: cst.BaseExpression, float16: bool
+    ) -> Fix | None:
+        """``log(x.clamp(min=EPS))``; in code that may run in float16, a floor whose reciprocal
+        float16 can hold (a smaller one would leave the NaN gradient the fix is for)."""
         core, _ = strip_eps(probabilities, argument)
-        floor = format_float(float(self.options["eps"]))
+        value = float(self.options["eps"])
+        if float16 and value <= FLOAT16_SAFE_EPS:
+            value = FLOAT16_FIX_EPS
+        floor = format_float(value)
         clamped = f"{probabilities.receiver_code(core)}.clamp(min={floor})"
         return ctx.fix(
             [ctx.replace(argument, clamped)], "unsafe", f"Clamp the argument at {floor} (no gradient below it)"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import libcst as cst
 
 from trainlint.analysis.imports import dotted_name
+from trainlint.analysis.regions import Regions
 from trainlint.analysis.probabilities import Probabilities, Producer, Trace, positional_argument
 from trainlint.analysis.values import Scopes
 from trainlint.context import FileContext
@@ -37,6 +38,8 @@ def loss_calls(
     for call in ctx.nodes.of(cst.Call):
         constructor = module = None
         if ctx.qualified_name(call.func) not in functions:
+            if not _may_call_a_loss_module(call):
+                continue
             instances = probabilities.module_instances(call.func, modules)
             if not instances:
                 continue
@@ -45,6 +48,18 @@ def loss_calls(
         argument = positional_argument(call, 0, "input")
         if argument is not None:
             yield LossCall(call, argument.value, constructor, module)
+
+
+def _may_call_a_loss_module(call: cst.Call) -> bool:
+    """The shape of a call of a loss module: ``criterion(input, target)``, ``self.loss(...)``,
+    ``nn.BCELoss()(...)`` with an input and a target. A cheap filter before the engine is asked
+    what the callee is (most calls of a file are methods: asking about each would read half the
+    project)."""
+    func = call.func
+    shaped = isinstance(func, (cst.Name, cst.Call)) or (isinstance(func, cst.Attribute) and isinstance(func.value, cst.Name))
+    positional = sum(1 for arg in call.args if arg.keyword is None and not arg.star)
+    keywords = {arg.keyword.value for arg in call.args if arg.keyword is not None}
+    return shaped and (positional >= 2 or "target" in keywords or "input" in keywords)
 
 
 def producer_trace(probabilities: Probabilities, expr: cst.BaseExpression, kind: str) -> Trace | None:
@@ -216,9 +231,10 @@ class BceOnSigmoid(Rule):
     def check(self, ctx: FileContext) -> Iterator[Finding]:
         probabilities = ctx.get(Probabilities)
         findings = []
+        regions = ctx.get(Regions)
         for loss in loss_calls(probabilities, frozenset({_BCE_FUNCTION}), _BCE_MODULES):
             trace = producer_trace(probabilities, loss.input, "sigmoid")
-            if trace is not None:
+            if trace is not None and not regions.computes_no_gradient(loss.call):
                 findings.append((loss, trace))
         calls_by_constructor: dict[cst.Call, list[tuple[LossCall, Trace]]] = {}
         for loss, trace in findings:

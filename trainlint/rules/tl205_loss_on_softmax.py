@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from trainlint.analysis.regions import Regions
 from trainlint.analysis.probabilities import Probabilities, Producer, Trace
 from trainlint.context import FileContext
 from trainlint.findings import Finding, Fix
@@ -117,8 +118,8 @@ class LossOnSoftmax(Rule):
         for negative_log_likelihood, functions, modules in kinds:
             for loss in loss_calls(probabilities, functions, modules):
                 trace = producer_trace(probabilities, loss.input, "softmax")
-                if trace is None:
-                    continue
+                if trace is None or ctx.get(Regions).computes_no_gradient(loss.call):
+                    continue  # not this bug, or no gradient to distort (an evaluation)
                 template = _NLL_MESSAGE if negative_log_likelihood else _CE_MESSAGE
                 yield ctx.report(
                     self,

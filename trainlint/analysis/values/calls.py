@@ -50,7 +50,7 @@ _MAX_CALL_SITES = 64
 _MAX_CALLER_MODULES = 12  # other modules read to find the callers of one function
 
 
-class _TooManyCallers(Exception):
+class TooManyCallers(Exception):
     """More modules may call the function than the engine reads: its parameters are unknown."""
 
 
@@ -222,7 +222,7 @@ class CallsMixin:
     def _find_call_sites(self: ValueFlow, function: cst.FunctionDef) -> tuple[list[CallSite], bool]:
         try:
             return self._call_sites_of(function)
-        except _TooManyCallers:
+        except TooManyCallers:
             return [], False
 
     def _call_sites_of(self: ValueFlow, function: cst.FunctionDef) -> tuple[list[CallSite], bool]:
@@ -251,7 +251,7 @@ class CallsMixin:
         complete = not _decorated(function, self)
         sites: list[CallSite] = []
         name = function.name.value
-        for flow in self._modules_using(name, qualified):
+        for flow in self.modules_using(name, qualified):
             spellings = {name, *flow._partial_names(name)}
             for call in flow.ctx.nodes.of(cst.Call):
                 if not any(_spells(call.func, spelling) for spelling in spellings):
@@ -281,7 +281,7 @@ class CallsMixin:
         qualified = self.qualified_of(owner)
         complete = not _decorated(owner, self)
         sites: list[CallSite] = []
-        for flow in self._modules_using(owner.name.value, qualified):
+        for flow in self.modules_using(owner.name.value, qualified):
             names = flow.constructor_names(qualified)
             for call in flow.ctx.nodes.of(cst.Call):
                 func = call.func
@@ -306,7 +306,7 @@ class CallsMixin:
         qualified = self.qualified_of(owner)
         sites: list[CallSite] = []
         complete = True
-        for flow in self._modules_using(name, None):
+        for flow in self.modules_using(name, None):
             for call in flow.ctx.nodes.of(cst.Call):
                 func = call.func
                 if not (isinstance(func, cst.Attribute) and func.attr.value == name):
@@ -317,14 +317,15 @@ class CallsMixin:
             complete = complete and not flow._used_as_value(flow.ctx, name, function, method=True)
         return sites[:_MAX_CALL_SITES], complete and len(sites) <= _MAX_CALL_SITES
 
-    def _modules_using(self: ValueFlow, word: str, qualified: str | None) -> Iterator[ValueFlow]:
+    def modules_using(self: ValueFlow, word: str, qualified: str | None, include_self: bool = True) -> Iterator[ValueFlow]:
         """The engines of the modules that may call ``qualified`` (or, for None, any method
         named ``word``): this one, and those whose summary calls or mentions it (under any name
         it is re-exported as). At most _MAX_CALLER_MODULES others: past that, the caller stops
         and the parameter is unknown."""
         from trainlint.analysis.values.engine import ValueFlow
 
-        yield self
+        if include_self:
+            yield self
         project = self.ctx.project
         own = self.ctx.real_path.resolve() if self.ctx.real_path is not None else None
         target = project.definition(qualified, own) if qualified is not None else None
@@ -345,7 +346,7 @@ class CallsMixin:
                 continue
             read += 1
             if read > _MAX_CALLER_MODULES:
-                raise _TooManyCallers
+                raise TooManyCallers
             ctx = project.context(summary)
             if ctx is not None:
                 yield ctx.get(ValueFlow)

@@ -18,6 +18,7 @@ The kinds of value:
   ``scaler.scale(loss)``), kept through shape-only
   operations, with what was done to it on the way (an added eps, ``1 - p``, a floor, a mask,
   a selection, ``detach``).
+- :class:`Bounded`: a tensor of unknown origin with a known positive floor (``x.clamp(min=1e-6)``).
 - :class:`Constant`: a Python literal (a number, a string, True/False/None).
 - :class:`Collection`: a tuple, list or dict literal, a tuple of returns, ``accelerator.prepare``'s
   results; ``homogeneous`` when its length is unknown and every item is ``items[0]``.
@@ -177,6 +178,14 @@ class Tensor(Value):
     @property
     def is_probability(self) -> bool:
         return self.kind in PROBABILITY_KINDS
+
+
+@dataclass(frozen=True)
+class Bounded(Value):
+    """A tensor of unknown origin known to be at least ``floor`` (> 0) everywhere:
+    ``x.clamp(min=1e-6)``, ``torch.clamp(x, 1e-4, 1.0)``, ``torch.maximum(x, eps)``."""
+
+    floor: float
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import libcst as cst
 
 from trainlint.analysis.values.domain import (
     UNKNOWN,
+    Bounded,
     ClassRef,
     Collection,
     Constant,
@@ -94,7 +95,10 @@ class TorchCallsMixin:
         if qualified in FLOOR_FUNCTIONS:
             tensors = [self.evaluate(a.value, symbolic) for a in call.args if a.keyword is None and not a.star]
             found = [t for values in tensors for t in values.of_type(Tensor)]
-            return Values.of(*(self.derived_tensor(t, floored=True) for t in found)) if found else UNKNOWN
+            if found:
+                return Values.of(*(self.derived_tensor(t, floored=True) for t in found))
+            index = 1 if qualified.endswith(("clamp", "clip", "clamp_min")) else None
+            return self._bounded(call, index, symbolic)
         if qualified in JOINING_FUNCTIONS:
             source = argument(call, 0, "tensors")
             return self._joined(self.iterate(self.evaluate(source.value, symbolic))) if source is not None else UNKNOWN
@@ -193,6 +197,12 @@ class TorchCallsMixin:
             return held.map(lambda callee: self.apply(callee, call, symbolic))
         if isinstance(value, Tensor):
             return self._tensor_method(value, name, call, symbolic)
+        if isinstance(value, Bounded):
+            if name in SHAPE_METHODS or name in CAST_METHODS or name in SELECTING_METHODS or name in ("clone", "detach"):
+                return Values.of(value)  # a selection or a view of values above the floor stays above it
+            if name in FLOOR_METHODS and name != "maximum":
+                raised = self._bounded(call, 0, symbolic)
+                return Values.of(Bounded(max([value.floor, *(b.floor for b in raised.of_type(Bounded))])))
         if isinstance(value, Collection) and value.kind == "dict":
             if name == "values":
                 return Values.of(Collection("list", (value.every_item(),), homogeneous=True))
@@ -207,6 +217,8 @@ class TorchCallsMixin:
             return self._passthrough(call, symbolic)
         if name in PARAMETER_METHODS:
             return _parameters_of(UNKNOWN, name)
+        if name in FLOOR_METHODS and name != "maximum":
+            return self._bounded(call, 0, symbolic)
         if name == "scale" and len(call.args) == 1 and not call.args[0].keyword and not call.args[0].star:
             # `scaler.scale(loss)` of a scaler known only by its use: the training-step analysis
             # decides from the receiver whether it is one
@@ -215,6 +227,23 @@ class TorchCallsMixin:
             return UNKNOWN
         produced = _method_producer(call, name)
         return Values.of(Tensor(produced, self.site(call), style="method")) if produced else UNKNOWN
+
+    def _bounded(self: ValueFlow, call: cst.Call, index: int | None, symbolic: bool) -> Values:
+        """A floor call of an unknown tensor: ``x.clamp(min=c)`` (``index`` of ``min`` among the
+        positional arguments), ``torch.maximum(x, c)`` (index None: any constant argument)."""
+        if index is None:
+            candidates = [a for a in call.args if a.keyword is None and not a.star]
+        else:
+            found = argument(call, index, "min")
+            candidates = [found] if found is not None else []
+        floors = []
+        for arg in candidates:
+            values = self.evaluate(arg.value, symbolic)
+            numbers = {number(v) for v in values}
+            if not values.unknown and len(numbers) == 1 and None not in numbers:
+                floors.append(numbers.pop())
+        positive = [f for f in floors if f is not None and f > 0]
+        return Values.of(Bounded(max(positive))) if positive else UNKNOWN
 
     def _tensor_method(self: ValueFlow, tensor: Tensor, name: str, call: cst.Call, symbolic: bool) -> Values:
         if name in SHAPE_METHODS or name in CAST_METHODS or name == "clone":
@@ -315,11 +344,18 @@ class TorchCallsMixin:
 
     # -- tensors ---------------------------------------------------------------------------------
     def tensor_arithmetic(self: ValueFlow, operator: cst.BaseBinaryOp, left: Values, right: Values) -> Values | None:
-        """``p + eps`` (an offset), ``1 - p`` (the complement); None when no tensor is involved.
-        Any other arithmetic on a tracked tensor makes it unknown."""
+        """``p + eps`` (an offset), ``1 - p`` (the complement), a floored value plus a positive
+        constant; None when no tensor is involved. Any other arithmetic on a tracked tensor makes
+        it unknown."""
+        bounded = left.of_type(Bounded) + right.of_type(Bounded)
+        if bounded and isinstance(operator, cst.Add):
+            for bound_side, other in ((left, right), (right, left)):
+                if bound_side.must(lambda v: isinstance(v, Bounded)) and other.must(lambda v: (number(v) or -1) >= 0):
+                    least = min(number(v) or 0.0 for v in other)
+                    return Values.of(*(Bounded(b.floor + least) for b in bound_side.of_type(Bounded)))
         tensors = left.of_type(Tensor) + right.of_type(Tensor)
         if not tensors:
-            return None
+            return UNKNOWN if bounded else None
         if isinstance(operator, cst.Add):
             for tensor_side, constant_side in ((left, right), (right, left)):
                 amounts = [number(v) for v in constant_side] if constant_side.must(lambda v: number(v) is not None) else []

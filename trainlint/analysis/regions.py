@@ -1,0 +1,276 @@
+"""Where code runs in float16, and where it computes no gradient.
+
+Two questions the numerical rules ask before they report:
+
+- "May this code run in float16?" A float16 ``autocast`` region (``torch.autocast("cuda")``,
+  ``dtype=torch.float16``, ``torch.cuda.amp.autocast()``; not ``enabled=False``, not bfloat16, not
+  CPU) reaches code lexically inside it, in a function it calls (followed through the engine's call
+  sites), and in the ``forward`` and methods of a model it runs, wherever in the project that
+  region is; a model converted with ``.half()`` runs in float16 everywhere. Code no such region or
+  conversion reaches runs in float32, however often the file mentions float16.
+- "Does this code compute a gradient?" Not inside ``with torch.no_grad():``,
+  ``torch.inference_mode()``, a function decorated with either, or a function every caller of
+  which computes none.
+
+API (``regions = ctx.get(Regions)``): ``autocast(call)`` (the float16 autocast a call is, if any),
+``float16_regions`` (this file's), ``may_run_in_float16(node)``, ``computes_no_gradient(node)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Literal
+
+import libcst as cst
+
+from trainlint.analysis.values import ClassRef, Constant, Instance, ValueFlow, Values
+from trainlint.analysis.values.calls import TooManyCallers
+from trainlint.analysis.values.torch_calls import argument
+
+if TYPE_CHECKING:
+    from trainlint.context import FileContext
+
+
+@dataclass(frozen=True)
+class _Signature:
+    device: str | None  # the device whose default dtype applies; None: the first argument names it
+    enabled_index: int
+    dtype_index: int
+
+
+# autocast(device_type, dtype=None, enabled=True, ...) and cuda/cpu.amp.autocast(enabled=True, dtype=...)
+_DEVICE_FIRST = _Signature(None, 2, 1)
+_AUTOCASTS: dict[str, _Signature] = {
+    "torch.autocast": _DEVICE_FIRST,
+    "torch.amp.autocast": _DEVICE_FIRST,
+    "torch.amp.autocast_mode.autocast": _DEVICE_FIRST,
+    "torch.cuda.amp.autocast": _Signature("cuda", 0, 1),
+    "torch.cuda.amp.autocast_mode.autocast": _Signature("cuda", 0, 1),
+    "torch.cpu.amp.autocast": _Signature("cpu", 0, 1),
+}
+_FLOAT16 = frozenset({"torch.float16", "torch.half"})
+# Devices whose autocast default is float16 (CPU, XPU and HPU default to bfloat16).
+_FLOAT16_BY_DEFAULT = frozenset({"cuda"})
+_NO_GRADIENT = frozenset({"torch.no_grad", "torch.inference_mode", "torch.autograd.no_grad",
+                          "torch.autograd.grad_mode.no_grad", "torch.autograd.grad_mode.inference_mode"})
+_CALLER_DEPTH = 3
+_FRAMEWORK_RUNNERS = frozenset({"Trainer", "Fabric", "Accelerator"})
+_FLOAT16_SETTINGS = frozenset({"16", "16-mixed", "16-true", "fp16", "float16", "half"})
+
+
+def _calls_under(node: cst.CSTNode) -> Iterator[cst.Call]:
+    """The calls under a node, nested definitions (other scopes) left out."""
+    from trainlint.context import child_nodes
+
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, cst.Call):
+            yield current
+        stack.extend(c for c in child_nodes(current) if not isinstance(c, (cst.FunctionDef, cst.ClassDef, cst.Lambda)))
+Certainty = Literal["always", "maybe"]
+
+
+@dataclass(frozen=True)
+class Autocast:
+    """A float16 autocast (when it is enabled: ``enabled=cfg.amp`` counts). ``dtype`` is its
+    dtype argument as written (None when absent); ``certainty`` is "always" when every dtype that
+    may reach it is float16, "maybe" when only some is (``dtype=cfg.amp_dtype``)."""
+
+    call: cst.Call
+    dtype: cst.BaseExpression | None
+    certainty: Certainty
+
+
+class Regions:
+    def __init__(self, ctx: FileContext) -> None:
+        self.ctx = ctx
+        self.flow = ctx.get(ValueFlow)
+        self._float16_functions: dict[cst.CSTNode, bool] = {}
+        self._gradient_free: dict[cst.CSTNode, bool] = {}
+
+    # -- float16 autocast -------------------------------------------------------------------------
+    def autocast(self, call: cst.Call) -> Autocast | None:
+        """The call as a float16 autocast; None when it is no autocast, or one that never runs in
+        float16 (bfloat16, CPU, ``enabled=False``), or one whose ``**kwargs`` may set anything."""
+        signature = _AUTOCASTS.get(self.ctx.qualified_name(call.func) or "")
+        if signature is None or any(arg.star for arg in call.args):
+            return None
+        enabled = argument(call, signature.enabled_index, "enabled")
+        if enabled is not None and self.flow.values(enabled.value).must(
+            lambda v: isinstance(v, Constant) and v.value is False
+        ):
+            return None  # `enabled=cfg.amp` may be on: what it runs then is what matters
+        dtype = argument(call, signature.dtype_index, "dtype")
+        if dtype is not None:
+            kinds = self._dtypes(self.flow.values(dtype.value))
+            if "float16" not in kinds:
+                return None
+            return Autocast(call, dtype.value, "always" if kinds == {"float16"} else "maybe")
+        device = signature.device or self._device(call)
+        return Autocast(call, None, "always") if device in _FLOAT16_BY_DEFAULT else None
+
+    def _device(self, call: cst.Call) -> str | None:
+        found = argument(call, 0, "device_type")
+        constants = self.flow.values(found.value).constants() if found is not None else []
+        return constants[0] if len(constants) == 1 and isinstance(constants[0], str) else None  # type: ignore[return-value]
+
+    @staticmethod
+    def _dtypes(values: Values) -> set[str]:
+        """"float16" and "other" for the dtypes a value may be (an unknown one may be float16)."""
+        kinds = {"float16" if getattr(v, "qualified", None) in _FLOAT16 else "other" for v in values}
+        return kinds | ({"float16", "other"} if values.unknown else set())
+
+    @cached_property
+    def float16_regions(self) -> list[tuple[Autocast, cst.CSTNode]]:
+        """This file's float16 autocast regions: ``with`` bodies and decorated functions' bodies."""
+        found: list[tuple[Autocast, cst.CSTNode]] = []
+        for statement in self.ctx.nodes.of(cst.With):
+            for item in statement.items:
+                if isinstance(item.item, cst.Call) and (autocast := self.autocast(item.item)) is not None:
+                    found.append((autocast, statement.body))
+        for function in self.ctx.nodes.of(cst.FunctionDef):
+            for decorator in function.decorators:
+                if isinstance(decorator.decorator, cst.Call) and (autocast := self.autocast(decorator.decorator)):
+                    found.append((autocast, function.body))
+        return found
+
+    def region_around(self, node: cst.CSTNode) -> Autocast | None:
+        """The float16 autocast region of this file the node lies in, if any."""
+        ancestors = set(map(id, self.ctx.ancestors(node)))
+        for autocast, body in self.float16_regions:
+            if id(body) in ancestors:
+                return autocast
+        return None
+
+    def may_run_in_float16(self, node: cst.CSTNode) -> bool:
+        """Whether float16 reaches the node: a region around it, a region around a call of its
+        function, a region that runs a model whose method it is, or a ``.half()`` model."""
+        if self.region_around(node) is not None or self._converts_to_half(node):
+            return True
+        function = self.flow.scopes.function_of(node)
+        return function is not None and self._function_in_float16(function, _CALLER_DEPTH)
+
+    def _function_in_float16(self, function: cst.FunctionDef, depth: int) -> bool:
+        found = self._float16_functions.get(function)
+        if found is None:
+            self._float16_functions[function] = False  # recursion: not through itself
+            found = self._float16_functions[function] = self._reached_by_float16(function, depth)
+        return found
+
+    def _reached_by_float16(self, function: cst.FunctionDef, depth: int) -> bool:
+        owner = self.flow.enclosing_class(function)
+        if owner is not None and self._class_runs_in_float16(self.flow.qualified_of(owner)):
+            return True
+        if depth <= 0:
+            return False
+        sites, _ = self.flow.call_sites(function)
+        for site in sites:
+            caller = site.flow.ctx.get(Regions)
+            if caller.region_around(site.call) is not None:
+                return True
+            outer = caller.flow.scopes.function_of(site.call)
+            if (outer or caller.ctx.module) in caller._half_functions:
+                return True  # its arguments were computed in half precision
+            if outer is not None and outer is not function and caller._function_in_float16(outer, depth - 1):
+                return True
+        return False
+
+    def _class_runs_in_float16(self, qualified: str) -> bool:
+        """Some module of the project runs a model of this class (or one holding it) in a float16
+        region, or converts one to half: this file, and the modules that import it and mention
+        ``autocast`` or ``half``."""
+        project = self.ctx.project
+        name = qualified.rpartition(".")[2]
+        candidates = [self]
+        try:
+            for flow in self.flow.modules_using(name, qualified, include_self=False):
+                if any(word in flow.ctx.source.text for word in ("autocast", ".half()")):
+                    candidates.append(flow.ctx.get(Regions))
+        except TooManyCallers:
+            pass  # what the modules past the bound do is not known: they make no float16 claim
+        for regions in candidates:
+            for model in regions.models_run_in_float16():
+                if model == qualified or qualified in project.built_by_class(model, regions.ctx.real_path):
+                    return True
+        return False
+
+    def _converts_to_half(self, node: cst.CSTNode) -> bool:
+        """``x.half()`` / ``dtype=torch.float16`` in the node's own function: it computes in float16."""
+        function = self.flow.scopes.function_of(node) or self.ctx.module
+        return function in self._half_functions
+
+    @cached_property
+    def _half_functions(self) -> frozenset[cst.CSTNode]:
+        found: set[cst.CSTNode] = set()
+        for call in self.ctx.nodes.of(cst.Call):
+            func = call.func
+            half = isinstance(func, cst.Attribute) and func.attr.value == "half" and not call.args
+            if half or any(
+                arg.keyword is not None and arg.keyword.value == "dtype" and self.ctx.qualified_name(arg.value) in _FLOAT16
+                for arg in call.args
+            ):
+                found.add(self.flow.scopes.function_of(call) or self.ctx.module)
+        return frozenset(found)
+
+    def models_run_in_float16(self) -> Iterator[str]:
+        """Classes of the project whose instances this file calls in a float16 region (models,
+        and loss modules too: their ``forward`` runs there), or converts with ``.half()``."""
+        from trainlint.analysis.model_structure import ModelStructure
+
+        for _, body in self.float16_regions:
+            for node in _calls_under(body):
+                func = node.func.value if isinstance(node.func, cst.Attribute) and node.func.attr.value == "forward" else node.func
+                if self.ctx.qualified_name(func) is None:
+                    yield from (v.cls for v in self.flow.values(func).of_type(Instance))
+        structure = self.ctx.get(ModelStructure)
+        for call in self.ctx.nodes.of(cst.Call):
+            func = call.func
+            if isinstance(func, cst.Attribute) and func.attr.value == "half" and not call.args:
+                yield from (instance.cls for instance in structure.models(func.value).of_type(Instance))
+        if self._framework_runs_float16():
+            for call in self.ctx.nodes.of(cst.Call):  # the modules this file builds for it to run
+                yield from (v.qualified for v in self.flow.values(call.func).of_type(ClassRef) if v.site is not None)
+
+    def _framework_runs_float16(self) -> bool:
+        """``Trainer(precision="16-mixed")``, ``Fabric(precision=16)``,
+        ``Accelerator(mixed_precision="fp16")``: the framework runs the steps under float16."""
+        for call in self.ctx.nodes.of(cst.Call):
+            name = (self.ctx.qualified_name(call.func) or "").rpartition(".")[2]
+            if name not in _FRAMEWORK_RUNNERS:
+                continue
+            for arg in call.args:
+                if arg.keyword is not None and arg.keyword.value in ("precision", "mixed_precision"):
+                    if any(str(c) in _FLOAT16_SETTINGS for c in self.flow.values(arg.value).constants()):
+                        return True
+        return False
+
+    # -- gradients ---------------------------------------------------------------------------------
+    def computes_no_gradient(self, node: cst.CSTNode, depth: int = _CALLER_DEPTH) -> bool:
+        """Inside ``no_grad``/``inference_mode`` (a ``with``, or a decorated function), or in a
+        function every visible caller of which computes no gradient."""
+        for ancestor in self.ctx.ancestors(node):
+            if isinstance(ancestor, cst.With) and any(self._is_no_gradient(item.item) for item in ancestor.items):
+                return True
+            if isinstance(ancestor, cst.FunctionDef) and any(self._is_no_gradient(d.decorator) for d in ancestor.decorators):
+                return True
+        function = self.flow.scopes.function_of(node)
+        if function is None or depth <= 0:
+            return False
+        found = self._gradient_free.get(function)
+        if found is None:
+            self._gradient_free[function] = False  # recursion: not through itself
+            found = self._gradient_free[function] = self._every_caller_gradient_free(function, depth)
+        return found
+
+    def _is_no_gradient(self, expr: cst.BaseExpression) -> bool:
+        target = expr.func if isinstance(expr, cst.Call) else expr
+        return self.ctx.qualified_name(target) in _NO_GRADIENT
+
+    def _every_caller_gradient_free(self, function: cst.FunctionDef, depth: int) -> bool:
+        sites, complete = self.flow.call_sites(function)
+        if not sites or not complete:
+            return False
+        return all(site.flow.ctx.get(Regions).computes_no_gradient(site.call, depth - 1) for site in sites)
