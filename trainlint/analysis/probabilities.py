@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 import libcst as cst
 
-from trainlint.analysis.values import Bounded, Instance, Site, Tensor, ValueFlow, Values, evidence_text, number
+from trainlint.analysis.values import Facts, Instance, Site, Tensor, ValueFlow, Values, evidence_text, number
 from trainlint.analysis.values.torch_semantics import SHAPE_METHODS as _SHAPE_METHODS
 
 if TYPE_CHECKING:
@@ -237,10 +237,17 @@ class Probabilities:
         """The floor ``expr`` provably stays above, when every value it may be has one (a
         ``clamp(min=c)``, a positive constant, a floored value plus an eps); else None."""
         values = self.flow.values(expr)
-        floors = [v.floor if isinstance(v, Bounded) else number(v) for v in values]
+        floors = [v.floor if isinstance(v, Facts) else number(v) for v in values]
         if values.unknown or not floors or any(f is None or f <= 0 for f in floors):
             return None
         return min(f for f in floors if f is not None)
+
+    def carries_no_gradient(self, expr: cst.BaseExpression) -> bool:
+        """Every value ``expr`` may be is detached (``x.detach()``, computed from detached
+        tensors) or a constant: no gradient flows back through it."""
+        return self.flow.values(expr).must(
+            lambda v: (isinstance(v, Facts) and v.detached) or (isinstance(v, Tensor) and v.detached) or number(v) is not None
+        )
 
     def positive_constant(self, expr: cst.BaseExpression) -> float | None:
         value = self.constant(expr)

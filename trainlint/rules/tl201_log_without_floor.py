@@ -235,6 +235,8 @@ class LogWithoutFloor(Rule):
         floor = probabilities.floor_of(core)
         if floor is not None and (floor >= FLOAT16_SAFE_EPS or not float16):
             return False
+        if probabilities.carries_no_gradient(core):
+            return False
         if probabilities.constant(core) is not None:
             return False
         return not probabilities.flow.values(core).may(lambda v: isinstance(v, Tensor) and v.floored)
@@ -249,6 +251,8 @@ class LogWithoutFloor(Rule):
         core, eps = strip_eps(probabilities, argument)
         if eps is None or eps >= FLOAT16_SAFE_EPS or probabilities.is_floor(core):
             return None
+        if probabilities.carries_no_gradient(core):
+            return None  # `attn.detach().sum(2)`: a target, no gradient to overflow
         floor = probabilities.floor_of(core)  # `s = x.clamp(min=1e-4)` earlier: already floored
         return None if floor is not None and floor + eps >= FLOAT16_SAFE_EPS else eps
 

@@ -9,7 +9,7 @@ from trainlint.analysis.values.domain import (
     EXTERNAL,
     NOTHING,
     UNKNOWN,
-    Bounded,
+    Facts,
     ClassRef,
     Collection,
     Constant,
@@ -30,7 +30,7 @@ from trainlint.analysis.values.engine import ValueFlow
 from trainlint.analysis.values.scopes import Binding, Reaching, Scope, Scopes
 
 __all__ = [
-    "EXTERNAL", "NOTHING", "UNKNOWN", "Binding", "Bounded", "ClassRef", "Collection", "Constant", "Evidence", "FunctionRef", "Instance",
+    "EXTERNAL", "NOTHING", "UNKNOWN", "Binding", "Facts", "ClassRef", "Collection", "Constant", "Evidence", "FunctionRef", "Instance",
     "Param", "Parameters", "Reaching", "Scope", "Scopes", "Site", "Tensor", "Value", "ValueFlow", "Values",
     "evidence_text", "is_none", "number",
 ]

@@ -18,7 +18,8 @@ The kinds of value:
   ``scaler.scale(loss)``), kept through shape-only
   operations, with what was done to it on the way (an added eps, ``1 - p``, a floor, a mask,
   a selection, ``detach``).
-- :class:`Bounded`: a tensor of unknown origin with a known positive floor (``x.clamp(min=1e-6)``).
+- :class:`Facts`: a tensor of unknown origin with a known positive floor (``x.clamp(min=1e-6)``)
+  or known to carry no gradient (``x.detach()``).
 - :class:`Constant`: a Python literal (a number, a string, True/False/None).
 - :class:`Collection`: a tuple, list or dict literal, a tuple of returns, ``accelerator.prepare``'s
   results; ``homogeneous`` when its length is unknown and every item is ``items[0]``.
@@ -181,11 +182,14 @@ class Tensor(Value):
 
 
 @dataclass(frozen=True)
-class Bounded(Value):
-    """A tensor of unknown origin known to be at least ``floor`` (> 0) everywhere:
-    ``x.clamp(min=1e-6)``, ``torch.clamp(x, 1e-4, 1.0)``, ``torch.maximum(x, eps)``."""
+class Facts(Value):
+    """A tensor of unknown origin with what is known of it: a positive ``floor`` it stays above
+    (``x.clamp(min=1e-6)``, ``torch.maximum(x, eps)``, plus an eps), and whether it is
+    ``detached`` from the graph (``.detach()``, or computed from detached tensors and constants
+    only: no gradient flows back through it)."""
 
-    floor: float
+    floor: float | None = None
+    detached: bool = False
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from trainlint.analysis.values.classes import ClassesMixin
 from trainlint.analysis.values.domain import (
     NOTHING,
     UNKNOWN,
-    Bounded,
+    Facts,
     ClassRef,
     Collection,
     Constant,
@@ -295,7 +295,7 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin):
                 return value.item(index) if index is not None else value.every_item()
             if isinstance(value, Tensor):
                 return Values.of(self.derived_tensor(value, selected=True))
-            return Values.of(value) if isinstance(value, Bounded) else UNKNOWN
+            return Values.of(value) if isinstance(value, Facts) else UNKNOWN
 
         return receiver.map(pick)
 

@@ -14,7 +14,7 @@ import libcst as cst
 
 from trainlint.analysis.values.domain import (
     UNKNOWN,
-    Bounded,
+    Facts,
     ClassRef,
     Collection,
     Constant,
@@ -197,12 +197,8 @@ class TorchCallsMixin:
             return held.map(lambda callee: self.apply(callee, call, symbolic))
         if isinstance(value, Tensor):
             return self._tensor_method(value, name, call, symbolic)
-        if isinstance(value, Bounded):
-            if name in SHAPE_METHODS or name in CAST_METHODS or name in SELECTING_METHODS or name in ("clone", "detach"):
-                return Values.of(value)  # a selection or a view of values above the floor stays above it
-            if name in FLOOR_METHODS and name != "maximum":
-                raised = self._bounded(call, 0, symbolic)
-                return Values.of(Bounded(max([value.floor, *(b.floor for b in raised.of_type(Bounded))])))
+        if isinstance(value, Facts):
+            return self._facts_method(value, name, call, symbolic)
         if isinstance(value, Collection) and value.kind == "dict":
             if name == "values":
                 return Values.of(Collection("list", (value.every_item(),), homogeneous=True))
@@ -219,6 +215,8 @@ class TorchCallsMixin:
             return _parameters_of(UNKNOWN, name)
         if name in FLOOR_METHODS and name != "maximum":
             return self._bounded(call, 0, symbolic)
+        if name in ("detach", "detach_"):
+            return Values.of(Facts(detached=True))
         if name == "scale" and len(call.args) == 1 and not call.args[0].keyword and not call.args[0].star:
             # `scaler.scale(loss)` of a scaler known only by its use: the training-step analysis
             # decides from the receiver whether it is one
@@ -243,7 +241,21 @@ class TorchCallsMixin:
             if not values.unknown and len(numbers) == 1 and None not in numbers:
                 floors.append(numbers.pop())
         positive = [f for f in floors if f is not None and f > 0]
-        return Values.of(Bounded(max(positive))) if positive else UNKNOWN
+        return Values.of(Facts(floor=max(positive))) if positive else UNKNOWN
+
+    def _facts_method(self: ValueFlow, facts: Facts, name: str, call: cst.Call, symbolic: bool) -> Values:
+        """A method of a tensor of unknown origin with known facts: views and selections keep them
+        (values above a floor stay above it), ``detach`` adds one, a floor raises the floor; any
+        other computation on a detached tensor is detached too, and nothing else is known."""
+        if name in SHAPE_METHODS or name in CAST_METHODS or name in SELECTING_METHODS or name == "clone":
+            return Values.of(facts)
+        if name in ("detach", "detach_"):
+            return Values.of(replace(facts, detached=True))
+        if name in FLOOR_METHODS and name != "maximum":
+            raised = [f.floor for f in self._bounded(call, 0, symbolic).of_type(Facts) if f.floor is not None]
+            floors = [f for f in (facts.floor, *raised) if f is not None]
+            return Values.of(Facts(max(floors) if floors else None, facts.detached))
+        return Values.of(Facts(detached=True)) if facts.detached else UNKNOWN
 
     def _tensor_method(self: ValueFlow, tensor: Tensor, name: str, call: cst.Call, symbolic: bool) -> Values:
         if name in SHAPE_METHODS or name in CAST_METHODS or name == "clone":
@@ -347,15 +359,12 @@ class TorchCallsMixin:
         """``p + eps`` (an offset), ``1 - p`` (the complement), a floored value plus a positive
         constant; None when no tensor is involved. Any other arithmetic on a tracked tensor makes
         it unknown."""
-        bounded = left.of_type(Bounded) + right.of_type(Bounded)
-        if bounded and isinstance(operator, cst.Add):
-            for bound_side, other in ((left, right), (right, left)):
-                if bound_side.must(lambda v: isinstance(v, Bounded)) and other.must(lambda v: (number(v) or -1) >= 0):
-                    least = min(number(v) or 0.0 for v in other)
-                    return Values.of(*(Bounded(b.floor + least) for b in bound_side.of_type(Bounded)))
+        facts = left.of_type(Facts) + right.of_type(Facts)
+        if facts:
+            return _facts_arithmetic(operator, left, right)
         tensors = left.of_type(Tensor) + right.of_type(Tensor)
         if not tensors:
-            return UNKNOWN if bounded else None
+            return None
         if isinstance(operator, cst.Add):
             for tensor_side, constant_side in ((left, right), (right, left)):
                 amounts = [number(v) for v in constant_side] if constant_side.must(lambda v: number(v) is not None) else []
@@ -428,6 +437,25 @@ class TorchCallsMixin:
             return UNKNOWN
 
         return self.evaluate(call.args[0].value, symbolic).map(bind)
+
+
+def _facts_arithmetic(operator: cst.BaseBinaryOp, left: Values, right: Values) -> Values:
+    """Arithmetic on tensors with known facts: a floored tensor plus a non-negative constant keeps
+    a floor; a result computed only from detached tensors and constants is detached."""
+    sides = (left, right)
+    if any(side.unknown for side in sides):
+        return UNKNOWN
+    operands = [v for side in sides for v in side]
+    if isinstance(operator, cst.Add):
+        for floored, other in ((left, right), (right, left)):
+            if floored.must(lambda v: isinstance(v, Facts) and v.floor is not None) and other.must(
+                lambda v: (number(v) if number(v) is not None else -1.0) >= 0
+            ):
+                least = min(number(v) or 0.0 for v in other)
+                return Values.of(*(Facts(f.floor + least, f.detached) for f in floored.of_type(Facts)))  # type: ignore[operator]
+    if all((isinstance(v, Facts) and v.detached) or number(v) is not None for v in operands):
+        return Values.of(Facts(detached=True))
+    return UNKNOWN
 
 
 def _parameters_of(owners: Values, method: str) -> Values:
