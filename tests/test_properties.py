@@ -79,7 +79,10 @@ def training_steps(draw: st.DrawFn) -> str:
 
 def _no_internal_errors(text: str) -> list:
     findings = LINTER.lint(text, "generated.py")
-    assert not [f for f in findings if f.code == INTERNAL_ERROR], findings
+    # Valid Python that LibCST's grammar does not accept (a line continuation just before the end
+    # of the file) is reported "not checked": a limit of the parser, not a rule that raised.
+    raised = [f for f in findings if f.code == INTERNAL_ERROR and not f.message.startswith("not checked: ")]
+    assert not raised, findings
     return findings
 
 
