@@ -1,12 +1,16 @@
-"""Step-time overhead of trainlint's runtime monitor, with and without it, in one run.
+"""Step-time overhead of trainlint's runtime monitor and of its CPU mapping, in one run.
 
     python benchmarks/monitor_overhead.py            # CPU, and the GPU when there is one
     python benchmarks/monitor_overhead.py --device cpu --blocks 7 --json out.json
 
-Blocks of steps alternate between unmonitored and monitored (the order flips every block, so a
-machine that speeds up or slows down during the run penalises neither side), and the ratio of
-the median block times is reported. A monitored block includes starting the monitor and reading
-its record, so the batched host synchronisation is paid inside the timing.
+Each workload runs in blocks of steps under each arrangement in turn: plain; under the monitor;
+under the CPU mapping of CUDA code (the TorchFunctionMode that ``trainlint smoke --device cpu``
+installs only for code that names CUDA devices); under both, as such a smoke run has them. The
+order rotates every block, so a machine that speeds up or slows down during the run penalises
+none of them, and the ratios of the median block times to the plain one are reported. A
+monitored block includes starting the monitor and reading its record, so the batched host
+synchronisation is paid inside the timing. The mapping is a CPU matter: on a GPU only the
+monitor is measured.
 
 Workloads are Transformer encoders trained with AdamW: on the CPU in float32 on one thread, a
 small one (~0.5 M parameters) and a tiny one whose step is mostly Python, which exposes the
@@ -21,8 +25,9 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +35,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from trainlint.runtime import watch  # noqa: E402
+from trainlint.runtime.cpu_mapping import CudaOnCpu  # noqa: E402
+
+PLAIN, MONITOR, MAPPING, BOTH = "plain", "monitor", "mapping", "monitor+mapping"
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,19 @@ def make_step(w: Workload, device: str) -> tuple[Callable[[], None], int]:
     return step, sum(p.numel() for p in model.parameters())
 
 
-def time_block(step: Callable[[], None], steps: int, device: str, monitored: bool) -> float:
+@contextmanager
+def arrangement(name: str, steps: int) -> Iterator[None]:
+    """The code around a block of steps: nothing, the monitor, the mapping, or both."""
+    with ExitStack() as stack:
+        if name in (MAPPING, BOTH):
+            stack.enter_context(CudaOnCpu(map_devices=True))
+        monitor = stack.enter_context(watch()) if name in (MONITOR, BOTH) else None
+        yield
+        if monitor is not None:
+            assert len(monitor.record.steps) == steps  # reading the record is part of the cost
+
+
+def time_block(step: Callable[[], None], steps: int, device: str, name: str) -> float:
     """Seconds per step over one block.
 
     On a GPU: wall time, the device synchronised only at the block's ends. On the CPU: this
@@ -93,12 +113,7 @@ def time_block(step: Callable[[], None], steps: int, device: str, monitored: boo
     clock = time.perf_counter if device == "cuda" else time.process_time
     synchronize()
     started = clock()
-    if monitored:
-        with watch() as monitor:
-            for _ in range(steps):
-                step()
-        assert len(monitor.record.steps) == steps  # reading the record is part of the cost
-    else:
+    with arrangement(name, steps):
         for _ in range(steps):
             step()
     synchronize()
@@ -114,23 +129,24 @@ class Result:
     steps_per_block: int
     blocks: int
     clock: str
-    plain_ms: float
-    monitored_ms: float
-    overhead_percent: float
+    ms_per_step: dict[str, float] = field(default_factory=dict)  # arrangement -> median ms per step
+
+    def ratio(self, name: str) -> float:
+        return self.ms_per_step[name] / self.ms_per_step[PLAIN]
 
 
 def measure(device: str, w: Workload, steps: int, blocks: int) -> Result:
     step, parameters = make_step(w, device)
+    names = [PLAIN, MONITOR] if device == "cuda" else [PLAIN, MONITOR, MAPPING, BOTH]
     for _ in range(3):  # warm up: allocator, kernels, autotuning
         step()
-    time_block(step, 2, device, monitored=True)
-    plain: list[float] = []
-    monitored: list[float] = []
+    for name in names[1:]:
+        time_block(step, 2, device, name)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for block in range(blocks):
-        order = (False, True) if block % 2 == 0 else (True, False)
-        for with_monitor in order:
-            (monitored if with_monitor else plain).append(time_block(step, steps, device, with_monitor))
-    plain_s, monitored_s = statistics.median(plain), statistics.median(monitored)
+        shift = block % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(time_block(step, steps, device, name))
     return Result(
         device=device,
         device_name=torch.cuda.get_device_name() if device == "cuda" else "cpu",
@@ -139,9 +155,19 @@ def measure(device: str, w: Workload, steps: int, blocks: int) -> Result:
         steps_per_block=steps,
         blocks=blocks,
         clock="wall" if device == "cuda" else "process cpu time",
-        plain_ms=plain_s * 1e3,
-        monitored_ms=monitored_s * 1e3,
-        overhead_percent=(monitored_s / plain_s - 1.0) * 100,
+        ms_per_step={name: statistics.median(t) * 1e3 for name, t in times.items()},
+    )
+
+
+def describe(result: Result) -> str:
+    plain = result.ms_per_step[PLAIN]
+    parts = [f"{plain:.3f} ms/step plain"]
+    for name in list(result.ms_per_step)[1:]:
+        ms = result.ms_per_step[name]
+        parts.append(f"{name} {ms:.3f} ms/step, ratio {result.ratio(name):.4f} ({ms - plain:+.3f} ms/step)")
+    return (
+        f"{result.device_name}: {result.workload}, {result.parameters / 1e6:.2f} M parameters, "
+        f"{result.blocks}x{result.steps_per_block} steps per arrangement, {result.clock}: " + "; ".join(parts)
     )
 
 
@@ -150,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CPU, and CUDA when available"
     )
-    parser.add_argument("--blocks", type=int, default=6, help="blocks per side (alternating)")
+    parser.add_argument("--blocks", type=int, default=6, help="blocks per arrangement (rotating)")
     parser.add_argument("--steps", type=int, default=0, help="steps per block (default: 10 on CPU, 50 on GPU)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -163,13 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = args.steps or {"cuda": 50}.get(device, 20 if workload is CPU_WORKLOAD else 200)
         result = measure(device, workload, steps, args.blocks)
         results.append(result)
-        print(
-            f"{result.device_name}: {result.workload}, {result.parameters / 1e6:.2f} M parameters, "
-            f"{result.blocks}x{result.steps_per_block} steps per side, {result.clock}: "
-            f"{result.plain_ms:.3f} ms/step plain, {result.monitored_ms:.3f} ms/step monitored, "
-            f"overhead {result.overhead_percent:+.2f}% = {result.monitored_ms - result.plain_ms:+.3f} ms/step "
-            f"(ratio {result.monitored_ms / result.plain_ms:.4f})"
-        )
+        print(describe(result))
     if args.json:
         meta = {"torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
         args.json.write_text(json.dumps({**meta, "results": [asdict(r) for r in results]}, indent=2) + "\n")

@@ -126,7 +126,7 @@ def test_fix_and_diff_keep_the_cache_truthful(tmp_path: Path) -> None:
     assert run_cli("--diff", "--unsafe-fixes", ".", cwd=tmp_path).returncode == 1
     assert concise(tmp_path, ".").stdout.startswith("train.py:15:14: TL108 ")
     fixed = concise(tmp_path, "--fix", "--unsafe-fixes", ".")  # cached finding is fixable: re-linted
-    assert fixed.stdout == "Found 1 error (1 fixed, 0 remaining).\n"
+    assert fixed.stdout == "Found 1 warning (1 fixed, 0 remaining).\n"
     assert concise(tmp_path, ".").stdout == "All checks passed!\n"
     # the file is put back as it was: its (old) cached answer is right again
     (tmp_path / "train.py").write_text(AMP_VIDEO, encoding="utf-8")

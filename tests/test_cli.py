@@ -8,6 +8,7 @@ entry point (``trainlint.cli.main``) in-process, which is what the console scrip
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import sys
 import time
@@ -15,8 +16,13 @@ from pathlib import Path
 
 import pytest
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 from tests.conftest import FIXTURES, ROOT, run_cli
-from trainlint import __version__
+from trainlint import DISTRIBUTION, __version__
 from trainlint.cli import main
 from trainlint.docs import render_page
 from trainlint.rule import all_rules
@@ -82,17 +88,39 @@ def test_usage_error_through_a_real_process(project: Path) -> None:
     )
 
 
-def test_version_and_help() -> None:
+def test_version_names_the_distribution() -> None:
+    """`trainlint --version` tells this project from the other `trainlint` on the package index."""
     version = run_cli("--version")
-    assert (version.returncode, version.stdout) == (0, f"trainlint {__version__}\n")
+    assert (version.returncode, version.stdout) == (0, f"trainlint {__version__} ({DISTRIBUTION})\n")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["project"]["name"] == DISTRIBUTION
+    assert pyproject["project"]["scripts"] == {"trainlint": "trainlint.cli:main"}
+
+
+def test_help_lists_every_option_and_command_in_plain_text() -> None:
     help_text = run_cli("--help")
     assert help_text.returncode == 0
     for option in (
         "--fix", "--unsafe-fixes", "--diff", "--show-fixes", "--select", "--ignore", "--extend-select",
         "--output-format", "--statistics", "--exit-zero", "--list-rules", "--explain", "--config",
         "--no-cache", "--jobs", "--quiet", "--exit-non-zero-on-fix", "--version", "--stdin-filename",
+        "--add-noqa", "--output-file", "--watch", "--show-files", "--show-settings",
     ):
         assert option in help_text.stdout, option
+    for command in ("check", "smoke", "confirm", "server"):
+        assert re.search(rf"^  {command} ", help_text.stdout, re.MULTILINE), command
+    assert run_cli("check", "--help").stdout == help_text.stdout
+    server_help = run_cli("server", "--help")
+    assert server_help.returncode == 0 and "Language Server Protocol" in server_help.stdout
+    for text in (help_text.stdout, server_help.stdout):
+        assert "`" not in text and ":ref:" not in text and ".. " not in text  # no reST or markdown markup
+
+
+def test_check_subcommand_is_the_lint_command(project: Path) -> None:
+    plain = run_cli("--no-cache", "--output-format", "concise", "train.py", cwd=project)
+    check = run_cli("check", "--no-cache", "--output-format", "concise", "train.py", cwd=project)
+    assert (check.returncode, check.stdout) == (plain.returncode, plain.stdout) == (1, plain.stdout)
+    assert "train.py:15:14: TL108" in check.stdout
 
 
 # -- rule selection --------------------------------------------------------------------------------
@@ -220,10 +248,27 @@ def test_a_thousand_files_with_any_number_of_jobs(tmp_path: Path) -> None:
     parallel = run_cli("--no-cache", "--jobs", "2", "--output-format", "concise", ".", cwd=tmp_path)
     assert parallel.stdout == serial.stdout and parallel.returncode == serial.returncode == 1
     lines = serial.stdout.splitlines()
-    assert lines[-1] == f"Found {sum(expected.values())} errors. {expected['TL108']} more fixable with `--fix --unsafe-fixes`."
+    assert lines[-1] == (
+        f"Found {expected['TL001']} errors and {expected['TL108']} warnings. "
+        f"{expected['TL108']} more fixable with `--fix --unsafe-fixes`."
+    )
     findings = lines[:-1]
     assert sum(" TL108 " in line for line in findings) == expected["TL108"]
     assert sum(" TL001 " in line for line in findings) == expected["TL001"]
     keys = [(line.split(":")[0], int(line.split(":")[1]), int(line.split(":")[2])) for line in findings]
     assert keys == sorted(keys)  # by path, line, column
     assert serial_seconds < 120, f"1,000 files took {serial_seconds:.1f}s"
+
+
+def test_every_install_line_names_this_distribution() -> None:
+    """`pip install trainlint` installs another project: the README never tells anyone to."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    installs = 0
+    for line in readme.splitlines():
+        if "pip install" not in line or line.lstrip().startswith("Do not"):
+            continue
+        command = line.split("pip install", 1)[1].split("&&")[0].split("#")[0]
+        words = [word.strip("'\"`),.") for word in command.split()]
+        assert not any(word == "trainlint" or word.startswith("trainlint[") for word in words), line
+        installs += "torch-trainlint" in command or ".[" in command
+    assert installs >= 5  # the editable install, the package, CI, flake8, the lsp and runtime extras

@@ -62,7 +62,7 @@ def test_fix_keeps_every_untouched_byte_and_is_idempotent(tmp_path: Path) -> Non
         assert data.count(BEFORE) == 1
     first = run_cli("--no-cache", "--fix", "--unsafe-fixes", "--output-format", "concise", ".", cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert first.stdout.splitlines()[-1] == f"Found {len(variants)} errors ({len(variants)} fixed, 0 remaining)."
+    assert first.stdout.splitlines()[-1] == f"Found {len(variants)} warnings ({len(variants)} fixed, 0 remaining)."
     for name, (_, expected) in variants.items():
         assert (tmp_path / name).read_bytes() == expected, name
     # the latin-1 file is still latin-1 (é is one byte), the BOM is still there
@@ -99,7 +99,7 @@ def test_fix_keeps_permissions_and_symlinks_and_refuses_read_only_files(tmp_path
         lines = result.stdout.splitlines()
         assert lines[0] == "readonly.py:1:1: TL002 fixes not written: the file is read-only"
         assert lines[1].startswith("readonly.py:15:14: TL108 ")
-        assert lines[-1] == "Found 4 errors (2 fixed, 2 remaining)."
+        assert lines[-1] == "Found 1 error and 3 warnings (2 fixed, 2 remaining)."
         assert result.returncode == 1
     finally:
         (tmp_path / "readonly.py").chmod(0o644)
@@ -110,7 +110,7 @@ def test_unsafe_fixes_need_the_flag_and_diff_changes_nothing(tmp_path: Path) -> 
     safe_only = run_cli("--no-cache", "--fix", "train.py", cwd=tmp_path)
     assert (tmp_path / "train.py").read_bytes() == AMP_VIDEO
     assert safe_only.returncode == 1
-    assert safe_only.stdout.splitlines()[-1] == "Found 1 error. 1 more fixable with `--fix --unsafe-fixes`."
+    assert safe_only.stdout.splitlines()[-1] == "Found 1 warning. 1 hidden fix can be enabled with `--unsafe-fixes`."
 
     diff = run_cli("--no-cache", "--diff", "--unsafe-fixes", "train.py", cwd=tmp_path)
     assert (tmp_path / "train.py").read_bytes() == AMP_VIDEO
@@ -139,10 +139,10 @@ def test_show_fixes_and_exit_non_zero_on_fix(tmp_path: Path) -> None:
         "--no-cache", "--fix", "--unsafe-fixes", "--show-fixes", "--exit-non-zero-on-fix", "train.py", cwd=tmp_path
     )
     assert result.stdout.splitlines() == [
-        "Fixed 1 error:",
+        "Applied 1 fix:",
         "- train.py:",
         "    1 × TL108 (fp16-autocast-conv3d)",
-        "Found 1 error (1 fixed, 0 remaining).",
+        "Found 1 warning (1 fixed, 0 remaining).",
     ]
     assert result.returncode == 1  # nothing remains, but something was fixed
     again = run_cli("--no-cache", "--fix", "--exit-non-zero-on-fix", "train.py", cwd=tmp_path)
@@ -157,7 +157,9 @@ def test_safe_fixes_apply_by_default_and_the_summary_counts_them(tmp_path: Path)
     assert result.returncode == 1
     lines = result.stdout.splitlines()
     assert len(lines) == 2 and lines[0].startswith("video.py:15:14: TL108 ")
-    assert lines[1] == "Found 2 errors (1 fixed, 1 remaining)."
+    assert lines[1] == (
+        "Found 1 error and 1 warning (1 fixed, 1 remaining). 1 hidden fix can be enabled with `--unsafe-fixes`."
+    )
     assert (tmp_path / "loss.py").read_text(encoding="utf-8") == LOG_SOFTMAX.read_text(encoding="utf-8").replace(
         "torch.log(F.softmax(logits, dim=-1))", "F.log_softmax(logits, dim=-1)"
     )
@@ -185,7 +187,7 @@ def test_fix_from_stdin_writes_the_fixed_source_to_stdout(tmp_path: Path) -> Non
     source = AMP_VIDEO.decode()
     result = run_cli("--no-cache", "--fix", "--unsafe-fixes", "-", "--stdin-filename", "train.py", stdin=source, cwd=tmp_path)
     assert result.stdout == source.replace(BEFORE.decode(), AFTER.decode())
-    assert result.stderr.splitlines()[-1] == "Found 1 error (1 fixed, 0 remaining)."
+    assert result.stderr.splitlines()[-1] == "Found 1 warning (1 fixed, 0 remaining)."
     assert result.returncode == 0
 
 
@@ -397,3 +399,26 @@ def test_no_floor_is_proposed_where_one_already_holds(tmp_path: Path) -> None:
     run_cli("--no-cache", "--select", "TL201", "--fix", "--unsafe-fixes", "pos_log_of_clamped_value_fp16.py", cwd=tmp_path)
     fixed = (tmp_path / "pos_log_of_clamped_value_fp16.py").read_text(encoding="utf-8")
     assert "var.clamp(min=2e-5)" in fixed and "var.clamp(min=1e-6)" in fixed
+
+
+def test_a_scaled_residual_sum_is_not_rewritten_into_another_function_by_fix(tmp_path: Path) -> None:
+    """TL301: `0.5 * (x + f(x))` becomes `x + 0.5 * f(x)` only with `--unsafe-fixes`, and says so."""
+    block = (
+        "import torch.nn as nn\n\n\n"
+        "class Block(nn.Module):\n"
+        "    def __init__(self, dim):\n"
+        "        super().__init__()\n"
+        "        self.body = nn.Linear(dim, dim)\n\n"
+        "    def forward(self, x):\n"
+        "        return 0.5 * (x + self.body(x))\n"
+    )
+    (tmp_path / "block.py").write_text(block, encoding="utf-8")
+    report = run_cli("--no-cache", "block.py", cwd=tmp_path)
+    assert " TL301 " in report.stdout and " TL301 [*]" not in report.stdout
+    assert "(the block then computes a different function) (unsafe fix)" in report.stdout
+    fixed = run_cli("--no-cache", "--fix", "block.py", cwd=tmp_path)
+    assert (tmp_path / "block.py").read_text(encoding="utf-8") == block and fixed.returncode == 1
+    run_cli("--no-cache", "--fix", "--unsafe-fixes", "block.py", cwd=tmp_path)
+    assert (tmp_path / "block.py").read_text(encoding="utf-8") == block.replace(
+        "0.5 * (x + self.body(x))", "x + 0.5 * self.body(x)"
+    )

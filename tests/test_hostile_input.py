@@ -67,7 +67,7 @@ def test_hostile_tree_through_the_command_line(tmp_path: Path) -> None:
         "loop_a.py:1:1: TL002 cannot read: Too many levels of symbolic links",
         "missing.py:1:1: TL002 no such file or directory",
         tl108,
-        "Found 12 errors. 1 more fixable with `--fix --unsafe-fixes`.",
+        "Found 11 errors and 1 warning. 1 more fixable with `--fix --unsafe-fixes`.",
     ]
     assert tl108.startswith("z_amp.py:15:14: TL108 ")
     assert result.returncode == 1

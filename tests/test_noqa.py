@@ -1,6 +1,6 @@
-"""Suppression: ``# noqa: CODE`` (several codes), bare ``# noqa`` only when opted in,
-``# trainlint: skip-file``, and TL004 for unused or unknown codes (off by default). A suppressed
-finding is never fixed."""
+"""Suppression: ``# noqa: CODE`` (several codes), a bare ``# noqa`` (every code on its line, as in
+ruff and flake8), ``# trainlint: skip-file``, and TL004 for unused or unknown codes (off by
+default). A suppressed finding is never fixed, and no fix edits a line that suppresses its code."""
 
 from __future__ import annotations
 
@@ -52,14 +52,14 @@ def foo_rule() -> Iterator[str]:
         rule_module._REGISTRY.pop(FooRule.code, None)
 
 
-def linter(*codes: str, bare_noqa: bool = False) -> Linter:
-    settings = apply_cli_overrides(Settings(bare_noqa=bare_noqa), list(codes), None, None)
+def linter(*codes: str) -> Linter:
+    settings = apply_cli_overrides(Settings(), list(codes), None, None)
     return Linter(settings, ProjectIndex([]))
 
 
-def lint(code: str, *codes: str, bare_noqa: bool = False) -> list[tuple[int, int, str]]:
+def lint(code: str, *codes: str) -> list[tuple[int, int, str]]:
     text = textwrap.dedent(code).lstrip("\n")
-    return [(f.start.row, f.start.column, f.code) for f in linter(*codes, bare_noqa=bare_noqa).lint(text, "t.py")]
+    return [(f.start.row, f.start.column, f.code) for f in linter(*codes).lint(text, "t.py")]
 
 
 def test_noqa_with_the_code_suppresses_that_line_only(foo_rule: str) -> None:
@@ -80,10 +80,34 @@ def test_several_codes_and_spellings(foo_rule: str, comment: str) -> None:
     assert lint(f"import torch\nx = torch.foo(1)  {comment}\n", "TL990") == []
 
 
-def test_bare_noqa_only_when_opted_in(foo_rule: str) -> None:
-    code = "import torch\nx = torch.foo(1)  # noqa\n"
-    assert lint(code, "TL990") == [(2, 5, "TL990")]
-    assert lint(code, "TL990", bare_noqa=True) == []
+def test_bare_noqa_suppresses_every_code_on_its_line(foo_rule: str) -> None:
+    code = "import torch\nx = torch.foo(1)  # noqa\ny = torch.foo(2)  # noqa because flake8 E501\nz = torch.foo(3)\n"
+    assert lint(code, "TL990") == [(4, 5, "TL990")]
+
+
+def test_no_fix_edits_a_line_whose_noqa_names_its_code(foo_rule: str) -> None:
+    """A fix whose edit reaches another line leaves it alone when that line says `# noqa` for the
+    fix's code (or a bare `# noqa`): TL990 here also rewrites the argument's line."""
+    from trainlint.engine import edits_a_suppressed_line
+    from trainlint.findings import Edit, Finding, Fix, Position
+    from trainlint.noqa import parse_noqa
+    from trainlint.source import SourceText
+
+    text = "a = f(\n    1,  # noqa: TL990\n)\nb = g(\n    2,  # noqa\n)\nc = h(\n    3,  # noqa: TL101\n)\n"
+    source = SourceText(text)
+
+    def finding_editing(line: int) -> Finding:
+        start = source.offset(line, 4)
+        fix = Fix((Edit(start, start + 1, "9"),), "safe", "change the argument")
+        return Finding("TL990", "test-foo", "m", "t.py", Position(line - 1, 1), Position(line - 1, 2), fix=fix)
+
+    comments = parse_noqa(text)
+    assert edits_a_suppressed_line(finding_editing(2), source, comments)  # its own code
+    assert edits_a_suppressed_line(finding_editing(5), source, comments)  # bare
+    assert not edits_a_suppressed_line(finding_editing(8), source, comments)  # another code
+    inserted = Finding("TL990", "test-foo", "m", "t.py", Position(1, 1), Position(1, 2),
+                       fix=Fix((Edit(source.offset(2, 0), source.offset(2, 0), "x = 0\n"),), "safe", "insert"))
+    assert not edits_a_suppressed_line(inserted, source, comments)  # a new line before it changes nothing
 
 
 def test_noqa_in_a_string_is_not_a_comment(foo_rule: str) -> None:
@@ -150,29 +174,42 @@ def test_parse_noqa_reads_only_comments() -> None:
 # -- through the command line, with a real rule (TL108) --------------------------------------------
 
 
-def test_noqa_through_the_command_line(tmp_path: Path) -> None:
+def test_noqa_bare_and_coded_through_the_command_line(tmp_path: Path) -> None:
+    """`--fix --unsafe-fixes` on three copies of one file: the coded and the bare `# noqa` keep
+    their line as written, the copy without a comment is fixed."""
     suppressed = AMP_VIDEO.replace(AUTOCAST, AUTOCAST + "  # noqa: TL108")
     bare = AMP_VIDEO.replace(AUTOCAST, AUTOCAST + "  # noqa")
     (tmp_path / "suppressed.py").write_text(suppressed, encoding="utf-8")
     (tmp_path / "bare.py").write_text(bare, encoding="utf-8")
+    (tmp_path / "plain.py").write_text(AMP_VIDEO, encoding="utf-8")
     arguments = ("--no-cache", "--output-format", "concise", "--extend-select", "TL004")
 
-    result = run_cli(*arguments, "--fix", "--unsafe-fixes", "suppressed.py", "bare.py", cwd=tmp_path)
-    # the bare noqa is not honoured by default: that finding is fixed, the suppressed one is not
+    result = run_cli(*arguments, "--fix", "--unsafe-fixes", ".", cwd=tmp_path)
     assert (tmp_path / "suppressed.py").read_text(encoding="utf-8") == suppressed
-    assert (tmp_path / "bare.py").read_text(encoding="utf-8") != bare
-    assert result.stdout.splitlines()[-1] == "Found 1 error (1 fixed, 0 remaining)."
+    assert (tmp_path / "bare.py").read_text(encoding="utf-8") == bare
+    assert (tmp_path / "plain.py").read_text(encoding="utf-8") != AMP_VIDEO
+    assert result.stdout.splitlines()[-1] == "Found 1 warning (1 fixed, 0 remaining)."
     assert result.returncode == 0
 
-    (tmp_path / "bare.py").write_text(bare, encoding="utf-8")
-    (tmp_path / "pyproject.toml").write_text("[tool.trainlint]\nbare-noqa = true\n", encoding="utf-8")
     (tmp_path / "stale.py").write_text("import torch\nx = 1  # noqa: TL108\n", encoding="utf-8")
     result = run_cli(*arguments, ".", cwd=tmp_path)
     assert result.stdout.splitlines() == [
         "stale.py:2:8: TL004 unused code TL108 in `noqa` comment",
-        "Found 1 error.",
+        "Found 1 warning.",
     ]
     assert result.returncode == 1
+
+
+def test_bare_noqa_setting_is_deprecated_with_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[tool.trainlint]\nbare-noqa = false\n", encoding="utf-8")
+    (tmp_path / "bare.py").write_text(AMP_VIDEO.replace(AUTOCAST, AUTOCAST + "  # noqa"), encoding="utf-8")
+    result = run_cli("--no-cache", ".", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (0, "All checks passed!\n")
+    assert result.stderr == (
+        "trainlint: warning: pyproject.toml [tool.trainlint]: 'bare-noqa' is deprecated and has no effect: "
+        "a bare `# noqa` now always suppresses trainlint's findings on its line, as in ruff and flake8; "
+        "remove the key\n"
+    )
 
 
 def test_noqa_is_recognised_in_any_case() -> None:

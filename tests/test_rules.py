@@ -148,3 +148,43 @@ def test_clean_training_code_gives_no_finding_from_any_rule(path: Path) -> None:
     """Correct training code in the shapes real projects use: every rule must stay quiet."""
     linter = Linter(Settings(select=["ALL"]), ProjectIndex([path.parent]))
     assert linter.lint(path.read_text(encoding="utf-8"), path.name, path) == []
+
+
+# -- fix safety: "a fix that could change what a trained model computes is unsafe" ---------------
+
+# The review of every fix (README, "Which fixes are safe"): safe where the fixed code computes what
+# the original already meant and differs only where the original failed.
+FIX_SAFETY = {
+    "TL101": "safe", "TL102": "safe", "TL103": "safe", "TL104": "safe", "TL105": "safe",
+    "TL106": "safe",  # unsafe next to another scaled backward (its Fix safety section)
+    "TL107": "safe", "TL108": "unsafe", "TL109": "safe",
+    "TL201": "safe",  # unsafe when an eps is dropped, and for the clamp
+    "TL202": "safe", "TL203": "safe", "TL204": "safe", "TL205": "unsafe",
+    "TL301": "unsafe", "TL302": "unsafe", "TL401": "unsafe", "TL402": "unsafe", "TL403": "safe",
+}
+
+
+def test_every_fix_was_reviewed_for_safety() -> None:
+    offered = {code: rule.fix_applicability for code, rule in all_rules().items() if rule.fix_applicability}
+    assert offered == FIX_SAFETY
+
+
+@pytest.mark.parametrize("code", sorted(FIX_SAFETY))
+def test_rule_page_says_why_its_fix_is_safe_or_unsafe(code: str) -> None:
+    page = render_page(all_rules()[code])
+    section = page.split("## Fix safety\n", 1)[1].split("\n## ", 1)[0]
+    assert section.strip().startswith(("Safe", "Unsafe")), section[:80]
+
+
+@pytest.mark.parametrize(
+    "code,index", [(c, i) for c, r in CHECKED_RULES.items() for i, e in enumerate(r.examples) if e.fixed is not None]
+)
+def test_example_fix_needs_unsafe_fixes_exactly_when_the_page_says_so(code: str, index: int, tmp_path: Path) -> None:
+    """The page's "Use instead (`trainlint --fix` writes this)" is true, and so is `--unsafe-fixes`."""
+    example = all_rules()[code].examples[index]
+    main = _example_project(tmp_path, example)
+    safe_only = linter_for(code, tmp_path).fix(example.source, "train.py", main, unsafe_fixes=False).text
+    if example.unsafe:
+        assert safe_only == example.source
+    else:
+        assert safe_only == example.fixed_source

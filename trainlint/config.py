@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-from trainlint.rule import Rule, all_rules
+from trainlint.catalog import rule_infos
+
+if TYPE_CHECKING:
+    from trainlint.rule import Rule
 
 # Codes for problems with the input itself, reported whatever is selected (as ruff does).
 SYNTAX_ERROR = "TL001"
@@ -25,8 +27,12 @@ INTERNAL_ERROR = "TL003"
 ALWAYS_ON = frozenset({SYNTAX_ERROR, IO_ERROR, INTERNAL_ERROR})
 
 _LIST_KEYS = ("select", "ignore", "extend-select", "exclude", "extend-exclude", "test-paths")
-_BOOL_KEYS = ("bare-noqa", "force-exclude", "unsafe-fixes", "respect-gitignore")
-_KNOWN_KEYS = frozenset({*_LIST_KEYS, *_BOOL_KEYS, "per-file-ignores", "rules", "cache-dir"})
+_BOOL_KEYS = ("force-exclude", "unsafe-fixes", "respect-gitignore")
+_DEPRECATED_KEYS = {
+    "bare-noqa": "'bare-noqa' is deprecated and has no effect: a bare `# noqa` now always suppresses "
+    "trainlint's findings on its line, as in ruff and flake8; remove the key",
+}
+_KNOWN_KEYS = frozenset({*_LIST_KEYS, *_BOOL_KEYS, *_DEPRECATED_KEYS, "per-file-ignores", "rules", "cache-dir"})
 
 DEFAULT_EXCLUDES = (
     ".bzr", ".direnv", ".eggs", ".git", ".hg", ".ipynb_checkpoints", ".mypy_cache", ".nox",
@@ -57,14 +63,15 @@ class Settings:
     per_file_ignores: dict[str, list[str]] = field(default_factory=dict)
     test_paths: list[str] = field(default_factory=lambda: list(DEFAULT_TEST_PATHS))
     rule_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    bare_noqa: bool = False
     force_exclude: bool = False
     unsafe_fixes: bool = False
     respect_gitignore: bool = True
     cache_dir: Path | None = None
+    file_keys: frozenset[str] = frozenset()  # the keys the configuration file set (--show-settings)
+    warnings: list[str] = field(default_factory=list)  # one line each, printed by the command line
 
     def enabled_codes(self) -> frozenset[str]:
-        rules = all_rules()
+        rules = rule_infos()
         if self.select is None:
             enabled = {code for code, rule in rules.items() if rule.default_enabled}
         else:
@@ -74,6 +81,8 @@ class Settings:
         return frozenset(enabled)
 
     def make_rules(self) -> list[Rule]:
+        from trainlint.rule import all_rules
+
         rules = all_rules()
         return [rules[code](self.rule_options.get(code)) for code in sorted(self.enabled_codes())]
 
@@ -101,9 +110,10 @@ class Settings:
             "per_file_ignores": self.per_file_ignores,
             "test_paths": self.test_paths,
             "rule_options": self.rule_options,
-            "bare_noqa": self.bare_noqa,
         }
-        return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=12).hexdigest()
+        from trainlint.source import content_digest
+
+        return content_digest(json.dumps(data, sort_keys=True).encode(), size=12)
 
     @property
     def cache_path(self) -> Path:
@@ -120,7 +130,7 @@ def _relative_to(path: str, root: Path) -> str:
 
 def expand_selectors(selectors: Iterable[str], where: str) -> list[str]:
     """Codes matched by selectors such as ``TL101``, ``TL1`` or ``ALL``; unknown ones are errors."""
-    codes = list(all_rules())  # TL001-TL003 are rules too (trainlint/rules/meta.py)
+    codes = list(rule_infos())  # TL001-TL003 are rules too (trainlint/rules/meta.py)
     expanded: list[str] = []
     for selector in selectors:
         if not isinstance(selector, str):
@@ -167,12 +177,44 @@ def load_settings(config_file: Path | None, start: Path) -> Settings:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"--config: {path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"--config: {path}: is a directory, not a TOML file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    table = data.get("tool", {}).get("trainlint", {}) if path.name == "pyproject.toml" else data
-    return settings_from_table(table, path)
+    in_pyproject = _is_pyproject(data, path)
+    return settings_from_table(_trainlint_table(data, path), path, in_pyproject)
+
+
+def _is_pyproject(data: Mapping[str, Any], path: Path) -> bool:
+    """A pyproject.toml by name, or by its tables (``[tool]``, ``[project]``, ``[build-system]``),
+    which a trainlint-only file never has."""
+    return path.name == "pyproject.toml" or any(key in data for key in ("tool", "project", "build-system"))
+
+
+def _trainlint_table(data: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
+    """The settings in a TOML document: its ``[tool.trainlint]`` when it is a pyproject.toml,
+    else the whole document."""
+    if not _is_pyproject(data, path):
+        return data
+    tool = data.get("tool", {})
+    table = tool.get("trainlint") if isinstance(tool, dict) else None
+    if table is None:
+        raise ConfigError(f"--config: {display_config_path(path)}: has no [tool.trainlint] table")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{display_config_path(path)}: [tool.trainlint] must be a table")
+    return table
+
+
+def display_config_path(path: Path) -> str:
+    """The configuration file as error messages name it: relative to the current directory when
+    it is inside it, else absolute."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return absolute.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return str(absolute)
 
 
 def _string_list(table: Mapping[str, Any], key: str, where: str) -> list[str] | None:
@@ -184,15 +226,25 @@ def _string_list(table: Mapping[str, Any], key: str, where: str) -> list[str] | 
     return list(value)
 
 
-def settings_from_table(table: Mapping[str, Any], path: Path) -> Settings:
-    where = f"{path.name} [tool.trainlint]" if path.name == "pyproject.toml" else str(path)
+def _selector_list(table: Mapping[str, Any], key: str, where: str) -> list[str] | None:
+    """A list of rule codes or prefixes, each checked now so that the error names the file and key."""
+    value = _string_list(table, key, where)
+    if value is not None:
+        expand_selectors(value, f"{where}: '{key}'")
+    return value
+
+
+def settings_from_table(table: Mapping[str, Any], path: Path, in_pyproject: bool = False) -> Settings:
+    """Settings from the trainlint table of ``path``; errors name the file and the key."""
+    name = display_config_path(path)
+    where = f"{name} [tool.trainlint]" if in_pyproject else name
     unknown = sorted(set(table) - _KNOWN_KEYS)
     if unknown:
         raise ConfigError(f"{where}: unknown key '{unknown[0]}'")
-    settings = Settings(root=path.resolve().parent, config_path=path)
-    settings.select = _string_list(table, "select", where)
-    settings.extend_select = _string_list(table, "extend-select", where) or []
-    settings.ignore = _string_list(table, "ignore", where) or []
+    settings = Settings(root=path.resolve().parent, config_path=path, file_keys=frozenset(table))
+    settings.select = _selector_list(table, "select", where)
+    settings.extend_select = _selector_list(table, "extend-select", where) or []
+    settings.ignore = _selector_list(table, "ignore", where) or []
     exclude = _string_list(table, "exclude", where)
     if exclude is not None:
         settings.exclude = exclude
@@ -205,6 +257,9 @@ def settings_from_table(table: Mapping[str, Any], path: Path) -> Settings:
             if not isinstance(table[key], bool):
                 raise ConfigError(f"{where}: '{key}' must be true or false")
             setattr(settings, key.replace("-", "_"), table[key])
+    for key, message in _DEPRECATED_KEYS.items():
+        if key in table:
+            settings.warnings.append(f"{where}: {message}")
     if "cache-dir" in table:
         settings.cache_dir = settings.root / _confined_cache_dir(table["cache-dir"], where)
     settings.per_file_ignores = _per_file_ignores(table.get("per-file-ignores", {}), where)
@@ -242,7 +297,7 @@ def _per_file_ignores(value: Any, where: str) -> dict[str, list[str]]:
 def _rule_options(value: Any, where: str) -> dict[str, dict[str, Any]]:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: 'rules' must be a table of [tool.trainlint.rules.<CODE>]")
-    rules = all_rules()
+    rules = rule_infos()
     result: dict[str, dict[str, Any]] = {}
     for code, options in value.items():
         rule = rules.get(code.upper())
@@ -253,13 +308,25 @@ def _rule_options(value: Any, where: str) -> dict[str, dict[str, Any]]:
         for key, option in options.items():
             if key not in rule.default_options:
                 raise ConfigError(f"{where}: unknown option '{key}' for rule {rule.code}")
-            expected = type(rule.default_options[key])
-            if not isinstance(option, expected) and not (expected is float and isinstance(option, int)):
-                raise ConfigError(
-                    f"{where}: option '{key}' of rule {rule.code} must be {expected.__name__}"
-                )
+            _check_option(rule.code, key, option, rule.default_options[key], rule.option_bounds.get(key), where)
         result[rule.code] = dict(options)
     return result
+
+
+def _check_option(code: str, key: str, value: Any, default: Any, bounds: tuple[float, float] | None, where: str) -> None:
+    """The option has the default's type (an integer where a float is expected is fine; a boolean
+    is not a number) and, for a number, lies strictly between the rule's bounds."""
+    expected = type(default)
+    numeric = expected is float and isinstance(value, (int, float))
+    if isinstance(value, bool) != (expected is bool) or not (isinstance(value, expected) or numeric):
+        raise ConfigError(f"{where}: option '{key}' of rule {code} must be {expected.__name__}, got {value!r}")
+    if bounds is not None:
+        low, high = bounds
+        if not low < value < high:  # also false for NaN
+            upper = "" if high == float("inf") else f" and less than {high:g}"
+            raise ConfigError(
+                f"{where}: option '{key}' of rule {code} must be greater than {low:g}{upper}, got {value!r}"
+            )
 
 
 def apply_cli_overrides(

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import gc
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -15,7 +13,7 @@ import libcst as cst
 from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 
 from trainlint.findings import Applicability, Edit, Finding, Fix, Position
-from trainlint.source import SourceText
+from trainlint.source import SourceText, paused_garbage_collector
 
 if TYPE_CHECKING:
     from trainlint.analysis.imports import ImportResolver
@@ -37,19 +35,6 @@ _SKIPPED_FIELDS = frozenset(
     }
 )
 _fields_by_type: dict[type, tuple[str, ...]] = {}
-
-
-@contextmanager
-def paused_garbage_collector() -> Iterator[None]:
-    """Python's cyclic garbage collector off for a block that allocates millions of small objects
-    that all stay alive (a parse, a tree's positions): collections would only scan them."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _walked_fields(node_type: type) -> tuple[str, ...]:

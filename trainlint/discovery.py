@@ -113,12 +113,16 @@ class _Excluder:
         return self.by_pattern(path) or self.by_gitignore(path, is_dir)
 
     def excluded_with_parents(self, path: Path) -> bool:
-        if self.excluded(path, path.is_dir()):
+        """``force-exclude`` for a file named on the command line: the exclude patterns, on it and
+        on its directories. Not .gitignore, as in ruff: pre-commit names tracked files only, and a
+        tracked file that .gitignore names was added on purpose (and the check would read the
+        .gitignore files above it on every hook run)."""
+        if self.by_pattern(path):
             return True
         relative = self._relative(path)
         if relative is None:
             return False
-        return any(self.excluded(parent, True) for parent in path.parents if self.root in parent.parents)
+        return any(self.by_pattern(parent) for parent in path.parents if self.root in parent.parents)
 
 
 def discover(paths: Iterable[str], settings: Settings) -> list[Target]:

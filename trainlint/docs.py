@@ -1,7 +1,9 @@
 """Rule pages, generated from each rule's module so that the docs never drift from the code.
 
 ``trainlint --explain CODE`` prints a page; ``python -m trainlint.docs rules/ [CODE ...]`` writes them,
-and a test fails when a page under ``rules/`` differs from what the code generates.
+and a test fails when a page under ``rules/`` differs from what the code generates. The same
+command writes ``trainlint/rules/catalog.json`` and ``pages.json`` (the rules' metadata and
+pages, read by the command line without importing the rule modules; see ``trainlint/catalog.py``).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from trainlint.rule import Rule, all_rules
 EVIDENCE = Path(__file__).parent / "rules" / "evidence.json"
 
 _FIX_TEXT = {
-    "safe": "safe: applied by `--fix`.",
-    "unsafe": "unsafe: it can change what the model learns, so it is applied only with `--fix --unsafe-fixes`.",
+    "safe": "safe: applied by `--fix` (see *Fix safety* below).",
+    "unsafe": "unsafe: it can change what the model learns, so it is applied only with `--fix --unsafe-fixes` "
+    "(see *Fix safety* below).",
     None: "none: the finding says what to change.",
 }
 
@@ -96,7 +99,19 @@ def write_pages(directory: Path, codes: list[str] | None = None) -> list[Path]:
     return written
 
 
+def write_catalog() -> list[Path]:
+    from trainlint.catalog import catalog_texts
+
+    written = []
+    for path, text in catalog_texts().items():
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
 if __name__ == "__main__":
     arguments = sys.argv[1:] or ["rules"]
     for path in write_pages(Path(arguments[0]), arguments[1:]):
+        print(path)
+    for path in write_catalog():
         print(path)

@@ -16,13 +16,13 @@ import libcst as cst
 
 from trainlint import noqa
 from trainlint.config import INTERNAL_ERROR, SYNTAX_ERROR, Settings
-from trainlint.context import FileContext, paused_garbage_collector
+from trainlint.context import FileContext
 from trainlint.deep_stack import call_with_deep_stack, deep_recursion, nesting_limit
 from trainlint.findings import Finding, Position, is_fix_allowed
 from trainlint.fixes import apply_fixes, non_overlapping
 from trainlint.project import ProjectIndex, module_name_for
 from trainlint.rule import Rule, all_rules
-from trainlint.source import SourceText, python_ast
+from trainlint.source import SourceText, paused_garbage_collector, python_ast
 
 MAX_FIX_PASSES = 10
 UNUSED_NOQA = "TL004"
@@ -37,7 +37,7 @@ def meta_finding(code: str, message: str, path: str, row: int = 1, column: int =
         path=path,
         start=Position(row, column),
         end=Position(row, column),
-        level="error",
+        level=rule.level,
     )
 
 
@@ -69,6 +69,9 @@ class FixOutcome:
     text: str
     fixed: list[Finding] = field(default_factory=list)
     remaining: list[Finding] = field(default_factory=list)
+    # The findings before any fix. One fix can remove several findings (TL101's `unscale_` also
+    # answers a TL103 clip), so "N found, F fixed, R remaining" counts from these.
+    found: list[Finding] | None = None
 
 
 class Linter:
@@ -164,7 +167,7 @@ class Linter:
             if finding.code in ignored:
                 continue
             comment = comments.get(finding.start.row)
-            if comment is not None and noqa.suppresses(comment, finding.code, self.settings.bare_noqa):
+            if comment is not None and noqa.suppresses(comment, finding.code):
                 continue
             kept.append(finding)
         if self.report_unused_noqa and UNUSED_NOQA not in ignored:
@@ -191,8 +194,14 @@ class Linter:
         does not parse is rolled back and its fixes are tried one at a time."""
         outcome = FixOutcome(text)
         findings = self.lint(text, display, real_path)
+        outcome.found = list(findings)
         for _ in range(MAX_FIX_PASSES):
-            fixable = [f for f in findings if is_fix_allowed(f.fix, unsafe_fixes)]
+            comments = noqa.parse_noqa(outcome.text)
+            source = SourceText(outcome.text)
+            fixable = [
+                f for f in findings
+                if is_fix_allowed(f.fix, unsafe_fixes) and not edits_a_suppressed_line(f, source, comments)
+            ]
             if not fixable:
                 break
             chosen = non_overlapping(fixable)
@@ -217,6 +226,24 @@ class Linter:
         return None
 
 
+def edits_a_suppressed_line(finding: Finding, source: SourceText, comments: dict[int, noqa.NoqaComment]) -> bool:
+    """True when the finding's fix would change a line whose ``# noqa`` suppresses the finding's
+    code (or every code): the person who wrote the comment asked trainlint to leave that line
+    alone. Inserting whole lines before a line does not change it."""
+    if finding.fix is None or not comments:
+        return False
+    for edit in finding.fix.edits:
+        first, column = source.line_column(edit.start)
+        if edit.start == edit.end and column == 1:
+            continue
+        last = source.line_column(max(edit.start, edit.end - 1))[0]
+        for line in range(first, last + 1):
+            comment = comments.get(line)
+            if comment is not None and (not comment.codes or finding.code in comment.codes):
+                return True
+    return False
+
+
 _NESTING_MESSAGES = ("too many nested", "too complex", "too many statically nested")
 
 
@@ -228,8 +255,7 @@ def _too_deep_for_libcst(text: str, display: str) -> Finding | None:
     an `and`/`or` chain is one flat node for Python but one level per operand for LibCST. Costs
     about a tenth of the LibCST parse."""
     try:
-        with paused_garbage_collector():  # as for the parse: the AST's objects are not garbage (35% faster)
-            tree = python_ast(text, display)
+        tree = python_ast(text, display)  # with the garbage collector paused, as for the parse
     except SyntaxError as error:
         if error.msg and error.msg.startswith(_NESTING_MESSAGES):
             return meta_finding(SYNTAX_ERROR, f"syntax error: {error.msg}", display, error.lineno or 1, max(1, error.offset or 1))

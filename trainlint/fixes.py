@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,6 +86,8 @@ def write_atomic(path: Path, data: bytes, expected_digest: str | None = None) ->
 def new_temporary_file(directory: Path, prefix: str, suffix: str) -> Iterator[tuple[int, str]]:
     """A new file in ``directory`` (``mkstemp``: created exclusively, never through a symbolic
     link, mode 0600) as a handle and a path; removed when the block fails (or is interrupted)."""
+    import tempfile  # only where a file is written: a run from the cache writes nothing
+
     handle, temporary = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
     try:
         yield handle, temporary

@@ -36,7 +36,9 @@ PYTHON_SUFFIXES = (".py", ".pyi")
 
 
 def main(argv: Sequence[str] = ()) -> int:
-    parser = argparse.ArgumentParser(prog="trainlint server", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="trainlint server", description="The Language Server Protocol over stdio, for editors."
+    )
     parser.add_argument("--stdio", action="store_true", help="talk over stdin/stdout (the default and only transport)")
     parser.parse_args(list(argv))
     if _MISSING is not None:

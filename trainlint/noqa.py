@@ -1,10 +1,13 @@
-"""``# noqa`` comments: which findings they suppress, and which of their codes suppress nothing."""
+"""``# noqa`` comments: which findings they suppress, and which of their codes suppress nothing.
+
+A bare ``# noqa`` suppresses every finding on its line; ``# noqa: TL101, TL103`` only those codes."""
 
 from __future__ import annotations
 
 import io
 import re
 import tokenize
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 _NOQA = re.compile(
@@ -53,11 +56,22 @@ def parse_noqa(text: str) -> dict[int, NoqaComment]:
     return by_line
 
 
-def suppresses(comment: NoqaComment, code: str, bare_noqa: bool) -> bool:
-    """Whether the comment suppresses ``code``; records the code as used when it does."""
+def suppresses(comment: NoqaComment, code: str) -> bool:
+    """Whether the comment suppresses ``code``: a bare ``# noqa`` suppresses every code on its
+    line (as in ruff and flake8); records the code as used when it is named."""
     if not comment.codes:
-        return bare_noqa
+        return True
     if code in comment.codes:
         comment.used.add(code)
         return True
     return False
+
+
+def with_codes(line: str, comment: NoqaComment, codes: Iterable[str]) -> str:
+    """``line`` with ``codes`` merged into its ``# noqa: ...`` directive (codes already there keep
+    their order, new ones follow sorted); the rest of the comment is kept."""
+    match = _NOQA.match(line, comment.column - 1)
+    if match is None:
+        return line
+    merged = list(comment.codes) + sorted(set(codes) - set(comment.codes))
+    return f"{line[: match.start()]}# noqa: {', '.join(merged)}{line[match.end():]}"

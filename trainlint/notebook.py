@@ -21,12 +21,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainlint.config import SYNTAX_ERROR
-from trainlint.engine import FixOutcome, Linter, meta_finding
 from trainlint.findings import Edit, Finding, Fix, Position
 from trainlint.source import SourceText
+
+if TYPE_CHECKING:  # the engine imports LibCST: loaded only when a notebook is linted
+    from trainlint.engine import FixOutcome, Linter
 
 NOTEBOOK_SUFFIX = ".ipynb"
 _MARKER = "# trainlint: notebook cell {} (generated line)"
@@ -461,6 +463,8 @@ class NotebookLinter:
         self.linter = linter
 
     def lint(self, text: str, display: str, real_path: Path | None = None) -> list[Finding]:
+        from trainlint.engine import meta_finding
+
         try:
             notebook = Notebook.parse(text)
         except NotebookError as exc:
@@ -471,6 +475,8 @@ class NotebookLinter:
         return _sorted(program.localize(f) for f in self.linter.lint(program.text, display, real_path))
 
     def fix(self, text: str, display: str, real_path: Path | None, unsafe_fixes: bool) -> FixOutcome:
+        from trainlint.engine import FixOutcome
+
         try:
             notebook = Notebook.parse(text)
         except NotebookError:
@@ -485,10 +491,12 @@ class NotebookLinter:
         if new_text is None:  # fixes that crossed cells or moved IPython lines: leave the file alone
             return FixOutcome(text, remaining=self.lint(text, display, real_path))
         fixed = _sorted(program.localize(f) for f in outcome.fixed)
+        found = _sorted(program.localize(f) for f in outcome.found or ())
         new_program = Program.of(Notebook.parse(new_text))
         if new_program.text != outcome.text:  # cannot happen by construction; lint again to be sure
-            return FixOutcome(new_text, fixed=fixed, remaining=self.lint(new_text, display, real_path))
-        return FixOutcome(new_text, fixed=fixed, remaining=_sorted(new_program.localize(f) for f in outcome.remaining))
+            return FixOutcome(new_text, fixed=fixed, remaining=self.lint(new_text, display, real_path), found=found)
+        remaining = _sorted(new_program.localize(f) for f in outcome.remaining)
+        return FixOutcome(new_text, fixed=fixed, remaining=remaining, found=found)
 
     @staticmethod
     def _rewrite(notebook: Notebook, program: Program, fixed_program: str) -> str | None:
@@ -538,3 +546,44 @@ def cell_source(notebook: SourceText, cell: int) -> SourceText | None:
     """One cell's text, for printing a finding's line (``cell`` is 1-based)."""
     sources = _cell_sources(notebook.text)
     return SourceText(sources[cell - 1]) if 0 < cell <= len(sources) else None
+
+
+def file_position(text: str, cell: int, row: int, column: int) -> tuple[int, int] | None:
+    """Where a cell's (row, column) sits in the notebook file's own text, as 1-based line and
+    column: inside the JSON string that holds that line of the cell's source. SARIF viewers show
+    the ``.ipynb`` file as text, so this is the region they can highlight. None when the file is
+    not a notebook this can read or the position is past the cell's source."""
+    try:
+        span = _source_spans(text)[cell - 1]
+        if span is None:
+            return None
+        start, end = span
+        pieces = [(s, e) for _, s, e in _members(text, start)] if text[start] == "[" else [(start, end)]
+    except (NotebookError, IndexError, ValueError, KeyError):
+        return None
+    lines_before = 0  # lines of the cell's source that end before the current piece
+    for piece_start, piece_end in pieces:
+        raw = text[piece_start:piece_end]
+        decoded = json.loads(raw)
+        lines = _split_lines(decoded) or [""]
+        if row <= lines_before + len(lines):
+            within = sum(len(line) for line in lines[: row - lines_before - 1]) + column - 1
+            offset = piece_start + _raw_index(raw, min(within, len(decoded)))
+            line = text.count("\n", 0, offset) + 1
+            return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+        lines_before += sum(1 for line in lines if line.endswith(("\n", "\r")))
+    return None
+
+
+def _raw_index(raw: str, characters: int) -> int:
+    """The index in a JSON string literal (quotes included) of its ``characters``-th decoded
+    character: escapes (``\\n``, ``\\u00e9``, a surrogate pair) are one character each."""
+    index, count = 1, 0
+    while count < characters and index < len(raw) - 1:
+        if raw[index] == "\\":
+            pair = raw[index + 1] == "u" and raw[index + 6 : index + 8] == "\\u" and 0xD800 <= int(raw[index + 2 : index + 6], 16) < 0xDC00
+            index += 12 if pair else 6 if raw[index + 1] == "u" else 2
+        else:
+            index += 1
+        count += 1
+    return index

@@ -6,13 +6,13 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from trainlint import __version__
+from trainlint import DOCS_URL, __version__
+from trainlint.catalog import rule_infos, rule_page
 from trainlint.findings import Finding, Position
-from trainlint.notebook import cell_source
-from trainlint.rule import all_rules
 from trainlint.source import SourceText
 
 FORMATS = ("full", "concise", "json", "sarif", "github")
@@ -35,9 +35,10 @@ class _Style:
         return f"\x1b[{code}m{text}\x1b[0m" if self.enabled else text
 
 
-def doc_url(code: str) -> str:
-    """Where the rule's page lives in the repository (also printed by ``--explain``)."""
-    return f"rules/{code}.md"
+def doc_url(code: str) -> str | None:
+    """The address of the rule's page, or None while the pages have no public address (a path
+    inside the repository is not a URL a reader could open)."""
+    return f"{DOCS_URL.rstrip('/')}/{code}.md" if DOCS_URL else None
 
 
 def _marker(finding: Finding) -> str:
@@ -64,6 +65,8 @@ def full(findings: Sequence[Finding], stream: TextIO, sources: Callable[[str], S
         stream.write(f"{style(where, '1')} {style(f.code, '1;31')} {_marker(f)}{terminal_safe(f.message)}\n")
         source = sources(f.path)
         if source is not None and f.cell is not None:
+            from trainlint.notebook import cell_source  # only for notebooks: it reads their JSON
+
             source = cell_source(source, f.cell)
         if source is not None and f.start.row <= len(source.line_starts):
             shown, column, width = excerpt(source, f)
@@ -124,23 +127,42 @@ def _artifact_uri(path: str) -> str:
     return quote(os.fsencode(posix), safe="/")
 
 
-def sarif(findings: Sequence[Finding]) -> dict[str, Any]:
-    from trainlint.docs import render_page
+def _region(start: tuple[int, int], end: tuple[int, int]) -> dict[str, int]:
+    return {"startLine": start[0], "startColumn": start[1], "endLine": end[0], "endColumn": end[1]}
 
-    rules = all_rules()
+
+def _notebook_location(f: Finding, uri: str, sources: Callable[[str], SourceText | None] | None) -> dict[str, Any]:
+    """A notebook finding's SARIF location: the region of the ``.ipynb`` file's text that holds the
+    cell's line (what a viewer of the file can highlight), or the file alone when that cannot be
+    read; the cell and its own line and column are in the result's properties."""
+    from trainlint.notebook import file_position
+
+    physical: dict[str, Any] = {"artifactLocation": {"uri": uri}}
+    notebook = sources(f.path) if sources is not None else None
+    start = file_position(notebook.text, f.cell, f.start.row, f.start.column) if notebook and f.cell else None
+    if start is not None:
+        end = file_position(notebook.text, f.cell, f.end.row, f.end.column)  # type: ignore[arg-type]
+        physical["region"] = _region(start, end if end is not None and end[0] == start[0] else (start[0], start[1] + 1))
+    return {"physicalLocation": physical}
+
+
+def sarif(findings: Sequence[Finding], sources: Callable[[str], SourceText | None] | None = None) -> dict[str, Any]:
+    rules = rule_infos()
     codes = sorted({f.code for f in findings} | set(rules))
     index = {code: i for i, code in enumerate(codes)}
-    descriptors = [
-        {
+    descriptors = []
+    for code in codes:
+        descriptor: dict[str, Any] = {
             "id": code,
             "name": rules[code].name,
             "shortDescription": {"text": rules[code].summary},
-            "help": {"text": rules[code].summary, "markdown": render_page(rules[code])},
+            "help": {"text": rules[code].summary, "markdown": rule_page(code) or rules[code].summary},
             "defaultConfiguration": {"level": rules[code].level},
             "properties": {"fix": rules[code].fix_applicability or "none"},
         }
-        for code in codes
-    ]
+        if doc_url(code):
+            descriptor["helpUri"] = doc_url(code)
+        descriptors.append(descriptor)
     results = []
     for f in findings:
         uri = _artifact_uri(f.path)
@@ -149,20 +171,23 @@ def sarif(findings: Sequence[Finding]) -> dict[str, Any]:
             "ruleIndex": index[f.code],
             "level": f.level,
             "message": {"text": f.message},
-            "locations": [
-                {
-                    "physicalLocation": {
-                        "artifactLocation": {"uri": uri},
-                        "region": {
-                            "startLine": f.start.row,
-                            "startColumn": f.start.column,
-                            "endLine": f.end.row,
-                            "endColumn": f.end.column,
-                        },
-                    }
-                }
-            ],
         }
+        if f.cell is not None:
+            result["locations"] = [_notebook_location(f, uri, sources)]
+            result["properties"] = {
+                "cell": f.cell,
+                "cellRegion": _region((f.start.row, f.start.column), (f.end.row, f.end.column)),
+            }
+            results.append(result)  # a fix's positions are the cell's, not the file's: none is given
+            continue
+        result["locations"] = [
+            {
+                "physicalLocation": {
+                    "artifactLocation": {"uri": uri},
+                    "region": _region((f.start.row, f.start.column), (f.end.row, f.end.column)),
+                }
+            }
+        ]
         if f.fix is not None and all(e.location and e.end_location for e in f.fix.edits):
             result["fixes"] = [
                 {
@@ -221,7 +246,7 @@ def write_findings(
     if output_format == "json":
         stream.write(json.dumps(json_records(findings), indent=2) + "\n")
     elif output_format == "sarif":
-        stream.write(json.dumps(sarif(findings), indent=2) + "\n")
+        stream.write(json.dumps(sarif(findings, sources), indent=2) + "\n")
     elif output_format == "github":
         github(findings, stream)
     elif output_format == "concise":
@@ -234,19 +259,66 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def summary(remaining: Sequence[Finding], fixed: int, fix_mode: bool, unsafe_fixes: bool) -> str:
-    if fix_mode and fixed:
-        return f"Found {_plural(fixed + len(remaining), 'error')} ({fixed} fixed, {len(remaining)} remaining)."
-    if not remaining:
+def _found(findings: Sequence[Finding]) -> str:
+    """``3 errors``, ``1 warning``, ``3 errors and 1 warning``: each finding by its level."""
+    warnings = sum(1 for f in findings if f.level == "warning")
+    errors = len(findings) - warnings
+    parts = [_plural(errors, "error")] if errors or not warnings else []
+    if warnings:
+        parts.append(_plural(warnings, "warning"))
+    return " and ".join(parts)
+
+
+@dataclass(frozen=True)
+class SummaryCounts:
+    """What the last line of a run says about fixes."""
+
+    fixed: Sequence[Finding] = ()  # the findings whose fixes were applied
+    found: Sequence[Finding] | None = None  # with --fix: the findings before fixing
+    fixable: int = 0  # remaining findings `--fix` would remove (also those fixable after others)
+    unsafe_fixable: int = 0  # and how many more `--fix --unsafe-fixes` would
+    fix_mode: bool = False  # --fix (or --diff) ran
+    unsafe_fixes: bool = False  # unsafe fixes are on (command line or configuration)
+    fix_command: str = "trainlint --fix"  # what turns on every fix counted as fixable
+
+
+def summary(remaining: Sequence[Finding], counts: SummaryCounts) -> str:
+    if counts.fix_mode and counts.fixed:
+        before = counts.found if counts.found is not None else [*counts.fixed, *remaining]
+        fixed = max(0, len(before) - len(remaining))  # a fix can remove more than its own finding
+        found = f"Found {_found(before)} ({fixed} fixed, {len(remaining)} remaining)."
+    elif not remaining:
         return "All checks passed!"
-    safe = sum(1 for f in remaining if f.fix is not None and f.fix.applicability == "safe")
-    unsafe = sum(1 for f in remaining if f.fix is not None and f.fix.applicability == "unsafe")
-    parts = [f"Found {_plural(len(remaining), 'error')}."]
-    if safe or (unsafe and unsafe_fixes):
-        parts.append(f"[*] {safe + (unsafe if unsafe_fixes else 0)} fixable with `trainlint --fix`.")
-    if unsafe and not unsafe_fixes:
-        parts.append(f"{unsafe} more fixable with `--fix --unsafe-fixes`.")
+    else:
+        found = f"Found {_found(remaining)}."
+    parts = [found]
+    hidden = counts.unsafe_fixable
+    if counts.fix_mode:
+        if hidden and not counts.unsafe_fixes:
+            parts.append(f"{hidden} hidden fix{'' if hidden == 1 else 'es'} can be enabled with `--unsafe-fixes`.")
+        return " ".join(parts)
+    if counts.unsafe_fixes:
+        total = counts.fixable + hidden
+        if total:
+            parts.append(f"[*] {total} fixable with `{counts.fix_command}`.")
+        return " ".join(parts)
+    if counts.fixable:
+        parts.append(f"[*] {counts.fixable} fixable with `{counts.fix_command}`.")
+    if hidden:
+        parts.append(f"{hidden} more fixable with `--fix --unsafe-fixes`.")
     return " ".join(parts)
+
+
+def statistics_records(findings: Sequence[Finding]) -> list[dict[str, Any]]:
+    """``--statistics --output-format json``: ruff's shape, one record per code, most frequent
+    first; ``fixable_count`` counts the findings that carry a safe fix."""
+    counts = Counter(f.code for f in findings)
+    names = {f.code: f.name for f in findings}
+    fixable = Counter(f.code for f in findings if f.fix is not None and f.fix.applicability == "safe")
+    return [
+        {"code": code, "name": names[code], "count": count, "fixable": fixable[code] > 0, "fixable_count": fixable[code]}
+        for code, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    ]
 
 
 def statistics(findings: Sequence[Finding], stream: TextIO) -> None:

@@ -34,11 +34,7 @@ if TYPE_CHECKING:
 # an answer that depends on a module's absence is stale once the module is created.
 ABSENT = "absent"
 
-MAX_PARSED_MODULES = 32  # parsed modules kept for the engine (LRU)
-# Other modules the engine may read to answer the questions about one linted file. Past it, what
-# lies in further modules is unknown (rules stay quiet): the cost of a file stays bounded. It
-# counts modules, not parses, so the answer never depends on which files were linted before.
-MAX_MODULES_PER_FILE = 16
+MAX_PARSED_MODULES = 64  # parsed modules kept for the engine (LRU)
 MAX_PROJECT_FILES = 20_000  # files scanned when looking for call sites
 _SKIPPED_DIRECTORIES = frozenset({
     ".git", ".hg", ".svn", ".venv", "venv", "env", "__pycache__", "node_modules", "build", "dist",
@@ -71,15 +67,14 @@ class ProjectIndex:
         self._contexts: OrderedDict[Path, FileContext | None] = OrderedDict()
         self._files: list[Path] | None = None
         self._texts: dict[Path, bytes | None] = {}
+        self._importing: dict[tuple[str, str], list[Path]] = {}  # (module, word) -> files that may use it
         self._current: FileContext | None = None
         self._current_summary: ModuleSummary | None = None
-        self._read_for_current: set[Path] = set()
-        self.consulted: dict[str, str] = {}  # path -> digest of every module read for an answer
         # module lookup -> the candidate paths it found missing (recorded as ABSENT per answer)
         self._absent: dict[tuple[str, Path | None], list[str]] = {}
         from trainlint.analysis.values.guard import EvaluationGuard
 
-        self.evaluation = EvaluationGuard()  # one recursion guard for the engines of every module
+        self.evaluation = EvaluationGuard()  # one recursion guard and memory for the engines of every module
 
     # -- the file being linted ----------------------------------------------------------------
     def register(self, ctx: FileContext) -> None:
@@ -87,14 +82,13 @@ class ProjectIndex:
         modules kept parsed forget the answers computed for the previous file: each file's
         answers are its own (the same whatever was linted before), and record what they read."""
         from trainlint.analysis.imports import ImportResolver
-        from trainlint.analysis.values.scopes import Scopes
+        from trainlint.analysis.values import Scopes, ValueFlow
 
         self._current = ctx
         self._current_summary = None
-        self._read_for_current = set()
         for parsed in self._contexts.values():
-            if parsed is not None:
-                parsed.forget_answers(keep=(ImportResolver, Scopes))
+            if parsed is not None:  # the engine's answers carry the files they read; the rest may not
+                parsed.forget_answers(keep=(ImportResolver, Scopes, ValueFlow))
 
     def _current_path(self) -> Path | None:
         current = self._current
@@ -127,11 +121,11 @@ class ProjectIndex:
         key = (name, self._importer_root(importer))
         if key not in self._by_name:
             self._by_name[key] = self._find_module(name, importer, self._absent.setdefault(key, []))
-        for missing in self._absent.get(key, ()):
-            self.consulted[missing] = ABSENT
+        if self._absent.get(key):
+            self.evaluation.note([(missing, ABSENT) for missing in self._absent[key]])
         summary = self._by_name[key]
         if summary is not None:
-            self.consulted[str(summary.path)] = summary.digest  # every answer records its sources
+            self._consult(summary)  # every answer records its sources
         return summary
 
     def _find_module(self, name: str, importer: Path | None, missing: list[str]) -> ModuleSummary | None:
@@ -154,8 +148,20 @@ class ProjectIndex:
             self._by_path[path] = None if data is None else summarize(module_name_for(path)[0], path, data)
         summary = self._by_path[path]
         if summary is not None:
-            self.consulted[str(path)] = summary.digest
+            self._consult(summary)
         return summary
+
+    @property
+    def consulted(self) -> dict[str, str]:
+        """Path -> digest of every module read for the answers about the file being linted."""
+        return self.evaluation.consulted
+
+    @consulted.setter
+    def consulted(self, value: dict[str, str]) -> None:
+        self.evaluation.consulted = value
+
+    def _consult(self, summary: ModuleSummary) -> None:
+        self.evaluation.note([(str(summary.path), summary.digest)])
 
     def _summary_of_current(self) -> ModuleSummary | None:
         current = self._current
@@ -204,10 +210,6 @@ class ProjectIndex:
         path = summary.path
         if summary is self._current_summary or path == self._current_path():
             return self._current
-        if path not in self._read_for_current:
-            if len(self._read_for_current) >= MAX_MODULES_PER_FILE:
-                return None
-            self._read_for_current.add(path)
         if path in self._contexts:
             self._contexts.move_to_end(path)
             return self._contexts[path]
@@ -249,36 +251,34 @@ class ProjectIndex:
             self._files = sorted(set(found))
         return self._files
 
-    def modules_importing(self, module: str, word: str) -> Iterator[ModuleSummary]:
+    def modules_importing(self, module: str, word: str, mentioning: tuple[str, ...] = ()) -> Iterator[ModuleSummary]:
         """Summaries of the project's modules that may use ``word`` defined in ``module``: their
         text spells ``word`` and an import statement names a part of ``module`` (``from
         models.gan import D``, ``import models``, ``from .gan import D``). Found with a text
-        search; only those are parsed. The file being linted comes first."""
-        needle = word.encode()
-        parts = [re.escape(part) for part in module.split(".") if part]
-        if not parts:
+        search (once per run for each question); only those are parsed. With ``mentioning``, only
+        files that also spell one of those words. The file being linted comes first, from the
+        text being linted."""
+        importing = _import_pattern(module)
+        if importing is None:
             return
-        # A module named after a file name that is not UTF-8 keeps its bytes (it matches no import).
-        alternatives = "|".join(parts).encode("utf-8", "surrogateescape")
-        importing = re.compile(
-            rb"^[ \t]*(?:from[ \t]+[.\w]*\b(?:%s)\b|import[ \t]+[^\n]*\b(?:%s)\b)" % (alternatives, alternatives),
-            re.MULTILINE,
-        )
-        seen: set[Path] = set()
         current = self._current_path()
         if current is not None and self._current is not None:
-            seen.add(current)
             text = self._current.source.text.encode("utf-8", "surrogatepass")
-            if needle in text and importing.search(text) and (summary := self._summary_of_current()) is not None:
+            if (
+                word.encode() in text and importing.search(text) and _mentions(text, mentioning)
+                and (summary := self._summary_of_current()) is not None
+            ):
                 yield summary
-        for path in self.project_files():
-            if path in seen:
-                continue
-            data = self._read(path)
-            if data is not None and needle in data and importing.search(data):
-                summary = self.summary(path)
-                if summary is not None:
-                    yield summary
+        key = (module, word)
+        if key not in self._importing:
+            needle = word.encode()
+            self._importing[key] = [
+                path for path in self.project_files()
+                if (data := self._read(path)) is not None and needle in data and importing.search(data)
+            ]
+        for path in self._importing[key]:
+            if path != current and _mentions(self._read(path) or b"", mentioning) and (summary := self.summary(path)):
+                yield summary
 
     def importers(self, module: str, name: str) -> list[ModuleSummary]:
         """The project's other modules that import ``name`` from ``module`` (or use it as
@@ -319,6 +319,19 @@ class ProjectIndex:
             yield name
             if not name.startswith("torch."):
                 yield from self._calls_of_class(name, summary.path, seen)
+
+
+def _mentions(data: bytes, words: tuple[str, ...]) -> bool:
+    return not words or any(word.encode() in data for word in words)
+
+
+def _import_pattern(module: str) -> re.Pattern[bytes] | None:
+    """An import statement naming a part of ``module`` (its package, a subpackage, itself)."""
+    # A module named after a file name that is not UTF-8 keeps its bytes (it matches no import).
+    parts = "|".join(re.escape(part) for part in module.split(".") if part).encode("utf-8", "surrogateescape")
+    if not parts:
+        return None
+    return re.compile(rb"^[ \t]*(?:from[ \t]+[.\w]*\b(?:%s)\b|import[ \t]+[^\n]*\b(?:%s)\b)" % (parts, parts), re.MULTILINE)
 
 
 def _display(path: Path) -> str:

@@ -58,6 +58,8 @@ class Rule:
     # Empty means "always run".
     triggers: ClassVar[tuple[str, ...]] = ()
     default_options: ClassVar[Mapping[str, Any]] = {}
+    # (low, high), both excluded, for a numeric option: a configured value outside is an error.
+    option_bounds: ClassVar[Mapping[str, tuple[float, float]]] = {}
     examples: ClassVar[Sequence[Example]] = ()  # code the rule must report
     valid_examples: ClassVar[Sequence[str]] = ()  # look-alikes it must not report
 

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import errno
-import multiprocessing
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainlint import lifetime
 from trainlint.cache import Cache
 from trainlint.config import INTERNAL_ERROR, IO_ERROR, SYNTAX_ERROR, Settings
 from trainlint.discovery import Target
-from trainlint.engine import Linter, meta_finding
 from trainlint.findings import Finding, is_fix_allowed
-from trainlint.fixes import ChangedDuringRun, write_atomic
-from trainlint.notebook import linter_for
-from trainlint.project import ProjectIndex
 from trainlint.source import SourceError, SourceText, content_digest
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
+
+    from trainlint.engine import Linter
+
+# The engine, the rules (LibCST) and the process pool are imported only when a file must be
+# linted: a run whose files are all cached (a pre-commit hook on unchanged files) needs none.
+Progress = Callable[[int], None]  # called with the number of files done so far
 
 
 @dataclass
@@ -42,6 +45,9 @@ class FileResult:
     fixed_text: str | None = None
     digest: str | None = None
     dependencies: dict[str, str] = field(default_factory=dict)
+    found: list[Finding] | None = None  # with --fix: the findings before fixing (engine.FixOutcome)
+    fixable: int = 0  # of `findings`, how many `--fix` would remove (fixable.py)
+    unsafe_fixable: int = 0  # and how many more `--fix --unsafe-fixes` would
 
 
 @dataclass
@@ -56,12 +62,29 @@ class RunResult:
     def fixed(self) -> list[Finding]:
         return sorted((f for r in self.files for f in r.fixed), key=lambda f: f.sort_key)
 
+    @property
+    def found(self) -> list[Finding]:
+        """The findings before any fix (with --fix), else the findings."""
+        found = (f for r in self.files for f in (r.found if r.found is not None else r.findings))
+        return sorted(found, key=lambda f: f.sort_key)
+
+    @property
+    def fixable(self) -> int:
+        return sum(r.fixable for r in self.files)
+
+    @property
+    def unsafe_fixable(self) -> int:
+        return sum(r.unsafe_fixable for r in self.files)
+
 
 # -- per-process state for the worker pool ---------------------------------------------------
 _linter: Linter | None = None
 
 
 def _init_worker(settings: Settings, roots: Sequence[Path]) -> None:
+    from trainlint.engine import Linter
+    from trainlint.project import ProjectIndex
+
     global _linter
     _linter = Linter(settings, ProjectIndex(roots))
 
@@ -81,11 +104,16 @@ def process(target: Target, options: RunOptions) -> FileResult:
     try:
         return _process(target, options)
     except Exception as exc:
+        from trainlint.engine import meta_finding
+
         message = f"internal error while checking this file: {type(exc).__name__}: {exc} (please report it)"
         return FileResult(target.display, findings=[meta_finding(INTERNAL_ERROR, message, target.display)])
 
 
 def _process(target: Target, options: RunOptions) -> FileResult:
+    from trainlint.engine import meta_finding
+    from trainlint.notebook import linter_for
+
     assert _linter is not None
     linter = _linter
     result = FileResult(target.display)
@@ -108,7 +136,7 @@ def _process(target: Target, options: RunOptions) -> FileResult:
     engine = linter_for(target.path, linter)  # a notebook is linted through its code cells
     if options.fix:
         outcome = engine.fix(source.text, target.display, target.path, options.unsafe_fixes)
-        result.fixed, result.findings = outcome.fixed, outcome.remaining
+        result.fixed, result.findings, result.found = outcome.fixed, outcome.remaining, outcome.found
         if outcome.text != source.text:
             result.original_text, result.fixed_text = source.text, outcome.text
             # What remains describes the fixed text, so the cache entry must be keyed by the bytes
@@ -118,13 +146,28 @@ def _process(target: Target, options: RunOptions) -> FileResult:
                 _write(target, source, outcome.text, result, linted_digest, linter.project.roots)
     else:
         result.findings = engine.lint(source.text, target.display, target.path)
+    _count_fixable(engine, result, options, result.fixed_text or source.text, target)
     result.dependencies = {p: d for p, d in linter.project.consulted.items() if p != str(target.path.resolve())}
     return result
+
+
+def _count_fixable(engine, result: FileResult, options: RunOptions, text: str, target: Target) -> None:
+    """The summary's counts: what `--fix` would remove, or after `--fix`, what only
+    `--unsafe-fixes` would."""
+    from trainlint.fixable import count_fixable
+
+    if options.fix and options.unsafe_fixes:
+        return
+    counts = count_fixable(engine, text, target.display, target.path, result.findings, safe_fixes_applied=options.fix)
+    result.fixable, result.unsafe_fixable = counts.safe, counts.unsafe
 
 
 def _write(target: Target, source: SourceText, text: str, result: FileResult, linted_digest: str, roots: Sequence[Path]) -> None:
     """Write the fixed text, only over the content that was linted (``linted_digest``) and never
     through a symbolic link out of the linted tree (``roots``)."""
+    from trainlint.engine import meta_finding
+    from trainlint.fixes import ChangedDuringRun, write_atomic
+
     if lifetime.parent_is_gone():  # the run was killed: nobody will report what we write
         os._exit(1)
     try:
@@ -136,13 +179,15 @@ def _write(target: Target, source: SourceText, text: str, result: FileResult, li
         # The findings describe content that is gone; the user's edit is kept as it is.
         message = "fixes not written: the file changed during the run (your edit is kept; run trainlint again)"
         result.findings = [meta_finding(IO_ERROR, message, target.display)]
-        result.fixed, result.fixed_text, result.digest = [], None, None
+        result.fixed, result.found, result.fixed_text, result.digest = [], None, None, None
+        result.fixable = result.unsafe_fixable = 0
     except (OSError, UnicodeEncodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         # Nothing was written, so what the fixes would have removed is still there.
         result.findings = sorted([*result.fixed, *result.findings], key=lambda f: f.sort_key)
         result.findings.append(meta_finding(IO_ERROR, f"fixes not written: {reason}", target.display))
         result.fixed = []
+        result.found = None  # nothing was fixed: what remains is what was found, plus this TL002
         result.fixed_text = None
         result.digest = None
 
@@ -170,7 +215,13 @@ def _chunks(items: Sequence[Target], count: int) -> Iterable[Sequence[Target]]:
         yield items[start : start + size]
 
 
-def run(targets: Sequence[Target], settings: Settings, options: RunOptions, roots: Sequence[Path]) -> RunResult:
+def run(
+    targets: Sequence[Target],
+    settings: Settings,
+    options: RunOptions,
+    roots: Sequence[Path],
+    progress: Progress | None = None,
+) -> RunResult:
     cache = Cache(settings) if options.use_cache else None
     results: dict[Target, FileResult] = {}
     pending: list[Target] = []
@@ -181,12 +232,17 @@ def run(targets: Sequence[Target], settings: Settings, options: RunOptions, root
         else:
             pending.append(target)
     jobs = options.jobs or os.cpu_count() or 1
+    if progress is not None:
+        progress(len(results))
     if jobs == 1 or len(pending) < 8:
-        _init_worker(settings, roots)
+        if pending:
+            _init_worker(settings, roots)
         for target in pending:
             results[target] = process(target, options)
+            if progress is not None:
+                progress(len(results))
     else:
-        _run_parallel(pending, settings, options, roots, jobs, results)
+        _run_parallel(pending, settings, options, roots, jobs, results, progress)
     if cache is not None:
         for target in pending:
             cache.store(target, results[target])
@@ -195,6 +251,9 @@ def run(targets: Sequence[Target], settings: Settings, options: RunOptions, root
 
 
 def _pool(jobs: int, settings: Settings, roots: Sequence[Path]) -> ProcessPoolExecutor:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
     return ProcessPoolExecutor(jobs, context, initializer=_start_worker, initargs=(os.getpid(), settings, roots))
 
@@ -221,12 +280,18 @@ def _run_parallel(
     roots: Sequence[Path],
     jobs: int,
     results: dict[Target, FileResult],
+    progress: Progress | None = None,
 ) -> None:
+    from concurrent.futures import as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
     try:
         with _stopping_workers_on_error(_pool(jobs, settings, roots)) as pool:
             chunks = {pool.submit(_process_many, chunk, options): chunk for chunk in _chunks(pending, jobs)}
             for future in as_completed(chunks):
                 results.update(zip(chunks[future], future.result()))
+                if progress is not None:
+                    progress(len(results))
     except BrokenProcessPool:
         # A worker died (a native crash, the OOM killer): lint what is left one file per process,
         # so that the crash is pinned to its file and every other file is still checked.
@@ -235,6 +300,10 @@ def _run_parallel(
 
 
 def _process_isolated(target: Target, settings: Settings, options: RunOptions, roots: Sequence[Path]) -> FileResult:
+    from concurrent.futures.process import BrokenProcessPool
+
+    from trainlint.engine import meta_finding
+
     try:
         with _stopping_workers_on_error(_pool(1, settings, roots)) as pool:
             return pool.submit(_process_many, [target], options).result()[0]
@@ -257,4 +326,8 @@ def _from_cache(cache: Cache | None, target: Target, options: RunOptions) -> Fil
         return None
     if options.fix and any(is_fix_allowed(f.fix, options.unsafe_fixes) for f in findings):
         return None  # there is something to fix: lint and fix it for real
-    return FileResult(target.display, findings=findings, digest=digest)
+    fixable, unsafe_fixable = cache.fix_counts(target)
+    if options.fix:
+        fixable = 0  # nothing safe was left to fix, or the file would not come from the cache
+        unsafe_fixable = 0 if options.unsafe_fixes else unsafe_fixable
+    return FileResult(target.display, findings=findings, digest=digest, fixable=fixable, unsafe_fixable=unsafe_fixable)

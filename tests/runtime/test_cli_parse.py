@@ -11,20 +11,23 @@ from trainlint.runtime.cli import main, parse
 RAISES = Path(__file__).resolve().parents[1] / "fixtures" / "runtime" / "raises.py"
 
 
-def test_options_anywhere_and_the_rest_goes_to_the_script():
-    options = parse(["smoke", "--device", "cpu", "train.py", "--lr", "0.1", "--steps", "5", "data/"])
-    assert options.script == Path("train.py") and options.script_args == ["--lr", "0.1", "data/"]
+def test_options_before_the_script_are_trainlint_s_and_after_it_the_script_s():
+    options = parse(["smoke", "--device", "cpu", "--steps", "5", "train.py", "--lr", "0.1", "--device=cuda", "data/"])
+    assert options.script == Path("train.py")
+    assert options.script_args == ["--lr", "0.1", "--device=cuda", "data/"]  # python train.py would get these
     assert (options.steps, options.device, options.threads) == (5, "cpu", 1)
 
 
-def test_after_double_dash_everything_is_the_script_s():
-    options = parse(["smoke", "train.py", "--steps=3", "--", "--steps", "100", "--device", "tpu"])
-    assert options.steps == 3 and options.device == "auto"
-    assert options.script_args == ["--steps", "100", "--device", "tpu"]
+def test_double_dash_ends_trainlint_s_options_and_is_passed_on_after_the_script():
+    options = parse(["smoke", "--steps=3", "--max-seconds", "2.5", "--", "-odd-name.py", "--steps", "100"])
+    assert (options.steps, options.max_seconds, options.device) == (3, 2.5, "auto")
+    assert options.script == Path("-odd-name.py") and options.script_args == ["--steps", "100"]
+    after = parse(["smoke", "train.py", "--", "--epochs", "3"])
+    assert after.script_args == ["--", "--epochs", "3"]  # the script's own argv, as given
 
 
 def test_confirm_options_and_example_codes():
-    options = parse(["confirm", "train.py", "--unsafe-fixes", "--select", "tl101,TL403", "--json", "o.json"])
+    options = parse(["confirm", "--unsafe-fixes", "--select", "tl101,TL403", "--json", "o.json", "train.py"])
     assert options.unsafe_fixes and options.select == ["TL101", "TL403"] and options.json_path == Path("o.json")
     examples = parse(["confirm", "--examples", "TL101", "tl402,TL403", "--markdown", "t.md"])
     assert examples.examples and examples.codes == ["TL101", "tl402", "TL403"] and examples.script is None
@@ -34,11 +37,13 @@ def test_confirm_options_and_example_codes():
     ("argv", "message"),
     [
         (["smoke"], "smoke: which script?"),
-        (["smoke", "train.py", "--steps"], "--steps needs a value"),
-        (["smoke", "train.py", "--steps", "many"], "--steps: not a number: 'many'"),
+        (["smoke", "--steps"], "--steps needs a value"),
+        (["smoke", "--steps", "many", "train.py"], "--steps: not a number: 'many'"),
+        (["smoke", "--max-seconds", "0", str(RAISES)], "--max-seconds must be more than 0"),
+        (["smoke", "--lr", "0.1", "train.py"], "unknown option --lr (the script's options go after its name)"),
         (["confirm", "no/such/train.py"], "no such script: no/such/train.py"),
         (["lint"], "expected 'smoke' or 'confirm'"),
-        (["confirm", str(RAISES), "--select", "TL999"], "--select: unknown rule code or prefix 'TL999'"),
+        (["confirm", "--select", "TL999", str(RAISES)], "--select: unknown rule code or prefix 'TL999'"),
     ],
 )
 def test_usage_errors_exit_2_with_a_message(argv, message, capsys):

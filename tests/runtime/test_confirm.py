@@ -17,13 +17,13 @@ from trainlint.runtime.confirm import (  # noqa: E402
     example_specs,
     judge,
 )
-from trainlint.runtime.monitor import Record, StepRecord  # noqa: E402
+from trainlint.runtime.records import OptimizerRecord, Record, StepRecord  # noqa: E402
 from trainlint.runtime.report import summarize  # noqa: E402
 
 
 def report_with(losses: list[float], norm: float = 1.0):
     steps = [StepRecord(i, 0, v, norm, norm, 0, 0, None, False, 1) for i, v in enumerate(losses)]
-    return summarize(Record(steps=steps, backward_losses=losses, backward_calls=len(losses), optimizers=["SGD"]))
+    return summarize(Record(steps=steps, backward_losses=losses, backward_calls=len(losses), optimizers=[OptimizerRecord("SGD")]))
 
 
 def spec(original, fixed) -> ExampleSpec:
@@ -57,3 +57,32 @@ def test_every_example_declares_its_rules_and_checks():
         assert s.name.split("_")[0].upper() == s.rules[0] and s.original and s.fixed
         assert all(c.metric and c.op for c in s.original + s.fixed)
     assert [s.name for s in example_specs(["tl107"])] == ["tl101_tl107_tl109", "tl107"]
+
+
+def test_every_rule_with_a_fix_declares_what_confirm_measures_on_a_user_s_script():
+    from trainlint.rule import all_rules
+    from trainlint.runtime.confirm import rule_effects
+    from trainlint.runtime.effects import EFFECTS
+
+    fixable = {code for code, rule in all_rules().items() if rule.fix_applicability}
+    declared = rule_effects()
+    assert fixable <= set(declared)
+    for spec in declared.values():
+        assert spec.effects and set(spec.effects) <= set(EFFECTS) and spec.shows_with
+
+
+def test_a_fixed_run_that_raises_or_goes_non_finite_is_worse():
+    from trainlint.runtime.effects import worse_than
+    from trainlint.runtime.records import ExceptionRecord
+
+    learning = report_with([1.0 - 0.04 * i for i in range(20)])
+    raised = summarize(
+        Record(steps=[], backward_losses=[1.0], backward_calls=1, exception=ExceptionRecord("ValueError", "bad", ""))
+    )
+    assert worse_than(learning, raised) == [
+        "the fixed run raised ValueError: bad",
+        "the fixed run is unhealthy: raised ValueError: bad",
+    ]
+    nan = report_with([1.0] * 10 + [math.nan] * 10)
+    assert worse_than(learning, nan)[0] == "more non-finite losses (0 -> 10)"
+    assert worse_than(nan, learning) == []

@@ -9,8 +9,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from trainlint.runtime.monitor import ExceptionRecord, Record, StepRecord  # noqa: E402
-from trainlint.runtime.report import format_side_by_side, plot_png, summarize, write_json  # noqa: E402
+from trainlint.runtime.plot import plot_png  # noqa: E402
+from trainlint.runtime.records import ExceptionRecord, OptimizerRecord, Record, StepRecord  # noqa: E402
+from trainlint.runtime.report import format_side_by_side, run_json, summarize, write_json  # noqa: E402
 
 
 def step(
@@ -27,7 +28,8 @@ def step(
 
 def record_of(steps: list[StepRecord], **kwargs) -> Record:
     losses = [s.loss for s in steps]
-    return Record(steps=steps, backward_losses=losses, backward_calls=len(steps), optimizers=["SGD"], **kwargs)
+    optimizers = [OptimizerRecord("SGD")]
+    return Record(steps=steps, backward_losses=losses, backward_calls=len(steps), optimizers=optimizers, **kwargs)
 
 
 def test_a_falling_loss_with_finite_gradients_is_healthy():
@@ -77,7 +79,7 @@ def test_a_flat_or_slightly_rising_loss_is_a_warning_not_a_verdict():
 
 
 def test_no_optimizer_step_and_exceptions_are_reasons():
-    no_step = Record(backward_losses=[1.0] * 5, backward_calls=5, optimizers=["Adam"])
+    no_step = Record(backward_losses=[1.0] * 5, backward_calls=5, optimizers=[OptimizerRecord("Adam")])
     assert summarize(no_step).reasons == ["5 backward passes but no optimizer step"]
     raised = record_of([step(0)], exception=ExceptionRecord("ValueError", "bad batch\nmore", "tb"))
     assert summarize(raised).reasons == ["raised ValueError: bad batch"]
@@ -99,13 +101,13 @@ def test_table_json_and_png(tmp_path):
     assert "original: unhealthy: 12/12 steps skipped by the GradScaler" in table
 
     path = tmp_path / "report.json"
-    write_json(path, {"original": (broken, summarize(broken))})
+    write_json(path, {"original": run_json(broken, summarize(broken))})
     data = json.loads(path.read_text())  # strict JSON: NaN and Inf written as strings
     assert data["runs"]["original"]["report"]["verdict"] == "unhealthy"
     assert Record.from_json(data["runs"]["original"]["record"]).steps[0].grad_norm == math.inf
 
     png = tmp_path / "report.png"
-    why_not = plot_png(png, [("original", broken), ("fixed", healthy)])
+    why_not = plot_png(png, [("original", broken, summarize(broken)), ("fixed", healthy, summarize(healthy))])
     try:
         import matplotlib  # noqa: F401
     except ImportError:

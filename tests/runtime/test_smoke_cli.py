@@ -24,8 +24,8 @@ def rows(stdout: str) -> dict[str, str]:
 def test_healthy_script_with_arguments_stops_after_n_steps(tmp_path):
     out = tmp_path / "smoke.json"
     result = run_trainlint(
-        "smoke", str(RUNTIME_FIXTURES / "args_train.py"), "--lr", "0.05", "--hidden", "16",
-        "--steps", "7", "--json", str(out), "--", "--epochs", "50",
+        "smoke", "--steps", "7", "--json", str(out),
+        str(RUNTIME_FIXTURES / "args_train.py"), "--lr", "0.05", "--hidden", "16", "--epochs", "50",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "args: lr=0.05 hidden=16 epochs=50" in result.stdout  # its own options reached it
@@ -37,7 +37,7 @@ def test_healthy_script_with_arguments_stops_after_n_steps(tmp_path):
 
 
 def test_script_that_raises_is_reported_unhealthy_with_its_traceback():
-    result = run_trainlint("smoke", str(RUNTIME_FIXTURES / "raises.py"), "--steps", "5")
+    result = run_trainlint("smoke", "--steps", "5", str(RUNTIME_FIXTURES / "raises.py"))
     assert result.returncode == 1
     table = rows(result.stdout)
     assert table["verdict"] == "unhealthy" and table["optimizer steps"] == "3 applied / 3"
@@ -56,8 +56,8 @@ def test_script_that_never_steps_an_optimizer_is_unhealthy():
 def test_cuda_mixed_precision_runs_as_cpu_float16_and_says_so(tmp_path):
     png, out = tmp_path / "smoke.png", tmp_path / "smoke.json"
     result = run_trainlint(
-        "smoke", str(RUNTIME_FIXTURES / "cuda_amp_train.py"), "--steps", "30", "--device", "cpu",
-        "--png", str(png), "--json", str(out),
+        "smoke", "--steps", "30", "--device", "cpu", "--png", str(png), "--json", str(out),
+        str(RUNTIME_FIXTURES / "cuda_amp_train.py"),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())["runs"]["smoke"]["report"]
@@ -78,5 +78,5 @@ def test_cuda_mixed_precision_runs_as_cpu_float16_and_says_so(tmp_path):
 def test_usage_errors_exit_2():
     missing = run_trainlint("smoke", "no/such/script.py")
     assert missing.returncode == 2 and "no such script: no/such/script.py" in missing.stderr
-    wrong_device = run_trainlint("smoke", str(RUNTIME_FIXTURES / "raises.py"), "--device", "tpu")
+    wrong_device = run_trainlint("smoke", "--device", "tpu", str(RUNTIME_FIXTURES / "raises.py"))
     assert wrong_device.returncode == 2 and "--device must be auto, cpu or cuda" in wrong_device.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,10 +15,13 @@ from conftest import ROOT, RUNTIME_FIXTURES  # noqa: E402
 
 
 def test_each_rank_records_and_rank_zero_reports(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TRAINLINT_RANK_DIR": str(tmp_path)}
+    temp, json_path = tmp_path / "tmp", tmp_path / "smoke.json"
+    temp.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TMPDIR": str(temp)}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "trainlint", "smoke", str(RUNTIME_FIXTURES / "ddp_train.py"), "--steps", "5",
+        "-m", "trainlint", "smoke", "--steps", "5", "--seed", "3", "--json", str(json_path),
+        str(RUNTIME_FIXTURES / "ddp_train.py"), "--unused", "x",
     ]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -30,4 +34,17 @@ def test_each_rank_records_and_rank_zero_reports(tmp_path):
     norms = {line.rsplit("grad norm max ", 1)[1] for line in rank_lines}
     assert len(norms) == 1
     assert "cpu mapping" not in out  # gloo names the CUDA device; nothing was run on it
-    assert list(tmp_path.iterdir()) == []  # rank 1's record was read and removed
+    assert not [p for p in temp.iterdir() if p.name.startswith("trainlint")]  # rank 1's record: read, removed
+    data = json.loads(json_path.read_text())
+    assert {k: data[k] for k in ("script", "args", "device", "seed", "world_size")} == {
+        "script": str(RUNTIME_FIXTURES / "ddp_train.py"), "args": ["--unused", "x"], "device": "cpu", "seed": 3,
+        "world_size": 2,
+    }
+    assert data["torch"].startswith("2.")
+    ranks = data["runs"]["smoke"]["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and [r["record"]["rank"] for r in ranks] == [0, 1]
+    assert all(len(r["record"]["steps"]) == 5 for r in ranks)
+    # Each rank's own loss (its shard), the same averaged gradient.
+    losses = [[s["loss"] for s in r["record"]["steps"]] for r in ranks]
+    norms = [[s["grad_norm"] for s in r["record"]["steps"]] for r in ranks]
+    assert losses[0] != losses[1] and norms[0] == norms[1]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal
 import libcst as cst
 
 from trainlint.analysis.values import ClassRef, Constant, Instance, ValueFlow, Values
-from trainlint.analysis.values.calls import TooManyCallers
+from trainlint.analysis.values.calls import CallSite, TooManyCallers
 from trainlint.analysis.values.torch_calls import argument
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ _NO_GRADIENT = frozenset({"torch.no_grad", "torch.inference_mode", "torch.autogr
                           "torch.autograd.grad_mode.no_grad", "torch.autograd.grad_mode.inference_mode"})
 _CALLER_DEPTH = 3
 _FRAMEWORK_RUNNERS = frozenset({"Trainer", "Fabric", "Accelerator"})
+_FLOAT16_WORDS = ("autocast", ".half()", "16")  # a module that runs a model in float16 spells one
 _FLOAT16_SETTINGS = frozenset({"16", "16-mixed", "16-true", "fp16", "float16", "half"})
 
 
@@ -166,7 +167,10 @@ class Regions:
             return True
         if depth <= 0:
             return False
-        sites, _ = self.flow.call_sites(function)
+        if owner is not None:  # a method: its own class's calls of it (the model's case is above)
+            sites = [site for site in self._same_module_method_calls(function)]
+        else:
+            sites, _ = self.flow.call_sites(function)
         for site in sites:
             caller = site.flow.ctx.get(Regions)
             if caller.region_around(site.call) is not None:
@@ -178,6 +182,15 @@ class Regions:
                 return True
         return False
 
+    def _same_module_method_calls(self, method: cst.FunctionDef) -> Iterator[CallSite]:
+        """``self.<method>(...)`` calls in this module: a helper method a step calls inside its
+        float16 region runs in float16 too."""
+        name = method.name.value
+        for call in self.ctx.nodes.of(cst.Call):
+            func = call.func
+            if isinstance(func, cst.Attribute) and func.attr.value == name and isinstance(func.value, cst.Name) and func.value.value == "self":
+                yield CallSite(self.flow, call, True)
+
     def _class_runs_in_float16(self, qualified: str) -> bool:
         """Some module of the project runs a model of this class (or one holding it) in a float16
         region, or converts one to half: this file, and the modules that import it and mention
@@ -186,9 +199,8 @@ class Regions:
         name = qualified.rpartition(".")[2]
         candidates = [self]
         try:
-            for flow in self.flow.modules_using(name, qualified, include_self=False):
-                if any(word in flow.ctx.source.text for word in ("autocast", ".half()")):
-                    candidates.append(flow.ctx.get(Regions))
+            for flow in self.flow.modules_using(name, qualified, include_self=False, mentioning=_FLOAT16_WORDS):
+                candidates.append(flow.ctx.get(Regions))
         except TooManyCallers:
             pass  # what the modules past the bound do is not known: they make no float16 claim
         for regions in candidates:

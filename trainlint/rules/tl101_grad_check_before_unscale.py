@@ -56,6 +56,15 @@ class GradCheckBeforeUnscale(Rule):
     and the loss stayed at 14.0; with the guard after `unscale_` (and `scaler.update()` before its
     `continue`) it skipped 2 of 200, the two whose gradients really overflowed while the scale
     backed off, and the loss fell to 0.035.
+
+    ## Fix safety
+    Safe: the optimizer receives the same gradients as before, unscaled once. What changes is what
+    the code between the backward and the old `unscale_` reads: true gradients instead of gradients
+    times the loss scale, so a NaN/Inf test gives the same verdict and a norm guard compares the
+    norm it was written for. When the check skips the step, the skip also needs `scaler.update()`
+    and cleared gradients, which TL109 and TL107 add in the same `--fix` run; with those rules
+    disabled, the next `unscale_` after a skip raises `RuntimeError` (a loud failure, never a
+    silent one).
     """
 
     code = "TL101"

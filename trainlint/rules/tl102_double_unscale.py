@@ -36,6 +36,11 @@ class DoubleUnscale(Rule):
     The fix removes the later call (and an `if` around it that would be left empty). It is
     offered when the earlier call runs on every path that reaches the later one, so no path loses
     its only `unscale_`.
+
+    ## Fix safety
+    Safe: the removed call raises `RuntimeError` whenever it runs (the fix is offered only where it
+    is a second `unscale_` on every path that reaches it), so only runs that would have stopped
+    there change; the first `unscale_` still unscales the gradients once.
     """
 
     code = "TL102"

@@ -38,6 +38,12 @@ class ClipScaledGradients(Rule):
     The fix inserts `scaler.unscale_(optimizer)` before the clip (removing a later `unscale_` of
     that optimizer in the step); `scaler.step()` then skips its own unscaling. It is offered when
     every path through the clip goes on to `scaler.update()`, so the step never unscales twice.
+
+    ## Fix safety
+    Safe: the optimizer still receives the gradients unscaled once. Only the clip changes: from a
+    threshold applied to gradients times the loss scale (a scale that GradScaler changes during
+    training, so nobody chose that threshold) to the `max_norm` the code states. A clip that never
+    fired on the scaled gradients does not fire after the fix either.
     """
 
     code = "TL103"

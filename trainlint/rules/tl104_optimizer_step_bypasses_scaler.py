@@ -66,6 +66,13 @@ class OptimizerStepBypassesScaler(Rule):
     Measured on CPU (`tests/test_scaler_step_fixes_run.py`): a linear regression trained with SGD
     at lr 0.1 through `scaler.scale(loss).backward(); optimizer.step()` had non-finite weights
     at its 9th step; as fixed, its loss fell from 19.3 to 9e-14 in 200 steps.
+
+    ## Fix safety
+    Safe: `scaler.step(optimizer)` unscales the gradients and skips a step whose gradients
+    overflowed, which is what the `scaler.scale(loss)` before it asks for. The original applies
+    gradients 65536 times too large (SGD diverges) and its first overflowing step writes Inf/NaN
+    into the weights (Adam too). `scaler.update()` is added only when no path through the step
+    updates the scaler later.
     """
 
     code = "TL104"

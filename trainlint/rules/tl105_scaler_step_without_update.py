@@ -54,6 +54,11 @@ class ScalerStepWithoutUpdate(Rule):
     Measured on CPU (`tests/test_scaler_step_fixes_run.py`): the loop as written raises the
     `RuntimeError` at its second batch; as fixed, it trains a linear regression from loss 19.3
     to 9e-14 in 200 SGD steps.
+
+    ## Fix safety
+    Safe: without `scaler.update()` the next `scaler.step()` raises `RuntimeError` (already called
+    since the last update), so only runs that would have stopped there change; the update lets the
+    loss scale back off after an overflow and grow again, as GradScaler intends.
     """
 
     code = "TL105"

@@ -17,7 +17,7 @@ from trainlint.analysis.training_step import (
     in_helper,
 )
 from trainlint.context import FileContext
-from trainlint.findings import Finding, Fix
+from trainlint.findings import Applicability, Finding, Fix
 from trainlint.rule import Example, Rule
 
 
@@ -65,6 +65,14 @@ class UnscaledBackwardWithScalerStep(Rule):
     Measured on CPU (`tests/test_scaler_step_fixes_run.py`): two linear regressions share one
     scaler, the first scaled, the second backpropagated plainly; after 200 SGD steps at lr 0.1
     the second one's loss went from 17.64 to 17.62. As fixed, it fell to 8e-14.
+
+    ## Fix safety
+    Safe when nothing else in the step is scaled by that scaler: the original then fails at the
+    first `scaler.step` (`_scale is None`) or applies every gradient divided by the loss scale, so
+    no run trains as written. Unsafe when another backward of the same step is scaled (a main loss
+    next to this auxiliary one, a discriminator next to this generator): the original trains with
+    this loss's gradients divided by 65536, in effect switched off, and the fix switches it on at
+    the weight written, which changes what the model learns.
     """
 
     code = "TL106"
@@ -160,7 +168,7 @@ class UnscaledBackwardWithScalerStep(Rule):
             )
             fix = None
             if not found.other and len(found.scaler_steps) == 1:
-                fix = _scale_the_loss(ctx, backward, scaler)
+                fix = _scale_the_loss(ctx, backward, scaler, _fix_safety(step, scaler))
             yield ctx.report(self, backward.anchor, message, fix)
 
 
@@ -193,7 +201,14 @@ def _fp32_alternative(step: TrainingStep, paths: list[list[StepEvent]], backward
     )
 
 
-def _scale_the_loss(ctx: FileContext, backward: StepEvent, scaler: str) -> Fix | None:
+def _fix_safety(step: TrainingStep, scaler: str) -> Applicability:
+    """Unsafe when the scaler scales another backward of the step: this loss then trained with its
+    gradients divided by the scale, in effect switched off, and the fix switches it on."""
+    scales_another = any(e.kind is EventKind.SCALED_BACKWARD and e.scaler == scaler for e in step.events)
+    return "unsafe" if scales_another else "safe"
+
+
+def _scale_the_loss(ctx: FileContext, backward: StepEvent, scaler: str, applicability: Applicability) -> Fix | None:
     """`loss.backward(...)` -> `scaler.scale(loss).backward(...)`; `torch.autograd.backward(loss)`
     -> `torch.autograd.backward(scaler.scale(loss))`."""
     call, loss = backward.node, backward.target
@@ -208,7 +223,7 @@ def _scale_the_loss(ctx: FileContext, backward: StepEvent, scaler: str) -> Fix |
         new_call = call.with_changes(func=call.func.with_changes(value=scaled))
     else:
         return None
-    return ctx.fix([ctx.replace(call, new_call)], "safe", f"Backpropagate `{scaler}.scale(...)`")
+    return ctx.fix([ctx.replace(call, new_call)], applicability, f"Backpropagate `{scaler}.scale(...)`")
 
 
 def _without_parentheses(expr: cst.BaseExpression) -> cst.BaseExpression:

@@ -50,6 +50,11 @@ class SkippedStepKeepsGradients(Rule):
     became NaN, and every batch after it was skipped (39 of 50 in all). As fixed, one batch was
     skipped and no weight became NaN. (On another model, issue #3 measured 1,153 NaN weights after one
     NaN batch.)
+
+    ## Fix safety
+    Safe: only the iterations that the code already skips change. Their gradients are cleared
+    instead of being added to the next batch's, so the skipped step is really skipped and its NaN
+    does not reach the next step; every other iteration computes exactly as before.
     """
 
     code = "TL107"

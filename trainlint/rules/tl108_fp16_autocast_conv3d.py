@@ -39,6 +39,11 @@ class Fp16AutocastConv3d(Rule):
 
     The fix sets `dtype=torch.bfloat16` and keeps the rest of the call. It is unsafe: bfloat16
     needs hardware support (Ampere or newer GPUs) and rounds more coarsely than float16.
+
+    ## Fix safety
+    Unsafe: bfloat16 has float32's range, so the overflow goes away, but 8 bits of mantissa where
+    float16 has 11: every operation under autocast rounds differently, so the model's outputs and
+    what it learns change, and bfloat16 needs hardware that supports it (on CUDA, Ampere or newer).
     """
 
     code = "TL108"

@@ -58,6 +58,12 @@ class SkipWithoutScalerUpdate(Rule):
     (TL107) and `scaler.update()` before the `continue` (TL109), 109 of 120 steps were applied,
     the scale backed off to 8192 and the loss fell from 1.86 to 0.02. `trainlint --fix` makes
     all three changes in one run.
+
+    ## Fix safety
+    Safe: only the iterations that skip change: `scaler.update()` records the skipped step, so the
+    scale backs off after an overflow and the next `unscale_()` no longer raises `RuntimeError`.
+    The fix is offered only where `unscale_` ran on every path to the skip, because `update()`
+    with no recorded inf check raises.
     """
 
     code = "TL109"

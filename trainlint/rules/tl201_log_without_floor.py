@@ -95,6 +95,13 @@ class LogWithoutFloor(Rule):
     gradient from a gap of 11.25 (with eps 1e-5 from 12.25; with eps 2e-5 never, up to a gap of
     60). A toy classifier trained with `log(p.clamp(min=1e-6))` reached 28% accuracy where
     `log_softmax` reached 56%.
+
+    ## Fix safety
+    Safe when the fix rewrites into log space and no eps is dropped: `log_softmax`/`logsigmoid`
+    compute the same values as `log(softmax)`/`log(sigmoid)`, without the -inf. Unsafe when an
+    eps is dropped (the loss of confident mistakes is no longer capped at -log(eps)), and for the
+    clamp, which picks a floor (option `eps`) and changes the value and zeroes the gradient of every
+    probability below it.
     """
 
     code = "TL201"
@@ -104,6 +111,7 @@ class LogWithoutFloor(Rule):
     fix_applicability = "safe"
     triggers = ("log",)
     default_options = {"eps": 1e-6}
+    option_bounds = {"eps": (0.0, 1.0)}
     examples = [
         Example(
             code='''

@@ -28,6 +28,11 @@ class LogOfSoftmax(Rule):
     The fix keeps the call's spelling (`torch.`, `F.`, the tensor method) and its arguments, `dim`
     included. A softmax without `dim` keeps it that way: `F.log_softmax` picks the same implicit
     dimension as `F.softmax`. It is safe: the result is the same function, computed stably.
+
+    ## Fix safety
+    Safe: `log_softmax` with the softmax's own arguments (`dim`, `dtype`) equals `log(softmax(x))`;
+    the two differ only where the softmax underflowed to 0 (-inf and NaN gradients before, finite
+    values after) and by rounding.
     """
 
     code = "TL202"

@@ -39,6 +39,11 @@ class LogOfSigmoid(Rule):
     The fix writes `F.logsigmoid(x)` / `F.logsigmoid(-x)` with the module's own alias of
     `torch.nn.functional` (or `torch.nn.functional.logsigmoid` through an imported `torch`), so it
     needs no new import; it is safe: the same function, computed stably.
+
+    ## Fix safety
+    Safe: `logsigmoid(x)` equals `log(sigmoid(x))` and `logsigmoid(-x)` equals `log(1 - sigmoid(x))`;
+    they differ only where the sigmoid rounded to 0 or 1 (-inf, or a flat 0 with no gradient,
+    before; the exact value after) and by rounding.
     """
 
     code = "TL203"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -51,15 +52,25 @@ def loss_calls(
 
 
 def _may_call_a_loss_module(call: cst.Call) -> bool:
-    """The shape of a call of a loss module: ``criterion(input, target)``, ``self.loss(...)``,
-    ``nn.BCELoss()(...)`` with an input and a target. A cheap filter before the engine is asked
-    what the callee is (most calls of a file are methods: asking about each would read half the
-    project)."""
+    """The shape of a call of a loss module, asked before the engine is (most calls of a file are
+    methods and submodules: asking about each would read half the project): an input and a target,
+    and a callee that is a construction (``nn.BCELoss()(p, y)``) or a name that says loss
+    (``criterion``, ``self.loss_fn``, ``adversarial_loss``, ``bce``, ``self.nll``)."""
     func = call.func
-    shaped = isinstance(func, (cst.Name, cst.Call)) or (isinstance(func, cst.Attribute) and isinstance(func.value, cst.Name))
     positional = sum(1 for arg in call.args if arg.keyword is None and not arg.star)
     keywords = {arg.keyword.value for arg in call.args if arg.keyword is not None}
-    return shaped and (positional >= 2 or "target" in keywords or "input" in keywords)
+    if positional < 2 and "target" not in keywords and "input" not in keywords:
+        return False
+    if isinstance(func, cst.Call):
+        return True
+    name = func.value if isinstance(func, cst.Name) else func.attr.value if isinstance(func, cst.Attribute) else ""
+    lowered = name.lower()
+    return any(word in lowered for word in _LOSS_WORDS) or bool(_LOSS_TOKENS & set(re.split(r"[_\d]+", lowered)))
+
+
+# How the projects' code names a loss module (`criterion_GAN`, `self.cls_loss`, `bce`, `nll_fn`).
+_LOSS_WORDS = ("loss", "crit", "entropy")
+_LOSS_TOKENS = frozenset({"bce", "ce", "nll", "kl", "kld", "xent", "cel"})
 
 
 def producer_trace(probabilities: Probabilities, expr: cst.BaseExpression, kind: str) -> Trace | None:
@@ -183,6 +194,13 @@ class BceOnSigmoid(Rule):
     the construction to `nn.BCEWithLogitsLoss()` only when the construction is visible in the
     same class or function and every call of that loss gets a sigmoid output; otherwise the
     finding comes without a fix.
+
+    ## Fix safety
+    Safe: `binary_cross_entropy_with_logits(x, y)` equals `binary_cross_entropy(sigmoid(x), y)`
+    with the same `weight` and `reduction`; they differ only where the sigmoid rounded to 0 or 1 (a
+    loss clamped at 100 with a zero gradient before, the exact loss and gradient after) and by
+    rounding. `nn.BCELoss` becomes `nn.BCEWithLogitsLoss` only when every use of that instance is
+    rewritten with it.
     """
 
     code = "TL204"

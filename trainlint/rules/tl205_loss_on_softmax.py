@@ -47,22 +47,24 @@ class LossOnSoftmax(Rule):
     prediction (measured, 10 classes). `nll_loss` expects log-probabilities; given probabilities
     it minimizes -p[target], a loss in [-1, 0] whose gradient does not grow with the error.
 
-    The fix is safe when the softmax feeds only the loss: it drops the softmax for
+    The fix is offered when the softmax feeds only the loss: it drops the softmax for
     `cross_entropy` and turns it into `log_softmax` (same `dim`) for `nll_loss`, deleting a
     `probs = F.softmax(logits, 1)` line that nothing else reads. Either way the loss becomes
     the one the call is named for.
 
     ## Fix safety
-    Marked safe because the fixed loss is the one the code names, but training with it differs
-    from training with the double softmax (that is the point): results and tuned learning rates
-    from runs before the fix do not carry over unchanged.
+    Unsafe: the fixed loss is the one the call is named for, but a different function of the
+    logits from the one the code computed, on every batch and not only on broken ones: a model
+    trained after the fix differs from one trained before, and tuned learning rates do not carry
+    over. `nll_loss` of probabilities (-p[target], a bounded loss) is also sometimes chosen on
+    purpose for noisy labels.
     """
 
     code = "TL205"
     name = "loss-on-softmax"
     summary = "`cross_entropy`/`nll_loss` fed with softmax probabilities"
     level = "error"
-    fix_applicability = "safe"
+    fix_applicability = "unsafe"
     # A loss built in another module reaches a file that only calls it (`criterion(model(x), y)`).
     triggers = ("cross_entropy", "CrossEntropyLoss", "nll_loss", "NLLLoss", "loss", "criterion")
     examples = [
@@ -81,6 +83,7 @@ class LossOnSoftmax(Rule):
                     return self.criterion(F.softmax(self.head(features), dim=1), labels)
             ''',
             expect=[(11, 16)],
+            unsafe=True,
             fixed='''
             import torch.nn as nn
             import torch.nn.functional as F
@@ -141,7 +144,7 @@ class LossOnSoftmax(Rule):
         if edits is None:
             return None
         message = "Use `log_softmax`" if negative_log_likelihood else "Pass the logits (drop the softmax)"
-        return ctx.fix(edits, "safe", message)
+        return ctx.fix(edits, "unsafe", message)
 
 
 def _describe(ctx: FileContext, loss: LossCall) -> str:

@@ -76,16 +76,17 @@ class ScaledIdentityPath(Rule):
     `0.05 * (out + identity)`, which becomes `0.05 * out + identity`).
 
     ## Fix safety
-    Marked safe because it only removes the bug, but it changes the function the block computes:
-    a checkpoint trained with the factor behaves differently after the fix, so retrain (or
-    fine-tune) rather than load old weights into the fixed model.
+    Unsafe: it changes the function the block computes. `out + c * x` becomes `out + x` and
+    `c * (out + x)` becomes `c * out + x`, so a checkpoint trained with the factor computes
+    something else once loaded into the fixed model: retrain or fine-tune. A scaled sum can also be
+    a deliberate average (`0.5 * (x + f(x))`), which the fix turns into a different network.
     """
 
     code = "TL301"
     name = "scaled-identity-path"
     summary = "Residual identity path multiplied by a constant (signal decays as c^depth)"
     level = "error"
-    fix_applicability = "safe"
+    fix_applicability = "unsafe"
     triggers = ("forward",)
     examples = (
         Example(
@@ -107,6 +108,7 @@ class ScaledIdentityPath(Rule):
                     return self.relu(out + 0.1 * residual)
             ''',
             expect=[(15, 32)],
+            unsafe=True,
             fixed='''
             import torch.nn as nn
 
@@ -140,6 +142,7 @@ class ScaledIdentityPath(Rule):
                     return self.residual_scale * x + self.mlp(x)
             ''',
             expect=[(11, 16)],
+            unsafe=True,
             fixed='''
             import torch.nn as nn
 
@@ -220,37 +223,38 @@ class ScaledIdentityPath(Rule):
         self, ctx: FileContext, block: _ResidualBlock, node: cst.CSTNode, left: cst.BaseExpression,
         right: cst.BaseExpression,
     ) -> Iterator[Finding]:
-        # `c * x + f(x)` / `f(x) + c * x`: the identity term is scaled.
+        # `c * x + f(x)` / `f(x) + c * x`: the identity term is scaled. The data flow inside
+        # `forward` is checked first; what the factor is (asked of the engine, maybe across the
+        # project) only for a sum that is a residual.
         for scaled_side, other in ((left, right), (right, left)):
-            scaled = block.scaled(scaled_side)
-            if scaled is None or block.has_constant_factor(other):
-                continue  # not scaled, or an interpolation `a * h + b * f(x)`
-            if block.is_identity_of(scaled.operand, other, node):
+            for factor, operand in block.factor_pairs(scaled_side):
+                if not block.is_identity_of(operand, other, node):
+                    continue
+                scaled = block.scaled_by(scaled_side, factor, operand)
+                if scaled is None or block.has_constant_factor(other):
+                    continue  # not shrinking, or an interpolation `a * h + b * f(x)`
                 yield ctx.report(
                     self,
                     scaled.node,
                     _message(ctx, scaled),
-                    fix=ctx.fix([ctx.replace(scaled.node, ctx.code(scaled.operand))], "safe",
+                    fix=ctx.fix([ctx.replace(scaled.node, ctx.code(scaled.operand))], "unsafe",
                                 f"Drop the factor `{ctx.code(scaled.factor)}` from the identity path"),
                 )
+                return
 
     def _check_scaled_sum(self, ctx: FileContext, block: _ResidualBlock, expr: cst.BaseExpression) -> Iterator[Finding]:
-        scaled = block.scaled(expr)
-        if scaled is None:
-            return
-        inner = scaled.operand
-        if not (isinstance(inner, cst.BinaryOperation) and isinstance(inner.operator, cst.Add)):
-            return
-        for identity, branch in ((inner.left, inner.right), (inner.right, inner.left)):
-            if (
-                not block.has_constant_factor(identity)
-                and not block.has_constant_factor(branch)
-                and block.is_identity_of(identity, branch, inner)
-            ):
-                yield ctx.report(
-                    self, scaled.node, _message(ctx, scaled, identity), fix=_split_fix(ctx, scaled, identity, branch)
-                )
-                return
+        for factor, inner in block.factor_pairs(expr):
+            if not (isinstance(inner, cst.BinaryOperation) and isinstance(inner.operator, cst.Add)):
+                continue
+            for identity, branch in ((inner.left, inner.right), (inner.right, inner.left)):
+                if not block.is_identity_of(identity, branch, inner):
+                    continue
+                scaled = block.scaled_by(expr, factor, inner)
+                if scaled is not None and not block.has_constant_factor(identity) and not block.has_constant_factor(branch):
+                    yield ctx.report(
+                        self, scaled.node, _message(ctx, scaled, identity), fix=_split_fix(ctx, scaled, identity, branch)
+                    )
+                    return
 
 
 class _ResidualBlock:
@@ -293,27 +297,29 @@ class _ResidualBlock:
             return None
         return numbers.pop()
 
-    def _factors(self, expr: cst.BaseExpression) -> Iterator[tuple[cst.BaseExpression, cst.BaseExpression, float]]:
-        """``(factor, operand, value)`` for ``c * x``, ``x * c`` and ``x.mul(c)`` with a constant ``c``."""
-        pairs: list[tuple[cst.BaseExpression, cst.BaseExpression]] = []
+    @staticmethod
+    def factor_pairs(expr: cst.BaseExpression) -> list[tuple[cst.BaseExpression, cst.BaseExpression]]:
+        """``(factor, operand)`` candidates of ``c * x``, ``x * c`` and ``x.mul(c)``, by syntax."""
         if isinstance(expr, cst.BinaryOperation) and isinstance(expr.operator, cst.Multiply):
-            pairs = [(expr.left, expr.right), (expr.right, expr.left)]
-        elif (
+            return [(expr.left, expr.right), (expr.right, expr.left)]
+        if (
             isinstance(expr, cst.Call) and isinstance(expr.func, cst.Attribute) and expr.func.attr.value == "mul"
             and len(expr.args) == 1 and expr.args[0].keyword is None and not expr.args[0].star
         ):
-            pairs = [(expr.args[0].value, expr.func.value)]
-        for factor, operand in pairs:
+            return [(expr.args[0].value, expr.func.value)]
+        return []
+
+    def _factors(self, expr: cst.BaseExpression) -> Iterator[tuple[cst.BaseExpression, cst.BaseExpression, float]]:
+        """``(factor, operand, value)`` for ``c * x``, ``x * c`` and ``x.mul(c)`` with a constant ``c``."""
+        for factor, operand in self.factor_pairs(expr):
             value = self.constant(factor)
             if value is not None:
                 yield factor, operand, value
 
-    def scaled(self, expr: cst.BaseExpression) -> _Scaled | None:
-        """``expr`` as a shrinking constant (0 < c < 1) times an operand, else None."""
-        for factor, operand, value in self._factors(expr):
-            if 0 < value < 1:
-                return _Scaled(expr, factor, operand, value)
-        return None
+    def scaled_by(self, expr: cst.BaseExpression, factor: cst.BaseExpression, operand: cst.BaseExpression) -> _Scaled | None:
+        """``expr`` as ``factor * operand`` when the factor is a shrinking constant (0 < c < 1)."""
+        value = self.constant(factor)
+        return _Scaled(expr, factor, operand, value) if value is not None and 0 < value < 1 else None
 
     def has_constant_factor(self, expr: cst.BaseExpression) -> bool:
         """True for any constant times something: the other term of an interpolation
@@ -485,4 +491,5 @@ def _split_fix(ctx: FileContext, scaled: _Scaled, identity: cst.BaseExpression, 
     parent = ctx.parent(scaled.node)
     if isinstance(parent, (cst.BinaryOperation, cst.UnaryOperation, cst.Attribute, cst.Subscript)) and not scaled.node.lpar:
         text = f"({text})"
-    return ctx.fix([ctx.replace(scaled.node, text)], "safe", f"Keep `{factor}` on the branch only")
+    message = f"Keep `{factor}` on the branch only (the block then computes a different function)"
+    return ctx.fix([ctx.replace(scaled.node, text)], "unsafe", message)

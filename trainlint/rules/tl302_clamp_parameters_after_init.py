@@ -53,6 +53,10 @@ class ClampParametersAfterInit(Rule):
     of the range at the first step.
 
     The fix removes the loop. It is unsafe: it changes the weights the model starts from.
+
+    ## Fix safety
+    Unsafe: removing the clamp changes the initial weights and so everything the model learns
+    from them; a clamp can also be deliberate (a constraint the architecture relies on).
     """
 
     code = "TL302"

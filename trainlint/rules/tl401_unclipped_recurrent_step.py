@@ -77,6 +77,10 @@ class UnclippedExplodingStep(Rule):
     Measured with torch 2.13 on CPU: through `h[t+1] = W @ h[t]` with `W = 1.1 * Q` (`Q` a random
     32x32 orthogonal matrix), the gradient of `h[100].sum()` with respect to `h[0]` has 13,781
     times the norm of the gradient with respect to `h[100]`, exactly 1.1^100.
+
+    ## Fix safety
+    Unsafe: it adds clipping that was not there, at a `max_norm` the fix has to choose (option
+    `max_norm`): every step whose gradient norm exceeds it changes. Review the threshold.
     """
 
     code = "TL401"
@@ -86,6 +90,7 @@ class UnclippedExplodingStep(Rule):
     fix_applicability = "unsafe"
     triggers = ("step(",)
     default_options = {"max_norm": 1.0}
+    option_bounds = {"max_norm": (0.0, float("inf"))}
     examples = [
         Example(
             code='''

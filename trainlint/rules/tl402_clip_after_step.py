@@ -54,13 +54,19 @@ class ClipAfterStep(Rule):
     Measured with torch 2.13 on CPU: one SGD step (lr 0.1) on a gradient of norm 1,000 moves the
     weights by 0.1 with `clip_grad_norm_(params, 1.0)` before `step()`, and by 100.0 with the
     same clip after it.
+
+    ## Fix safety
+    Unsafe: the original clip never acted on a step (the optimizer had already used the
+    gradients), so the run trained without clipping. Moving the clip before the step turns
+    clipping on at a `max_norm` that was never tried: every step whose gradient norm exceeds it
+    changes. Review the threshold.
     """
 
     code = "TL402"
     name = "clip-after-step"
     summary = "Gradients clipped after the optimizer step that used them"
     level = "error"
-    fix_applicability = "safe"
+    fix_applicability = "unsafe"
     triggers = ("clip_grad",)
     examples = [
         Example(
@@ -76,6 +82,7 @@ class ClipAfterStep(Rule):
                     torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
             ''',
             expect=[(9, 9)],
+            unsafe=True,
             fixed='''
             import torch
 
@@ -197,7 +204,7 @@ def _move_fix(ctx: FileContext, step: TrainingStep, late: _LateClip) -> Fix | No
         indent = ctx.statement_indent(stepped.statement) or ""
         moved = f"{indent}{unscale}{ctx.source.newline}{moved}"
     edits = [Edit(step_line_start, step_line_start, moved), Edit(moved_start, moved_end, "")]
-    return ctx.fix(edits, "safe", "Move the clip before the optimizer step")
+    return ctx.fix(edits, "unsafe", "Move the clip before the optimizer step")
 
 
 def _is_plain_clip_statement(clip: StepEvent) -> bool:

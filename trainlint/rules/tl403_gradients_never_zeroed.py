@@ -54,6 +54,12 @@ class GradientsNeverZeroed(Rule):
     `zero_grad()` the loss goes 9.81 -> 0.154 at step 100 -> 5e-11 at step 1,000. Without it the
     loss is lower at step 10 (0.41) but then swings between 0.75 and 9.1 and is 5.57 at step
     1,000. On a constant gradient, step 100 moves the weight 100 times as far as step 1.
+
+    ## Fix safety
+    Safe: without clearing, every step applies the sum of all gradients since the loop began,
+    which no training that steps every iteration intends. The call goes right after the step
+    (after `scaler.update()`), so gradient accumulation between steps and the first step's
+    gradients are unchanged; it is not offered when later code still reads `.grad`.
     """
 
     code = "TL403"

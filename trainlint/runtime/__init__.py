@@ -4,7 +4,8 @@ Needs torch (``pip install trainlint[runtime]``); the linter itself never import
 
 * ``watch()``: a monitor of every optimizer and GradScaler used inside it (``with watch() as m``
   or ``m = watch().start()`` ... ``m.stop()``); ``m.record`` holds what it measured per step.
-* ``summarize(record)``: the health report (verdict, reasons); ``format_report`` prints it.
+* ``summarize(record)``: the health report (verdict, reasons, per optimizer); ``format_report``
+  prints it, ``plot_png`` draws it.
 * ``run_script(path, args, steps=N)``: ``trainlint smoke`` as a function.
 * ``trainlint.runtime.cli.main(["smoke" | "confirm", ...])``: the commands.
 """
@@ -19,12 +20,14 @@ from typing import Any
 _EXPORTS = {
     "HealthReport": "report",
     "Monitor": "monitor",
-    "Record": "monitor",
+    "OptimizerRecord": "records",
+    "Record": "records",
     "SmokeRun": "smoke",
-    "StepRecord": "monitor",
-    "StopRun": "monitor",
+    "StepRecord": "records",
+    "StopRun": "stopping",
     "format_report": "report",
     "format_side_by_side": "report",
+    "plot_png": "plot",
     "run_script": "smoke",
     "summarize": "report",
     "watch": "monitor",

@@ -1,7 +1,10 @@
 """``trainlint smoke`` and ``trainlint confirm``: argv in, report out, exit code 0 when healthy.
 
-Options may come before or after the script; everything after a literal ``--`` goes to the
-script untouched (use it when the script takes an option with one of these names).
+trainlint's options come before the script; everything after the script's name is the script's,
+as with ``python SCRIPT ARGS`` or ``torchrun [OPTIONS] SCRIPT ARGS``: ``trainlint smoke
+--steps 5 train.py --device cpu`` gives ``--device cpu`` to train.py. A ``--`` ends trainlint's
+options (for a script whose name starts with ``-``). With ``--examples`` there is no script, and
+options may come anywhere.
 """
 
 from __future__ import annotations
@@ -15,25 +18,29 @@ from pathlib import Path
 from typing import Any
 
 USAGE = """\
-usage: trainlint smoke SCRIPT [ARGS...] [--steps N] [--device auto|cpu|cuda] [--seed S]
-                       [--threads T] [--json PATH] [--png PATH] [-- SCRIPT_ARGS...]
-       trainlint confirm SCRIPT [ARGS...] [--steps N] [--device ...] [--seed S] [--threads T]
-                       [--unsafe-fixes] [--select CODES] [--json PATH] [--png PATH]
+usage: trainlint smoke [--steps N] [--max-seconds S] [--device auto|cpu|cuda] [--seed S] [--threads T]
+                       [--json PATH] [--png PATH] [--] SCRIPT [SCRIPT_ARGS...]
+       trainlint confirm [--steps N] [--max-seconds S] [--device ...] [--seed S] [--threads T]
+                       [--unsafe-fixes] [--select CODES] [--json PATH] [--png PATH] [--] SCRIPT [SCRIPT_ARGS...]
        trainlint confirm --examples [CODES...] [--device ...] [--markdown PATH] [--json PATH]
                        [--evidence PATH]
 
-smoke    run SCRIPT in this process under the monitor, stop after N optimizer steps (default 10)
-         or when it ends, print its health report; exit 0 when healthy, 1 when not.
+smoke    run SCRIPT in this process under the monitor, stop after N optimizer steps (default 10),
+         S seconds, or when it ends, print its health report; exit 0 when healthy, 1 when not.
 confirm  fix SCRIPT and the local modules it imports in memory (files on disk are not touched),
-         smoke-run the original and the fixed code with the same seed, print both reports.
+         smoke-run the original and the fixed code with the same seed, print both reports and a
+         verdict per fixed finding; exit 0 when each is confirmed or not reproduced on this
+         device and the fixed run is not worse.
          With --examples: confirm each rule's example; exit 0 when every one is confirmed or
          not reproducible on this device. --evidence records each rule's row (device, torch,
          date) in a JSON file such as trainlint/rules/evidence.json, which the rule pages show.
+trainlint's options go before SCRIPT; everything after SCRIPT is passed to it.
 --threads defaults to 1 (more threads on a busy machine made short runs 10-100x slower).
 """
 
 _VALUE_OPTIONS = {
-    "--steps", "--device", "--seed", "--threads", "--json", "--png", "--select", "--markdown", "--evidence",
+    "--steps", "--max-seconds", "--device", "--seed", "--threads", "--json", "--png", "--select", "--markdown",
+    "--evidence",
 }
 _FLAG_OPTIONS = {"--unsafe-fixes", "--examples", "--help", "-h"}
 
@@ -44,6 +51,7 @@ class Options:
     script: Path | None = None
     script_args: list[str] = field(default_factory=list)
     steps: int | None = None
+    max_seconds: float | None = None
     device: str = "auto"
     seed: int = 0
     threads: int = 1
@@ -67,6 +75,8 @@ def parse(argv: Sequence[str]) -> Options:
         raise _ArgError("expected 'smoke' or 'confirm'")
     options = Options(command=argv[0])
     tokens = list(argv[1:])
+    ours = tokens[: tokens.index("--")] if "--" in tokens else tokens
+    anywhere = "--examples" in ours  # no script: every word is trainlint's
     words: list[str] = []  # the script and its arguments, or rule codes with --examples
     while tokens:
         token = tokens.pop(0)
@@ -78,8 +88,13 @@ def parse(argv: Sequence[str]) -> Options:
             _set(options, name, inline if has_value else _pop_value(tokens, name))
         elif token in _FLAG_OPTIONS:
             _set(options, token, "")
-        else:
+        elif token.startswith("-") and token != "-":
+            raise _ArgError(f"unknown option {token} (the script's options go after its name)")
+        elif anywhere:
             words.append(token)
+        else:  # the script: what follows is its own
+            words += [token, *tokens]
+            break
     if options.examples:
         options.codes = [code for word in words for code in word.split(",") if code]
     elif words:
@@ -97,6 +112,8 @@ def _set(options: Options, name: str, value: str) -> None:
     try:
         if name == "--steps":
             options.steps = int(value)
+        elif name == "--max-seconds":
+            options.max_seconds = float(value)
         elif name == "--seed":
             options.seed = int(value)
         elif name == "--threads":
@@ -162,11 +179,13 @@ def _usage_problem(options: Options) -> str | None:
     if options.examples:
         return None
     if options.script is None:
-        return f"{options.command}: which script? (trainlint {options.command} SCRIPT ...)"
+        return f"{options.command}: which script? (trainlint {options.command} [OPTIONS] SCRIPT [SCRIPT_ARGS])"
     if not options.script.is_file():
         return f"no such script: {options.script}"
     if options.steps is not None and options.steps < 1:
         return "--steps must be at least 1"
+    if options.max_seconds is not None and not options.max_seconds > 0:
+        return "--max-seconds must be more than 0"
     return None
 
 
@@ -178,33 +197,29 @@ def _require_script(options: Options) -> Path:
     return options.script
 
 
-def _smoke(options: Options) -> int:
-    from trainlint.runtime.report import format_report
-    from trainlint.runtime.smoke import (
-        DEFAULT_STEPS,
-        collect_other_ranks,
-        device_description,
-        launched_ranks,
-        run_script,
-        share_with_rank_zero,
-    )
+def _run_options(options: Options) -> dict[str, Any]:
+    from trainlint.runtime.smoke import DEFAULT_STEPS
 
-    script = _require_script(options)
-    run = run_script(
-        script,
-        options.script_args,
+    return dict(
         steps=options.steps or DEFAULT_STEPS,
+        max_seconds=options.max_seconds,
         device=options.device,
         seed=options.seed,
         threads=options.threads,
     )
-    rank, world = launched_ranks()
-    if world > 1:
-        if rank != 0:  # each rank records, rank 0 reports
-            share_with_rank_zero(run, "smoke")
-            return 0 if run.report.healthy else 1
-        collect_other_ranks(run, "smoke")
+
+
+def _smoke(options: Options) -> int:
+    from trainlint.runtime.report import format_report
+    from trainlint.runtime.smoke import device_description, run_script
+
+    script = _require_script(options)
+    run = run_script(script, options.script_args, **_run_options(options))
+    if not _gather_ranks(run, "smoke"):
+        return 0 if run.report.healthy else 1
+    _explain_misplaced_options(options, run)
     _print_exception(run)
+    world = run.record.world_size
     title = f"{script} on {device_description(run.device)}" + (f", {world} ranks" if world > 1 else "")
     print(f"trainlint smoke: {title}")
     print(format_report(run.report, "smoke run"))
@@ -212,20 +227,46 @@ def _smoke(options: Options) -> int:
     return 0 if run.report.healthy else 1
 
 
+def _gather_ranks(run: Any, label: str) -> bool:
+    """Under torchrun: a rank other than 0 hands its record over and says nothing (False);
+    rank 0 gathers every other rank's into its report. Without torchrun: True."""
+    from trainlint.runtime.ranks import add_ranks_to_report, collect_other_ranks, launched_ranks, share_with_rank_zero
+
+    rank, world = launched_ranks()
+    if world <= 1:
+        return True
+    if rank != 0:
+        share_with_rank_zero(run.record, label)
+        return False
+    run.other_ranks = collect_other_ranks(label)
+    add_ranks_to_report(run.report, run.other_ranks)
+    return True
+
+
+def _explain_misplaced_options(options: Options, run: Any) -> None:
+    """A script that exits on an option trainlint has, given after the script's name."""
+    exc = run.record.exception
+    if exc is None or exc.type != "SystemExit":
+        return
+    misplaced = [a.partition("=")[0] for a in options.script_args if a.partition("=")[0] in _VALUE_OPTIONS | _FLAG_OPTIONS]
+    if misplaced:
+        run.report.notes.append(
+            f"{', '.join(misplaced)} came after the script's name, so it went to the script; trainlint's own "
+            f"options go before it: trainlint {options.command} {misplaced[0]} ... {options.script} ..."
+        )
+
+
 def _confirm(options: Options) -> int:
     from trainlint.runtime.confirm import confirm_script, describe_finding
     from trainlint.runtime.report import format_side_by_side
-    from trainlint.runtime.smoke import DEFAULT_STEPS, device_description
+    from trainlint.runtime.smoke import device_description
 
     script = _require_script(options)
     try:
         result = confirm_script(
             script,
             options.script_args,
-            steps=options.steps or DEFAULT_STEPS,
-            device=options.device,
-            seed=options.seed,
-            threads=options.threads,
+            **_run_options(options),
             unsafe_fixes=options.unsafe_fixes,
             select=options.select,
         )
@@ -237,25 +278,37 @@ def _confirm(options: Options) -> int:
             raise
         print(f"trainlint: {exc}", file=sys.stderr)
         return 2
+    runs = {"original": result.original, **({"fixed": result.fixed} if result.fixed else {})}
+    if not all([_gather_ranks(run, name) for name, run in runs.items()]):
+        return result.exit_code
     print(f"trainlint confirm: {script} on {device_description(result.original.device)}, seed {options.seed}")
     if not result.fixes.fixed:
         print("nothing to fix: trainlint found no fixable problem; the original run:")
     else:
-        print(f"fixed in memory ({len(result.fixes.fixed)}):")
-        for finding in result.fixes.fixed:
-            print(f"  {describe_finding(finding)}")
+        print(f"fixed in memory ({len(result.findings)}):")
+        for finding in result.findings:
+            print(f"  {finding}")
     unsafe = [f for f in result.fixes.remaining if getattr(f.fix, "applicability", None) == "unsafe"]
     if unsafe and not options.unsafe_fixes:
         print(f"not applied ({len(unsafe)} unsafe fixes; add --unsafe-fixes to confirm them too):")
         for finding in unsafe:
             print(f"  {describe_finding(finding)}")
-    runs = {"original": result.original}
-    if result.fixed:
-        runs["fixed"] = result.fixed
     for run in runs.values():
+        _explain_misplaced_options(options, run)
         _print_exception(run)
     print(format_side_by_side([(name, run.report) for name, run in runs.items()]))
-    _outputs(options, runs, extra={"fixed": [f.to_json() for f in result.fixes.fixed if hasattr(f, "to_json")]})
+    verdicts = [str(v) for v in result.verdicts] + [f"the fixed run is worse: {w}" for w in result.worse]
+    if result.verdicts:
+        print("per finding, what these runs show:")
+    for line in verdicts:
+        print(f"  {line}")
+    extra = {
+        "findings": [f.to_json() for f in result.findings],
+        "verdicts": [v.to_json() for v in result.verdicts],
+        "fixed_run_worse": result.worse,
+        "exit_code": result.exit_code,
+    }
+    _outputs(options, runs, extra, verdicts)
     return result.exit_code
 
 
@@ -341,12 +394,40 @@ def _print_exception(run: Any) -> None:
         print(exc.traceback.rstrip(), file=sys.stderr)
 
 
-def _outputs(options: Options, runs: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
-    from trainlint.runtime.report import plot_png, write_json
+def _about(options: Options, runs: dict[str, Any]) -> dict[str, Any]:
+    """What the JSON says the numbers come from."""
+    import torch
+
+    from trainlint import __version__
+    from trainlint.runtime.smoke import device_description
+
+    first = next(iter(runs.values()))
+    return {
+        "command": options.command,
+        "script": str(first.script),
+        "args": list(options.script_args),
+        "device": first.device,
+        "device_name": device_description(first.device),
+        "seed": options.seed,
+        "steps": first.record.ending.steps_wanted,
+        "max_seconds": options.max_seconds,
+        "threads": options.threads,
+        "world_size": first.record.world_size,
+        "torch": torch.__version__,
+        "trainlint": __version__,
+    }
+
+
+def _outputs(
+    options: Options, runs: dict[str, Any], extra: dict[str, Any] | None = None, verdicts: Sequence[str] = ()
+) -> None:
+    from trainlint.runtime.plot import plot_png
+    from trainlint.runtime.report import run_json, write_json
 
     if options.json_path:
-        write_json(options.json_path, {name: (run.record, run.report) for name, run in runs.items()}, extra)
+        data = {name: run_json(run.record, run.report, run.ranks_for_json()) for name, run in runs.items()}
+        write_json(options.json_path, data, {**_about(options, runs), **(extra or {})})
         print(f"wrote {options.json_path}")
     if options.png_path:
-        why_not = plot_png(options.png_path, [(name, run.record) for name, run in runs.items()])
+        why_not = plot_png(options.png_path, [(name, run.record, run.report) for name, run in runs.items()], verdicts)
         print(f"PNG not written: {why_not}" if why_not else f"wrote {options.png_path}")

@@ -1,16 +1,20 @@
 """Confirm fixes by running the code as written and as trainlint fixed it, side by side.
 
 ``confirm_script`` does it for a user's script (and the local modules it imports); the fixes are
-applied in memory and the files on disk are never touched. ``confirm_examples`` does it for the
-rule examples under ``trainlint/runtime/examples``: each declares, in a module-level ``CONFIRM``
-dict, what the anti-pattern does when it bites (checks the original must pass, or the failure was
-not reproduced on this device) and what the fix must achieve (checks the fixed code must pass).
+applied in memory and the files on disk are never touched. Each fixed finding gets a verdict
+from its rule's effects (``effects``). ``confirm_example`` does it for the rule examples under
+``trainlint/runtime/examples``: each declares, in a module-level ``CONFIRM`` dict, what the
+anti-pattern does when it bites (checks the original must pass, or the failure was not
+reproduced on this device), what the fix must achieve (checks the fixed code must pass), and, for
+a user's script, which effects show the fix working and what would reproduce them.
 """
 
 from __future__ import annotations
 
 import ast
 import datetime
+import difflib
+import functools
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -20,7 +24,9 @@ from typing import Any
 
 import torch
 
-from trainlint.runtime.report import HealthReport, format_number
+from trainlint.runtime.effects import CONFIRMED as EFFECT_CONFIRMED
+from trainlint.runtime.effects import EFFECTS, NOT_REPRODUCED, judge_effects, worse_than
+from trainlint.runtime.report import HealthReport, format_number, steps_done
 from trainlint.runtime.smoke import SmokeRun, UsageError, device_description, run_script
 
 EXAMPLES_DIR = Path(__file__).parent / "examples"
@@ -83,7 +89,130 @@ def describe_finding(finding: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Where a fixed finding is in the file on disk
+
+
+@dataclass(frozen=True)
+class DiskFinding:
+    """A fixed finding at its line in the file on disk (the fixes ran on text in memory, in
+    passes: a finding of a later pass was found in text an earlier pass had already changed)."""
+
+    code: str
+    name: str
+    message: str
+    path: Path
+    row: int
+    column: int
+    on_disk: bool = True  # False: the finding exists only in code an earlier fix wrote
+
+    @property
+    def place(self) -> str:
+        return f"{self.path.name}:{self.row}" + ("" if self.on_disk else " (in fixed code)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "name": self.name,
+            "message": self.message,
+            "path": str(self.path),
+            "row": self.row,
+            "column": self.column,
+            "on_disk": self.on_disk,
+        }
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.row}:{self.column}" + ("" if self.on_disk else " (in code another fix wrote)")
+        return f"{where}: {self.code} {self.message}"
+
+
+def findings_on_disk(script: Path, fixes: AppliedFixes, select: list[str] | None = None) -> list[DiskFinding]:
+    """Each fixed finding at its line in the file on disk.
+
+    A finding of the first pass is where the linter found it in the file; a later pass's is
+    matched to the same rule's finding in the file on disk (same message, nearest line), or,
+    when an earlier fix created it, placed by a line diff of the file and its fixed text.
+    """
+    linter = _script_linter(script, select)
+    placed: list[DiskFinding] = []
+    for path in sorted({Path(f.path).resolve() for f in fixes.fixed}):
+        disk_text = path.read_text(encoding="utf-8")
+        on_disk = linter.lint(disk_text, str(path), path)
+        fixed_text = fixes.sources.get(path, disk_text)
+        unclaimed = list(on_disk)
+        for finding in (f for f in fixes.fixed if Path(f.path).resolve() == path):
+            placed.append(_place(finding, path, unclaimed, disk_text, fixed_text))
+    return sorted(placed, key=lambda d: (str(d.path), d.row, d.column, d.code))
+
+
+def _script_linter(script: Path, select: list[str] | None) -> Any:
+    """A linter set up as ``fix_script_in_memory`` sets up its own: the script's configuration
+    and project, so that it finds on disk what the fixes were made for."""
+    from trainlint.config import apply_cli_overrides, load_settings
+    from trainlint.engine import Linter
+    from trainlint.project import ProjectIndex, module_name_for
+
+    settings = load_settings(None, script.resolve().parent)
+    apply_cli_overrides(settings, select, None, None)
+    return Linter(settings, ProjectIndex([module_name_for(script)[1]]))
+
+
+def _place(finding: Any, path: Path, unclaimed: list[Any], disk_text: str, fixed_text: str) -> DiskFinding:
+    exact = [d for d in unclaimed if (d.code, d.start, d.message) == (finding.code, finding.start, finding.message)]
+    row = _disk_line(disk_text, fixed_text, finding.start.row)
+    nearby = sorted(
+        (d for d in unclaimed if d.code == finding.code and (d.message == finding.message or abs(d.start.row - row) <= 2)),
+        key=lambda d: (d.message != finding.message, abs(d.start.row - row)),
+    )
+    match = (exact or nearby or [None])[0]
+    if match is not None:
+        unclaimed.remove(match)
+        return DiskFinding(match.code, match.name, match.message, path, match.start.row, match.start.column)
+    return DiskFinding(finding.code, finding.name, finding.message, path, row, finding.start.column, on_disk=False)
+
+
+def _disk_line(disk_text: str, fixed_text: str, row: int) -> int:
+    """The line of the file on disk that line ``row`` of the fixed text stands for (nearest)."""
+    matcher = difflib.SequenceMatcher(None, disk_text.splitlines(), fixed_text.splitlines(), autojunk=False)
+    for tag, disk_start, disk_end, fixed_start, fixed_end in matcher.get_opcodes():
+        if fixed_start < row <= fixed_end or (fixed_start == fixed_end == row - 1):
+            offset = row - 1 - fixed_start if tag == "equal" else 0
+            return min(disk_start + offset, max(disk_end - 1, disk_start)) + 1
+    return row
+
+
+# --------------------------------------------------------------------------------------------
 # A user's script
+
+
+@dataclass
+class FindingVerdict:
+    """One rule's fixed findings, and what the two runs say about its fix."""
+
+    code: str
+    name: str
+    findings: list[DiskFinding]
+    status: str  # "confirmed", "not confirmed", "not reproduced in N steps on DEVICE", NO_CHECK
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status != NOT_CONFIRMED
+
+    def __str__(self) -> str:
+        places = ", ".join(f.place for f in self.findings)
+        return f"{self.code} {self.name} ({places}): {self.status}: {self.detail}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "name": self.name,
+            "status": self.status,
+            "detail": self.detail,
+            "findings": [f.to_json() for f in self.findings],
+        }
+
+
+NO_CHECK = "no runtime check"
 
 
 @dataclass
@@ -91,11 +220,17 @@ class ScriptConfirmation:
     original: SmokeRun
     fixed: SmokeRun | None  # None when there was nothing to fix
     fixes: AppliedFixes
+    findings: list[DiskFinding] = field(default_factory=list)
+    verdicts: list[FindingVerdict] = field(default_factory=list)
+    worse: list[str] = field(default_factory=list)  # how the fixed run is worse, if it is
 
     @property
     def exit_code(self) -> int:
-        final = self.fixed or self.original
-        return 0 if final.report.healthy else 1
+        """0 when every fixed finding is confirmed or honestly not reproduced and the fixed run
+        is not worse; with nothing to fix, 0 when the run is healthy."""
+        if self.fixed is None:
+            return 0 if self.original.report.healthy else 1
+        return 0 if all(v.ok for v in self.verdicts) and not self.worse else 1
 
 
 def confirm_script(
@@ -106,16 +241,61 @@ def confirm_script(
     device: str,
     seed: int,
     threads: int | None,
+    max_seconds: float | None = None,
     unsafe_fixes: bool = False,
     select: list[str] | None = None,
 ) -> ScriptConfirmation:
     fixes = fix_in_memory(script, unsafe_fixes=unsafe_fixes, select=select)
-    common = dict(steps=steps, device=device, seed=seed, threads=threads)
+    common = dict(steps=steps, device=device, seed=seed, threads=threads, max_seconds=max_seconds)
     original = run_script(script, args, label="original", **common)  # type: ignore[arg-type]
-    fixed = None
-    if fixes.sources:
-        fixed = run_script(script, args, label="fixed", sources=fixes.sources, **common)  # type: ignore[arg-type]
-    return ScriptConfirmation(original=original, fixed=fixed, fixes=fixes)
+    if not fixes.sources:
+        return ScriptConfirmation(original=original, fixed=None, fixes=fixes)
+    fixed = run_script(script, args, label="fixed", sources=fixes.sources, **common)  # type: ignore[arg-type]
+    confirmation = ScriptConfirmation(original=original, fixed=fixed, fixes=fixes)
+    confirmation.findings = findings_on_disk(script, fixes, select)
+    judge_findings(confirmation)
+    return confirmation
+
+
+def judge_findings(confirmation: ScriptConfirmation) -> None:
+    """A verdict per rule fixed, and whether the fixed run is worse (for the exit code)."""
+    original, fixed = confirmation.original, confirmation.fixed
+    assert fixed is not None
+    effects = rule_effects()
+    by_rule: dict[str, list[DiskFinding]] = {}
+    for finding in confirmation.findings:
+        by_rule.setdefault(finding.code, []).append(finding)
+    for code, findings in sorted(by_rule.items()):
+        spec = effects.get(code)
+        if spec is None:
+            verdict = FindingVerdict(code, findings[0].name, findings, NO_CHECK, "its example declares no effect to measure")
+        else:
+            verdict = _verdict(code, findings, spec, original, fixed)
+        confirmation.verdicts.append(verdict)
+    confirmation.worse = worse_than(original.report, fixed.report)
+
+
+def _verdict(code: str, findings: list[DiskFinding], spec: ExampleSpec, original: SmokeRun, fixed: SmokeRun) -> FindingVerdict:
+    judgement = judge_effects(spec.effects, original.report, fixed.report)
+    status, detail = judgement.status, judgement.detail
+    if status == NOT_REPRODUCED:
+        steps = steps_done(original.record)
+        span = f"{steps} steps" if steps else f"{original.record.backward_calls} backward passes"
+        status = f"not reproduced in {span} on {original.device}"
+        detail += f"; what would show it: {spec.shows_with or 'more steps (--steps)'}"
+    elif status == EFFECT_CONFIRMED:
+        status = CONFIRMED
+    return FindingVerdict(code, findings[0].name, findings, status, detail)
+
+
+@functools.lru_cache(maxsize=1)
+def rule_effects() -> dict[str, ExampleSpec]:
+    """Rule code -> the example that is about that rule alone and declares its effects."""
+    found: dict[str, ExampleSpec] = {}
+    for spec in example_specs():
+        if len(spec.rules) == 1 and spec.effects and spec.rules[0] not in found:
+            found[spec.rules[0]] = spec
+    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,6 +376,8 @@ class ExampleSpec:
     original: list[Check]  # the anti-pattern bit: all hold for the original
     fixed: list[Check]  # the fix worked: all hold for the fixed code
     why: str = ""
+    effects: list[str] = field(default_factory=list)  # names in effects.EFFECTS, for users' scripts
+    shows_with: str = ""  # what reproduces the effect when a run does not show it
 
     @property
     def name(self) -> str:
@@ -216,8 +398,17 @@ def load_spec(path: Path) -> ExampleSpec:
                 original=[Check(*c) for c in data["original"]],
                 fixed=[Check(*c) for c in data["fixed"]],
                 why=data.get("why", ""),
+                effects=_known_effects(path, data.get("effects", [])),
+                shows_with=data.get("shows_with", ""),
             )
     raise ValueError(f"{path}: no module-level CONFIRM = {{...}}")
+
+
+def _known_effects(path: Path, effects: list[str]) -> list[str]:
+    unknown = [e for e in effects if e not in EFFECTS]
+    if unknown:
+        raise ValueError(f"{path}: unknown effects {unknown}; known: {sorted(EFFECTS)}")
+    return list(effects)
 
 
 def example_specs(codes: Sequence[str] = ()) -> list[ExampleSpec]:

@@ -1,6 +1,8 @@
 """The health report: what a record says about the training it watched, and a verdict.
 
-Printed as a table, written as JSON, drawn as a PNG (when matplotlib is installed).
+Each optimizer is judged on its own steps (a GAN's discriminator and generator, an actor and a
+critic): its own loss, gradient norms, steps and skips. Printed as a table, written as JSON,
+drawn as a PNG (``plot``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainlint.runtime.monitor import Record, StepRecord, json_safe
+from trainlint.runtime.records import Record, StepRecord, json_safe
 
 # More than this fraction of steps skipped by the GradScaler is not the warm-up it does when its
 # initial scale is too high (a handful of steps), it is a scale that never settles.
@@ -32,14 +34,42 @@ LOSS_RISE_LIMIT = 0.10
 
 
 @dataclass
+class OptimizerReport:
+    """One optimizer's steps: its loss (the losses that fed its steps), gradients and skips."""
+
+    label: str
+    steps_run: int
+    steps_skipped: int
+    losses: int  # steps with a loss
+    loss_first: float | None
+    loss_last: float | None
+    loss_trend: str | None  # "fell", "flat", "rose", "non-finite"; None without an applied step
+    grad_norm: dict[str, float | None]  # p50, p90, p99, max over steps with a finite norm
+    first_layer_grad: float | None  # median over applied steps
+    spikes: list[int]
+    nonfinite_grad_steps: int
+    nonfinite_grad_steps_applied: int
+    first_nonfinite_weights_step: int | None
+
+    @property
+    def steps_applied(self) -> int:
+        return self.steps_run - self.steps_skipped
+
+    @property
+    def loss_fell(self) -> bool | None:
+        return None if self.loss_trend is None else self.loss_trend == "fell"
+
+
+@dataclass
 class HealthReport:
     verdict: str  # "healthy" or "unhealthy"
     reasons: list[str]
     warnings: list[str]
     notes: list[str]
     exception: str | None
+    ending: str  # how the run ended, in words
     iterations: int  # backward calls
-    steps_run: int  # optimizer steps, including those the GradScaler skipped
+    steps_run: int  # optimizer steps, every optimizer, including those the GradScaler skipped
     steps_skipped: int
     scaler_used: bool
     scale_first: float | None
@@ -48,16 +78,16 @@ class HealthReport:
     nonfinite_grad_steps: int
     nonfinite_grad_steps_applied: int
     first_nonfinite_weights_step: int | None
-    grad_norm: dict[str, float | None]  # p50, p90, p99, max over steps with a finite norm
-    first_layer_grad: float | None  # median over applied steps
+    grad_norm: dict[str, float | None]  # over every step of every optimizer
+    first_layer_grad: float | None
     spikes: list[int]
-    loss_first: float | None
+    loss_first: float | None  # the optimizer's, when there is one; None with several
     loss_last: float | None
-    loss_trend: str | None  # "fell", "flat", "rose" or "non-finite"; None without losses
+    loss_trend: str | None
     loss_fell: bool | None
     stopped_at_limit: bool
     wall_time_s: float
-    optimizers: list[str] = field(default_factory=list)
+    optimizers: list[OptimizerReport] = field(default_factory=list)
     other_ranks: list[str] = field(default_factory=list)
 
     @property
@@ -71,6 +101,8 @@ class HealthReport:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["steps_applied"] = self.steps_applied
+        for optimizer, report in zip(data["optimizers"], self.optimizers):
+            optimizer["steps_applied"], optimizer["loss_fell"] = report.steps_applied, report.loss_fell
         return json_safe(data)
 
 
@@ -80,43 +112,102 @@ class HealthReport:
 
 def summarize(record: Record) -> HealthReport:
     steps = record.steps
-    losses = record.backward_losses or [s.loss for s in steps if s.loss is not None]
+    per_optimizer = [
+        summarize_optimizer(o.label, record.steps_of(i)) for i, o in enumerate(record.optimizers) if record.steps_of(i)
+    ]
     applied = [s for s in steps if not s.skipped]
-    finite_norms = [s.grad_norm for s in steps if math.isfinite(s.grad_norm)]
     scales = [s.scale for s in steps if s.scale is not None]
-    loss_first, loss_last = _loss_ends(losses)
-    trend = _loss_trend(loss_first, loss_last)
+    only = per_optimizer[0] if len(per_optimizer) == 1 else None
+    loss_first, loss_last, trend = _run_loss(record, only)
     report = HealthReport(
         verdict="healthy",
         reasons=[],
         warnings=[],
         notes=list(record.notes),
         exception=None if record.exception is None else str(record.exception),
+        ending=describe_ending(record),
         iterations=record.backward_calls,
         steps_run=len(steps),
         steps_skipped=sum(s.skipped for s in steps),
         scaler_used=bool(scales) or any(s.enabled for s in record.scalers),
         scale_first=scales[0] if scales else None,
         scale_last=scales[-1] if scales else None,
-        nonfinite_losses=sum(not math.isfinite(v) for v in losses),
+        nonfinite_losses=sum(not math.isfinite(v) for v in record.backward_losses),
         nonfinite_grad_steps=sum(s.nonfinite_grads > 0 for s in steps),
         nonfinite_grad_steps_applied=sum(s.nonfinite_grads > 0 for s in applied),
         first_nonfinite_weights_step=next((s.index for s in steps if s.nonfinite_params), None),
-        grad_norm=_percentiles(finite_norms),
+        grad_norm=_percentiles([s.grad_norm for s in steps if math.isfinite(s.grad_norm)]),
         first_layer_grad=_median([s.first_grad_norm for s in applied if math.isfinite(s.first_grad_norm)]),
-        spikes=_spikes(steps),
+        spikes=sorted(i for o in per_optimizer for i in o.spikes),
         loss_first=loss_first,
         loss_last=loss_last,
         loss_trend=trend,
         loss_fell=None if trend is None else trend == "fell",
         stopped_at_limit=record.stopped_at_limit,
         wall_time_s=record.wall_time_s,
-        optimizers=list(record.optimizers),
+        optimizers=per_optimizer,
     )
-    report.reasons = _reasons(report, record, len(losses))
-    report.warnings = _warnings(report, record, len(losses))
+    report.reasons = _reasons(report, record)
+    report.warnings = _warnings(report, record)
     report.verdict = "unhealthy" if report.reasons else "healthy"
     return report
+
+
+def summarize_optimizer(label: str, steps: Sequence[StepRecord]) -> OptimizerReport:
+    applied = [s for s in steps if not s.skipped]
+    losses = [s.loss for s in steps if s.loss is not None]
+    first, last = _loss_ends(losses)
+    return OptimizerReport(
+        label=label,
+        steps_run=len(steps),
+        steps_skipped=len(steps) - len(applied),
+        losses=len(losses),
+        loss_first=first,
+        loss_last=last,
+        loss_trend=_loss_trend(first, last) if applied else None,  # no step applied: no trend
+        grad_norm=_percentiles([s.grad_norm for s in steps if math.isfinite(s.grad_norm)]),
+        first_layer_grad=_median([s.first_grad_norm for s in applied if math.isfinite(s.first_grad_norm)]),
+        spikes=_spikes(steps),
+        nonfinite_grad_steps=sum(s.nonfinite_grads > 0 for s in steps),
+        nonfinite_grad_steps_applied=sum(s.nonfinite_grads > 0 for s in applied),
+        first_nonfinite_weights_step=next((s.index for s in steps if s.nonfinite_params), None),
+    )
+
+
+def _run_loss(record: Record, only: OptimizerReport | None) -> tuple[float | None, float | None, str | None]:
+    """The run's loss: its optimizer's; with no step, the backward passes' (and no trend)."""
+    if only is not None:
+        return only.loss_first, only.loss_last, only.loss_trend
+    if record.steps:
+        return None, None, None  # several optimizers: each has its own
+    first, last = _loss_ends(record.backward_losses)
+    return first, last, None
+
+
+def steps_done(record: Record) -> int:
+    """Steps made by the optimizer that made the fewest (of those that stepped): what --steps counts."""
+    counts = [len(record.steps_of(i)) for i in range(len(record.optimizers))]
+    return min((c for c in counts if c), default=0)
+
+
+def describe_ending(record: Record) -> str:
+    """How the run ended, in words: "stopped after 10 steps", "the script ended after 5 of 10 steps"."""
+    ending = record.ending
+    done = steps_done(record)
+    of = f" of {ending.steps_wanted}" if ending.steps_wanted else ""
+    if ending.stopped_by == "steps":
+        text = f"stopped after {done} steps (--steps {ending.steps_wanted})"
+    elif ending.stopped_by == "backward passes":
+        text = f"stopped after {ending.limit:g} backward passes without an optimizer step"
+    elif ending.stopped_by == "seconds":
+        text = f"stopped after {ending.limit:g} s (--max-seconds), at step {done}{of}"
+    elif record.exception is not None:
+        text = f"the script raised after {done}{of} steps"
+    else:
+        text = f"the script ended after {done}{of} steps"
+    if ending.swallowed_stops:
+        text += f", caught by the script {ending.swallowed_stops}x"
+    return text
 
 
 def _loss_ends(losses: Sequence[float]) -> tuple[float | None, float | None]:
@@ -173,7 +264,7 @@ def _spikes(steps: Sequence[StepRecord]) -> list[int]:
     return spikes
 
 
-def _reasons(report: HealthReport, record: Record, loss_count: int) -> list[str]:
+def _reasons(report: HealthReport, record: Record) -> list[str]:
     reasons = []
     if report.exception:
         reasons.append(f"raised {report.exception}")
@@ -182,48 +273,70 @@ def _reasons(report: HealthReport, record: Record, loss_count: int) -> list[str]
             reasons.append(f"{report.iterations} backward passes but no optimizer step")
         else:
             reasons.append("no optimizer step and no backward pass")
-    if report.steps_skipped and report.steps_skipped > SKIPPED_FRACTION_LIMIT * report.steps_run:
-        reasons.append(f"{report.steps_skipped}/{report.steps_run} steps skipped by the GradScaler")
     if report.nonfinite_losses:
-        reasons.append(f"non-finite loss in {report.nonfinite_losses}/{loss_count} backward passes")
-    if report.nonfinite_grad_steps_applied:
-        reasons.append(f"{report.nonfinite_grad_steps_applied} steps applied non-finite gradients")
-    if report.first_nonfinite_weights_step is not None:
-        reasons.append(f"non-finite weights from step {report.first_nonfinite_weights_step}")
-    if loss_count >= MIN_LOSSES_FOR_TREND and _rose_too_far(report):
-        reasons.append(f"loss rose ({_loss_span(report)})")
+        reasons.append(f"non-finite loss in {report.nonfinite_losses}/{len(record.backward_losses)} backward passes")
+    several = len(report.optimizers) > 1
+    for optimizer in report.optimizers:
+        prefix = f"{optimizer.label}: " if several else ""
+        reasons += [prefix + r for r in _optimizer_reasons(optimizer)]
     return reasons
 
 
-def _rose_too_far(report: HealthReport) -> bool:
-    if report.loss_first is None or report.loss_last is None or report.loss_trend != "rose":
+def _optimizer_reasons(o: OptimizerReport) -> list[str]:
+    reasons = []
+    if o.steps_skipped and o.steps_skipped > SKIPPED_FRACTION_LIMIT * o.steps_run:
+        reasons.append(f"{o.steps_skipped}/{o.steps_run} steps skipped by the GradScaler")
+    if o.nonfinite_grad_steps_applied:
+        reasons.append(f"{o.nonfinite_grad_steps_applied} steps applied non-finite gradients")
+    if o.first_nonfinite_weights_step is not None:
+        reasons.append(f"non-finite weights from step {o.first_nonfinite_weights_step}")
+    if o.losses >= MIN_LOSSES_FOR_TREND and _rose_too_far(o):
+        reasons.append(f"loss rose ({_loss_span(o.loss_first, o.loss_last)})")
+    return reasons
+
+
+def _rose_too_far(o: OptimizerReport) -> bool:
+    if o.loss_first is None or o.loss_last is None or o.loss_trend != "rose":
         return False
-    return report.loss_last > report.loss_first + LOSS_RISE_LIMIT * abs(report.loss_first)
+    return o.loss_last > o.loss_first + LOSS_RISE_LIMIT * abs(o.loss_first)
 
 
-def _loss_span(report: HealthReport) -> str:
-    return f"{format_number(report.loss_first)} -> {format_number(report.loss_last)}"
+def _loss_span(first: float | None, last: float | None) -> str:
+    return f"{format_number(first)} -> {format_number(last)}"
 
 
-def _warnings(report: HealthReport, record: Record, loss_count: int) -> list[str]:
+def _warnings(report: HealthReport, record: Record) -> list[str]:
     warnings = []
-    if report.spikes:
-        shown = ", ".join(str(i) for i in report.spikes[:5]) + (", ..." if len(report.spikes) > 5 else "")
+    if record.ending.swallowed_stops:
         warnings.append(
-            f"{len(report.spikes)} gradient-norm spikes (>{SPIKE_FACTOR:g}x the running median) at steps {shown}"
+            f"the script caught trainlint's stop {record.ending.swallowed_stops} time(s) (a bare `except:` or "
+            "`except BaseException:` around the step, which also swallows Ctrl-C); it was stopped again"
         )
+    several = len(report.optimizers) > 1
+    for optimizer in report.optimizers:
+        prefix = f"{optimizer.label}: " if several else ""
+        warnings += [prefix + w for w in _optimizer_warnings(optimizer)]
     if any(not s.enabled for s in record.scalers):
         warnings.append("a GradScaler was created disabled: it neither scales nor skips")
     stepped = {s.optimizer for s in record.steps}
-    idle = [name for i, name in enumerate(record.optimizers) if i not in stepped]
+    idle = [o.label for i, o in enumerate(record.optimizers) if i not in stepped]
     if idle and record.steps:
         warnings.append(f"optimizers created but never stepped: {', '.join(idle)}")
-    if report.steps_run and report.grad_norm["max"] == 0.0:
+    return warnings
+
+
+def _optimizer_warnings(o: OptimizerReport) -> list[str]:
+    warnings = []
+    if o.spikes:
+        shown = ", ".join(str(i) for i in o.spikes[:5]) + (", ..." if len(o.spikes) > 5 else "")
+        warnings.append(f"{len(o.spikes)} gradient-norm spikes (>{SPIKE_FACTOR:g}x the running median) at steps {shown}")
+    if o.steps_run and o.grad_norm["max"] == 0.0:
         warnings.append("every gradient was zero")
-    if loss_count >= MIN_LOSSES_FOR_TREND and report.loss_trend == "flat":
-        warnings.append(f"loss flat ({_loss_span(report)}, within {LOSS_FLAT_TOLERANCE:.0%} of the first loss)")
-    elif loss_count >= MIN_LOSSES_FOR_TREND and report.loss_trend == "rose" and not _rose_too_far(report):
-        warnings.append(f"loss rose slightly ({_loss_span(report)})")
+    span = _loss_span(o.loss_first, o.loss_last)
+    if o.losses >= MIN_LOSSES_FOR_TREND and o.loss_trend == "flat":
+        warnings.append(f"loss flat ({span}, within {LOSS_FLAT_TOLERANCE:.0%} of the first loss)")
+    elif o.losses >= MIN_LOSSES_FOR_TREND and o.loss_trend == "rose" and not _rose_too_far(o):
+        warnings.append(f"loss rose slightly ({span})")
     return warnings
 
 
@@ -242,33 +355,50 @@ def format_number(value: float | None, digits: int = 3) -> str:
 
 
 def report_rows(report: HealthReport) -> list[tuple[str, str]]:
-    """The report as (label, value) rows; the same labels for every report, so they line up."""
-    g = report.grad_norm
-    loss = "-"
-    if report.loss_first is not None:
-        trend = report.loss_trend if report.loss_trend in ("fell", "flat", "rose") else ""
-        loss = f"{_loss_span(report)} {trend}".rstrip()
-    skipped = f"{report.steps_skipped}/{report.steps_run}" if report.scaler_used else "no GradScaler"
+    """The report as (label, value) rows; the same labels for the same optimizers, so they line up."""
     scale = "-"
     if report.scale_first is not None:
         scale = f"{format_number(report.scale_first)} -> {format_number(report.scale_last)}"
     bad_weights = report.first_nonfinite_weights_step
-    return [
+    rows = [
         ("verdict", report.verdict),
+        ("run", _clip(report.ending, 70)),
         ("exception", _clip(report.exception or "-", 60)),
         ("backward passes", str(report.iterations)),
-        ("optimizer steps", f"{report.steps_applied} applied / {report.steps_run}"),
-        ("skipped by GradScaler", skipped),
+    ]
+    if not report.optimizers:
+        loss = "-" if report.loss_first is None else f"{_loss_span(report.loss_first, report.loss_last)} (no step)"
+        rows += [("optimizer steps", "0 applied / 0"), ("loss", loss)]
+    several = len(report.optimizers) > 1
+    for optimizer in report.optimizers:
+        prefix = f"{optimizer.label}: " if several else ""
+        rows += [(prefix + label, value) for label, value in _optimizer_rows(optimizer, report.scaler_used)]
+    rows += [
         ("loss scale", scale),
-        ("loss", loss),
         ("non-finite losses", str(report.nonfinite_losses)),
-        ("steps, non-finite grads", f"{report.nonfinite_grad_steps} ({report.nonfinite_grad_steps_applied} applied)"),
         ("non-finite weights", "-" if bad_weights is None else f"from step {bad_weights}"),
+        ("wall time", f"{report.wall_time_s:.2f} s"),
+    ]
+    return rows
+
+
+def _optimizer_rows(o: OptimizerReport, scaler_used: bool) -> list[tuple[str, str]]:
+    g = o.grad_norm
+    loss = "-"
+    if o.loss_first is not None:
+        trend = o.loss_trend if o.loss_trend in ("fell", "flat", "rose") else ""
+        if o.steps_applied == 0:
+            trend = "(no step applied)"
+        loss = f"{_loss_span(o.loss_first, o.loss_last)} {trend}".rstrip()
+    return [
+        ("optimizer steps", f"{o.steps_applied} applied / {o.steps_run}"),
+        ("skipped by GradScaler", f"{o.steps_skipped}/{o.steps_run}" if scaler_used else "no GradScaler"),
+        ("loss", loss),
+        ("steps, non-finite grads", f"{o.nonfinite_grad_steps} ({o.nonfinite_grad_steps_applied} applied)"),
         ("grad norm p50/p90/p99", "/".join(format_number(g[k]) for k in ("p50", "p90", "p99"))),
         ("grad norm max", format_number(g["max"])),
-        ("first layer grad (median)", format_number(report.first_layer_grad)),
-        ("grad norm spikes", str(len(report.spikes))),
-        ("wall time", f"{report.wall_time_s:.2f} s"),
+        ("first layer grad (median)", format_number(o.first_layer_grad)),
+        ("grad norm spikes", str(len(o.spikes))),
     ]
 
 
@@ -282,10 +412,12 @@ def format_report(report: HealthReport, title: str = "") -> str:
 
 def format_side_by_side(columns: Sequence[tuple[str, HealthReport]]) -> str:
     """Reports as columns of one table, then each report's reasons, warnings and notes."""
-    rows = [report_rows(r) for _, r in columns]
-    labels = [label for label, _ in rows[0]]
+    values: dict[str, dict[int, str]] = {}
+    for c, (_, report) in enumerate(columns):
+        for label, value in report_rows(report):
+            values.setdefault(label, {})[c] = value
     table = [["", *[title for title, _ in columns]]]
-    table += [[label, *[r[i][1] for r in rows]] for i, label in enumerate(labels)]
+    table += [[label, *[cells.get(c, "-") for c in range(len(columns))]] for label, cells in values.items()]
     widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -298,53 +430,18 @@ def format_side_by_side(columns: Sequence[tuple[str, HealthReport]]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, runs: dict[str, tuple[Record, HealthReport]], extra: dict[str, Any] | None = None) -> None:
-    data: dict[str, Any] = dict(extra or {})
-    data["runs"] = {name: {"report": rep.to_json(), "record": rec.to_json()} for name, (rec, rep) in runs.items()}
-    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+def write_json(path: Path, runs: dict[str, Any], about: dict[str, Any] | None = None) -> None:
+    """``about`` (script, arguments, device, seed, torch...) first, then each run's report and
+    record, and every other rank's under torchrun."""
+    data: dict[str, Any] = dict(about or {})
+    data["runs"] = runs
+    path.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
 
 
-def plot_png(path: Path, runs: Sequence[tuple[str, Record]]) -> str | None:
-    """Loss per backward pass and gradient norm per step, skipped steps marked in red.
-
-    Returns None when written, else why not (matplotlib missing).
-    """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed (pip install matplotlib)"
-    fig, axes = plt.subplots(2, len(runs), figsize=(5.5 * len(runs), 6), squeeze=False)
-    for column, (title, record) in enumerate(runs):
-        _plot_run(axes[0][column], axes[1][column], title, record)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return None
-
-
-def _plot_run(loss_ax: Any, norm_ax: Any, title: str, record: Record) -> None:
-    # A step happens after its backward passes: place it at the last of them.
-    at_iteration, total = [], 0
-    for s in record.steps:
-        total += s.backward_calls
-        at_iteration.append(max(total - 1, 0))
-    skipped = [k for k, s in enumerate(record.steps) if s.skipped]
-    losses = record.backward_losses
-    loss_ax.plot(range(len(losses)), [v if math.isfinite(v) else math.nan for v in losses], lw=1)
-    for k in skipped:
-        loss_ax.axvline(at_iteration[k], color="red", alpha=0.25, lw=1)
-    loss_ax.set_title(f"{title}: loss" + (" (red: skipped steps)" if skipped else ""))
-    loss_ax.set_xlabel("backward pass")
-    norms = [s.grad_norm if math.isfinite(s.grad_norm) and s.grad_norm > 0 else math.nan for s in record.steps]
-    norm_ax.plot(range(len(norms)), norms, lw=1)
-    if any(math.isfinite(v) for v in norms):
-        norm_ax.set_yscale("log")
-    for k in skipped:
-        norm_ax.axvline(k, color="red", alpha=0.25, lw=1)
-    if not record.steps:
-        norm_ax.text(0.5, 0.5, "no optimizer step", transform=norm_ax.transAxes, ha="center", va="center")
-    norm_ax.set_title(f"{title}: gradient norm")
-    norm_ax.set_xlabel("optimizer step")
+def run_json(record: Record, report: HealthReport, ranks: Sequence[tuple[int, Record]] = ()) -> dict[str, Any]:
+    data: dict[str, Any] = {"report": report.to_json(), "record": record.to_json()}
+    if ranks:
+        data["ranks"] = [
+            {"rank": rank, "report": summarize(other).to_json(), "record": other.to_json()} for rank, other in ranks
+        ]
+    return data

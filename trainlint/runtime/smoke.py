@@ -10,26 +10,24 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import importlib.util
-import json
 import linecache
-import os
 import random
 import sys
-import sysconfig
-import tempfile
-import time
 import types
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from trainlint.runtime.cpu_mapping import CudaOnCpu
-from trainlint.runtime.monitor import Monitor, Record, StopRun
-from trainlint.runtime.report import HealthReport, format_number, summarize
+from trainlint.runtime.cpu_mapping import CudaOnCpu, uses_cuda_devices
+from trainlint.runtime.monitor import Monitor
+from trainlint.runtime.records import Record
+from trainlint.runtime.report import HealthReport, summarize
+from trainlint.runtime.stopping import StopRun
+from trainlint.runtime.user_code import environment_paths, warnings_at_user_lines
 
 DEFAULT_STEPS = 10
 
@@ -47,6 +45,13 @@ class SmokeRun:
     report: HealthReport
     label: str = "original"
     files_replaced: list[Path] = field(default_factory=list)
+    other_ranks: list[tuple[int, Record | None]] = field(default_factory=list)  # torchrun, on rank 0
+
+    def ranks_for_json(self) -> list[tuple[int, Record]]:
+        """Every rank's record, this one's first; empty when there was one process."""
+        if not self.other_ranks:
+            return []
+        return [(self.record.rank, self.record), *[(r, rec) for r, rec in self.other_ranks if rec is not None]]
 
 
 def resolve_device(device: str) -> str:
@@ -71,6 +76,7 @@ def run_script(
     args: Sequence[str] = (),
     *,
     steps: int | None = DEFAULT_STEPS,
+    max_seconds: float | None = None,
     device: str = "auto",
     seed: int = 0,
     threads: int | None = 1,
@@ -78,7 +84,8 @@ def run_script(
     label: str = "original",
     max_backward: int | None = None,
 ) -> SmokeRun:
-    """Run ``script`` under the monitor until ``steps`` optimizer steps are done or it ends.
+    """Run ``script`` under the monitor until ``steps`` optimizer steps are done, ``max_seconds``
+    have passed, or it ends.
 
     ``threads=1`` by default: on a busy machine more threads made the same short run 10-100x
     slower and changed LayerNorm results in the last digits. ``sources`` maps files (the script
@@ -91,11 +98,15 @@ def run_script(
     if max_backward is None and steps is not None:
         max_backward = max(100, 20 * steps)  # ends loops that stop reaching the optimizer
     replaced = {Path(p).resolve(): text for p, text in (sources or {}).items()}
-    monitor = Monitor(max_steps=steps, max_backward=max_backward)
+    monitor = Monitor(max_steps=steps, max_backward=max_backward, max_seconds=max_seconds)
     with _isolated_process_state(script, args, seed, threads), _source_overrides(replaced):
-        mapping = CudaOnCpu() if device == "cpu" else None
-        with mapping or nullcontext():
-            _execute(script, replaced.get(script), monitor)
+        mapping = CudaOnCpu(map_devices=places_on_cuda(script, replaced)) if device == "cpu" else None
+        with warnings_at_user_lines():
+            if mapping is None:
+                _execute(script, replaced.get(script), monitor)
+            else:
+                with mapping:
+                    _execute(script, replaced.get(script), monitor)
         for note in mapping.notes() if mapping else []:
             monitor.note(note)
     record = monitor.record
@@ -108,6 +119,25 @@ def run_script(
         label=label,
         files_replaced=sorted(replaced),
     )
+
+
+def places_on_cuda(script: Path, replaced: Mapping[Path, str]) -> bool:
+    """Whether the script, or a module of its project it imports, may put tensors on CUDA."""
+    try:
+        from trainlint.api import local_imports
+        from trainlint.project import ProjectIndex, module_name_for
+
+        files = local_imports(script, ProjectIndex([module_name_for(script)[1]]))
+    except ImportError:  # the linter is not importable: the script alone
+        files = [script]
+    for path in files:
+        try:
+            text = replaced.get(path) or path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if uses_cuda_devices(text):
+            return True
+    return False
 
 
 def _execute(script: Path, text: str | None, monitor: Monitor) -> None:
@@ -136,8 +166,17 @@ def _execute(script: Path, text: str | None, monitor: Monitor) -> None:
         if not group_before and _process_group_initialized():
             # A run stopped after N steps never reaches the script's destroy_process_group().
             torch.distributed.destroy_process_group()
+            # And its objects must outlive the run: freeing DDP's reducer while the process goes
+            # on can deadlock inside torch (the gloo group's destructor joins its worker threads
+            # holding the GIL, and a worker needs the GIL to free its last work; seen 1 run in
+            # 7 under torchrun). A script run by itself frees them at exit, where that cannot
+            # happen, so they are kept until then.
+            _KEPT_UNTIL_EXIT.append(module)
         if saved_main is not None:
             sys.modules["__main__"] = saved_main
+
+
+_KEPT_UNTIL_EXIT: list[types.ModuleType] = []
 
 
 def _process_group_initialized() -> bool:
@@ -190,7 +229,7 @@ def _seed_numpy(seed: int) -> None:
 def _forget_local_modules(before: set[str], root: Path) -> None:
     """Drop the modules of the user's project that the run imported, so the next run re-imports
     them (possibly fixed); never those of the environment (a venv may live inside the project)."""
-    environment = _environment_paths()
+    environment = environment_paths()
     for name in set(sys.modules) - before:
         file = getattr(sys.modules[name], "__file__", None)
         if not file:
@@ -198,13 +237,6 @@ def _forget_local_modules(before: set[str], root: Path) -> None:
         path = Path(file).resolve()
         if path.is_relative_to(root) and not any(path.is_relative_to(e) for e in environment):
             del sys.modules[name]
-
-
-def _environment_paths() -> list[Path]:
-    """Where the interpreter, the installed packages and trainlint itself live."""
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sysconfig.get_paths().values()}
-    paths.add(str(Path(__file__).resolve().parents[1]))  # the trainlint package
-    return [Path(p).resolve() for p in paths if p]
 
 
 class _TextLoader(importlib.abc.SourceLoader):
@@ -264,62 +296,3 @@ def _source_overrides(sources: Mapping[Path, str]) -> Iterator[None]:
                 linecache.cache.pop(name, None)
             else:
                 linecache.cache[name] = entry
-
-
-# --------------------------------------------------------------------------------------------
-# Several processes (torchrun): each rank records, rank 0 reports
-
-
-def _rank_dir() -> Path:
-    """A directory the ranks of one torchrun job share (same node), and no other job does."""
-    if "TRAINLINT_RANK_DIR" in os.environ:
-        return Path(os.environ["TRAINLINT_RANK_DIR"])
-    job = "-".join(
-        os.environ.get(k, "") for k in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT")
-    )
-    return Path(tempfile.gettempdir()) / f"trainlint-smoke-{job}-{os.getppid()}".replace(":", "_")
-
-
-def launched_ranks() -> tuple[int, int]:
-    """(rank, world size) given by a launcher such as torchrun; (0, 1) otherwise."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def share_with_rank_zero(run: SmokeRun, label: str) -> None:
-    """Write this rank's record where rank 0 will read it."""
-    rank, _ = launched_ranks()
-    directory = _rank_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / f"{label}.rank{rank}.json"
-    partial = target.with_suffix(".tmp")
-    partial.write_text(json.dumps(run.record.to_json()))
-    partial.replace(target)  # atomic: rank 0 never reads half a file
-
-
-def collect_other_ranks(run: SmokeRun, label: str, timeout_s: float = 60.0) -> None:
-    """On rank 0: add every other rank's verdict to the report; unhealthy if any rank is."""
-    _, world = launched_ranks()
-    directory = _rank_dir()
-    deadline = time.monotonic() + timeout_s
-    for rank in range(1, world):
-        path = directory / f"{label}.rank{rank}.json"
-        while not path.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not path.exists():
-            run.report.other_ranks.append(f"rank {rank}: no record after {timeout_s:g} s")
-            continue
-        other = summarize(Record.from_json(json.loads(path.read_text())))
-        path.unlink()
-        run.report.other_ranks.append(_rank_line(rank, other))
-        if not other.healthy:
-            run.report.reasons.append(f"rank {rank} is unhealthy: {'; '.join(other.reasons)}")
-            run.report.verdict = "unhealthy"
-    run.report.other_ranks.insert(0, _rank_line(0, run.report))
-
-
-def _rank_line(rank: int, report: HealthReport) -> str:
-    return (
-        f"rank {rank}: {report.verdict}, {report.steps_run} steps, "
-        f"loss {format_number(report.loss_first)} -> {format_number(report.loss_last)}, "
-        f"grad norm max {format_number(report.grad_norm['max'])}"
-    )

@@ -34,6 +34,7 @@ from trainlint.analysis.values.domain import (
 
 if TYPE_CHECKING:
     from trainlint.analysis.values.engine import ValueFlow
+    from trainlint.analysis.values.guard import Dependency
     from trainlint.context import FileContext
 
 # Decorators that leave who calls a function, and with what, unchanged.
@@ -70,9 +71,9 @@ class CallSite:
 
 class CallsMixin:
     def _init_calls(self: ValueFlow) -> None:
-        self._summaries: dict[cst.FunctionDef, Values] = {}
-        self._parameters: dict[tuple[cst.FunctionDef, str], Values] = {}
-        self._call_sites: dict[cst.FunctionDef, tuple[list[CallSite], bool]] = {}
+        self._summaries: dict[cst.FunctionDef, tuple[Values, frozenset[Dependency]]] = {}
+        self._parameters: dict[tuple[cst.FunctionDef, str], tuple[Values, frozenset[Dependency]]] = {}
+        self._call_sites: dict[cst.FunctionDef, tuple[tuple[list[CallSite], bool], frozenset[Dependency]]] = {}
 
     # -- what a call returns ---------------------------------------------------------------------
     def call_values(self: ValueFlow, call: cst.Call, symbolic: bool) -> Values:
@@ -214,10 +215,10 @@ class CallsMixin:
     def call_sites(self: ValueFlow, function: cst.FunctionDef) -> tuple[list[CallSite], bool]:
         """Every call of ``function`` (defined in this module) in the project, and whether that
         list is complete (False when the function is also used as a value or registered)."""
-        found = self._call_sites.get(function)
-        if found is None:
-            found = self._call_sites[function] = self._find_call_sites(function)
-        return found
+        nothing: tuple[list[CallSite], bool] = ([], False)
+        return self.guard.answer(
+            ("call_sites", id(function)), self._call_sites, function, lambda: self._find_call_sites(function), nothing, nothing
+        )
 
     def _find_call_sites(self: ValueFlow, function: cst.FunctionDef) -> tuple[list[CallSite], bool]:
         try:
@@ -317,7 +318,9 @@ class CallsMixin:
             complete = complete and not flow._used_as_value(flow.ctx, name, function, method=True)
         return sites[:_MAX_CALL_SITES], complete and len(sites) <= _MAX_CALL_SITES
 
-    def modules_using(self: ValueFlow, word: str, qualified: str | None, include_self: bool = True) -> Iterator[ValueFlow]:
+    def modules_using(
+        self: ValueFlow, word: str, qualified: str | None, include_self: bool = True, mentioning: tuple[str, ...] = ()
+    ) -> Iterator[ValueFlow]:
         """The engines of the modules that may call ``qualified`` (or, for None, any method
         named ``word``): this one, and those whose summary calls or mentions it (under any name
         it is re-exported as). At most _MAX_CALLER_MODULES others: past that, the caller stops
@@ -330,7 +333,7 @@ class CallsMixin:
         own = self.ctx.real_path.resolve() if self.ctx.real_path is not None else None
         target = project.definition(qualified, own) if qualified is not None else None
         read = 0
-        for summary in project.modules_importing(self.prefix, word):
+        for summary in project.modules_importing(self.prefix, word, mentioning):
             if summary.path == own:
                 continue
             used = summary.calls | summary.references

@@ -20,6 +20,7 @@ from trainlint.analysis.values.scopes import PathStep, target_paths
 
 if TYPE_CHECKING:
     from trainlint.analysis.values.engine import ValueFlow
+    from trainlint.analysis.values.guard import Dependency
 
 _MAX_BASES = 16
 
@@ -37,7 +38,7 @@ class _Assignment:
 class ClassesMixin:
     def _init_classes(self: ValueFlow) -> None:
         self._tables: dict[cst.ClassDef, dict[str, list[_Assignment]]] = {}
-        self._attributes: dict[tuple[cst.ClassDef, str], Values] = {}
+        self._attributes: dict[tuple[cst.ClassDef, str], tuple[Values, frozenset[Dependency]]] = {}
 
     # -- where definitions sit -----------------------------------------------------------------
     def enclosing_class(self: ValueFlow, function: cst.FunctionDef) -> cst.ClassDef | None:

@@ -44,6 +44,7 @@ from trainlint.analysis.values.domain import (
     Values,
     number,
 )
+from trainlint.analysis.values.guard import Dependency
 from trainlint.analysis.values.scopes import ITEM, Binding, PathStep, Scope, Scopes, target_paths
 from trainlint.analysis.values.torch_calls import TorchCallsMixin
 
@@ -62,7 +63,7 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin):
         self.scopes = ctx.get(Scopes)
         self.guard = ctx.project.evaluation
         self.prefix = ctx.module_name or "__main__"
-        self._memo: dict[tuple[cst.CSTNode, bool], Values] = {}
+        self._memo: dict[tuple[cst.CSTNode, bool], tuple[Values, frozenset[Dependency]]] = {}
         self._init_calls()
         self._init_classes()
 

@@ -1,22 +1,29 @@
-"""The engine's bound: one stack of the questions being answered, shared by the engines of every
-module of a project, so that recursion and cycles (across functions, classes and files) end.
+"""The engine's bound and memory: one stack of the questions being answered, shared by the engines
+of every module of a project, so that recursion and cycles (across functions, classes and files)
+end, and every answer is computed once per run with the files it was read from.
 
 A question met again while it is being answered (``self.model = self.model.cuda()``, a loop that
 rebinds ``h = f(h)``, two functions that call each other) contributes nothing new on that path:
 the engine treats it as no value, and everything that transforms no value gives "unknown". The
-answers computed under such a cut, or past the depth limit, are partial: they are not cached, so
-asking them directly later gives the full answer.
+answers computed under such a cut (below the question that was cut), or past the depth limit, are
+partial: they are not cached, so asking them directly later gives the full answer. A cached
+answer is therefore the same whichever file asked it first.
+
+Each answer remembers the project files it read (path and digest). Asked again, for another
+linted file, it reports them again: that file's cached result must depend on them too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, MutableMapping
+from collections.abc import Callable, Hashable, Iterable, MutableMapping
 from typing import TypeVar
 
-from trainlint.analysis.values.domain import UNKNOWN, Values
+from trainlint.analysis.values.domain import UNKNOWN
 
 MAX_DEPTH = 48
 K = TypeVar("K")
+T = TypeVar("T")
+Dependency = tuple[str, str]  # (path, digest) of a file an answer was read from
 
 
 class EvaluationGuard:
@@ -24,32 +31,48 @@ class EvaluationGuard:
         self._stack: list[Hashable] = []
         self._positions: dict[Hashable, int] = {}
         self._partial: list[bool] = []
+        self._read: list[set[Dependency]] = []  # per question on the stack: the files it read
+        self.consulted: dict[str, str] = {}  # every file read for the current linted file
 
     def answer(
         self,
         key: Hashable,
-        cache: MutableMapping[K, Values],
+        cache: MutableMapping[K, tuple[T, frozenset[Dependency]]],
         cache_key: K,
-        compute: Callable[[], Values],
-        on_cycle: Values,
-    ) -> Values:
-        """``cache[cache_key]``, or ``compute()`` under this guard (cached when complete);
-        ``on_cycle`` when the question is already being answered, unknown past the depth limit."""
+        compute: Callable[[], T],
+        on_cycle: T,
+        on_deep: T = UNKNOWN,  # type: ignore[assignment]
+    ) -> T:
+        """``cache[cache_key]``, or ``compute()`` under this guard (cached when complete, with the
+        files it read); ``on_cycle`` when the question is already being answered, ``on_deep``
+        past the depth limit."""
         found = cache.get(cache_key)
         if found is not None:
-            return found
+            value, read = found
+            self.note(read)
+            return value
         state = self.enter(key)
         if state == "cycle":
             return on_cycle
         if state == "deep":
-            return UNKNOWN
+            return on_deep
+        self._read.append(set())
         try:
             result = compute()
         finally:
+            read = self._read.pop()
             complete = self.leave()
+        self.note(read)
         if complete:
-            cache[cache_key] = result
+            cache[cache_key] = (result, frozenset(read))
         return result
+
+    def note(self, read: Iterable[Dependency]) -> None:
+        """Files read: recorded for the linted file, and for every question being answered."""
+        read = list(read)
+        self.consulted.update(read)
+        if self._read:
+            self._read[-1].update(read)
 
     def enter(self, key: Hashable) -> str:
         """"entered", "cycle" (the key is already being answered) or "deep" (past the limit).

@@ -13,6 +13,11 @@ CONFIRM = {
     "rules": ["TL101"],
     "steps": 60,
     "why": "a norm guard on scaled gradients skips every step",
+    "effects": ["steps_applied"],
+    "shows_with": (
+        "gradients large enough, once scaled, to trip the guard: float16 autocast with an enabled "
+        "GradScaler: a GPU (--device cuda), or CUDA autocast mapped to CPU float16 (--device cpu)"
+    ),
     "original": [("steps_applied", "==", 0), ("iterations", ">=", 60)],
     "fixed": [("applied_fraction", ">=", 0.9), ("loss_fell", "is", True)],
 }

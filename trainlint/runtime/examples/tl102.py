@@ -11,6 +11,8 @@ CONFIRM = {
     "rules": ["TL102"],
     "steps": 30,
     "why": "the second unscale_ raises on the first step",
+    "effects": ["exception"],
+    "shows_with": "a run that reaches the second unscale_() of one step",
     "original": [("exception", "contains", "unscale_() has already been called")],
     "fixed": [("exception", "is", None), ("steps_applied", ">=", 28), ("loss_fell", "is", True)],
 }

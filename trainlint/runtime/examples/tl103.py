@@ -13,6 +13,11 @@ CONFIRM = {
     "rules": ["TL103"],
     "steps": 60,
     "why": "clipping scaled gradients shrinks the update 65536x",
+    "effects": ["grad_norm_larger"],
+    "shows_with": (
+        "an enabled GradScaler, whose scale shrinks the clipped gradients: float16 autocast with an "
+        "enabled GradScaler: a GPU (--device cuda), or CUDA autocast mapped to CPU float16 (--device cpu)"
+    ),
     "original": [("grad_norm_median", "<", 1e-3), ("loss_ratio", ">", 0.9)],
     "fixed": [("grad_norm_median", ">", "100x original"), ("loss_ratio", "<", 0.7)],
 }

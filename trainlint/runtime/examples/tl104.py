@@ -12,6 +12,11 @@ CONFIRM = {
     "rules": ["TL104"],
     "steps": 40,
     "why": "the optimizer applies gradients 65536x too large",
+    "effects": ["grad_norm_smaller"],
+    "shows_with": (
+        "an enabled GradScaler, whose scale the optimizer applies: float16 autocast with an enabled "
+        "GradScaler: a GPU (--device cuda), or CUDA autocast mapped to CPU float16 (--device cpu)"
+    ),
     "original": [("grad_norm_max", ">", 1e3), ("loss_fell", "is", False)],
     "fixed": [("grad_norm_max", "<", 1e2), ("healthy", "is", True)],
 }

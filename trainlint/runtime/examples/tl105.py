@@ -12,6 +12,11 @@ CONFIRM = {
     "rules": ["TL105"],
     "steps": 30,
     "why": "the second scaler.step raises",
+    "effects": ["exception", "scale_backoff"],
+    "shows_with": (
+        "an enabled GradScaler and a run that reaches the second step: float16 autocast with an enabled "
+        "GradScaler: a GPU (--device cuda), or CUDA autocast mapped to CPU float16 (--device cpu)"
+    ),
     "original": [("exception", "contains", "step() has already been called")],
     "fixed": [("exception", "is", None), ("steps_applied", ">=", 28), ("loss_fell", "is", True)],
 }

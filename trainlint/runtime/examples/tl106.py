@@ -12,6 +12,11 @@ CONFIRM = {
     "rules": ["TL106"],
     "steps": 30,
     "why": "scaler.step on gradients the scaler never scaled",
+    "effects": ["exception"],
+    "shows_with": (
+        "an enabled GradScaler: float16 autocast with an enabled GradScaler: a GPU (--device cuda), or "
+        "CUDA autocast mapped to CPU float16 (--device cpu)"
+    ),
     "original": [("exception", "contains", "_scale is None")],
     "fixed": [("exception", "is", None), ("steps_applied", ">=", 28), ("loss_fell", "is", True)],
 }

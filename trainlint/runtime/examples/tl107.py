@@ -13,6 +13,11 @@ CONFIRM = {
     "rules": ["TL107"],
     "steps": 60,
     "why": "the NaN gradients of a skipped batch reach the next step",
+    "effects": ["finite"],
+    "shows_with": (
+        "a step the GradScaler skips for NaN/Inf gradients: float16 autocast with an enabled GradScaler: "
+        "a GPU (--device cuda), or CUDA autocast mapped to CPU float16 (--device cpu), and more steps"
+    ),
     "original": [("nonfinite_weights", "is", True)],
     "fixed": [("nonfinite_weights", "is", False), ("nonfinite_losses", "<=", 1), ("loss_ratio", "<", 0.5)],
 }

@@ -15,6 +15,8 @@ CONFIRM = {
     "steps": 12,
     "unsafe_fixes": True,
     "why": "float16 overflows in Conv3d on unnormalised volumes",
+    "effects": ["skips", "finite"],
+    "shows_with": "Conv3d activations that overflow float16: CUDA autocast on a GPU or mapped to the CPU",
     "original": [("skipped_fraction", ">=", 0.9)],
     "fixed": [("skipped_fraction", "<=", 0.2), ("nonfinite_losses", "==", 0)],
 }

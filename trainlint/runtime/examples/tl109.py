@@ -14,6 +14,11 @@ CONFIRM = {
     "rules": ["TL109"],
     "steps": 60,
     "why": "skipping before update() never backs the scale off",
+    "effects": ["exception", "steps_applied", "scale_backoff"],
+    "shows_with": (
+        "a step the script skips itself (NaN/Inf gradients): float16 autocast with an enabled GradScaler:"
+        " a GPU (--device cuda), or CUDA autocast mapped to CPU float16 (--device cpu), and more steps"
+    ),
     "original": [("exception", "contains", "unscale_() has already been called")],
     "fixed": [("exception", "is", None), ("applied_fraction", ">=", 0.7), ("loss_fell", "is", True)],
 }

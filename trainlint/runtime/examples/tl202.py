@@ -12,6 +12,10 @@ CONFIRM = {
     "rules": ["TL202"],
     "steps": 40,
     "why": "softmax underflows to 0 for a confidently wrong model; log(0) = -inf",
+    "effects": ["finite"],
+    "shows_with": (
+        "a confidently wrong model (softmax underflow): more steps (--steps 200), a larger learning rate"
+    ),
     "original": [("nonfinite_losses", ">", 0)],
     "fixed": [("nonfinite_losses", "==", 0), ("nonfinite_weights", "is", False), ("loss_fell", "is", True)],
 }

@@ -11,6 +11,10 @@ CONFIRM = {
     "rules": ["TL203"],
     "steps": 40,
     "why": "sigmoid underflows to 0 for a confidently wrong model; log(0) = -inf",
+    "effects": ["finite"],
+    "shows_with": (
+        "a confidently wrong model (sigmoid underflow): more steps (--steps 200), a larger learning rate"
+    ),
     "original": [("nonfinite_losses", ">", 0)],
     "fixed": [("nonfinite_losses", "==", 0), ("nonfinite_weights", "is", False), ("loss_fell", "is", True)],
 }

@@ -13,6 +13,8 @@ CONFIRM = {
     "rules": ["TL204"],
     "steps": 40,
     "why": "a saturated sigmoid passes no gradient to binary_cross_entropy",
+    "effects": ["loss_falls"],
+    "shows_with": "saturated sigmoid outputs: more steps (--steps 200)",
     "original": [("loss_ratio", ">", 0.95)],
     "fixed": [("loss_ratio", "<", 0.5)],
 }

@@ -12,7 +12,10 @@ import torch.nn.functional as F
 CONFIRM = {
     "rules": ["TL205"],
     "steps": 40,
+    "unsafe_fixes": True,
     "why": "double softmax: a saturated softmax passes no gradient",
+    "effects": ["grad_norm_larger", "loss_falls"],
+    "shows_with": "a saturated double softmax: more steps (--steps 200)",
     "original": [("grad_norm_median", "<", 1e-6)],
     "fixed": [("grad_norm_median", ">", 1e-3), ("loss_fell", "is", True)],
 }

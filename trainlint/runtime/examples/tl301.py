@@ -11,7 +11,10 @@ import torch.nn.functional as F
 CONFIRM = {
     "rules": ["TL301"],
     "steps": 20,
+    "unsafe_fixes": True,
     "why": "the scaled identity path makes the first layer's gradient vanish",
+    "effects": ["first_layer_grad_larger"],
+    "shows_with": "a deep enough stack of scaled identity paths: more steps, the full model",
     "original": [("first_layer_grad", "<", 1e-6)],
     "fixed": [("first_layer_grad", ">", "1000x original"), ("nonfinite_losses", "==", 0)],
 }

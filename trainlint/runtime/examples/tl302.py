@@ -14,6 +14,8 @@ CONFIRM = {
     "steps": 40,
     "unsafe_fixes": True,
     "why": "clamped weights make the first layer's gradient vanish",
+    "effects": ["first_layer_grad_larger", "loss_falls"],
+    "shows_with": "weights clamped at their bounds: more steps (--steps 200)",
     "original": [("first_layer_grad", "<", 1e-6)],
     "fixed": [("first_layer_grad", ">", "1000x original"), ("loss_ratio", "<", 0.9)],
 }

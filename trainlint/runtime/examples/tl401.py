@@ -14,6 +14,8 @@ CONFIRM = {
     "steps": 80,
     "unsafe_fixes": True,
     "why": "exploding gradients through time",
+    "effects": ["finite"],
+    "shows_with": "long sequences or a large learning rate: more steps (--steps 200)",
     "original": [("nonfinite_losses", ">", 0)],
     "fixed": [("nonfinite_losses", "==", 0), ("loss_ratio", "<", 0.2)],
 }

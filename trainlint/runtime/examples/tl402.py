@@ -11,7 +11,10 @@ import torch.nn.functional as F
 CONFIRM = {
     "rules": ["TL402"],
     "steps": 80,
+    "unsafe_fixes": True,
     "why": "clipping after the step does not clip the update",
+    "effects": ["finite"],
+    "shows_with": "exploding gradients: more steps (--steps 200), long sequences",
     "original": [("nonfinite_losses", ">", 0)],
     "fixed": [("nonfinite_losses", "==", 0), ("grad_norm_max", "<=", 1.0001), ("loss_ratio", "<", 0.2)],
 }

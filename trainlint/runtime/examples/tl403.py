@@ -12,6 +12,8 @@ CONFIRM = {
     "rules": ["TL403"],
     "steps": 60,
     "why": "accumulated gradients grow the effective learning rate every step",
+    "effects": ["loss_falls", "finite"],
+    "shows_with": "more steps (--steps 100): the accumulated gradient grows every step",
     "original": [("loss_fell", "is", False)],
     "fixed": [("loss_ratio", "<", 0.2), ("nonfinite_losses", "==", 0)],
 }
