@@ -149,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(a file is either fixed completely or left as it was)",
             file=sys.stderr,
         )
+        if argv is None:  # the process is ours: skip interpreter shutdown, whose pool hooks may
+            lifetime.leave(lifetime.exit_status(exc))  # meet pipes the stopped workers closed
         return lifetime.exit_status(exc)
     except BrokenPipeError:
         return _reader_gone()

@@ -81,6 +81,9 @@ class NodeIndex:
     def __init__(self, module: cst.Module) -> None:
         self.by_type: dict[type, list[cst.CSTNode]] = {}
         self.parents: dict[cst.CSTNode, cst.CSTNode] = {}
+        self._calls_by_name: dict[str, list[cst.Call]] | None = None
+        self._call_order: dict[int, int] | None = None
+        self._words: dict[type, dict[str, list[cst.CSTNode]]] = {}
         by_type, parents = self.by_type, self.parents
         stack: list[cst.CSTNode] = [module]
         while stack:
@@ -98,6 +101,35 @@ class NodeIndex:
 
     def of(self, node_type: type[N]) -> list[N]:
         return self.by_type.get(node_type, [])  # type: ignore[return-value]
+
+    def calls_spelled(self, name: str) -> list[cst.Call]:
+        """The calls written ``name(...)`` or ``x.name(...)``, in source order: the index is built
+        once, so asking for each function's calls costs the calls found, not every call."""
+        if self._calls_by_name is None:
+            self._calls_by_name = {}
+            for call in self.of(cst.Call):
+                func = call.func
+                spelled = func.value if isinstance(func, cst.Name) else func.attr.value if isinstance(func, cst.Attribute) else None
+                if spelled is not None:
+                    self._calls_by_name.setdefault(spelled, []).append(call)
+        return self._calls_by_name.get(name, [])
+
+    def calls_spelled_any(self, names: Iterable[str]) -> list[cst.Call]:
+        """The calls spelled with any of the names, in source order."""
+        found = {id(c): c for name in names for c in self.calls_spelled(name)}
+        if self._call_order is None:
+            self._call_order = {id(c): i for i, c in enumerate(self.of(cst.Call))}
+        order = self._call_order
+        return sorted(found.values(), key=lambda c: order[id(c)])
+
+    def spelled(self, word: str, node_type: type[cst.Name] | type[cst.Attribute]) -> list[cst.CSTNode]:
+        """The ``Name`` nodes reading ``word``, or the ``Attribute`` nodes ``x.word``."""
+        if node_type not in self._words:
+            index: dict[str, list[cst.CSTNode]] = {}
+            for node in self.of(node_type):
+                index.setdefault(node.attr.value if isinstance(node, cst.Attribute) else node.value, []).append(node)  # type: ignore[attr-defined]
+            self._words[node_type] = index
+        return self._words[node_type].get(word, [])
 
 
 class FileContext:

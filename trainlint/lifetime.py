@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterable
 from types import FrameType
+from typing import NoReturn
 
 _PR_SET_PDEATHSIG = 1
 _parent_pid: int | None = None  # set in a pool worker
@@ -51,6 +52,18 @@ def stop_on_termination() -> None:
         number = getattr(signal, name, None)
         if number is not None:
             signal.signal(number, _raise_interrupted)
+
+
+def leave(status: int) -> NoReturn:
+    """Exit now with the output flushed, without running interpreter shutdown: after an
+    interruption the process pool's exit hooks can write to pipes of workers already stopped
+    and print a traceback after the one line the user was promised."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 # -- in a pool worker ------------------------------------------------------------------------------

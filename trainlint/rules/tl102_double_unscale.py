@@ -25,7 +25,10 @@ class DoubleUnscale(Rule):
     Finds a second `scaler.unscale_(optimizer)` for the same optimizer on a path through the step
     with no `scaler.update()` in between, including one hidden in a helper of the same module
     (`self._clip_gradients()` that unscales again). Two `unscale_` calls in exclusive branches
-    (`if`/`else`) are one per path and are not reported.
+    (`if`/`else`) are one per path and are not reported. It also follows the loop to the next
+    iteration: with gradient accumulation, an `unscale_` on every micro-batch while
+    `scaler.update()` runs only on the one that steps (`if (i + 1) % accum == 0:`) unscales again
+    on the next micro-batch. (An iteration that skips its update on a check is TL109's finding.)
 
     ## Why is this bad?
     `GradScaler` records per optimizer that its gradients were unscaled, and the record lasts
@@ -37,12 +40,16 @@ class DoubleUnscale(Rule):
 
     The fix removes the later call (and an `if` around it that would be left empty). It is
     offered when the earlier call runs on every path that reaches the later one, so no path loses
-    its only `unscale_`.
+    its only `unscale_`. Under accumulation the fix moves the `unscale_`, and the clip right after
+    it, into the `if` that steps and updates, so they run once per update on the accumulated
+    gradients; it is offered when nothing they assign is read outside that `if`.
 
     ## Fix safety
     Safe: the removed call raises `RuntimeError` whenever it runs (the fix is offered only where it
     is a second `unscale_` on every path that reaches it), so only runs that would have stopped
-    there change; the first `unscale_` still unscales the gradients once.
+    there change; the first `unscale_` still unscales the gradients once. Under accumulation the
+    original raises on its second micro-batch (with one micro-batch per step the condition is
+    always true and the moved lines run as before), so no run that trains is changed.
     """
 
     code = "TL102"

@@ -27,7 +27,9 @@ class SkippedStepKeepsGradients(Rule):
     iteration (`opt.zero_grad()` before the backward: the skipped gradients are then discarded),
     when the step never clears them itself (the caller does), for `break` and for a `return` that
     ends the training loop, and for skips that are not checks (`if (i + 1) % accum != 0: continue`
-    is gradient accumulation).
+    is gradient accumulation). A skip may be written as a branch: `if not skip_step:` around the
+    step, with `skip_step` set on a NaN/Inf or gradient test (or the test itself in the `if`); the
+    side that leaves the step out is the skip.
 
     ## Why is this bad?
     `backward()` adds into `.grad`. A batch skipped for a NaN loss or an infinite gradient leaves
@@ -38,7 +40,8 @@ class SkippedStepKeepsGradients(Rule):
     guard) is likewise added into the next step instead of being dropped.
 
     The fix clears the gradients of each skipped optimizer with `opt.zero_grad(set_to_none=True)`
-    right before the skip. Under gradient accumulation this also drops the micro-batches already
+    right before the skip (for a branch, at the start of the side that skips, adding an `else:`
+    when there is none). Under gradient accumulation this also drops the micro-batches already
     accumulated in that window, which a NaN had made unusable anyway. With a GradScaler, TL109
     adds the `scaler.update()` the same skip needs; the two fixes are applied together.
 

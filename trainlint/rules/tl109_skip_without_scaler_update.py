@@ -33,7 +33,9 @@ class SkipWithoutScalerUpdate(Rule):
     `scaler.scale(loss).backward()` without calling `scaler.update()` on that path, when the skip
     follows `scaler.unscale_()` or is taken on a check of the gradients (a NaN/Inf test, a norm
     guard, a helper that reads `.grad`). Skips that are not gradient checks, such as
-    `if (i + 1) % accum != 0: continue` under gradient accumulation, are left alone.
+    `if (i + 1) % accum != 0: continue` under gradient accumulation, are left alone. A skip may be
+    written as a branch: `if not found_inf: scaler.step(opt); scaler.update()` with `found_inf`
+    set on a NaN/Inf or gradient test; the side that leaves out the update is the skip.
 
     ## Why is this bad?
     `scaler.step()` skips an overflowing step by itself, and `scaler.update()` then halves the
@@ -43,7 +45,8 @@ class SkipWithoutScalerUpdate(Rule):
     `unscale_` raises
     `RuntimeError: unscale_() has already been called on this optimizer since the last update()`.
 
-    The fix inserts `scaler.update()` before the skip. It is offered only where `unscale_` has run
+    The fix inserts `scaler.update()` before the skip (for a branch, in the side that skips, adding
+    an `else:` when there is none). It is offered only where `unscale_` has run
     on every path to the skip: `unscale_` records whether the gradients overflowed, and
     `update()` needs that record (without it, it fails with `No inf checks were recorded prior to
     update`). Where the check runs before `unscale_`, move the check after `unscale_` (TL101

@@ -36,7 +36,15 @@ kind sets ``BACKWARD_KINDS`` and ``STEP_KINDS``, ``clears_gradients_of``, ``back
 
 from __future__ import annotations
 
-from trainlint.analysis.training_step.dataflow import Feed, Feeding, StepState, StepStates, backwards_feeding
+from trainlint.analysis.training_step.dataflow import (
+    Feed,
+    Feeding,
+    StepState,
+    StepStates,
+    backwards_feeding,
+    scaling_owner,
+)
+from trainlint.analysis.training_step.framework import FrameworkSteps, ScaledHook, move_to_optimizer_step_hook
 from trainlint.analysis.training_step.events import (
     BACKWARD_KINDS,
     CLIP_FUNCTIONS,
@@ -46,6 +54,7 @@ from trainlint.analysis.training_step.events import (
     EventKind,
     OptimizerInfo,
     ScalerInfo,
+    FrameworkScaling,
     SkipGuard,
     StepEvent,
 )
@@ -73,7 +82,10 @@ __all__ = [
     "EventKind",
     "Feed",
     "Feeding",
+    "FrameworkScaling",
+    "FrameworkSteps",
     "OptimizerInfo",
+    "ScaledHook",
     "ScalerInfo",
     "SkipGuard",
     "StepEvent",
@@ -84,9 +96,11 @@ __all__ = [
     "backwards_feeding",
     "clears_gradients_of",
     "in_helper",
+    "move_to_optimizer_step_hook",
     "removal_edit",
     "runs_a_closure",
     "scale_text",
+    "scaling_owner",
     "skip_insertion",
     "statement_in_step",
     "unscale_insertion",

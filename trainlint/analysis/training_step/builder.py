@@ -47,6 +47,8 @@ from trainlint.analysis.values import (
     Tensor,
 )
 
+# A framework object's methods that unscale the gradients it scaled (then clip, but for the last).
+_FRAMEWORK_UNSCALES = frozenset({"clip_grad_norm_", "clip_grad_value_", "clip_gradients", "unscale_gradients"})
 # Events on an optimizer: a loop whose body has one on its own variable loops over optimizers.
 _OPTIMIZER_KINDS = frozenset({EventKind.UNSCALE, EventKind.SCALER_STEP, EventKind.OPT_STEP, EventKind.ZERO_GRAD})
 
@@ -294,7 +296,13 @@ class _Builder:
             positional = _first_positional(call)
             text = dotted_name(receiver)
             if positional is not None and text is not None and _is_framework_backward(text, method):
-                return [self.event(EventKind.FRAMEWORK_BACKWARD, call, target=positional)]
+                if method == "backward":
+                    framework = self.module.framework_scaling(receiver, text)
+                else:
+                    framework = self.module.lightning_scaling(self.function)
+                if framework is not None:
+                    framework = dataclasses.replace(framework, owner=self.subst(text) or text)
+                return [self.event(EventKind.FRAMEWORK_BACKWARD, call, target=positional, framework=framework)]
             if method == "manual_backward":
                 return None
             if positional is not None and text is not None and "loss" not in text.lower():
@@ -303,6 +311,10 @@ class _Builder:
         text = dotted_name(receiver)
         if text is None:
             return None
+        if method in _FRAMEWORK_UNSCALES and _is_framework_backward(text, "backward"):
+            return self.framework_unscale(call, method, receiver, text)
+        if method == "clip_gradients" and text == "self" and self.module.lightning_scaling(self.function) is not None:
+            return self.framework_unscale(call, method, receiver, text)
         if method == "zero_" and _is_grad(receiver):
             return [self.event(EventKind.ZERO_GRAD, call, target=receiver)]
         if method in ("unscale_", "update", "step", "scale") and self.module.is_scalerish(text):
@@ -333,6 +345,29 @@ class _Builder:
         if argument is not None and method != "update":
             self.optimizer(argument, dotted_name(argument) or "", by_use=True)
         return [self.event(kinds[method], call, scaler=self.subst(text), optimizer=argument_text, target=argument)]
+
+    def framework_unscale(self, call: cst.Call, method: str, receiver: cst.BaseExpression, text: str) -> list[_Item]:
+        """``accelerator.clip_grad_norm_(params, 1.0)``, ``accelerator.unscale_gradients()``,
+        ``fabric.clip_gradients(model, optimizer, max_norm=1.0)``: the framework unscales the
+        gradients (under float16), then clips them."""
+        if text == "self":
+            framework = self.module.lightning_scaling(self.function)
+        else:
+            framework = self.module.framework_scaling(receiver, text)
+        spelled = self.subst(text) or text
+        if framework is not None:
+            framework = dataclasses.replace(framework, owner=spelled)
+        unscale = self.event(EventKind.UNSCALE, call, scaler=spelled, framework=framework)
+        if method == "unscale_gradients":
+            return [unscale]
+        if method == "clip_gradients":  # fabric.clip_gradients(module, optimizer, ...)
+            optimizer = call.args[1].value if len(call.args) > 1 and call.args[1].keyword is None else _keyword(call, "optimizer")
+            params = _first_positional(call) or _keyword(call, "module")
+            name = self.subst(dotted_name(optimizer)) if optimizer is not None else None
+            return [unscale, self.event(EventKind.CLIP, call, optimizer=name, target=params)]
+        params = _keyword(call, "parameters") or _first_positional(call)
+        optimizer = self.module.optimizer_for_params(self.ctx.code(params), self.function) if params is not None else None
+        return [unscale, self.event(EventKind.CLIP, call, optimizer=self.subst(optimizer), target=params)]
 
     def backward(self, call: cst.Call, tensor: cst.BaseExpression) -> StepEvent:
         scaler, loss = self._scaled(tensor)

@@ -32,9 +32,10 @@ if TYPE_CHECKING:
 class StepState:
     """The facts on one path at one point."""
 
-    # Scaled backwards (of known scalers) whose gradients no `unscale_`/`scaler.step` of their
-    # scaler and no `zero_grad` has touched since; a later scaled backward of the same scaler
-    # takes over from an earlier one.
+    # Scaled backwards (of known scalers, or of a framework object that scales under float16)
+    # whose gradients no `unscale_`/`scaler.step` of their scaler (the framework's clip or its
+    # optimizer's step) and no `zero_grad` has touched since; a later scaled backward of the
+    # same scaler takes over from an earlier one.
     scaled: frozenset[StepEvent] = frozenset()
     # Known scalers that scaled a backward since their last update().
     pending_update: frozenset[str] = frozenset()
@@ -56,6 +57,11 @@ class StepState:
 
     def unscaled_of(self, scaler: str | None, optimizer: str | None) -> list[StepEvent]:
         return [e for e in self.unscaled if e.kind is EventKind.UNSCALE and e.scaler == scaler and e.optimizer == optimizer]
+
+
+def scaling_owner(backward: StepEvent) -> str | None:
+    """Who scaled a backward's loss: its GradScaler, or the framework object (``accelerator``)."""
+    return backward.framework.owner if backward.framework is not None else backward.scaler
 
 
 class StepStates:
@@ -88,10 +94,13 @@ class StepStates:
         if kind is EventKind.SCALED_BACKWARD and known_scaler:
             kept = frozenset(b for b in state.scaled if b.scaler != event.scaler)
             state = replace(state, scaled=kept | {event}, pending_update=state.pending_update | {event.scaler})
+        elif kind is EventKind.FRAMEWORK_BACKWARD and event.framework is not None:
+            kept = frozenset(b for b in state.scaled if scaling_owner(b) != event.framework.owner)
+            state = replace(state, scaled=kept | {event})
         if kind in BACKWARD_KINDS:
             return replace(state, uncleared=frozenset(self.step.optimizers), applied=frozenset(), backward_seen=True)
         if kind in (EventKind.UNSCALE, EventKind.SCALER_STEP):
-            scaled = frozenset(b for b in state.scaled if b.scaler != event.scaler)
+            scaled = frozenset(b for b in state.scaled if scaling_owner(b) != event.scaler)
             unscaled = state.unscaled | {event} if known_scaler else state.unscaled
             state = replace(state, scaled=scaled, unscaled=unscaled)
         if kind is EventKind.SCALER_UPDATE:
@@ -100,6 +109,8 @@ class StepStates:
                 unscaled=frozenset(e for e in state.unscaled if e.scaler != event.scaler),
                 pending_update=state.pending_update - {event.scaler},
             )
+        if kind is EventKind.OPT_STEP:  # a framework's wrapped optimizer unscales before it steps
+            state = replace(state, scaled=frozenset(b for b in state.scaled if b.framework is None))
         if kind in STEP_KINDS and event.optimizer is not None:
             return replace(state, applied=state.applied | {event.optimizer})
         if kind is EventKind.ZERO_GRAD:

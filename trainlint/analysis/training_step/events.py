@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Literal
 
 import libcst as cst
 
@@ -80,6 +81,36 @@ _PASSING_CALLS = frozenset(
 _OPTIMIZER_NAME = re.compile(r"optimi[sz]er|^optim(_|$)|(^|_)opt(_|$)|^opt[a-z0-9]{0,2}$|_opt[a-z0-9]?$")
 
 
+Precision = Literal["fp16", "other", "unknown"]
+LIGHTNING_FP16 = frozenset({"16", "16-mixed"})  # "16-true" casts the model: no loss scaling
+
+
+@dataclass(frozen=True)
+class FrameworkScaling:
+    """A framework object whose ``backward`` scales the loss (or may: its precision unknown),
+    set on its FRAMEWORK_BACKWARD events and on the UNSCALE of its own clipping."""
+
+    owner: str  # "accelerator" as written ("self" for Lightning's manual optimization)
+    framework: str  # "Accelerate" | "Fabric" | "Lightning"
+    precision: Precision  # "fp16" where the code shows it, else "unknown"
+
+    @property
+    def clip_call(self) -> str:
+        """The framework's clip, which unscales first."""
+        method = "clip_grad_norm_" if self.framework == "Accelerate" else "clip_gradients"
+        return f"{self.owner}.{method}"
+
+    @property
+    def backward_call(self) -> str:
+        return f"{self.owner}.manual_backward" if self.framework == "Lightning" else f"{self.owner}.backward"
+
+    def condition(self) -> str:
+        setting = '`mixed_precision="fp16"`' if self.framework == "Accelerate" else '`precision="16-mixed"`'
+        if self.precision == "fp16":
+            return f"under {setting}"
+        return f"under float16 mixed precision ({setting}, which the code does not show)"
+
+
 @dataclass(frozen=True)
 class SkipGuard:
     """What the ``if`` tests around a skip look at (for SKIP events)."""
@@ -111,6 +142,8 @@ class StepEvent:
     scale_invariant: bool = False
     # for GRAD_INSPECT: the value read goes into isnan/isinf/isfinite (``math.isfinite(norm.item())``)
     tests_finiteness: bool = False
+    # for FRAMEWORK_BACKWARD: the framework object scales the loss; for UNSCALE: whose unscale it is
+    framework: FrameworkScaling | None = None
 
     @property
     def skip_text(self) -> str:

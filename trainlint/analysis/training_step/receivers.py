@@ -21,6 +21,8 @@ from trainlint.analysis.training_step.events import (
     CLIP_FUNCTIONS,
     GRAD_SCALER_CONSTRUCTORS,
     HELPER_DEPTH,
+    LIGHTNING_FP16,
+    FrameworkScaling,
     OptimizerInfo,
     ScalerInfo,
 )
@@ -42,6 +44,7 @@ from trainlint.analysis.values import (
     Values,
     is_none,
 )
+from trainlint.analysis.values.torch_calls import argument
 from trainlint.analysis.values.torch_semantics import (
     is_optimizer_class,
 )
@@ -204,6 +207,36 @@ class _Module:
         return "known", ScalerInfo(
             text, on[0].cls, True if all_on else None, scales.pop() if len(scales) == 1 else None
         )
+
+    def framework_scaling(self, receiver: cst.BaseExpression, text: str) -> FrameworkScaling | None:
+        """Whether ``accelerator.backward`` / ``fabric.backward`` scales the loss: None where the
+        object is built with another precision that the code shows (``mixed_precision="bf16"``,
+        ``precision="32-true"``); "unknown" when a config or the launcher decides."""
+        framework = "Accelerate" if _last_part(text).lower() == "accelerator" else "Fabric"
+        keyword = "mixed_precision" if framework == "Accelerate" else "precision"
+        seen: set[bool] = set()
+        for instance in self.flow.values(receiver).of_type(Instance):
+            call, site = instance.call, instance.site
+            arg = argument(call, -1, keyword) if call is not None else None
+            if arg is None or site is None:
+                continue
+            for constant in site.ctx.get(ValueFlow).values(arg.value).constants():
+                seen.add(str(constant) == "fp16" if framework == "Accelerate" else str(constant) in LIGHTNING_FP16)
+        if seen == {False}:
+            return None
+        return FrameworkScaling(text, framework, "fp16" if seen == {True} else "unknown")
+
+    def lightning_scaling(self, function: cst.FunctionDef) -> FrameworkScaling | None:
+        """``self.manual_backward(loss)`` in a LightningModule: Lightning's precision plugin
+        scales the loss under ``precision="16-mixed"`` (None where the project shows another)."""
+        from trainlint.analysis.training_step.framework import FrameworkSteps  # built on this module
+
+        cls = self.class_of(function)
+        steps = self.ctx.get(FrameworkSteps)
+        if cls is None or steps.framework_of(cls) != "Lightning":
+            return None
+        precision = steps.precision("Lightning")
+        return None if precision == "other" else FrameworkScaling("self", "Lightning", precision)
 
     def optimizer_info(self, receiver: cst.BaseExpression, text: str) -> OptimizerInfo | None:
         if receiver not in self._optimizer_cache:
