@@ -86,3 +86,22 @@ def test_a_fixed_run_that_raises_or_goes_non_finite_is_worse():
     nan = report_with([1.0] * 10 + [math.nan] * 10)
     assert worse_than(learning, nan)[0] == "more non-finite losses (0 -> 10)"
     assert worse_than(nan, learning) == []
+
+
+def report_with_memory(memory_mb: list[float]):
+    steps = [StepRecord(i, 0, 1.0, 1.0, 1.0, 0, 0, None, False, 1, memory_mb=m) for i, m in enumerate(memory_mb)]
+    return summarize(Record(steps=steps, backward_losses=[1.0] * len(steps), backward_calls=len(steps), optimizers=[OptimizerRecord("SGD")]))
+
+
+def test_memory_growth_is_measured_over_the_second_half_and_judged_by_memory_flat():
+    from trainlint.runtime.effects import EFFECTS, NOT_REPRODUCED, numbers
+
+    # The first steps allocate (optimizer state, caches); a kept graph goes on growing after them.
+    growing = report_with_memory([100.0, 150.0] + [150.0 + 2.0 * i for i in range(18)])
+    flat = report_with_memory([100.0, 150.0] + [150.0] * 18)
+    assert growing.memory_growth_mb == pytest.approx(2.0) and flat.memory_growth_mb == 0.0
+    judged = EFFECTS["memory_flat"](numbers(growing)[0], numbers(flat)[0])
+    assert judged.status == CONFIRMED and "+2.05e+03 KiB per step -> +0 KiB per step" in judged.detail
+    assert EFFECTS["memory_flat"](numbers(growing)[0], numbers(growing)[0]).status == NOT_CONFIRMED
+    assert EFFECTS["memory_flat"](numbers(flat)[0], numbers(flat)[0]).status == NOT_REPRODUCED
+    assert report_with([1.0, 0.5, 0.2]).memory_growth_mb is None  # records made before memory was measured

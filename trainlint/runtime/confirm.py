@@ -326,6 +326,8 @@ def measure(report: HealthReport) -> dict[str, Any]:
         "loss_last": _or_nan(report.loss_last),
         "loss_ratio": loss_ratio,
         "loss_fell": report.loss_fell,
+        "memory_growth_mb": _or_nan(report.memory_growth_mb),
+        "ranks": 1 + len(report.other_ranks),
     }
 
 
@@ -507,6 +509,8 @@ def _describe_metric(metric: str, m: dict[str, Any], report: HealthReport) -> st
     if metric == "nonfinite_weights":
         step = report.first_nonfinite_weights_step
         return "weights finite" if step is None else f"weights NaN/Inf from step {step}"
+    if metric == "memory_growth_mb":
+        return f"memory +{format_number(m[metric] * 1024)} KiB per step"
     if metric in ("exception", "healthy", "steps_run"):
         return "" if metric != "steps_run" else f"{m['steps_run']} steps"
     return f"{metric} {m.get(metric)!r}"

@@ -8,8 +8,10 @@ the GradScaler already does.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.optim.optimizer import Optimizer
@@ -91,6 +93,20 @@ class PendingStep:
     scale: torch.Tensor | None
     skipped: bool | torch.Tensor
     backward_calls: int
+    memory_mb: float | None = None
+
+
+def memory_in_use_mb(device: torch.device | None = None) -> float | None:
+    """Memory the run holds now, in MiB: CUDA's allocated bytes on a GPU, else the process's
+    resident set (``/proc/self/statm``; None where there is no such file). What a graph kept
+    alive from one iteration to the next makes grow step after step."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def flush(pending: list[PendingStep]) -> list[StepRecord]:
@@ -119,6 +135,7 @@ def flush(pending: list[PendingStep]) -> list[StepRecord]:
                 scale=scales[k],
                 skipped=was_skipped,
                 backward_calls=p.backward_calls,
+                memory_mb=p.memory_mb,
             )
         )
     return records

@@ -29,6 +29,8 @@ NOT_REPRODUCED = "not reproduced"
 SCALE_FACTOR = 10.0
 # A loss ratio (last / first) this much lower is the fix making training progress.
 LOSS_RATIO_MARGIN = 0.05
+# Memory growing by this many MiB per step, step after step, is something kept, not noise.
+MEMORY_GROWTH_MB = 0.1
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Numbers:
     exception: str | None
     scale_first: float | None
     scale_last: float | None
+    memory_growth_mb: float | None = None  # the run's, per step (report.memory_growth)
 
     @property
     def applied_fraction(self) -> float:
@@ -88,6 +91,7 @@ def _view(report: HealthReport, o: OptimizerReport | None) -> Numbers:
         exception=report.exception,
         scale_first=report.scale_first,
         scale_last=report.scale_last,
+        memory_growth_mb=report.memory_growth_mb,
     )
 
 
@@ -191,6 +195,26 @@ def _loss_falls(o: Numbers, f: Numbers) -> Judgement:
     return Judgement(NOT_REPRODUCED, f"the loss fell at least as much in the original ({text})")
 
 
+def _memory_flat(o: Numbers, f: Numbers) -> Judgement:
+    """The fix stops the memory from growing step after step (a graph kept across iterations)."""
+    before, after = o.memory_growth_mb, f.memory_growth_mb
+    if before is None or after is None:
+        return Judgement(NOT_REPRODUCED, "memory was not measured at the steps")
+    text = f"memory +{format_number(before * 1024)} KiB per step -> +{format_number(after * 1024)} KiB per step"
+    if before < MEMORY_GROWTH_MB:
+        return Judgement(NOT_REPRODUCED, f"the original's memory grew by {format_number(before * 1024)} KiB per step")
+    return Judgement(CONFIRMED if after <= before / 4 else NOT_CONFIRMED, text)
+
+
+def _data_per_rank(o: Numbers, f: Numbers) -> Judgement:
+    """What each rank's sampler draws is not recorded: said plainly, never guessed from the loss."""
+    return Judgement(
+        NOT_REPRODUCED,
+        "the samples each rank draws are not recorded; benchmarks/loop_rules_evidence.py measures "
+        "their overlap across two gloo ranks and the order repeated without set_epoch",
+    )
+
+
 EFFECTS: dict[str, Judge] = {
     "exception": _exception,
     "steps_applied": _steps_applied,
@@ -201,6 +225,8 @@ EFFECTS: dict[str, Judge] = {
     "first_layer_grad_larger": _grad_scale("first_layer", larger=True, suspicious=1e-6),
     "finite": _finite,
     "loss_falls": _loss_falls,
+    "memory_flat": _memory_flat,
+    "data_per_rank": _data_per_rank,
 }
 
 

@@ -44,6 +44,7 @@ from trainlint.runtime.device_stats import (
     TensorStats,
     flush,
     grad_stats,
+    memory_in_use_mb,
     params_of,
     tensor_norms,
     to_host,
@@ -468,6 +469,7 @@ class Monitor:
                 scale=scale,
                 skipped=skipped,
                 backward_calls=loss.backward_calls,
+                memory_mb=memory_in_use_mb(None if loss.total is None else loss.total.device),
             )
         )
         self._backward_since_step = 0

@@ -27,6 +27,7 @@ class StepRecord:
     scale: float | None  # the GradScaler's scale used for this step's backward
     skipped: bool  # the GradScaler skipped optimizer.step()
     backward_calls: int  # backward passes whose gradients this step applied
+    memory_mb: float | None = None  # the process's memory when the step ran (see device_stats.memory_in_use_mb)
 
 
 @dataclass

@@ -89,6 +89,7 @@ class HealthReport:
     wall_time_s: float
     optimizers: list[OptimizerReport] = field(default_factory=list)
     other_ranks: list[str] = field(default_factory=list)
+    memory_growth_mb: float | None = None  # MiB per step over the run's second half (memory_growth)
 
     @property
     def healthy(self) -> bool:
@@ -146,11 +147,23 @@ def summarize(record: Record) -> HealthReport:
         stopped_at_limit=record.stopped_at_limit,
         wall_time_s=record.wall_time_s,
         optimizers=per_optimizer,
+        memory_growth_mb=memory_growth(steps),
     )
     report.reasons = _reasons(report, record)
     report.warnings = _warnings(report, record)
     report.verdict = "unhealthy" if report.reasons else "healthy"
     return report
+
+
+def memory_growth(steps: Sequence[StepRecord]) -> float | None:
+    """How much the memory held grew per step over the second half of the run, in MiB: the
+    first steps allocate the optimizer's state and the allocator's caches; a graph kept alive
+    from one iteration to the next goes on growing after them. None with under 4 steps measured."""
+    measured = [(s.index, s.memory_mb) for s in steps if s.memory_mb is not None]
+    if len(measured) < 4:
+        return None
+    (start, before), (end, after) = measured[len(measured) // 2], measured[-1]
+    return (after - before) / (end - start) if end > start else None
 
 
 def summarize_optimizer(label: str, steps: Sequence[StepRecord]) -> OptimizerReport:
