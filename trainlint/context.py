@@ -75,6 +75,16 @@ def descendants(node: cst.CSTNode, *, enter_scopes: bool = True) -> Iterator[cst
             stack.extend(child_nodes(current)[::-1])
 
 
+def calls_within(node: cst.CSTNode) -> Iterator[cst.Call]:
+    """The calls in ``node`` (itself included), in source order, leaving out the bodies of the
+    functions, classes and lambdas nested in it (other scopes)."""
+    if isinstance(node, cst.Call):
+        yield node
+    for child in descendants(node, enter_scopes=False):
+        if isinstance(child, cst.Call):
+            yield child
+
+
 class NodeIndex:
     """One walk over the tree: nodes by type in source order, and each node's parent."""
 
@@ -199,6 +209,14 @@ class FileContext:
 
     def code(self, node: cst.CSTNode) -> str:
         return self.module.code_for_node(node)
+
+    def short_code(self, node: cst.CSTNode, width: int = 40) -> str:
+        """The node's code on one line for a message: a call too long for ``width`` as
+        ``func(...)``, other code cut at ``width`` with ``...``."""
+        code = " ".join(self.code(node).split())
+        if len(code) > width and isinstance(node, cst.Call):
+            code = " ".join(self.code(node.func).split()) + "(...)"
+        return code if len(code) <= width else code[: width - 3] + "..."
 
     # -- positions (computed only for files that report something) ---------------------------
     @cached_property

@@ -32,7 +32,7 @@ import libcst as cst
 from trainlint.analysis.imports import dotted_name
 from trainlint.analysis.training_step import BACKWARD_KINDS, STEP_KINDS, EventKind, StepEvent, TrainingStep, TrainingSteps
 from trainlint.analysis.values import Binding, FunctionRef, Instance, ValueFlow
-from trainlint.context import child_nodes
+from trainlint.context import calls_within
 
 if TYPE_CHECKING:
     from trainlint.context import FileContext
@@ -138,7 +138,7 @@ class LoopFacts:
         for loop in (*self.ctx.nodes.of(cst.For), *self.ctx.nodes.of(cst.While)):
             if loop in found:
                 continue
-            calls = tuple(sorted((c for c in _own_calls(loop.body) if self._runs_a_step(c)), key=lambda c: self.ctx.span(c)[0]))
+            calls = tuple(sorted((c for c in calls_within(loop.body) if self._runs_a_step(c)), key=lambda c: self.ctx.span(c)[0]))
             if calls:
                 found[loop] = TrainingLoop(loop, self.flow.scopes.scope_of(loop), runs=calls)
         return list(found.values())
@@ -149,7 +149,7 @@ class LoopFacts:
         for ctx, function in callees(self.ctx, call, TRAINING_WORDS):
             if any(step.function is function for step in ctx.get(TrainingSteps).all_steps()):
                 return True
-            if depth > 0 and any(ctx.get(LoopFacts)._runs_a_step(inner, depth - 1) for inner in _own_calls(function.body)):
+            if depth > 0 and any(ctx.get(LoopFacts)._runs_a_step(inner, depth - 1) for inner in calls_within(function.body)):
                 return True
         return False
 
@@ -273,10 +273,10 @@ class LoopFacts:
             if e.kind is not EventKind.FRAMEWORK_BACKWARD
         }
         for loop in self.ctx.nodes.of(cst.For):
-            if not self._splits_a_batch(loop.iter) or any(_finishes_a_step(c) for c in _own_calls(loop.body)):
+            if not self._splits_a_batch(loop.iter) or any(_finishes_a_step(c) for c in calls_within(loop.body)):
                 continue
             own = tuple(e for e in backwards.values() if _inside(self.ctx, _statement(e), loop.body))
-            helpers = tuple(c for c in _own_calls(loop.body) if not own and self._runs_undivided_backward(c))
+            helpers = tuple(c for c in calls_within(loop.body) if not own and self._runs_undivided_backward(c))
             statements = [_statement(e) for e in own] + list(helpers)
             if statements and _every_iteration(self.ctx, loop, statements):
                 yield MicroBatches(loop, own, helpers)
@@ -422,14 +422,6 @@ def _in_body(loop: Loop, node: cst.CSTNode, ctx: FileContext) -> bool:
     return _inside(ctx, node, loop.body)
 
 
-def _own_calls(node: cst.CSTNode) -> Iterator[cst.Call]:
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, cst.Call):
-            yield current
-        if not isinstance(current, _SCOPES):
-            stack.extend(child_nodes(current))
 
 
 def _names_in(expr: cst.BaseExpression) -> Iterator[cst.BaseExpression]:

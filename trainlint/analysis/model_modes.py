@@ -40,7 +40,7 @@ from trainlint.analysis.statement_flow import StatementFlow
 from trainlint.analysis.training_step import BACKWARD_KINDS, TrainingSteps
 from trainlint.analysis.values import Constant, Instance, Site, ValueFlow
 from trainlint.analysis.values.torch_calls import argument
-from trainlint.context import child_nodes
+from trainlint.context import calls_within
 from trainlint.analysis.values.torch_semantics import MODE_DEPENDENT_LAYERS, MODE_DEPENDENT_ZOO
 
 if TYPE_CHECKING:
@@ -268,7 +268,7 @@ class ModelModes:
         zoo's network whose layers are unknown. (Calls of other expressions, ``x.view(...)``, are
         not asked about: they would make the engine look for every caller of the function.)"""
         found: set[Instance] = set()
-        for call in _own_calls(node):
+        for call in calls_within(node):
             func = call.func.value if isinstance(call.func, cst.Attribute) and call.func.attr.value == "forward" else call.func
             if not _names_a_model_call(func) or self.ctx.qualified_name(func) is not None:
                 continue
@@ -375,14 +375,6 @@ def _names_a_model_call(func: cst.BaseExpression) -> bool:
     return isinstance(func, cst.Name) and func.value == "self"
 
 
-def _own_calls(node: cst.CSTNode) -> Iterator[cst.Call]:
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, cst.Call):
-            yield current
-        if not isinstance(current, (cst.FunctionDef, cst.ClassDef, cst.Lambda)) or current is node:
-            stack.extend(child_nodes(current))
 
 
 def _evaluation_before(tag: Eval) -> bool:

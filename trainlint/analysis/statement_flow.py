@@ -12,7 +12,11 @@ for every call of a statement in evaluation order: arguments before the call); t
 back the state at the end and the states seen at each call (``seen``), joined over every path and
 iteration. Nested ``def``/``class``/``lambda`` bodies are other scopes and are not entered.
 
-Used by :mod:`trainlint.analysis.model_modes`; the lead's step package (issue 13) may absorb it.
+Used by :mod:`trainlint.analysis.model_modes`. Not the step's own dataflow
+(``training_step.flow.StepFlow``): that one folds over a training step's events (backward,
+``step``, ``zero_grad``...), while a model's mode is switched by calls that are no step event
+(``model.eval()``, a ``validate(model)`` helper, ``model.train()``) and in functions that hold
+no step at all (the epoch loop that calls ``train_one_epoch`` and ``evaluate``).
 """
 
 from __future__ import annotations

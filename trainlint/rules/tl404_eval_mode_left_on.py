@@ -168,8 +168,8 @@ class EvalModeLeftOn(Rule):
 
 def _message(ctx: FileContext, left: LeftInEval) -> str:
     anchor, origin = left.eval.anchor, left.eval.origin
-    called = _short(ctx, anchor)
-    where = "" if origin.node is anchor else f" (`{_short(origin.ctx, origin.node)}` at {origin.location})"
+    called = ctx.short_code(anchor, 50)
+    where = "" if origin.node is anchor else f" (`{origin.ctx.short_code(origin.node, 50)}` at {origin.location})"
     layers = _mode_layers(ctx, left.model)
     return (
         f"`{called}` leaves the `{left.model.name}` model in eval mode{where} and the next training iteration reaches "
@@ -189,11 +189,6 @@ def _mode_layers(ctx: FileContext, model: Instance) -> str:
     return "dropout stays off and batch norm uses frozen running statistics"
 
 
-def _short(ctx: FileContext, node: cst.CSTNode) -> str:
-    code = " ".join(ctx.code(node).split())
-    if len(code) > 50 and isinstance(node, cst.Call):
-        return f"{ctx.code(node.func)}(...)"
-    return code
 
 
 # -- the fix ---------------------------------------------------------------------------------------

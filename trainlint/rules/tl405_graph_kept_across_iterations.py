@@ -159,8 +159,8 @@ def _plain(value: Value) -> bool:
 
 
 def _message(ctx: FileContext, accumulation: Accumulation, values: Values) -> str:
-    value = _short(ctx, accumulation.value)
-    target = _short(ctx, accumulation.target)
+    value = ctx.short_code(accumulation.value)
+    target = ctx.short_code(accumulation.target)
     evidence = evidence_text([v for v in values if isinstance(v, Facts) and v.attached])
     where = "across the loop's iterations" if accumulation.loop is not None else "on every training iteration"
     return (
@@ -169,9 +169,6 @@ def _message(ctx: FileContext, accumulation: Accumulation, values: Values) -> st
     )
 
 
-def _short(ctx: FileContext, node: cst.CSTNode) -> str:
-    code = " ".join(ctx.code(node).split())
-    return code if len(code) <= 40 else code[:37] + "..."
 
 
 # -- the fix ---------------------------------------------------------------------------------------

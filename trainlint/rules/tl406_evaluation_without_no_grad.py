@@ -13,7 +13,7 @@ from trainlint.analysis.model_structure import ModelRun, ModelStructure
 from trainlint.analysis.regions import Regions
 from trainlint.analysis.training_step import TrainingSteps
 from trainlint.analysis.values import Instance, ValueFlow
-from trainlint.context import FileContext, child_nodes
+from trainlint.context import FileContext, calls_within, child_nodes
 from trainlint.findings import Edit, Finding, Fix
 from trainlint.rule import Example, Rule
 
@@ -137,7 +137,7 @@ class EvaluationWithoutNoGrad(Rule):
         for evaluation in _evaluations(ctx):
             run = evaluation.runs[0]
             message = (
-                f"`{_short(ctx, run)}` runs {evaluation.why}, with gradients enabled: autograd keeps every "
+                f"`{ctx.short_code(run)}` runs {evaluation.why}, with gradients enabled: autograd keeps every "
                 "activation of each batch for a backward that never comes (and the graph of every batch whose "
                 "outputs are kept); wrap the evaluation in `with torch.no_grad():`"
             )
@@ -176,7 +176,7 @@ def _after_eval(ctx: FileContext, scope: cst.CSTNode, runs: list[ModelRun]) -> I
         for call in _calls_after(ctx, block, switch):
             target = call.func.value if isinstance(call.func, cst.Attribute) and call.func.attr.value == "forward" else call.func
             if dotted_name(target) == model and _dominating_eval(ctx, scope, call, model) is switch:
-                entry = found.setdefault(key, ([], switch, f"after `{_short(ctx, switch)}` (line {ctx.range(switch).start.line})"))
+                entry = found.setdefault(key, ([], switch, f"after `{ctx.short_code(switch)}` (line {ctx.range(switch).start.line})"))
                 entry[0].append(call)
                 last_run = max(last_run, ctx.span(call)[1])
         group[id(block)] = (number, last_run)
@@ -187,7 +187,7 @@ def _after_eval(ctx: FileContext, scope: cst.CSTNode, runs: list[ModelRun]) -> I
             if tag is not None and isinstance(tag.anchor, cst.Call) and _same_function(ctx, tag.anchor, run.call):
                 block = _block_holding(ctx, tag.anchor)
                 if _holds(ctx, block, run.call) and not any(run.call in calls for calls, _, _ in found.values()):
-                    why = f"after `{_short(ctx, tag.anchor)}` (line {ctx.range(tag.anchor).start.line}), which puts `{instance.name}` in eval mode"
+                    why = f"after `{ctx.short_code(tag.anchor)}` (line {ctx.range(tag.anchor).start.line}), which puts `{instance.name}` in eval mode"
                     found.setdefault((id(tag.anchor), -1), ([], tag.anchor, why))[0].append(run.call)
                 break
     for calls, switch, why in found.values():
@@ -235,7 +235,7 @@ def _calls_after(ctx: FileContext, block: cst.CSTNode, switch: cst.Call) -> Iter
     position = ctx.span(switch)[1]
     for statement in _statements(block):
         if ctx.span(statement)[0] >= position:
-            yield from _calls(statement)
+            yield from calls_within(statement)
 
 
 def _dominating_eval(ctx: FileContext, scope: cst.CSTNode, run: cst.Call, model: str) -> cst.Call | None:
@@ -249,7 +249,7 @@ def _dominating_eval(ctx: FileContext, scope: cst.CSTNode, run: cst.Call, model:
                 if ctx.span(statement)[0] >= position:
                     break
                 if isinstance(statement, cst.SimpleStatementLine):
-                    switch = next((c for c in _calls(statement) if _is_switch(c, model, to_eval=True)), switch)
+                    switch = next((c for c in calls_within(statement) if _is_switch(c, model, to_eval=True)), switch)
             if switch is not None:
                 break
         if ancestor is scope:
@@ -257,7 +257,7 @@ def _dominating_eval(ctx: FileContext, scope: cst.CSTNode, run: cst.Call, model:
     if switch is None:
         return None
     begin = ctx.span(switch)[1]
-    for call in _calls(scope):
+    for call in calls_within(scope):
         if begin <= ctx.span(call)[0] < position and (_is_switch(call, model, False) or _is_switch(call, model, True)):
             return None  # switched again before the run
     return switch
@@ -277,14 +277,6 @@ def _is_switch(call: cst.Call, model: str, to_eval: bool) -> bool:
     )
 
 
-def _calls(node: cst.CSTNode) -> Iterator[cst.Call]:
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, cst.Call):
-            yield current
-        if not isinstance(current, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
-            stack.extend(reversed(child_nodes(current)))
 
 
 # -- when it is not an evaluation -----------------------------------------------------------------
@@ -338,11 +330,6 @@ def _block_of(ctx: FileContext, node: cst.CSTNode) -> Sequence[cst.BaseStatement
     return []
 
 
-def _short(ctx: FileContext, node: cst.CSTNode) -> str:
-    code = " ".join(ctx.code(node).split())
-    if len(code) > 40 and isinstance(node, cst.Call):
-        return f"{ctx.code(node.func)}(...)"
-    return code
 
 
 # -- the fix ---------------------------------------------------------------------------------------

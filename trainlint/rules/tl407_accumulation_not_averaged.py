@@ -121,10 +121,10 @@ class AccumulationNotAveraged(Rule):
                 continue
             undivided = [e for e in accumulation.backwards if _undivided(ctx, facts, e, accumulation)]
             if undivided:
-                every = _short(ctx, accumulation.every)
-                step = _short(ctx, accumulation.steps[0].node)
+                every = ctx.short_code(accumulation.every)
+                step = ctx.short_code(accumulation.steps[0].node)
                 message = (
-                    f"`{_short(ctx, undivided[0].node)}` runs every iteration and `{step}` only every `{every}` "
+                    f"`{ctx.short_code(undivided[0].node)}` runs every iteration and `{step}` only every `{every}` "
                     f"iterations, but the loss is not divided by `{every}`: each step applies the sum of `{every}` "
                     f"gradients, a learning rate `{every}` times larger than one batch's"
                 )
@@ -142,8 +142,8 @@ class AccumulationNotAveraged(Rule):
                 continue
             loop = micro.loop
             message = (
-                f"`{_short(ctx, anchors[0])}` runs a backward on every part of the batch in `for {_short(ctx, loop.target)} in "
-                f"{_short(ctx, loop.iter)}` and the optimizer steps once for all of them, but the loss is not divided by "
+                f"`{ctx.short_code(anchors[0])}` runs a backward on every part of the batch in `for {ctx.short_code(loop.target)} in "
+                f"{ctx.short_code(loop.iter)}` and the optimizer steps once for all of them, but the loss is not divided by "
                 "their number: the step applies the sum of their gradients, a learning rate that many times larger"
             )
             yield ctx.report(self, anchors[0], message)
@@ -155,9 +155,6 @@ def _undivided(ctx: FileContext, facts: LoopFacts, event: StepEvent, accumulatio
     return not facts.divided_on_the_way(event.target) and not _given_the_count(ctx, event, accumulation)
 
 
-def _short(ctx: FileContext, node: cst.CSTNode) -> str:
-    code = " ".join(ctx.code(node).split())
-    return code if len(code) <= 40 else code[:37] + "..."
 
 
 def _given_the_count(ctx: FileContext, event: StepEvent, accumulation: AccumulationStep) -> bool:

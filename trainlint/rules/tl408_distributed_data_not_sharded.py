@@ -148,7 +148,7 @@ class DistributedDataNotSharded(Rule):
                 reported.add(site.node)
                 node = site.node if site.ctx is ctx else iterated
                 message = (
-                    f"`{_short(site.ctx, site.node)}` feeds a `DistributedDataParallel` training loop {problem}: every "
+                    f"`{site.ctx.short_code(site.node)}` feeds a `DistributedDataParallel` training loop {problem}: every "
                     "rank trains on the whole dataset (with the same seed, the same batches), so the ranks average "
                     "identical gradients; use `sampler=DistributedSampler(dataset)` (and `shuffle=False` on the loader)"
                 )
@@ -165,8 +165,8 @@ class DistributedDataNotSharded(Rule):
                     reported.add(site.node)
                     node = site.node if site.ctx is ctx else repeated.node
                     message = (
-                        f"`{_short(site.ctx, site.node)}` shuffles with the seed `seed + epoch`, but nothing calls "
-                        f"`set_epoch()` while `{_short(ctx, repeated.iterable)}` is iterated epoch after epoch: every "
+                        f"`{site.ctx.short_code(site.node)}` shuffles with the seed `seed + epoch`, but nothing calls "
+                        f"`set_epoch()` while `{ctx.short_code(repeated.iterable)}` is iterated epoch after epoch: every "
                         "epoch visits the data in the same order"
                     )
                     yield ctx.report(self, node, message, _set_epoch_fix(ctx, repeated))
@@ -257,11 +257,6 @@ def _calls_set_epoch(ctx: FileContext, loader: Instance, sampler: Instance) -> b
     return any(other.get(DataLoading).calls_set_epoch() for other in contexts)
 
 
-def _short(ctx: FileContext, node: cst.CSTNode) -> str:
-    code = " ".join(ctx.code(node).split())
-    if len(code) > 40 and isinstance(node, cst.Call):
-        return f"{ctx.code(node.func)}(...)"
-    return code if len(code) <= 40 else code[:37] + "..."
 
 
 def _set_epoch_fix(ctx: FileContext, repeated: RepeatedIteration) -> Fix | None:
