@@ -149,10 +149,14 @@ def _evaluations(ctx: FileContext) -> Iterator[_Evaluation]:
     scopes = ctx.get(ValueFlow).scopes
     reported: set[cst.CSTNode] = set()
     for scope in (ctx.module, *ctx.nodes.of(cst.FunctionDef)):
-        if not _evaluates_only(ctx, scope):
-            continue
         runs = [r for r in structure.runs_in(scope, follow=0) if scopes.scope_of(r.call) is scope]
-        for evaluation in (*_after_eval(ctx, scope, runs), *_named_evaluation(ctx, scope, runs)):
+        if not runs:
+            continue
+        found = (*_after_eval(ctx, scope, runs), *_named_evaluation(ctx, scope, runs))
+        # Last: whether a training step uses the function's result asks for its every caller.
+        if not found or not _evaluates_only(ctx, scope):
+            continue
+        for evaluation in found:
             if any(run in reported for run in evaluation.runs):
                 continue
             reported.update(evaluation.runs)
@@ -275,8 +279,6 @@ def _is_switch(call: cst.Call, model: str, to_eval: bool) -> bool:
     return func.attr.value == "train" and not (
         len(call.args) == 1 and isinstance(call.args[0].value, cst.Name) and call.args[0].value.value == "False"
     )
-
-
 
 
 # -- when it is not an evaluation -----------------------------------------------------------------
