@@ -64,6 +64,14 @@ _FLOAT16_WORDS = ("autocast", ".half()", "16")  # a module that runs a model in 
 _FLOAT16_SETTINGS = frozenset({"16", "16-mixed", "16-true", "fp16", "float16", "half"})
 
 
+def _named_for_no_gradient(expr: cst.BaseExpression) -> bool:
+    """A project's own wrapper of ``no_grad``/``inference_mode``, by its name: YOLOv5's
+    ``@smart_inference_mode()``, ``@torch_no_grad``, ``with maybe_no_grad(...):``."""
+    target = expr.func if isinstance(expr, cst.Call) else expr
+    name = target.attr.value if isinstance(target, cst.Attribute) else target.value if isinstance(target, cst.Name) else ""
+    return any(word in name.lower() for word in ("no_grad", "nograd", "inference_mode", "inference"))
+
+
 def _calls_under(node: cst.CSTNode) -> Iterator[cst.Call]:
     """The calls under a node, nested definitions (other scopes) left out."""
     from trainlint.context import child_nodes
@@ -306,7 +314,11 @@ class Regions:
         if self.computes_no_gradient(node):
             return True
         for ancestor in self.ctx.ancestors(node):
-            if isinstance(ancestor, cst.With) and any(self._switches_gradients(item.item) for item in ancestor.items):
+            if isinstance(ancestor, cst.With) and any(
+                self._switches_gradients(item.item) or _named_for_no_gradient(item.item) for item in ancestor.items
+            ):
+                return True
+            if isinstance(ancestor, cst.FunctionDef) and any(_named_for_no_gradient(d.decorator) for d in ancestor.decorators):
                 return True
         function = self.flow.scopes.scope_of(node)
         start = self.ctx.span(node)[0]
