@@ -9,7 +9,8 @@ was summed or multiplied from. The evidence, per scope:
   (``fabric``, ``self.manual_backward``), ``torch.autograd.backward(x)``,
   ``torch.autograd.grad(x, ...)``, and what a ``training_step`` method returns (Lightning
   backpropagates it: ``return loss``, ``return {"loss": loss}``);
-- from a root, the names it is computed from through ``+ - * /``, unary minus, reductions and
+- from a root, the names it is computed from through ``+ - * /`` (a factor multiplying a
+  function's result is a weight and is left out: ``-log_prob(a) * reward``), unary minus, reductions and
   reshapes (``loss.mean()``), subscripts (``losses["total"]``) and the previous value of an
   augmented name (``loss += aux``), followed through their reaching bindings in the scope.
 
@@ -138,15 +139,29 @@ def _term_names(expr: cst.BaseExpression) -> Iterator[cst.Name]:
     if isinstance(expr, cst.Name):
         yield expr
     elif isinstance(expr, cst.BinaryOperation) and isinstance(expr.operator, _TERM_OPERATORS):
-        yield from _term_names(expr.left)
-        if not isinstance(expr.operator, cst.Divide):  # `loss / accum`: the divisor is no term
-            yield from _term_names(expr.right)
+        # A factor next to a function's result is a weight, not the graph's carrier:
+        # `-dist.log_prob(a) * reward` backpropagates through the log-probability, and the
+        # reward (a number from the environment) need not hold any graph.
+        weighted = isinstance(expr.operator, cst.Multiply)
+        if not (weighted and _computed_by_a_call(expr.right)):
+            yield from _term_names(expr.left)
+        if not isinstance(expr.operator, cst.Divide) and not (weighted and _computed_by_a_call(expr.left)):
+            yield from _term_names(expr.right)  # `loss / accum`: the divisor is no term
     elif isinstance(expr, cst.UnaryOperation) and isinstance(expr.operator, (cst.Minus, cst.Plus)):
         yield from _term_names(expr.expression)
     elif isinstance(expr, cst.Subscript):
         yield from _term_names(expr.value)
     elif isinstance(expr, cst.Call) and isinstance(expr.func, cst.Attribute) and expr.func.attr.value in _KEEPING_METHODS:
         yield from _term_names(expr.func.value)
+
+
+def _computed_by_a_call(expr: cst.BaseExpression) -> bool:
+    """``f(x)``, ``-dist.log_prob(a)``: a function's result, not a name's value reshaped."""
+    while isinstance(expr, cst.UnaryOperation):
+        expr = expr.expression
+    return isinstance(expr, cst.Call) and not (
+        isinstance(expr.func, cst.Attribute) and expr.func.attr.value in _KEEPING_METHODS
+    )
 
 
 __all__ = ["AutogradMixin"]
