@@ -149,6 +149,8 @@ def _evaluations(ctx: FileContext) -> Iterator[_Evaluation]:
     scopes = ctx.get(ValueFlow).scopes
     reported: set[cst.CSTNode] = set()
     for scope in (ctx.module, *ctx.nodes.of(cst.FunctionDef)):
+        if _method_of_a_model(ctx, scope):
+            continue  # a model's own `infer`/`predict`: its callers choose the gradient mode
         runs = [r for r in structure.runs_in(scope, follow=0) if scopes.scope_of(r.call) is scope]
         if not runs:
             continue
@@ -282,6 +284,17 @@ def _is_switch(call: cst.Call, model: str, to_eval: bool) -> bool:
 
 
 # -- when it is not an evaluation -----------------------------------------------------------------
+def _method_of_a_model(ctx: FileContext, scope: cst.CSTNode) -> bool:
+    """A method of a class with a ``forward`` (Tacotron2's ``Decoder.infer``): the model's API,
+    run by callers that choose ``no_grad`` themselves (an inference wrapper, a sampling loop)."""
+    if not isinstance(scope, cst.FunctionDef):
+        return False
+    owner = ctx.get(ValueFlow).enclosing_class(scope)
+    return owner is not None and any(
+        isinstance(s, cst.FunctionDef) and s.name.value == "forward" for s in owner.body.body
+    )
+
+
 def _evaluates_only(ctx: FileContext, scope: cst.CSTNode) -> bool:
     """The scope's results feed no training: a function not called, in value position, from a
     training step (a frozen model's forward inside a loss), unless it is named for evaluation."""
