@@ -23,7 +23,7 @@ Written for issue 17 on the public step API; meant to move into the step package
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -186,10 +186,13 @@ class LoopFacts:
         return False
 
     # -- accumulations ---------------------------------------------------------------------------
-    def accumulations(self) -> Iterator[Accumulation]:
+    def accumulations(self, adding: Callable[[cst.BaseExpression], bool] | None = None) -> Iterator[Accumulation]:
         """Additions to storage that outlives an iteration, in training loops and in functions
-        that run once per training iteration."""
+        that run once per training iteration; with ``adding``, only those whose added value it
+        accepts (asked first: whether a function runs per iteration asks for its every caller)."""
         for statement, target, value, kind in _additions(self.ctx):
+            if adding is not None and not adding(value):
+                continue
             loop = self.loop_of(statement)
             if loop is not None:
                 if self._outlives_iteration(target, statement, loop):

@@ -136,9 +136,9 @@ class GraphKeptAcrossIterations(Rule):
         facts = ctx.get(LoopFacts)
         flow = ctx.get(ValueFlow)
         regions = ctx.get(Regions)
-        for accumulation in facts.accumulations():
+        for accumulation in facts.accumulations(adding=lambda value: flow.values(value).may(_attached)):
             values = flow.values(accumulation.value)
-            if not values.may(_attached) or regions.computes_no_gradient(accumulation.statement):
+            if regions.computes_no_gradient(accumulation.statement):
                 continue
             scope = flow.scopes.scope_of(accumulation.statement)
             if facts.backpropagated_storage(accumulation.target, scope):
