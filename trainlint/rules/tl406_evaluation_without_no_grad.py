@@ -152,8 +152,6 @@ def _evaluations(ctx: FileContext) -> Iterator[_Evaluation]:
         if _method_of_a_model(ctx, scope):
             continue  # a model's own `infer`/`predict`: its callers choose the gradient mode
         runs = [r for r in structure.runs_in(scope, follow=0) if scopes.scope_of(r.call) is scope]
-        if not runs:
-            continue
         found = (*_after_eval(ctx, scope, runs), *_named_evaluation(ctx, scope, runs))
         # Last: whether a training step uses the function's result asks for its every caller.
         if not found or not _evaluates_only(ctx, scope):
