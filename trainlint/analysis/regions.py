@@ -322,11 +322,17 @@ class Regions:
                 return True
         function = self.flow.scopes.scope_of(node)
         start = self.ctx.span(node)[0]
-        for call in self.ctx.nodes.of(cst.Call):
-            if self.ctx.qualified_name(call.func) in _SET_GRAD_ENABLED and self._grad_switch(call) is not True:
-                if self.flow.scopes.scope_of(call) is function and self.ctx.span(call)[0] < start:
-                    return True
-        return False
+        return any(
+            self.flow.scopes.scope_of(call) is function and self.ctx.span(call)[0] < start for call in self._gradient_switches_off
+        )
+
+    @cached_property
+    def _gradient_switches_off(self) -> list[cst.Call]:
+        """``torch.set_grad_enabled(...)`` calls of the file that may switch gradients off."""
+        return [
+            call for call in self.ctx.nodes.of(cst.Call)
+            if self.ctx.qualified_name(call.func) in _SET_GRAD_ENABLED and self._grad_switch(call) is not True
+        ]
 
     def _switches_gradients(self, expr: cst.BaseExpression) -> bool:
         return isinstance(expr, cst.Call) and self.ctx.qualified_name(expr.func) in _SET_GRAD_ENABLED and (

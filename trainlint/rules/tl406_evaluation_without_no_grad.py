@@ -214,14 +214,25 @@ def _named_evaluation(ctx: FileContext, scope: cst.CSTNode, runs: list[ModelRun]
         yield _Evaluation(looped, list(scope.body.body), f"in `{scope.name.value}()`")
 
 
-def _switches(ctx: FileContext, scope: cst.CSTNode) -> Iterator[cst.Call]:
+def _switches(ctx: FileContext, scope: cst.CSTNode) -> list[cst.Call]:
     """``m.eval()`` / ``m.train(False)`` statements of the scope (not in a nested function)."""
-    scopes = ctx.get(ValueFlow).scopes
-    for call in ctx.nodes.of(cst.Call):
-        func = call.func
-        if isinstance(func, cst.Attribute) and dotted_name(func.value) is not None and _is_switch(call, dotted_name(func.value) or "", True):
-            if scopes.scope_of(call) is scope and isinstance(ctx.parent(call), cst.Expr):
-                yield call
+    return ctx.get(_EvalSwitches).of(scope)
+
+
+class _EvalSwitches:
+    """The file's ``m.eval()`` statements by scope: one walk over its calls, not one per scope."""
+
+    def __init__(self, ctx: FileContext) -> None:
+        self._by_scope: dict[cst.CSTNode, list[cst.Call]] = {}
+        scopes = ctx.get(ValueFlow).scopes
+        for call in ctx.nodes.of(cst.Call):
+            func = call.func
+            if isinstance(func, cst.Attribute) and dotted_name(func.value) is not None and _is_switch(call, dotted_name(func.value) or "", True):
+                if isinstance(ctx.parent(call), cst.Expr):
+                    self._by_scope.setdefault(scopes.scope_of(call), []).append(call)
+
+    def of(self, scope: cst.CSTNode) -> list[cst.Call]:
+        return self._by_scope.get(scope, [])
 
 
 def _block_holding(ctx: FileContext, node: cst.CSTNode) -> cst.CSTNode:

@@ -47,6 +47,7 @@ _MAX_DEPTH = 8
 class AutogradMixin:
     def _init_autograd(self: ValueFlow) -> None:
         self._backpropagated: dict[Scope, dict[Binding, cst.CSTNode]] = {}
+        self._roots_by_scope: dict[Scope, list[tuple[cst.BaseExpression, cst.CSTNode]]] | None = None
 
     def backpropagated(self: ValueFlow, binding: Binding) -> cst.CSTNode | None:
         """The backward (or ``return`` of a ``training_step``) through which the value this
@@ -62,8 +63,12 @@ class AutogradMixin:
         return found.get(binding)
 
     def _bindings_backpropagated(self: ValueFlow, scope: Scope) -> dict[Binding, cst.CSTNode]:
+        if self._roots_by_scope is None:  # one walk over the file's calls, not one per scope
+            self._roots_by_scope = {}
+            for root, site in _backward_roots(self):
+                self._roots_by_scope.setdefault(self.scopes.scope_of(site), []).append((root, site))
         marked: dict[Binding, cst.CSTNode] = {}
-        for root, site in _roots(self, scope):
+        for root, site in (*self._roots_by_scope.get(scope, ()), *_returned_roots(self, scope)):
             self._mark_terms(root, site, scope, marked, _MAX_DEPTH)
         return marked
 
@@ -85,15 +90,17 @@ class AutogradMixin:
                     self._mark_terms(binding.target, site, scope, marked, depth - 1)
 
 
-def _roots(flow: ValueFlow, scope: Scope) -> Iterator[tuple[cst.BaseExpression, cst.CSTNode]]:
-    """Each backpropagated expression of the scope, with the call (or return) that does it."""
-    ctx = flow.ctx
-    for call in ctx.nodes.of(cst.Call):
-        if flow.scopes.scope_of(call) is not scope:
-            continue
-        root = _backpropagated_by(ctx, call)
+def _backward_roots(flow: ValueFlow) -> Iterator[tuple[cst.BaseExpression, cst.CSTNode]]:
+    """Each expression the file backpropagates, with the call that does it."""
+    for call in flow.ctx.nodes.of(cst.Call):
+        root = _backpropagated_by(flow.ctx, call)
         if root is not None:
             yield root, call
+
+
+def _returned_roots(flow: ValueFlow, scope: Scope) -> Iterator[tuple[cst.BaseExpression, cst.CSTNode]]:
+    """What a Lightning ``training_step`` returns, with the ``return``: Lightning backpropagates it."""
+    ctx = flow.ctx
     if isinstance(scope, cst.FunctionDef) and scope.name.value == "training_step" and flow.enclosing_class(scope):
         for node in ctx.nodes.of(cst.Return):
             if node.value is not None and flow.scopes.scope_of(node) is scope:
