@@ -7,9 +7,11 @@ the GradScaler already does.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,16 +99,46 @@ class PendingStep:
 
 
 def memory_in_use_mb(device: torch.device | None = None) -> float | None:
-    """Memory the run holds now, in MiB: CUDA's allocated bytes on a GPU, else the process's
-    resident set (``/proc/self/statm``; None where there is no such file). What a graph kept
-    alive from one iteration to the next makes grow step after step."""
+    """Memory the run holds now, in MiB: CUDA's allocated bytes on a GPU; on the CPU the bytes
+    malloc has handed out and not taken back (glibc's ``mallinfo2``: unlike the resident set, it
+    does not stay flat while the run reuses what an earlier run freed), else the resident set
+    (``/proc/self/statm``); None where neither can be read. What a graph kept alive from one
+    iteration to the next makes grow step after step."""
     if device is not None and device.type == "cuda":
         return torch.cuda.memory_allocated(device) / 2**20
+    held = _malloc_in_use()
+    if held is not None:
+        return held / 2**20
     try:
         resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
     except (OSError, IndexError, ValueError):
         return None
     return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+    )]
+
+
+@functools.cache
+def _mallinfo2() -> Callable[[], _MallInfo2] | None:
+    try:
+        function = ctypes.CDLL(None).mallinfo2  # glibc 2.33 and later
+    except (OSError, AttributeError):
+        return None
+    function.restype = _MallInfo2
+    return function
+
+
+def _malloc_in_use() -> int | None:
+    """Bytes in use in malloc's heap and in its mmapped blocks."""
+    function = _mallinfo2()
+    if function is None:
+        return None
+    info = function()
+    return int(info.uordblks + info.hblkhd)
 
 
 def flush(pending: list[PendingStep]) -> list[StepRecord]:
