@@ -160,7 +160,12 @@ FIX_SAFETY = {
     "TL107": "safe", "TL108": "unsafe", "TL109": "safe",
     "TL201": "safe",  # unsafe when an eps is dropped, and for the clamp
     "TL202": "safe", "TL203": "safe", "TL204": "safe", "TL205": "unsafe",
+    "TL206": "unsafe",  # the loss and its gradients change on every batch, not only on broken ones
     "TL301": "unsafe", "TL302": "unsafe", "TL401": "unsafe", "TL402": "unsafe", "TL403": "safe",
+    "TL404": "safe",  # the training mode the loop already trained in before the validation
+    "TL405": "safe", "TL406": "safe",  # the same values, without the graph
+    "TL407": "unsafe",  # a different step size, which a tuned learning rate may have compensated
+    "TL408": "safe",  # set_epoch: the reshuffling DistributedSampler is documented to need
 }
 
 
