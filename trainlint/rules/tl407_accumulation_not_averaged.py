@@ -10,7 +10,7 @@ from trainlint.analysis.loop_facts import AccumulationStep, LoopFacts
 from trainlint.analysis.probabilities import is_atomic
 from trainlint.analysis.training_step import EventKind, OptimizerInfo, StepEvent, TrainingStep, TrainingSteps
 from trainlint.analysis.values import Instance, ValueFlow
-from trainlint.context import FileContext
+from trainlint.context import FileContext, descendants
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
 
@@ -180,7 +180,7 @@ def _lr_divided(ctx: FileContext, step: TrainingStep) -> bool:
         for construction in _constructions(info):
             lr = _lr_argument(construction)
             if lr is not None and any(
-                isinstance(n, cst.BinaryOperation) and isinstance(n.operator, cst.Divide) for n in _walk(lr)
+                isinstance(n, cst.BinaryOperation) and isinstance(n.operator, cst.Divide) for n in (lr, *descendants(lr))
             ):
                 return True
     return False
@@ -199,16 +199,6 @@ def _lr_argument(call: cst.Call) -> cst.BaseExpression | None:
             return arg.value
     positional = [a for a in call.args if a.keyword is None and not a.star]
     return positional[1].value if len(positional) > 1 else None
-
-
-def _walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    from trainlint.context import child_nodes
-
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        yield current
-        stack.extend(child_nodes(current))
 
 
 def _fix(ctx: FileContext, accumulation: AccumulationStep, events: list[StepEvent]) -> Fix | None:
