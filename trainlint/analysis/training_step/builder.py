@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import libcst as cst
 
@@ -21,6 +22,7 @@ from trainlint.analysis.training_step.events import (
 )
 from trainlint.analysis.training_step.graph import (
     _Branch,
+    _canonical_code,
     _Decision,
     _implied,
     _dotted_reads,
@@ -67,6 +69,11 @@ class _BuildState:
     uncertain: set[str] = field(default_factory=set)
     optimizers: dict[str, OptimizerInfo] = field(default_factory=dict)
     helpers: set[cst.FunctionDef] = field(default_factory=set)
+
+    @cached_property
+    def root_assignments(self) -> dict[str, frozenset[str]]:
+        """What the step's own function assigns to each plain name (``use_amp = self.amp()``)."""
+        return _assignments(self.root)
 
 
 class _Builder:
@@ -147,9 +154,17 @@ class _Builder:
             head = decision.key.partition(".")[0]
             if head in self.substitutions or head == "self":
                 return self.subst(decision.key) or decision.key, decision.value
+        if decision.dotted and self._recomputes_roots(decision.key):
+            # `use_amp = self.amp()` in the helper as in the step: the same setting, decided alike
+            return decision.key, decision.value
         if any(self._local_to_helper(name) for name in _free_names(test) - {"self"}):
             return f"{decision.key} @{id(self)}", decision.value
         return decision.key, decision.value
+
+    def _recomputes_roots(self, name: str) -> bool:
+        """The helper assigns ``name`` only what the step's function assigns it."""
+        mine = _assignments(self.function).get(name)
+        return bool(mine) and mine <= self.state.root_assignments.get(name, frozenset())
 
     def _local_to_helper(self, name: str) -> bool:
         """A name of the helper being inlined: a parameter the caller did not name, or assigned here."""
@@ -379,7 +394,12 @@ class _Builder:
             receiver, text = scaler
             status = self.scaler(receiver, text)
             if status in ("known", "uncertain"):
-                return self.event(EventKind.SCALED_BACKWARD, call, scaler=self.subst(text), target=loss)
+                partly = loss is tensor and not self.module.flow.values(tensor).must(
+                    lambda v: isinstance(v, Tensor) and v.kind == "scaled"
+                )
+                return self.event(
+                    EventKind.SCALED_BACKWARD, call, scaler=self.subst(text), target=loss, partly_scaled=partly
+                )
         return self.event(EventKind.BACKWARD, call, target=loss if scaler is not None else tensor)
 
     def _scaled(self, tensor: cst.BaseExpression) -> tuple[tuple[cst.BaseExpression, str] | None, cst.BaseExpression]:
@@ -505,3 +525,14 @@ def _only_clears(items: list[_Item]) -> bool:
 def _tests_a_gradient(test: cst.BaseExpression) -> bool:
     """``p.grad is not None``, ``param.grad``: a test of whether there is a gradient."""
     return any(read == "grad" or read.endswith(".grad") for read in _dotted_reads(test))
+
+
+def _assignments(function: cst.FunctionDef) -> dict[str, frozenset[str]]:
+    """The code each plain name of a function is assigned (whitespace collapsed)."""
+    found: dict[str, set[str]] = {}
+    for node in _descendants(function):
+        if isinstance(node, cst.Assign):
+            for target in node.targets:
+                if isinstance(target.target, cst.Name):
+                    found.setdefault(target.target.value, set()).add(_canonical_code(node.value))
+    return {name: frozenset(codes) for name, codes in found.items()}

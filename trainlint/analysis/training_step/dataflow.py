@@ -94,7 +94,7 @@ class StepStates:
     def _transfer(self, state: StepState, event: StepEvent) -> StepState:
         kind = event.kind
         known_scaler = self.step.scaler_of(event) is not None
-        if kind is EventKind.SCALED_BACKWARD and known_scaler:
+        if kind is EventKind.SCALED_BACKWARD and known_scaler and not event.partly_scaled:
             kept = frozenset(b for b in state.scaled if b.scaler != event.scaler)
             state = replace(state, scaled=kept | {event}, pending_update=state.pending_update | {event.scaler})
         elif kind is EventKind.FRAMEWORK_BACKWARD and event.framework is not None:

@@ -134,6 +134,9 @@ class StepEvent:
     skip_keyword: str | None = None  # for SKIP: "continue" | "return" | "break" | "if" (a branch that leaves the step out)
     # for SKIP: the events that finish the step (steps, update, zero_grad) it leaves out
     bypassed: tuple[StepEvent, ...] = ()
+    # for SCALED_BACKWARD: the loss is scaled on some paths only (``if amp: loss = scaler.scale(loss)``
+    # in a helper): rules about scaled gradients cannot be sure of this backward's
+    partly_scaled: bool = False
     # for GRAD_INSPECT: a NaN/Inf test, whose verdict is the same before and after unscaling
     # (only acting on it, by skipping or zeroing, goes behind the scaler's back)
     scale_invariant: bool = False

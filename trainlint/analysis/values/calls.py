@@ -79,6 +79,8 @@ class CallsMixin:
     def call_values(self: ValueFlow, call: cst.Call, symbolic: bool) -> Values:
         func = call.func
         qualified = self.ctx.qualified_name(func)
+        if qualified == "typing.cast" and len(call.args) == 2:
+            return self.evaluate(call.args[1].value, symbolic)  # a type checker's note: the value itself
         if qualified is not None:
             found = self.torch_call(call, qualified, symbolic)
             if found is not None:
@@ -300,7 +302,9 @@ class CallsMixin:
 
     def _method_sites(self: ValueFlow, owner: cst.ClassDef, function: cst.FunctionDef) -> tuple[list[CallSite], bool]:
         """``self.m(...)`` in the class and its subclasses, ``obj.m(...)`` where ``obj`` is an
-        instance of the class, ``super().m(...)``."""
+        instance of the class, ``super().m(...)``, and ``self.m(...)`` in a base class's method,
+        which reaches this override when ``self`` is an instance of the class (a template method:
+        ``update`` detaches and calls ``self._update``)."""
         name = function.name.value
         qualified = self.qualified_of(owner)
         sites: list[CallSite] = []
@@ -311,7 +315,11 @@ class CallsMixin:
                 if not isinstance(func, cst.Attribute):
                     continue
                 receiver = flow.evaluate(func.value, False)
-                if receiver.may(lambda v: isinstance(v, Instance) and flow.is_subclass(v.cls, qualified)):
+                on_self = isinstance(func.value, cst.Name) and func.value.value == "self"
+                if receiver.may(
+                    lambda v: isinstance(v, Instance)
+                    and (flow.is_subclass(v.cls, qualified) or (on_self and self.is_subclass(qualified, v.cls)))
+                ):
                     sites.append(CallSite(flow, call, True, receiver))
             complete = complete and not flow._used_as_value(flow.ctx, name, function, method=True)
         return sites[:_MAX_CALL_SITES], complete and len(sites) <= _MAX_CALL_SITES
@@ -330,9 +338,12 @@ class CallsMixin:
         project = self.ctx.project
         own = self.ctx.real_path.resolve() if self.ctx.real_path is not None else None
         target = project.definition(qualified, own) if qualified is not None else None
+        # a test's calls say what a test passes, not what training passes (a test may build an RNN
+        # to exercise a generic helper): callers in tests count only for code in tests
+        skip_tests = own is None or not project.is_test_path(own)
         read = 0
         for summary in project.modules_importing(self.prefix, word, mentioning):
-            if summary.path == own:
+            if summary.path == own or (skip_tests and project.is_test_path(summary.path)):
                 continue
             used = summary.calls | summary.references
             if qualified is None:
