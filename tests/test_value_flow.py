@@ -17,6 +17,7 @@ from trainlint.analysis.values import (
     ClassRef,
     Collection,
     Constant,
+    FunctionRef,
     Instance,
     Parameters,
     Tensor,
@@ -463,3 +464,71 @@ def test_class_refs_for_classes_of_the_project_and_of_libraries(tmp_path: Path) 
     (lstm,) = project.values("train.py", "B", -1).of_type(ClassRef)
     assert (net.qualified, net.site is not None) == ("train.Net", True)
     assert (lstm.qualified, lstm.site) == ("torch.nn.LSTM", None)
+
+
+# -- gradient hooks ------------------------------------------------------------------------------------
+def test_what_a_registered_gradient_hook_receives_is_a_gradient(tmp_path: Path) -> None:
+    """Autograd calls a hook with gradients: a lambda written in the registration, a method passed
+    as ``self._hook``, a ``partial`` of a function of another module, a module's backward hook
+    (tuples of gradients)."""
+    project = Project(tmp_path, {
+        "hooks.py": """
+            def clip_hook(limit, grad):
+                return grad.clamp(-limit, limit)
+        """,
+        "model.py": """
+            import functools
+            import torch.nn as nn
+            from hooks import clip_hook
+
+            class Net(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.fc = nn.Linear(4, 4)
+                    for p in self.parameters():
+                        p.register_hook(lambda g: g * 2)
+                        p.register_hook(self._hook)
+                        p.register_hook(functools.partial(clip_hook, 1.0))
+                    self.fc.register_full_backward_hook(self._module_hook)
+                    self.callback = lambda x: x
+
+                def _hook(self, grad):
+                    return grad
+
+                def _module_hook(self, module, grad_input, grad_output):
+                    return tuple(g for g in grad_input)
+        """,
+    })
+    assert tensor_kinds(project.values("model.py", "g", 0)) == ["grad"]
+    assert tensor_kinds(project.values("model.py", "grad", 0)) == ["grad"]
+    assert tensor_kinds(project.values("hooks.py", "grad", -1)) == ["grad"]
+    assert project.values("hooks.py", "limit", -1).constants() == [1.0]
+    (inputs,) = project.values("model.py", "grad_input", -1).of_type(Collection)
+    assert inputs.homogeneous and tensor_kinds(inputs.every_item()) == ["grad"]
+    assert tensor_kinds(project.values("model.py", "g", -2)) == ["grad"]  # `g for g in grad_input`
+    unknown = project.values("model.py", "x", -1)  # a lambda nobody registers: unknown
+    assert unknown.unknown and not unknown.items
+
+
+def test_a_method_read_as_a_value_is_bound_to_its_instance(tmp_path: Path) -> None:
+    project = Project(tmp_path, {"train.py": """
+        import torch.nn as nn
+
+        class Net(nn.Module):
+            def scale(self, x):
+                return self
+
+            @staticmethod
+            def helper(x):
+                return x
+
+        net = Net()
+        f = net.scale
+        g = net.helper
+        out = f(1)
+    """})
+    (bound,) = project.values("train.py", "f", -1).of_type(FunctionRef)
+    assert bound.qualified == "train.Net.scale" and len(bound.bound) == 1
+    (static,) = project.values("train.py", "g", -1).of_type(FunctionRef)
+    assert static.bound == ()
+    assert classes(project.values("train.py", "f(1)")) == ["train.Net"]

@@ -164,6 +164,12 @@ class CallsMixin:
             return EXTERNAL
         sites, complete = self.call_sites(function)
         parts: list[Values] = []
+        if not complete:  # used as a value: maybe registered as a gradient hook, called by autograd
+            gradient = self.hook_gradient_values(function, name)
+            if gradient is not None:
+                parts.append(gradient.with_evidence(Evidence("passed", self.site(param), name)))
+                if not sites:
+                    return Values.union(parts)
         for site in sites:
             argument = site.flow._argument_values(site, function, name, False)
             if argument is None:

@@ -82,6 +82,23 @@ GRAD_SCALERS = frozenset({
     "torch.distributed.fsdp.sharded_grad_scaler.ShardedGradScaler",
 })
 DEFAULT_INIT_SCALE = 2.0**16
+
+# Registrations of a function that autograd calls with gradients during the backward pass, and
+# which of its positional parameters receive them: a tensor's hook gets the gradient; a module's
+# backward hook gets (module, grad_input, grad_output), its pre-hook (module, grad_output), tuples
+# of gradients; a parameter's post-accumulate hook gets the parameter (its ``.grad`` is the gradient).
+GRADIENT_HOOK_METHODS: Mapping[str, tuple[int, ...]] = {
+    "register_hook": (0,),
+    "register_full_backward_hook": (1, 2),
+    "register_backward_hook": (1, 2),
+    "register_full_backward_pre_hook": (1,),
+    "register_post_accumulate_grad_hook": (),
+}
+GRADIENT_HOOK_FUNCTIONS: Mapping[str, tuple[int, ...]] = {
+    "torch.nn.modules.module.register_module_full_backward_hook": (1, 2),
+    "torch.nn.modules.module.register_module_backward_hook": (1, 2),
+    "torch.nn.modules.module.register_module_full_backward_pre_hook": (1,),
+}
 OPTIMIZER_LIBRARIES = ("torch.optim.", "transformers.", "bitsandbytes.", "apex.optimizers.", "timm.optim.",
                        "deepspeed.ops.", "torch_optimizer.", "lion_pytorch.")
 
