@@ -63,6 +63,18 @@ def child_nodes(node: cst.CSTNode) -> list[cst.CSTNode]:
     return children
 
 
+def scope_nodes(node: cst.CSTNode, *, into_lambdas: bool = False) -> Iterator[cst.CSTNode]:
+    """Every node under ``node`` (itself included) that runs in its scope: nested ``def`` and
+    ``class`` bodies are other scopes and are not entered; lambdas neither, unless
+    ``into_lambdas`` (a hook written as ``map(lambda g: g.clamp(...), grads)`` acts where it is)."""
+    skipped: tuple[type, ...] = (cst.FunctionDef, cst.ClassDef) if into_lambdas else (cst.FunctionDef, cst.ClassDef, cst.Lambda)
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        stack.extend(c for c in child_nodes(current) if not isinstance(c, skipped))
+
+
 class NodeIndex:
     """One walk over the tree: nodes by type in source order, and each node's parent."""
 

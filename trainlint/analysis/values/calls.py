@@ -472,13 +472,9 @@ def _is_store(ctx, node: cst.CSTNode) -> bool:
 
 def _own_nodes(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
     """Every node under ``node``, nested functions, classes and lambdas excluded."""
-    from trainlint.context import child_nodes
+    from trainlint.context import scope_nodes
 
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        yield current
-        stack.extend(c for c in child_nodes(current) if not isinstance(c, (cst.FunctionDef, cst.ClassDef, cst.Lambda)))
+    return scope_nodes(node)
 
 
 def _always_returns(block: cst.BaseSuite) -> bool:

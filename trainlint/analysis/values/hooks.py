@@ -98,7 +98,7 @@ class GradientHooksMixin:
         hook: a gradient, or what a ``partial`` (or the instance of a bound method) fixed; None
         when it is registered nowhere (or the parameter gets nothing from a registration)."""
         found = self.guard.answer(
-            ("hooked", id(function)), self._hooked, function, lambda: self._hooked_parameters(function), {}
+            ("hooked", id(function)), self._hooked, function, lambda: self._hooked_parameters(function), {}, {}
         )
         return found.get(name)
 

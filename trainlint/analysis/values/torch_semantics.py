@@ -44,6 +44,14 @@ SHAPE_METHODS = frozenset(
      "expand_as", "permute", "transpose", "t", "movedim", "unflatten", "narrow", "select", "chunk", "split",
      "unbind"}
 )
+# Tensor factories: what they make carries no gradient (unless ``requires_grad=True`` is passed).
+FACTORY_FUNCTIONS = frozenset({
+    "torch.arange", "torch.zeros", "torch.zeros_like", "torch.full", "torch.full_like", "torch.empty",
+    "torch.empty_like", "torch.rand", "torch.rand_like", "torch.randn", "torch.randn_like", "torch.randint",
+    "torch.randint_like", "torch.randperm", "torch.linspace", "torch.logspace", "torch.eye", "torch.tensor",
+    "torch.from_numpy", "torch.tril_indices", "torch.triu_indices",
+})
+FACTORY_METHODS = frozenset({"new_zeros", "new_ones", "new_full", "new_empty", "new_tensor"})
 CAST_METHODS = frozenset({"float", "double", "to", "type", "half", "bfloat16", "cuda", "cpu", "type_as"})
 JOINING_FUNCTIONS = frozenset({"torch.cat", "torch.stack", "torch.concat", "torch.concatenate", "torch.hstack",
                                "torch.vstack"})
