@@ -55,11 +55,11 @@ class ForwardSwallowsErrors(Rule):
     says what was expected.
 
     ## Evidence
-    Measured with torch 2.13 on CPU: a classifier whose attention block has a wrong projection
-    size (64 where the input has 32 features), wrapped in `except Exception: return x`, trains
-    for 40 steps without a sign of trouble (loss 0.69 -> 0.23, the block never ran); with the
-    handler removed the first step raises `mat1 and mat2 shapes cannot be multiplied (8x32 and
-    64x32)` (`trainlint confirm --examples TL304`).
+    Measured with torch 2.13 on CPU: a classifier whose residual block has a wrong projection
+    size (built for 64 features where its input has 32), wrapped in `except Exception: return
+    x`, trains for 40 steps without a sign of trouble (loss 0.665 -> 0.070, the block never
+    ran); with the handler removed the first step raises `mat1 and mat2 shapes cannot be
+    multiplied (256x32 and 64x32)` (`trainlint confirm --examples TL304`).
 
     There is no automatic fix: the handler hides a bug whose cause only the author can fix.
     """
