@@ -532,3 +532,27 @@ def test_a_method_read_as_a_value_is_bound_to_its_instance(tmp_path: Path) -> No
     (static,) = project.values("train.py", "g", -1).of_type(FunctionRef)
     assert static.bound == ()
     assert classes(project.values("train.py", "f(1)")) == ["train.Net"]
+
+
+def test_what_factories_comparisons_and_their_products_make_carries_no_gradient(tmp_path: Path) -> None:
+    """``torch.arange``/``zeros``/``eye`` make leaves with no gradient; a comparison makes bools;
+    joining, arithmetic on and probabilities of such tensors carry none either. What asks for a
+    gradient (``requires_grad=True``) or mixes in a computed tensor is not known."""
+    project = Project(tmp_path, {"train.py": """
+        import torch
+
+        def positions(q_len, k_len, scores, lengths):
+            rel = torch.arange(k_len)[None, :] - torch.arange(q_len)[:, None]
+            table = torch.cat([torch.zeros(1, k_len), torch.eye(k_len)], 0)
+            mask = torch.arange(k_len)[None, :] < lengths[:, None]
+            probs = torch.log_softmax(table * mask.float(), dim=-1)
+            learned = torch.zeros(3, requires_grad=True)
+            mixed = rel + scores
+            return rel, table, mask, probs, learned, mixed
+    """})
+
+    def detached(code: str) -> bool:
+        return project.values("train.py", code, 0).must(lambda v: getattr(v, "detached", False))
+
+    assert detached("rel") and detached("table") and detached("mask") and detached("probs")
+    assert not detached("learned") and not detached("mixed")

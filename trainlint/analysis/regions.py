@@ -161,8 +161,11 @@ class Regions:
         return None, ({"bfloat16"} if device in _BFLOAT16_BY_DEFAULT else {"other"})
 
     def _device(self, call: cst.Call) -> str | None:
+        """The device the autocast is for, when every value that may reach it is that one
+        (``device.type if device.type != "mps" else "cpu"`` may be "cuda": not known)."""
         found = argument(call, 0, "device_type")
-        constants = self.flow.values(found.value).constants() if found is not None else []
+        values = self.flow.values(found.value) if found is not None else None
+        constants = values.constants() if values is not None and not values.unknown else []
         return constants[0] if len(constants) == 1 and isinstance(constants[0], str) else None  # type: ignore[return-value]
 
     @staticmethod

@@ -9,7 +9,7 @@ import libcst as cst
 from trainlint.analysis.imports import dotted_name
 from trainlint.analysis.model_structure import ModelStructure
 from trainlint.analysis.regions import Regions
-from trainlint.analysis.values import Scopes, Tensor, ValueFlow
+from trainlint.analysis.values import Facts, Scopes, Tensor, Value, ValueFlow
 from trainlint.context import FileContext, scope_nodes
 from trainlint.findings import Finding
 from trainlint.rule import Example, Rule
@@ -214,10 +214,9 @@ class _Masking:
         statements = [s for line in _lines(branch.body) for s in line]
         if any(isinstance(s, cst.Raise) for s in statements):
             return None
-        # `p.grad = None` drops that parameter's update (a skip of its own), it puts no number in
         replaced = any(
             isinstance(s, cst.Assign)
-            and not (isinstance(s.value, cst.Name) and s.value.value == "None")
+            and self._puts_numbers(s.value)
             and any(self.ctx.code(t.target).strip() == code for t in s.targets)
             for s in statements
         )
@@ -227,6 +226,19 @@ class _Masking:
         if returned and self.is_activation(tested, branch):
             return "activation", tested
         return None
+
+    def _puts_numbers(self, value: cst.BaseExpression) -> bool:
+        """The replacement puts numbers where the NaN was: not ``None`` (``p.grad = None`` drops
+        that parameter's update, a skip of its own), not a clamp (NaN passes through ``clamp``:
+        it only caps Inf, as T5's float16 guard does)."""
+        if isinstance(value, cst.Name) and value.value == "None":
+            return False
+        if isinstance(value, cst.Call):
+            func = value.func
+            name = self.ctx.qualified_name(func) or (func.attr.value if isinstance(func, cst.Attribute) else "")
+            if name.rpartition(".")[2] in ("clamp", "clip", "clamp_", "clip_"):
+                return False
+        return True
 
     def _nan_tested(self, test: cst.BaseExpression) -> cst.BaseExpression | None:
         """The value a test checks for NaN/Inf: ``x`` in ``torch.isnan(x).any()``,
@@ -272,6 +284,8 @@ class _Masking:
             base = base.value
         if _is_self_attribute(base):
             return False
+        if self.values.values(expr).must(_carries_no_gradient):
+            return False  # built from constants and indices: no gradient to carry a NaN back
         if isinstance(base, cst.Name):
             reaching = self.flow.reaching(base)
             if reaching.bindings and all(b.kind == "parameter" for b in reaching.bindings):
@@ -407,6 +421,10 @@ def _lines(block: cst.BaseSuite) -> Iterator[list[cst.CSTNode]]:
 
 def _nodes_of(expr: cst.CSTNode) -> Iterator[cst.CSTNode]:
     return scope_nodes(expr)
+
+
+def _carries_no_gradient(value: Value) -> bool:
+    return isinstance(value, (Facts, Tensor)) and value.detached
 
 
 def _is_self_attribute(expr: cst.BaseExpression) -> bool:

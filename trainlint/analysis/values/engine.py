@@ -117,6 +117,9 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin, GradientHooksMixin):
             return self._comprehension(expr, symbolic)
         if isinstance(expr, cst.NamedExpr):
             return self.evaluate(expr.value, symbolic)
+        if isinstance(expr, cst.Comparison):
+            # a bool (or a tensor of bools, ``x < n``): nothing flows back through it
+            return Values.of(Facts(detached=True))
         return UNKNOWN
 
     # -- names ---------------------------------------------------------------------------------

@@ -88,7 +88,9 @@ class TorchCallsMixin:
             source = argument(call, 0, "input")
             if source is None or any(a.keyword is not None and a.keyword.value == "out" for a in call.args):
                 return UNKNOWN
-            return Values.of(Tensor(kind, self.site(call)))
+            # computed from tensors that carry no gradient, it carries none either
+            detached = self.evaluate(source.value, symbolic).must(_carries_no_gradient)
+            return Values.of(Tensor(kind, self.site(call), detached=detached))
         if qualified == "torch.exp":
             source = argument(call, 0, "input")
             return self._exponential(call, source.value, symbolic) if source is not None else UNKNOWN
@@ -403,7 +405,10 @@ class TorchCallsMixin:
         )
 
     def _joined(self: ValueFlow, items: Values) -> Values:
-        """``torch.cat``/``stack`` of tensors of one kind is a tensor of that kind."""
+        """``torch.cat``/``stack`` of tensors of one kind is a tensor of that kind; of tensors
+        that carry no gradient, one that carries none."""
+        if items.must(lambda v: isinstance(v, Facts) and v.detached):
+            return Values.of(Facts(detached=True))
         tensors = items.of_type(Tensor)
         if not tensors or not items.must(lambda v: isinstance(v, Tensor)) or len({t.kind for t in tensors}) != 1:
             return UNKNOWN
@@ -462,6 +467,10 @@ def _facts_arithmetic(operator: cst.BaseBinaryOp, left: Values, right: Values) -
     if all((isinstance(v, Facts) and v.detached) or number(v) is not None for v in operands):
         return Values.of(Facts(detached=True))
     return UNKNOWN
+
+
+def _carries_no_gradient(value: Value) -> bool:
+    return (isinstance(value, (Facts, Tensor)) and value.detached) or number(value) is not None
 
 
 def _made(call: cst.Call) -> Values:
