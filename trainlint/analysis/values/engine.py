@@ -48,6 +48,7 @@ from trainlint.analysis.values.guard import Dependency
 from trainlint.analysis.values.scopes import ITEM, Binding, PathStep, Scope, Scopes, target_paths
 from trainlint.analysis.values.hooks import GradientHooksMixin
 from trainlint.analysis.values.torch_calls import TorchCallsMixin
+from trainlint.analysis.values.torch_semantics import LOWERCASE_CLASSES
 
 if TYPE_CHECKING:
     from trainlint.context import FileContext
@@ -219,7 +220,7 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin, GradientHooksMixin):
         if variable is not None:
             return variable
         tail = qualified.rpartition(".")[2]
-        if tail[:1].isupper():
+        if tail[:1].isupper() or qualified in LOWERCASE_CLASSES:
             return Values.of(ClassRef(qualified))
         return Values.of(FunctionRef(qualified))
 

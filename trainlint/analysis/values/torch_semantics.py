@@ -44,6 +44,12 @@ SHAPE_METHODS = frozenset(
      "expand_as", "permute", "transpose", "t", "movedim", "unflatten", "narrow", "select", "chunk", "split",
      "unbind"}
 )
+# Classes of torch spelled in lower case (context managers): a call of one builds an instance,
+# which a `with` may enter later (`ctx = torch.autocast(...)`, then `with ctx:`).
+LOWERCASE_CLASSES = frozenset({
+    "torch.autocast", "torch.amp.autocast", "torch.amp.autocast_mode.autocast", "torch.cuda.amp.autocast",
+    "torch.cpu.amp.autocast", "torch.no_grad", "torch.enable_grad", "torch.inference_mode",
+})
 # Tensor factories: what they make carries no gradient (unless ``requires_grad=True`` is passed).
 FACTORY_FUNCTIONS = frozenset({
     "torch.arange", "torch.zeros", "torch.zeros_like", "torch.full", "torch.full_like", "torch.empty",
