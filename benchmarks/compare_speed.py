@@ -24,6 +24,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from isolated import python_command, trainlint_command
+
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / ".peers"
 # TorchFix 0.7.0 declares libcst<1.6 but runs on the libcst trainlint uses; pinning it to the same
@@ -80,7 +82,7 @@ def main() -> int:
         shutil.copytree(args.directory, work, ignore=shutil.ignore_patterns(".git"))
         files = [p for p in work.rglob("*.py") if p.is_file()]
         lines = sum(len(p.read_bytes().splitlines()) for p in files)
-        trainlint = [sys.executable, "-m", "trainlint", "--quiet", "--exit-zero", "--output-format", "concise"]
+        trainlint = [*trainlint_command(), "--quiet", "--exit-zero", "--output-format", "concise"]
         cache = work / ".trainlint_cache"
 
         def clear_cache() -> None:
@@ -91,7 +93,7 @@ def main() -> int:
         figures["trainlint cold, 1 job"] = timed([*trainlint, "--no-cache", "--jobs", "1", "."], work, args.repeat)
         subprocess.run([*trainlint, "."], cwd=work, stdout=subprocess.DEVNULL, check=False)
         figures["trainlint warm cache"] = timed([*trainlint, "."], work, args.repeat)
-        figures["bare libcst.parse_module"] = timed([sys.executable, "-c", PARSE_ONLY, "."], work, args.repeat)
+        figures["bare libcst.parse_module"] = timed([*python_command(), "-c", PARSE_ONLY, "."], work, args.repeat)
         clear_cache()
         peer_bin = PEERS / "bin"
         if (peer_bin / "torchfix").exists():

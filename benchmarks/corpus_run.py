@@ -19,15 +19,17 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
+from isolated import trainlint_command
+
 
 def trainlint(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    # Never `python -m trainlint` in the copy: it would import modules from the checkout.
     return subprocess.run(
-        [sys.executable, "-m", "trainlint", "--no-cache", *args],
+        [*trainlint_command(), "--no-cache", *args],
         cwd=cwd,
         capture_output=True,
         text=True,

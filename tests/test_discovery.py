@@ -110,8 +110,16 @@ def test_order_is_stable_and_files_are_not_repeated(tree: Path) -> None:
 def test_symlinked_directories_are_not_followed_so_loops_are_harmless(tree: Path) -> None:
     (tree / "pkg" / "loop").symlink_to(tree / "pkg")
     (tree / "self").symlink_to(tree)
-    (tree / "link.py").symlink_to(tree / "train.py")  # a symlinked file is linted
+    (tree / "link.py").symlink_to(tree / "logs" / "run.py")  # a symlinked file is linted
     assert displays(["."]) == ["link.py", "pkg/__init__.py", "pkg/model.py", "stubs.pyi", "train.py"]
+
+
+def test_a_link_to_a_file_already_linted_is_not_linted_twice(tree: Path) -> None:
+    """Fixing one file under two names at once would race: the file is linted under its own."""
+    (tree / "alias.py").symlink_to(tree / "train.py")
+    (tree / "pkg" / "alias2.py").symlink_to(tree / "train.py")
+    assert displays(["."]) == ["pkg/__init__.py", "pkg/model.py", "stubs.pyi", "train.py"]
+    assert displays(["alias.py", "pkg/alias2.py"]) == ["alias.py"]
 
 
 def test_paths_outside_the_current_directory_are_shown_absolute(tree: Path, tmp_path_factory) -> None:

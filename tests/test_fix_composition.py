@@ -103,3 +103,19 @@ def _train(torch: Any, module: ModuleType) -> dict[str, float]:
     with torch.no_grad():
         after = torch.nn.functional.mse_loss(model(inputs), targets).item()
     return {"applied": applied, "scale": scaler.get_scale(), "loss_before": before, "loss_after": after}
+
+
+def test_a_skip_flag_gets_its_update_and_its_clear_in_one_else(tmp_path: Path) -> None:
+    """TL109 and TL107 both repair the side of `if not skip_update:` that skips: the first adds
+    the `else:`, the second writes into it; a second run changes nothing."""
+    original = COMPOSE / "skip_flag_after_unscale.py"
+    copy = tmp_path / original.name
+    shutil.copy(original, copy)
+    result = run_cli("--fix", "--show-fixes", "--no-cache", str(copy), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "TL107" in result.stdout and "TL109" in result.stdout
+    repaired = (COMPOSE / "skip_flag_after_unscale.fixed.py").read_text(encoding="utf-8")
+    assert copy.read_text(encoding="utf-8") == repaired
+    assert repaired.count("else:") == 1
+    run_cli("--fix", "--no-cache", str(copy), cwd=tmp_path)
+    assert copy.read_text(encoding="utf-8") == repaired

@@ -4,6 +4,7 @@ parser, and a rule that raises or a worker that dies."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -193,3 +194,89 @@ def test_a_file_of_100k_lines_is_linted_whole(tmp_path: Path) -> None:
     findings = [f for f in lint_source(path.read_text(), "huge.py") if f.code == "TL202"]
     assert len(findings) == 10_000
     assert (findings[0].start.row, findings[-1].start.row) == (7, 3 + 9_999 * 10 + 4)
+
+
+# -- nesting and sizes trainlint's parser must survive ---------------------------------------------
+LOG_OF_SOFTMAX_LINE = "y = torch.log(torch.softmax(x, dim=1))\n"
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_10000_operand_and_chain_is_linted_not_a_crash(tmp_path: Path, jobs: str) -> None:
+    """Valid Python that LibCST nests 10,000 levels deep: on the main thread's stack its parser
+    crashed the process (SIGSEGV, exit 139, no output), the pre-commit case of one file."""
+    chain = " and ".join(["a"] * 10_000)
+    (tmp_path / "deep.py").write_text(f"import torch\nx = {chain}\n{LOG_OF_SOFTMAX_LINE}", encoding="utf-8")
+    result = run_cli("--no-cache", "--jobs", jobs, "--output-format", "concise", "deep.py", cwd=tmp_path)
+    assert result.stdout.splitlines()[0].startswith("deep.py:3:5: TL202 ")
+    assert result.returncode == 1
+
+
+def test_a_chain_deeper_than_trainlint_can_follow_is_not_checked_not_a_syntax_error(tmp_path: Path) -> None:
+    chain = " or ".join(["a"] * 100_000)
+    (tmp_path / "deeper.py").write_text(f"import torch\nx = {chain}\n", encoding="utf-8")
+    result = run_cli("--no-cache", "--output-format", "concise", "deeper.py", cwd=tmp_path)
+    assert result.stdout.splitlines() == [
+        "deeper.py:2:5: TL003 not checked: an `and`/`or` chain of 100,000 operands nests deeper than "
+        "trainlint's parser can follow (20,000 levels); the code is valid Python",
+        "Found 1 error.",
+    ]
+
+
+def test_5000_joined_string_literals_are_valid_python_not_a_syntax_error(tmp_path: Path) -> None:
+    """LibCST reads at most 3,000 juxtaposed strings; Python joins any number: not a TL001."""
+    joined = " ".join(['"s"'] * 5000)
+    (tmp_path / "strings.py").write_text(f"import torch\nx = ({joined})\n", encoding="utf-8")
+    result = run_cli("--no-cache", "--output-format", "concise", "strings.py", cwd=tmp_path)
+    [finding, _] = result.stdout.splitlines()
+    assert finding.startswith("strings.py:2:1: TL003 not checked: trainlint's parser cannot read this valid Python (")
+
+
+# -- what reaches the terminal -----------------------------------------------------------------------
+def test_a_megabyte_line_prints_a_bounded_excerpt_per_finding(tmp_path: Path) -> None:
+    """2,000 findings on one 1 MB line: each shows a cut of the line around its column, not the line."""
+    call = "torch.log(torch.softmax(x, dim=1))"
+    padding = "#" * 1_000_000
+    line = "y = [" + ", ".join([call] * 2000) + "]  " + padding
+    (tmp_path / "minified.py").write_text(f"import torch\n{line}\n", encoding="utf-8")
+    result = run_cli("--no-cache", "minified.py", cwd=tmp_path)
+    excerpts = [text for text in result.stdout.splitlines() if text.startswith("2 | ")]
+    assert len(excerpts) == 2000 and len(result.stdout) < 1_500_000
+    assert max(len(text) for text in excerpts) <= len("2 | ") + 160 + 2
+    # the excerpt still shows the finding's own call, with the caret under its start
+    lines = result.stdout.splitlines()
+    last = lines.index(excerpts[-1])
+    caret = lines[last + 1].index("^") - len("  | ")
+    assert excerpts[-1][len("2 | ") + caret :].startswith(call)
+
+
+def test_control_characters_never_reach_the_terminal(tmp_path: Path) -> None:
+    """A flagged line and a file name carrying escape sequences are shown with them made visible."""
+    line = 'y = torch.log(torch.softmax(x, dim=1))  # "\x1b]0;owned\x07\x1b[2J\x9b31m"\n'
+    name = "evil\x1b[31m.py"
+    (tmp_path / name).write_text(f"import torch\n{line}", encoding="utf-8")
+    for output_format in ("full", "concise", "github"):
+        result = run_cli("--no-cache", "--output-format", output_format, ".", cwd=tmp_path)
+        assert "\x1b" not in result.stdout and "\x07" not in result.stdout and "\x9b" not in result.stdout
+        assert "evil\u241b[31m.py" in result.stdout
+    full = run_cli("--no-cache", ".", cwd=tmp_path).stdout
+    assert '# "\u241b]0;owned\u2407\u241b[2J\ufffd31m"' in full
+
+
+def test_a_file_name_that_is_not_utf8_never_breaks_the_output(tmp_path: Path) -> None:
+    """Shown with a replacement character, read and written under its real bytes, and in SARIF
+    percent-encoded from those bytes; under a strict UTF-8 stdout, and after fixes are written."""
+    name = os.fsdecode(b"caf\xe9.py")
+    (tmp_path / name).write_bytes(AMP_VIDEO.read_bytes())
+    strict = {"PYTHONIOENCODING": "utf-8:strict"}
+    for output_format in ("full", "concise", "github"):
+        result = run_cli("--no-cache", "--output-format", output_format, ".", cwd=tmp_path, env=strict)
+        assert "caf\ufffd.py" in result.stdout and "Traceback" not in result.stderr
+        assert result.returncode == 1
+    records = json.loads(run_cli("--no-cache", "--output-format", "json", ".", cwd=tmp_path, env=strict).stdout)
+    assert records[0]["filename"].endswith("caf\ufffd.py")
+    sarif = json.loads(run_cli("--no-cache", "--output-format", "sarif", ".", cwd=tmp_path, env=strict).stdout)
+    location = sarif["runs"][0]["results"][0]["locations"][0]["physicalLocation"]
+    assert location["artifactLocation"]["uri"] == "caf%E9.py"
+    fixed = run_cli("--no-cache", "--fix", "--unsafe-fixes", "--show-fixes", ".", cwd=tmp_path, env=strict)
+    assert fixed.returncode == 0 and "- caf\ufffd.py:" in fixed.stdout, fixed.stderr
+    assert b"dtype=torch.bfloat16" in (tmp_path / name).read_bytes()

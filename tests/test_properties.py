@@ -79,7 +79,10 @@ def training_steps(draw: st.DrawFn) -> str:
 
 def _no_internal_errors(text: str) -> list:
     findings = LINTER.lint(text, "generated.py")
-    assert not [f for f in findings if f.code == INTERNAL_ERROR], findings
+    # Valid Python that LibCST's grammar does not accept (a line continuation just before the end
+    # of the file) is reported "not checked": a limit of the parser, not a rule that raised.
+    raised = [f for f in findings if f.code == INTERNAL_ERROR and not f.message.startswith("not checked: ")]
+    assert not raised, findings
     return findings
 
 
@@ -133,3 +136,46 @@ def test_a_file_without_fixable_findings_is_never_rewritten(source: str, tmp_pat
     after = os.stat(path)
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert Path(path).read_text() == source
+
+
+# -- splicing fixes in one pass -------------------------------------------------------------------
+@st.composite
+def _text_and_edits(draw: st.DrawFn) -> tuple[str, list[tuple[int, int, str]]]:
+    """A text and edits that do not overlap (inserts may share a position, or touch a range)."""
+    text = draw(st.text(alphabet="ab\n", max_size=40))
+    cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=12)))
+    edits = []
+    for start, end in zip(cuts[::2], cuts[1::2]):
+        edits.append((start, end, draw(st.text(alphabet="XYZ", max_size=3))))
+        if draw(st.booleans()):
+            edits.append((start, start, draw(st.text(alphabet="XYZ", min_size=1, max_size=2))))
+    return text, edits
+
+
+@given(_text_and_edits())
+def test_fixes_spliced_in_one_pass_equal_splicing_from_the_end(case: tuple[str, list[tuple[int, int, str]]]) -> None:
+    from trainlint.findings import Edit, Fix
+
+    text, raw_edits = case
+    fixes = [Fix((Edit(start, end, content),), "safe", "m") for start, end, content in raw_edits]
+    expected = text
+    for edit in sorted((f.edits[0] for f in fixes), reverse=True):  # the way fixes were always spliced
+        expected = expected[: edit.start] + edit.content + expected[edit.end :]
+    assert apply_fixes(text, fixes) == expected
+
+
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 8)), max_size=30))
+def test_non_overlapping_fixes_are_those_touching_no_earlier_choice(spans: list[tuple[int, int]]) -> None:
+    from trainlint.findings import Edit, Finding, Fix, Position
+    from trainlint.fixes import non_overlapping
+
+    findings = [
+        Finding("TL202", "n", "m", "f.py", Position(1, 1), Position(1, 1), fix=Fix((Edit(s, s + w, ""),), "safe", "m"))
+        for s, w in spans
+    ]
+    chosen: list[tuple[int, int]] = []
+    for finding in sorted(findings, key=lambda f: (f.fix.span, f.code)):  # type: ignore[union-attr]
+        start, end = finding.fix.span  # type: ignore[union-attr]
+        if not any(start <= t_end and t_start <= end for t_start, t_end in chosen):  # pairwise, quadratic
+            chosen.append((start, end))
+    assert [f.fix.span for f in non_overlapping(findings)] == chosen  # type: ignore[union-attr]

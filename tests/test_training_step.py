@@ -9,7 +9,6 @@ import pytest
 
 from trainlint.analysis.training_step import (
     BACKWARD_KINDS,
-    MAX_PATHS,
     EventKind,
     TrainingStep,
     TrainingSteps,
@@ -429,11 +428,19 @@ def test_clip_is_matched_to_the_optimizer_of_its_parameters() -> None:
     assert step.of_kind(K.CLIP)[0].optimizer == "self.opt_d"
 
 
-def test_paths_are_bounded() -> None:
-    checks = "\n".join(f"    if flag{i}(x):\n        print(x.grad.norm())" for i in range(12))
+def test_a_fold_over_many_independent_branches_is_exact_and_merges_nothing() -> None:
+    checks = "\n".join(f"    if flag{i}(x):\n        print(x.grad.norm())" for i in range(40))
     _, step = only_step(f"def train(model, x, opt):\n    model(x).backward()\n{checks}\n    opt.step()\n")
-    paths = list(step.paths())
-    assert len(paths) <= MAX_PATHS and step.truncated
+    inspections = step.of_kind(K.GRAD_INSPECT)
+    assert len(inspections) == 40  # 2**40 paths: listing them is out of the question
+
+    def count(seen: int, event) -> int:
+        return seen + (event.kind is K.GRAD_INSPECT)
+
+    fold = step.flow.fold(0, count)
+    assert not fold.merged
+    assert fold.before(inspections[-1]) == set(range(40))  # 0 to 39 inspections before the last
+    assert {state for state, _ in fold.ends} == set(range(41))
 
 
 def test_a_script_loop_at_module_level_is_a_step() -> None:
@@ -575,12 +582,6 @@ def test_a_helper_flag_of_its_own_is_not_the_callers() -> None:
         """
     )
     assert (K.SCALER_STEP, K.SCALER_UPDATE) in path_kinds(step)  # the helper's `found`, then the caller's
-
-
-def test_truncated_is_known_before_paths_are_asked_for() -> None:
-    checks = "\n".join(f"    if flag{i}(x):\n        print(x.grad.norm())" for i in range(12))
-    _, step = only_step(f"def train(model, x, opt):\n    model(x).backward()\n{checks}\n    opt.step()\n")
-    assert step.truncated
 
 
 def test_autograd_backward_targets_the_loss() -> None:

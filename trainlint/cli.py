@@ -43,7 +43,8 @@ COMMANDS = """commands:
            (needs the runtime extra; see: trainlint confirm --help)
   server   a language server over stdio, for editors (needs the lsp extra)
 
-exit status: 0 nothing remains, 1 findings remain, 2 a usage or configuration error"""
+exit status: 0 nothing remains, 1 findings remain, 2 a usage or configuration error or an
+internal error, 130/143 interrupted by Ctrl-C/SIGTERM, 141 output pipe closed"""
 
 
 class UsageError(Exception):
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply the exclude settings also to files named on the command line (for pre-commit)",
     )
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write .trainlint_cache/")
+    parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="keep the cache there (the configuration's must be in the project)")
     parser.add_argument("--jobs", "-j", type=int, default=0, metavar="N", help="parallel processes (default: all cores)")
     parser.add_argument("--quiet", "-q", action="store_true", help="print findings only, no summary")
     parser.add_argument("--stdin-filename", metavar="PATH", help="the path of the file read from stdin (for config and output)")
@@ -127,8 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         arguments = arguments[1:]
     if "--version" in arguments:  # what argparse would print, without loading what parsing needs
         return _print_version()
+    from trainlint import lifetime
     from trainlint.config import ConfigError
+    from trainlint.output import tolerate_unencodable
 
+    tolerate_unencodable(sys.stdout, sys.stderr)
+    lifetime.stop_on_termination()
     try:
         try:
             return _lint(build_parser().parse_args(arguments))
@@ -137,10 +143,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError) as exc:
         print(f"trainlint: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (lifetime.Interrupted)
+        print(
+            f"trainlint: interrupted by {lifetime.signal_name(exc)}: stopped before the report "
+            "(a file is either fixed completely or left as it was)",
+            file=sys.stderr,
+        )
+        if argv is None:  # the process is ours: skip interpreter shutdown, whose pool hooks may
+            lifetime.leave(lifetime.exit_status(exc))  # meet pipes the stopped workers closed
+        return lifetime.exit_status(exc)
     except BrokenPipeError:
         return _reader_gone()
+    except Exception as exc:  # a bug: exit 2 as for an error, with one line, not a traceback
+        print(f"trainlint: error: {internal_error(exc)}", file=sys.stderr)
+        return 2
+
+
+def internal_error(exc: BaseException) -> str:
+    """One line for an exception that escaped the run: what it was and where it was raised."""
+    import traceback
+
+    from trainlint.output import terminal_safe
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [frame for frame in frames if f"{os.sep}trainlint{os.sep}" in frame.filename] or frames
+    where = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else ""
+    detail = terminal_safe(str(exc).splitlines()[0] if str(exc) else "")
+    return f"internal error (please report it): {type(exc).__name__}{': ' + detail if detail else ''}{where}"
 
 
 def _print_version() -> int:
@@ -241,6 +270,8 @@ def _lint_paths(args: argparse.Namespace, settings: Settings, paths: Sequence[st
     from trainlint.discovery import discover
     from trainlint.runner import RunOptions, run
 
+    if args.cache_dir is not None:
+        settings.cache_dir = Path(os.path.abspath(args.cache_dir))
     targets = discover(paths, settings)
     if args.show_files:
         return _show_files(targets, sys.stdout)
@@ -277,8 +308,10 @@ def _progress(args: argparse.Namespace, total: int):
 
 
 def _show_files(targets: Sequence[Target], stream: TextIO) -> int:
+    from trainlint.output import terminal_safe
+
     for target in sorted(targets, key=lambda t: t.display):
-        stream.write(f"{target.display}\n")
+        stream.write(f"{terminal_safe(target.display)}\n")
     return 0
 
 
@@ -454,12 +487,14 @@ def _write_report(
 
 
 def _print_fixes(fixed: Sequence, stream) -> None:
+    from trainlint.output import terminal_safe
+
     stream.write(f"Applied {len(fixed)} fix{'es' if len(fixed) != 1 else ''}:\n")
     by_path: dict[str, list] = {}
     for finding in fixed:
         by_path.setdefault(finding.path, []).append(finding)
     for path, items in by_path.items():
-        stream.write(f"- {path}:\n")
+        stream.write(f"- {terminal_safe(path)}:\n")
         counts: dict[tuple[str, str], int] = {}
         for f in items:
             counts[(f.code, f.name)] = counts.get((f.code, f.name), 0) + 1
@@ -470,6 +505,8 @@ def _print_fixes(fixed: Sequence, stream) -> None:
 def _print_diff(result: RunResult, stream) -> int:
     import difflib
 
+    from trainlint.output import terminal_safe
+
     changed = 0
     for file in result.files:
         if file.fixed_text is None or file.original_text is None:
@@ -479,8 +516,8 @@ def _print_diff(result: RunResult, stream) -> int:
             difflib.unified_diff(
                 file.original_text.splitlines(keepends=True),
                 file.fixed_text.splitlines(keepends=True),
-                fromfile=f"a/{file.display}",
-                tofile=f"b/{file.display}",
+                fromfile=f"a/{terminal_safe(file.display)}",
+                tofile=f"b/{terminal_safe(file.display)}",
             )
         )
     stream.flush()

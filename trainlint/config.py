@@ -261,13 +261,26 @@ def settings_from_table(table: Mapping[str, Any], path: Path, in_pyproject: bool
         if key in table:
             settings.warnings.append(f"{where}: {message}")
     if "cache-dir" in table:
-        if not isinstance(table["cache-dir"], str):
-            raise ConfigError(f"{where}: 'cache-dir' must be a string")
-        settings.cache_dir = settings.root / table["cache-dir"]
+        settings.cache_dir = settings.root / _confined_cache_dir(table["cache-dir"], where)
     settings.per_file_ignores = _per_file_ignores(table.get("per-file-ignores", {}), where)
     settings.rule_options = _rule_options(table.get("rules", {}), where)
     settings.enabled_codes()  # validates every selector now, so errors surface before linting
     return settings
+
+
+def _confined_cache_dir(value: Any, where: str) -> str:
+    """``cache-dir`` as the configuration may set it: a directory of its own inside the project.
+    A checkout's pyproject.toml is not trusted to make trainlint create and write directories
+    elsewhere (``/home/me/.ssh``, ``../..``); ``--cache-dir`` on the command line may."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: 'cache-dir' must be a string")
+    normalized = os.path.normpath(value)
+    if os.path.isabs(value) or normalized in (".", os.curdir) or normalized.split(os.sep)[0] == os.pardir:
+        raise ConfigError(
+            f"{where}: 'cache-dir' must be a directory inside the project, not {value!r} "
+            "(use --cache-dir on the command line for another place)"
+        )
+    return normalized
 
 
 def _per_file_ignores(value: Any, where: str) -> dict[str, list[str]]:

@@ -7,12 +7,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from trainlint.config import Settings
-
-if TYPE_CHECKING:  # imported where a .gitignore is read: a run on named files may need none
-    import pathspec
+from trainlint.gitignore import GitIgnore
 
 SOURCE_SUFFIXES = (".py", ".pyi", ".ipynb")  # notebooks are read by trainlint.notebook
 
@@ -57,8 +54,8 @@ class _Excluder:
         self._names = {p for p in self.patterns if not any(c in p for c in "*?[/")}
         self._globs = [p for p in self.patterns if p not in self._names]
         self.respect_gitignore = settings.respect_gitignore
-        self._gitignores: dict[Path, pathspec.PathSpec | None] = {}
-        self._chains: dict[Path, list[tuple[Path, pathspec.PathSpec]]] = {}
+        self._gitignores: dict[Path, GitIgnore | None] = {}
+        self._chains: dict[Path, list[tuple[Path, GitIgnore]]] = {}
 
     def _relative(self, path: Path) -> str | None:
         try:
@@ -77,22 +74,19 @@ class _Excluder:
                 return True
         return False
 
-    def _gitignore(self, directory: Path) -> pathspec.PathSpec | None:
+    def _gitignore(self, directory: Path) -> GitIgnore | None:
         if directory not in self._gitignores:
             spec = None
             ignore_file = directory / ".gitignore"
             if ignore_file.is_file():
                 try:
-                    import pathspec
-
-                    lines = ignore_file.read_text(encoding="utf-8", errors="replace").splitlines()
-                    spec = pathspec.GitIgnoreSpec.from_lines(lines)
+                    spec = GitIgnore.from_lines(ignore_file.read_text(encoding="utf-8", errors="replace").splitlines())
                 except OSError:
                     spec = None
             self._gitignores[directory] = spec
         return self._gitignores[directory]
 
-    def _specs_above(self, directory: Path) -> list[tuple[Path, pathspec.PathSpec]]:
+    def _specs_above(self, directory: Path) -> list[tuple[Path, GitIgnore]]:
         """Each .gitignore from ``directory`` up to the top of its repository (the directory with
         ``.git``), nearest first; computed once per directory."""
         chain = self._chains.get(directory)
@@ -105,13 +99,14 @@ class _Excluder:
         return chain
 
     def by_gitignore(self, path: Path, is_dir: bool) -> bool:
-        """Whether a .gitignore in the path's repository ignores it."""
+        """Whether the .gitignore files of the path's repository ignore it: the nearest one with a
+        pattern about the path decides (a negated pattern there re-includes it), as in git."""
         if not self.respect_gitignore:
             return False
         for directory, spec in self._specs_above(path.parent):
-            relative = path.relative_to(directory).as_posix() + ("/" if is_dir else "")
-            if spec.match_file(relative):
-                return True
+            verdict = spec.verdict(path.relative_to(directory).as_posix(), is_dir)
+            if verdict is not None:
+                return verdict
         return False
 
     def excluded(self, path: Path, is_dir: bool) -> bool:
@@ -120,8 +115,8 @@ class _Excluder:
     def excluded_with_parents(self, path: Path) -> bool:
         """``force-exclude`` for a file named on the command line: the exclude patterns, on it and
         on its directories. Not .gitignore, as in ruff: pre-commit names tracked files only, and a
-        tracked file that .gitignore names was added on purpose (and the check would load
-        pathspec on every hook run)."""
+        tracked file that .gitignore names was added on purpose (and the check would read the
+        .gitignore files above it on every hook run)."""
         if self.by_pattern(path):
             return True
         relative = self._relative(path)
@@ -149,7 +144,25 @@ def discover(paths: Iterable[str], settings: Settings) -> list[Target]:
         target = _explicit_target(path, absolute)
         if target is not None:
             found.setdefault(absolute, target)
-    return sorted(found.values(), key=lambda t: t.display)
+    return sorted(_without_duplicate_links(found), key=lambda t: t.display)
+
+
+def _without_duplicate_links(found: dict[Path, Target]) -> list[Target]:
+    """The targets less the symbolic links to a file that is already a target (by its own name or
+    by another link): fixing one file twice at once, under two names, would race."""
+    links = {path for path in found if os.path.islink(path)}
+    if not links:
+        return list(found.values())
+    real_files = {Path(os.path.realpath(path)) for path in found if path not in links}
+    kept = []
+    for path, target in found.items():
+        if path in links:
+            real = Path(os.path.realpath(path))
+            if real in real_files:
+                continue
+            real_files.add(real)
+        kept.append(target)
+    return kept
 
 
 def _explicit_target(path: Path, absolute: Path) -> Target | None:

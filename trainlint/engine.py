@@ -6,7 +6,7 @@ selection -> fixes. Each file is parsed once per pass; rules share one walk of t
 
 from __future__ import annotations
 
-import gc
+import ast
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -17,11 +17,12 @@ import libcst as cst
 from trainlint import noqa
 from trainlint.config import INTERNAL_ERROR, SYNTAX_ERROR, Settings
 from trainlint.context import FileContext
+from trainlint.deep_stack import call_with_deep_stack, deep_recursion, nesting_limit
 from trainlint.findings import Finding, Position, is_fix_allowed
 from trainlint.fixes import apply_fixes, non_overlapping
 from trainlint.project import ProjectIndex, module_name_for
 from trainlint.rule import Rule, all_rules
-from trainlint.source import SourceText, python_ast
+from trainlint.source import SourceText, paused_garbage_collector, python_ast
 
 MAX_FIX_PASSES = 10
 UNUSED_NOQA = "TL004"
@@ -43,13 +44,8 @@ def meta_finding(code: str, message: str, path: str, row: int = 1, column: int =
 def parse(text: str) -> cst.Module:
     """LibCST parse with the cyclic GC paused: the parser allocates millions of small objects that
     the GC would scan for nothing (measured: the parse takes 0.73x the time)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with paused_garbage_collector():
         return cst.parse_module(text)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def parse_for_analysis(text: str, display: str) -> cst.Module | None:
@@ -110,6 +106,13 @@ class Linter:
         return self._check(text, display, real_path, rules) if rules or "torch" in text else []
 
     def _check(self, text: str, display: str, real_path: Path | None, rules: Sequence[Rule]) -> list[Finding]:
+        # LibCST and the analyses recurse once per level of nesting: on the main thread's stack,
+        # valid code such as a 10,000-operand `and` chain would crash the process (SIGSEGV).
+        return call_with_deep_stack(self._check_on_deep_stack, text, display, real_path, rules)
+
+    def _check_on_deep_stack(
+        self, text: str, display: str, real_path: Path | None, rules: Sequence[Rule]
+    ) -> list[Finding]:
         ctx = self.project.parsed(real_path, text) if real_path is not None else None
         if ctx is not None:
             ctx.path = display  # parsed already for another file's question: reuse it
@@ -117,6 +120,13 @@ class Linter:
             too_deep = _too_deep_for_libcst(text, display)
             if too_deep is not None:
                 return [too_deep]
+        with deep_recursion():
+            return self._parse_and_run(ctx, text, display, real_path, rules)
+
+    def _parse_and_run(
+        self, ctx: FileContext | None, text: str, display: str, real_path: Path | None, rules: Sequence[Rule]
+    ) -> list[Finding]:
+        if ctx is None:
             try:
                 module = parse(text)
             except cst.ParserSyntaxError as exc:
@@ -238,25 +248,60 @@ _NESTING_MESSAGES = ("too many nested", "too complex", "too many statically nest
 
 
 def _too_deep_for_libcst(text: str, display: str) -> Finding | None:
-    """TL001 for code nested too deeply for Python's own parser, before LibCST sees it: LibCST's
-    native parser overflows its stack on such input (a segfault, measured with 5000 nested
-    brackets or 10000 unary minuses) and is slow on very long operator chains, where Python stops
-    at 200 brackets and about 3000 levels. Costs about a tenth of the LibCST parse."""
+    """A finding for code nested too deeply to parse, before LibCST sees it. TL001 where Python's
+    own parser gives up too (200 brackets, about 3000 levels, a `+` chain of a few thousand
+    terms): LibCST's native parser would overflow its stack on such input, or take minutes on a
+    long operator chain. TL003 for valid Python that LibCST nests deeper than trainlint can walk:
+    an `and`/`or` chain is one flat node for Python but one level per operand for LibCST. Costs
+    about a tenth of the LibCST parse."""
     try:
-        python_ast(text, display)  # with the garbage collector paused, as for the parse
+        tree = python_ast(text, display)  # with the garbage collector paused, as for the parse
     except SyntaxError as error:
         if error.msg and error.msg.startswith(_NESTING_MESSAGES):
             return meta_finding(SYNTAX_ERROR, f"syntax error: {error.msg}", display, error.lineno or 1, max(1, error.offset or 1))
+        return None
     except (RecursionError, MemoryError):
         return meta_finding(SYNTAX_ERROR, "cannot parse: the code is nested too deeply for Python's parser", display)
     except Exception:  # ValueError and the like: LibCST reports them
         return None
+    limit = nesting_limit()
+    deepest = _deepest_boolean_chain(tree, text, limit)
+    if deepest is None:
+        return None
+    message = (
+        f"not checked: an `and`/`or` chain of {deepest.values_count:,} operands nests deeper than trainlint's "
+        f"parser can follow ({limit:,} levels); the code is valid Python"
+    )
+    return meta_finding(INTERNAL_ERROR, message, display, deepest.lineno, deepest.col_offset + 1)
+
+
+def _deepest_boolean_chain(tree: ast.Module, text: str, limit: int) -> _Chain | None:
+    """The boolean chain at which LibCST's tree would be deeper than ``limit``, if any. Each
+    operand of a chain is one level in LibCST; other nodes nest alike in both trees. A file with
+    fewer `and`/`or` than ``limit`` cannot reach it, which spares almost every file the walk."""
+    if text.count("and") + text.count("or") < limit:
+        return None
+    stack: list[tuple[ast.AST, int]] = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, ast.BoolOp):
+            depth += len(node.values) - 1
+            if depth > limit:
+                return _Chain(len(node.values), node.lineno, node.col_offset)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
     return None
+
+
+@dataclass(frozen=True)
+class _Chain:
+    values_count: int
+    lineno: int
+    col_offset: int
 
 
 def _syntax_error(text: str, display: str, exc: cst.ParserSyntaxError) -> Finding:
     """TL001 with Python's own message and position ("'(' was never closed" at the bracket)
-    when Python's parser also rejects the text; LibCST's otherwise (it is stricter in places)."""
+    when Python's parser also rejects the text; TL003 "not checked" when Python accepts it."""
     try:
         python_ast(text, display)
     except SyntaxError as error:
@@ -265,13 +310,24 @@ def _syntax_error(text: str, display: str, exc: cst.ParserSyntaxError) -> Findin
             return meta_finding(SYNTAX_ERROR, f"syntax error: {error.msg}", display, error.lineno, column)
     except Exception:  # RecursionError, MemoryError, ValueError: fall back to LibCST's report
         pass
+    else:
+        # Python accepts the code: a limit of LibCST's grammar (such as more than 3,000 string
+        # literals joined by juxtaposition), not an error in the file.
+        reason = str(exc.message).splitlines()[0] if exc.message else "invalid syntax"
+        message = f"not checked: trainlint's parser cannot read this valid Python ({reason})"
+        return meta_finding(INTERNAL_ERROR, message, display, exc.editor_line, exc.editor_column)
     message = str(exc.message).splitlines()[0] if exc.message else "invalid syntax"
     return meta_finding(SYNTAX_ERROR, f"syntax error: {message}", display, exc.editor_line, exc.editor_column)
 
 
 def _parses(text: str) -> bool:
-    try:
-        parse(text)
-    except Exception:
-        return False
+    return call_with_deep_stack(_parses_on_deep_stack, text)
+
+
+def _parses_on_deep_stack(text: str) -> bool:
+    with deep_recursion():
+        try:
+            parse(text)
+        except Exception:
+            return False
     return True

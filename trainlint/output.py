@@ -48,35 +48,33 @@ def _marker(finding: Finding) -> str:
 def location(f: Finding) -> str:
     """``path:row:column``, or ``nb.ipynb:cell 4:row:column`` for a notebook's cell (as ruff)."""
     cell = f"cell {f.cell}:" if f.cell is not None else ""
-    return f"{f.path}:{cell}{f.start.row}:{f.start.column}"
+    return f"{terminal_safe(f.path)}:{cell}{f.start.row}:{f.start.column}"
 
 
 def concise(findings: Sequence[Finding], stream: TextIO) -> None:
     style = _Style(use_colour(stream))
     for f in findings:
         where = location(f) + ":"
-        stream.write(f"{style(where, '1')} {style(f.code, '1;31')} {_marker(f)}{f.message}\n")
+        stream.write(f"{style(where, '1')} {style(f.code, '1;31')} {_marker(f)}{terminal_safe(f.message)}\n")
 
 
 def full(findings: Sequence[Finding], stream: TextIO, sources: Callable[[str], SourceText | None]) -> None:
     style = _Style(use_colour(stream))
     for f in findings:
         where = location(f) + ":"
-        stream.write(f"{style(where, '1')} {style(f.code, '1;31')} {_marker(f)}{f.message}\n")
+        stream.write(f"{style(where, '1')} {style(f.code, '1;31')} {_marker(f)}{terminal_safe(f.message)}\n")
         source = sources(f.path)
         if source is not None and f.cell is not None:
             from trainlint.notebook import cell_source  # only for notebooks: it reads their JSON
 
             source = cell_source(source, f.cell)
         if source is not None and f.start.row <= len(source.line_starts):
-            line = source.line_text(f.start.row)
+            shown, column, width = excerpt(source, f)
             gutter = " " * len(str(f.start.row))
-            end_column = f.end.column if f.end.row == f.start.row else len(line) + 1
-            width = max(1, end_column - f.start.column)
-            caret = " " * (f.start.column - 1) + style("^" * width, "1;31")
-            stream.write(f"{gutter} |\n{f.start.row} | {line}\n{gutter} | {caret}\n")
+            caret = " " * (column - 1) + style("^" * width, "1;31")
+            stream.write(f"{gutter} |\n{f.start.row} | {shown}\n{gutter} | {caret}\n")
             if f.fix is not None:
-                hint = f.fix.message + ("" if f.fix.applicability == "safe" else " (unsafe fix)")
+                hint = terminal_safe(f.fix.message) + ("" if f.fix.applicability == "safe" else " (unsafe fix)")
                 stream.write(f"{gutter} = {style('help', '1;36')}: {hint}\n")
             stream.write("\n")
 
@@ -104,7 +102,7 @@ def json_records(findings: Sequence[Finding]) -> list[dict[str, Any]]:
                 "cell": f.cell,
                 "code": f.code,
                 "end_location": _location(f.end),
-                "filename": str(Path(f.path).resolve()) if f.path != "-" else "-",
+                "filename": valid_unicode(str(Path(f.path).resolve())) if f.path != "-" else "-",
                 "fix": fix,
                 "level": f.level,
                 "location": _location(f.start),
@@ -119,13 +117,14 @@ def json_records(findings: Sequence[Finding]) -> list[dict[str, Any]]:
 
 def _artifact_uri(path: str) -> str:
     """A SARIF artifact URI: relative paths stay relative (code scanning resolves them against the
-    repository), absolute ones become ``file://`` URIs; both percent-encoded."""
+    repository), absolute ones become ``file://`` URIs; both percent-encode the name's bytes, so
+    a file name that is not UTF-8 keeps its exact bytes."""
     from urllib.parse import quote
 
     posix = Path(path).as_posix()
     if Path(path).is_absolute():
         return Path(path).as_uri()
-    return quote(posix, safe="/")
+    return quote(os.fsencode(posix), safe="/")
 
 
 def _region(start: tuple[int, int], end: tuple[int, int]) -> dict[str, int]:
@@ -238,11 +237,11 @@ def github(findings: Sequence[Finding], stream: TextIO) -> None:
         kind = _GITHUB_COMMANDS.get(f.level, "warning")
         properties = [
             f"title={_escape_annotation(f'trainlint ({f.code})', True)}",
-            f"file={_escape_annotation(f.path, True)}",
+            f"file={_escape_annotation(terminal_safe(f.path), True)}",
         ]
         if f.cell is None:  # a notebook cell's lines are not lines of the file: annotate the file
             properties += [f"line={f.start.row}", f"col={f.start.column}", f"endLine={f.end.row}", f"endColumn={f.end.column}"]
-        text = f"{location(f)}: {f.code} {f.message}"
+        text = f"{location(f)}: {f.code} {terminal_safe(f.message, line_breaks=True)}"
         stream.write(f"::{kind} {','.join(properties)}::{_escape_annotation(text)}\n")
 
 
@@ -342,3 +341,75 @@ def statistics(findings: Sequence[Finding], stream: TextIO) -> None:
     for code, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
         marker = "[*]" if code in fixable else "   "
         stream.write(f"{count:>{width}}\t{code}\t{marker} {names[code]}\n")
+
+
+# -- what reaches a terminal ------------------------------------------------------------------------
+EXCERPT_WIDTH = 160  # characters of a source line shown under a finding
+_EXCERPT_LEAD = 40  # of them, before the finding's column on a line that is cut
+
+_REPLACEMENT = 0xFFFD
+# One character for one, so that a caret under the line stays aligned: C0 controls become their
+# Unicode pictures (ESC is shown as U+241B), DEL too; C1 controls (0x9b is a one-byte CSI), the
+# bidirectional overrides of "Trojan Source" and lone surrogates (undecodable bytes of a file
+# name) become the replacement character.
+_TERMINAL_TABLE = {
+    **{code: 0x2400 + code for code in range(0x20) if code != 0x09},
+    0x7F: 0x2421,
+    **{code: _REPLACEMENT for code in range(0x80, 0xA0)},
+    **{code: _REPLACEMENT for code in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))},
+    **{code: _REPLACEMENT for code in range(0xD800, 0xE000)},
+}
+
+
+_KEEPING_LINE_BREAKS = {code: value for code, value in _TERMINAL_TABLE.items() if code not in (0x0A, 0x0D)}
+
+
+def terminal_safe(text: str, line_breaks: bool = False) -> str:
+    """Text from a linted file (a line, a message quoting it, a file name) as it may be written
+    to a terminal: no escape sequence, undecodable byte or (unless kept for a format that escapes
+    them itself) line break gets through."""
+    if text.isascii() and text.isprintable():
+        return text
+    return text.translate(_KEEPING_LINE_BREAKS if line_breaks else _TERMINAL_TABLE)
+
+
+_SURROGATES = {code: _REPLACEMENT for code in range(0xD800, 0xE000)}
+
+
+def valid_unicode(text: str) -> str:
+    """``text`` with the lone surrogates of an undecodable file name replaced (for JSON)."""
+    return text if text.isascii() else text.translate(_SURROGATES)
+
+
+def excerpt(source: SourceText, finding: Finding) -> tuple[str, int, int]:
+    """The part of the finding's line shown under it, with the finding's column and caret width
+    in it: a line longer than EXCERPT_WIDTH (a minified or generated megabyte line) is cut around
+    the finding, with ``…`` where text was left out, so each finding prints a bounded amount (and
+    costs no more than that: the line is never copied whole)."""
+    text, row, column = source.text, finding.start.row, finding.start.column
+    line_start = source.line_starts[row - 1]
+    line_end = source.line_starts[row] if row < len(source.line_starts) else len(text)
+    while line_end > line_start and text[line_end - 1] in "\r\n":
+        line_end -= 1
+    length = line_end - line_start
+    end_column = finding.end.column if finding.end.row == row else length + 1
+    width = max(1, end_column - column)
+    start = 0 if length <= EXCERPT_WIDTH else max(0, min(column - 1 - _EXCERPT_LEAD, length - EXCERPT_WIDTH))
+    end = min(length, start + EXCERPT_WIDTH)
+    prefix, suffix = ("…" if start > 0 else ""), ("…" if end < length else "")
+    shown = terminal_safe(text[line_start + start : line_start + end])  # one character for one
+    if not prefix and not suffix:
+        return shown, column, width
+    return prefix + shown + suffix, column - start + len(prefix), max(1, min(width, end - (column - 1)))
+
+
+def tolerate_unencodable(*streams: object) -> None:
+    """Print what a stream's encoding cannot hold as escapes rather than fail (a strict ASCII or
+    latin-1 stdout, PYTHONIOENCODING=...:strict): a linter's report must always come out."""
+    for stream in streams:
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", None) == "strict":
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):
+                pass

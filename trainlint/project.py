@@ -30,6 +30,10 @@ from trainlint.module_summary import ModuleSummary, summarize
 if TYPE_CHECKING:
     from trainlint.context import FileContext
 
+# The digest recorded in ``ProjectIndex.consulted`` for a path that was looked for and not found:
+# an answer that depends on a module's absence is stale once the module is created.
+ABSENT = "absent"
+
 MAX_PARSED_MODULES = 64  # parsed modules kept for the engine (LRU)
 MAX_PROJECT_FILES = 20_000  # files scanned when looking for call sites
 _SKIPPED_DIRECTORIES = frozenset({
@@ -66,6 +70,8 @@ class ProjectIndex:
         self._importing: dict[tuple[str, str], list[Path]] = {}  # (module, word) -> files that may use it
         self._current: FileContext | None = None
         self._current_summary: ModuleSummary | None = None
+        # module lookup -> the candidate paths it found missing (recorded as ABSENT per answer)
+        self._absent: dict[tuple[str, Path | None], list[str]] = {}
         from trainlint.analysis.values.guard import EvaluationGuard
 
         self.evaluation = EvaluationGuard()  # one recursion guard and memory for the engines of every module
@@ -114,18 +120,21 @@ class ProjectIndex:
             return self._summary_of_current()  # the text being linted (stdin, a notebook, --fix)
         key = (name, self._importer_root(importer))
         if key not in self._by_name:
-            self._by_name[key] = self._find_module(name, importer)
+            self._by_name[key] = self._find_module(name, importer, self._absent.setdefault(key, []))
+        if self._absent.get(key):
+            self.evaluation.note([(missing, ABSENT) for missing in self._absent[key]])
         summary = self._by_name[key]
         if summary is not None:
             self._consult(summary)  # every answer records its sources
         return summary
 
-    def _find_module(self, name: str, importer: Path | None) -> ModuleSummary | None:
+    def _find_module(self, name: str, importer: Path | None, missing: list[str]) -> ModuleSummary | None:
         relative = Path(*name.split("."))
         for root in self._search_roots(importer):
             for candidate in (root / relative.with_suffix(".py"), root / relative / "__init__.py"):
                 if candidate.is_file():
                     return self.summary(candidate, name)
+                missing.append(str(candidate))
         return None
 
     def summary(self, path: Path, name: str | None = None) -> ModuleSummary | None:
@@ -318,7 +327,8 @@ def _mentions(data: bytes, words: tuple[str, ...]) -> bool:
 
 def _import_pattern(module: str) -> re.Pattern[bytes] | None:
     """An import statement naming a part of ``module`` (its package, a subpackage, itself)."""
-    parts = "|".join(re.escape(part) for part in module.split(".") if part).encode()
+    # A module named after a file name that is not UTF-8 keeps its bytes (it matches no import).
+    parts = "|".join(re.escape(part) for part in module.split(".") if part).encode("utf-8", "surrogateescape")
     if not parts:
         return None
     return re.compile(rb"^[ \t]*(?:from[ \t]+[.\w]*\b(?:%s)\b|import[ \t]+[^\n]*\b(?:%s)\b)" % (parts, parts), re.MULTILINE)

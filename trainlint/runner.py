@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import json
+import errno
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from trainlint import __version__
+from trainlint import lifetime
+from trainlint.cache import Cache
 from trainlint.config import INTERNAL_ERROR, IO_ERROR, SYNTAX_ERROR, Settings
 from trainlint.discovery import Target
 from trainlint.findings import Finding, is_fix_allowed
@@ -75,89 +77,6 @@ class RunResult:
         return sum(r.unsafe_fixable for r in self.files)
 
 
-def _code_fingerprint() -> str:
-    """The installed trainlint's own modules (path, size, mtime): a rule edited in a development
-    install invalidates the cache even though the version number did not change."""
-    package = str(Path(__file__).resolve().parent)
-    stamps = []
-    for directory, subdirectories, files in os.walk(package):  # os.walk: 4x faster than rglob
-        subdirectories[:] = sorted(d for d in subdirectories if d != "__pycache__")
-        for name in sorted(f for f in files if f.endswith(".py")):
-            path = os.path.join(directory, name)
-            try:
-                status = os.stat(path)
-            except OSError:
-                continue
-            relative = os.path.relpath(path, package).replace(os.sep, "/")
-            stamps.append(f"{relative}:{status.st_size}:{status.st_mtime_ns}")
-    return content_digest("\n".join(stamps).encode())
-
-
-class Cache:
-    """Per-file results keyed by content, trainlint's version and the effective configuration,
-    plus the digests of the local modules each answer read (the project index's dependencies).
-    One JSON file per configuration, replaced atomically."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.path = settings.cache_path / f"v{__version__}-{settings.digest()}.json"
-        self.entries: dict[str, Any] = {}
-        self._dependency_digests: dict[str, str | None] = {}
-        self.code = _code_fingerprint()
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            if data.get("version") == __version__ and data.get("code") == self.code:
-                self.entries = data["files"]
-        except (OSError, ValueError, KeyError, TypeError):
-            self.entries = {}
-
-    def _current_digest(self, path: str) -> str | None:
-        if path not in self._dependency_digests:
-            try:
-                self._dependency_digests[path] = content_digest(Path(path).read_bytes())
-            except OSError:
-                self._dependency_digests[path] = None
-        return self._dependency_digests[path]
-
-    def lookup(self, target: Target, digest: str) -> list[Finding] | None:
-        entry = self.entries.get(str(target.path))
-        if not entry or entry.get("digest") != digest:
-            return None
-        if any(self._current_digest(p) != d for p, d in entry.get("dependencies", {}).items()):
-            return None
-        try:
-            return [Finding.from_json(f).with_path(target.display) for f in entry["findings"]]
-        except (KeyError, TypeError):
-            return None
-
-    def fix_counts(self, target: Target) -> tuple[int, int]:
-        """The (fixable, unsafe_fixable) counts stored with a file's findings."""
-        counts = self.entries.get(str(target.path), {}).get("fixable", [0, 0])
-        return (counts[0], counts[1]) if isinstance(counts, list) and len(counts) == 2 else (0, 0)
-
-    def store(self, target: Target, result: FileResult) -> None:
-        if result.digest is None or any(f.code in (IO_ERROR,) for f in result.findings):
-            return
-        self.entries[str(target.path)] = {
-            "digest": result.digest,
-            "dependencies": result.dependencies,
-            "findings": [f.to_json() for f in result.findings],
-            "fixable": [result.fixable, result.unsafe_fixable],
-        }
-
-    def save(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            gitignore = self.path.parent / ".gitignore"
-            if not gitignore.exists():
-                gitignore.write_text("# Created by trainlint\n*\n", encoding="utf-8")
-            temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
-            document = {"version": __version__, "code": self.code, "files": self.entries}
-            temporary.write_text(json.dumps(document), encoding="utf-8")
-            os.replace(temporary, self.path)
-        except OSError:
-            pass  # a cache that cannot be written only costs time
-
-
 # -- per-process state for the worker pool ---------------------------------------------------
 _linter: Linter | None = None
 
@@ -170,8 +89,28 @@ def _init_worker(settings: Settings, roots: Sequence[Path]) -> None:
     _linter = Linter(settings, ProjectIndex(roots))
 
 
+def _start_worker(parent_pid: int, settings: Settings, roots: Sequence[Path]) -> None:
+    lifetime.become_worker(parent_pid)
+    try:
+        _init_worker(settings, roots)
+    except SystemExit as stop:  # stopped while starting: exit quietly, as from _process_many
+        os._exit(stop.code if isinstance(stop.code, int) else 1)
+
+
 def process(target: Target, options: RunOptions) -> FileResult:
-    """Read, lint and (with --fix) fix and write one file. Never raises for the file's sake."""
+    """Read, lint and (with --fix) fix and write one file. Never raises for the file's sake: an
+    unexpected error (a RecursionError in a notebook's JSON, a bug) is this file's TL003, and the
+    run, its report and its cache go on."""
+    try:
+        return _process(target, options)
+    except Exception as exc:
+        from trainlint.engine import meta_finding
+
+        message = f"internal error while checking this file: {type(exc).__name__}: {exc} (please report it)"
+        return FileResult(target.display, findings=[meta_finding(INTERNAL_ERROR, message, target.display)])
+
+
+def _process(target: Target, options: RunOptions) -> FileResult:
     from trainlint.engine import meta_finding
     from trainlint.notebook import linter_for
 
@@ -187,7 +126,7 @@ def process(target: Target, options: RunOptions) -> FileResult:
     except OSError as exc:
         result.findings = [meta_finding(IO_ERROR, f"cannot read: {exc.strerror or exc}", target.display)]
         return result
-    result.digest = content_digest(raw)
+    result.digest = linted_digest = content_digest(raw)
     try:
         source = SourceText.from_bytes(raw)
     except SourceError as exc:
@@ -204,7 +143,7 @@ def process(target: Target, options: RunOptions) -> FileResult:
             # written, and not be kept at all when nothing is written (--diff).
             result.digest = None
             if options.write:
-                _write(target, source, outcome.text, result)
+                _write(target, source, outcome.text, result, linted_digest, linter.project.roots)
     else:
         result.findings = engine.lint(source.text, target.display, target.path)
     _count_fixable(engine, result, options, result.fixed_text or source.text, target)
@@ -223,14 +162,25 @@ def _count_fixable(engine, result: FileResult, options: RunOptions, text: str, t
     result.fixable, result.unsafe_fixable = counts.safe, counts.unsafe
 
 
-def _write(target: Target, source: SourceText, text: str, result: FileResult) -> None:
+def _write(target: Target, source: SourceText, text: str, result: FileResult, linted_digest: str, roots: Sequence[Path]) -> None:
+    """Write the fixed text, only over the content that was linted (``linted_digest``) and never
+    through a symbolic link out of the linted tree (``roots``)."""
     from trainlint.engine import meta_finding
-    from trainlint.fixes import write_atomic
+    from trainlint.fixes import ChangedDuringRun, write_atomic
 
+    if lifetime.parent_is_gone():  # the run was killed: nobody will report what we write
+        os._exit(1)
     try:
         data = source.to_bytes(text)
-        write_atomic(target.path, data)
+        _refuse_link_out_of(target.path, roots)
+        write_atomic(target.path, data, expected_digest=linted_digest)
         result.digest = content_digest(data)
+    except ChangedDuringRun:
+        # The findings describe content that is gone; the user's edit is kept as it is.
+        message = "fixes not written: the file changed during the run (your edit is kept; run trainlint again)"
+        result.findings = [meta_finding(IO_ERROR, message, target.display)]
+        result.fixed, result.found, result.fixed_text, result.digest = [], None, None, None
+        result.fixable = result.unsafe_fixable = 0
     except (OSError, UnicodeEncodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         # Nothing was written, so what the fixes would have removed is still there.
@@ -242,8 +192,21 @@ def _write(target: Target, source: SourceText, text: str, result: FileResult) ->
         result.digest = None
 
 
+def _refuse_link_out_of(path: Path, roots: Sequence[Path]) -> None:
+    """PermissionError for a symbolic link to a file outside every linted root: a fix must not
+    change a file the run was not asked to change (directory links are never followed at all)."""
+    if not os.path.islink(path):
+        return
+    real = Path(os.path.realpath(path))
+    if not any(real.is_relative_to(root) for root in roots):
+        raise PermissionError(errno.EPERM, f"it is a symbolic link to {real}, outside the linted tree")
+
+
 def _process_many(targets: Sequence[Target], options: RunOptions) -> list[FileResult]:
-    return [process(t, options) for t in targets]
+    try:
+        return [process(t, options) for t in targets]
+    except SystemExit as stop:  # SIGTERM: the run was stopped, or the main process died
+        os._exit(stop.code if isinstance(stop.code, int) else 1)  # not back into the pool's loop
 
 
 def _chunks(items: Sequence[Target], count: int) -> Iterable[Sequence[Target]]:
@@ -292,7 +255,22 @@ def _pool(jobs: int, settings: Settings, roots: Sequence[Path]) -> ProcessPoolEx
     from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
-    return ProcessPoolExecutor(jobs, context, initializer=_init_worker, initargs=(settings, roots))
+    return ProcessPoolExecutor(jobs, context, initializer=_start_worker, initargs=(os.getpid(), settings, roots))
+
+
+@contextmanager
+def _stopping_workers_on_error(pool: ProcessPoolExecutor) -> Iterator[ProcessPoolExecutor]:
+    """The pool, shut down at the end; on Ctrl-C, SIGTERM or any error its workers are terminated
+    at once instead of finishing (and writing) the files they hold."""
+    try:
+        yield pool
+    except BaseException:
+        # Futures are left as they are (not cancelled): the executor marks them failed when it
+        # sees its workers gone, and a cancelled one would make it raise in its own thread.
+        lifetime.terminate(list(getattr(pool, "_processes", {}).values()))  # the executor's own list
+        pool.shutdown(wait=False)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _run_parallel(
@@ -304,13 +282,14 @@ def _run_parallel(
     results: dict[Target, FileResult],
     progress: Progress | None = None,
 ) -> None:
+    from concurrent.futures import as_completed
     from concurrent.futures.process import BrokenProcessPool
 
     try:
-        with _pool(jobs, settings, roots) as pool:
-            chunks = list(_chunks(pending, jobs))
-            for chunk, chunk_results in zip(chunks, pool.map(_process_many, chunks, [options] * len(chunks))):
-                results.update(zip(chunk, chunk_results))
+        with _stopping_workers_on_error(_pool(jobs, settings, roots)) as pool:
+            chunks = {pool.submit(_process_many, chunk, options): chunk for chunk in _chunks(pending, jobs)}
+            for future in as_completed(chunks):
+                results.update(zip(chunks[future], future.result()))
                 if progress is not None:
                     progress(len(results))
     except BrokenProcessPool:
@@ -326,8 +305,8 @@ def _process_isolated(target: Target, settings: Settings, options: RunOptions, r
     from trainlint.engine import meta_finding
 
     try:
-        with _pool(1, settings, roots) as pool:
-            return pool.submit(process, target, options).result()
+        with _stopping_workers_on_error(_pool(1, settings, roots)) as pool:
+            return pool.submit(_process_many, [target], options).result()[0]
     except BrokenProcessPool:
         message = "the process linting this file crashed, so it was not checked (please report it)"
         return FileResult(target.display, findings=[meta_finding(INTERNAL_ERROR, message, target.display)])
@@ -336,7 +315,7 @@ def _process_isolated(target: Target, settings: Settings, options: RunOptions, r
 def _from_cache(cache: Cache | None, target: Target, options: RunOptions) -> FileResult | None:
     if cache is None or target.missing or target.problem:
         return None
-    if str(target.path) not in cache.entries:
+    if not cache.has_entry(target):
         return None  # nothing cached: the worker reads and hashes the file once
     try:
         digest = content_digest(target.path.read_bytes())

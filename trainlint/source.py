@@ -9,6 +9,8 @@ import io
 import re
 import tokenize
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,12 +37,19 @@ def python_ast(source: str | bytes, filename: str) -> ast.Module:
     from Python 3.12): they are about the user's file, and a linter must not echo them to stderr."""
     import ast  # here: only files that are parsed need it
 
+    with paused_garbage_collector(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ast.parse(source, filename=filename)
+
+
+@contextmanager
+def paused_garbage_collector() -> Iterator[None]:
+    """Python's cyclic garbage collector off for a block that allocates millions of small objects
+    that all stay alive (a parse, a tree's positions): collections would only scan them."""
     enabled = gc.isenabled()
-    gc.disable()  # the parse allocates millions of small objects that are not garbage
+    gc.disable()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return ast.parse(source, filename=filename)
+        yield
     finally:
         if enabled:
             gc.enable()

@@ -56,7 +56,7 @@ def test_every_example_declares_its_rules_and_checks():
     for s in specs:
         assert s.name.split("_")[0].upper() == s.rules[0] and s.original and s.fixed
         assert all(c.metric and c.op for c in s.original + s.fixed)
-    assert [s.name for s in example_specs(["tl107"])] == ["tl101_tl107_tl109", "tl107"]
+    assert [s.name for s in example_specs(["tl107"])] == ["tl101_tl107_tl109", "tl107", "tl107_tl109_flag_skip"]
 
 
 def test_every_rule_with_a_fix_declares_what_confirm_measures_on_a_user_s_script():

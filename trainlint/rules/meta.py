@@ -51,16 +51,21 @@ class IOErrorRule(_EngineRule):
 
 class InternalErrorRule(_EngineRule):
     """## What it does
-    Reports an internal error of one rule on one file, naming the rule and the exception.
+    Reports a file that trainlint could not check through no fault of the file: a rule that
+    raised on it (naming the rule and the exception), an error while checking or fixing it, a
+    process that crashed on it, or valid Python beyond the limits of trainlint's parser (LibCST):
+    more than 3,000 string literals joined by juxtaposition, or an `and`/`or` chain nested more
+    than 20,000 levels deep. Such a file is reported "not checked", never as a syntax error.
 
     ## Why is this bad?
-    It is a bug in trainlint, not in your code: the other rules and files are still checked.
-    Please report it with the file (or a reduced copy) that triggers it.
+    It is a bug or a limit of trainlint, not of your code: the other rules and files are still
+    checked, and a file being fixed is left as it was. Please report it with the file (or a
+    reduced copy) that triggers it.
     """
 
     code = "TL003"
     name = "internal-error"
-    summary = "A rule failed on this file (a trainlint bug)"
+    summary = "trainlint could not check this file (a trainlint bug or limit)"
 
 
 class UnusedNoqaRule(_EngineRule):

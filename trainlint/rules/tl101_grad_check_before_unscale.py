@@ -7,6 +7,10 @@ from collections.abc import Iterator
 from trainlint.analysis.training_step import (
     scale_text as _scale,
     EventKind,
+    FrameworkSteps,
+    ScaledHook,
+    move_to_optimizer_step_hook,
+    scaling_owner,
     StepEvent,
     TrainingStep,
     TrainingSteps,
@@ -29,7 +33,19 @@ class GradCheckBeforeUnscale(Rule):
     that does any of these) after `scaler.scale(loss).backward()` and before
     `scaler.unscale_(optimizer)` on some path through the step. A NaN/Inf test there is reported
     only when the step is skipped (`continue`, `return`) or its gradients zeroed before the
-    `unscale_`: a test that only warns gives the same verdict at any scale.
+    `unscale_`: a test that only warns gives the same verdict at any scale. A loop over the
+    optimizers (`for opt in optimizers: scaler.unscale_(opt)`) unscales each of them.
+
+    Frameworks scale the loss for you under float16 mixed precision: the rule also reads
+    gradient inspections after `accelerator.backward(loss)` before `accelerator.clip_grad_norm_`
+    or the optimizer's step, in a LightningModule's `on_after_backward` (Lightning unscales only
+    after it; the base class may be defined in another module of the project), and in a Hugging
+    Face `Trainer` subclass's `training_step` after `super().training_step(...)` (the Trainer
+    unscales when it clips, after `training_step` returns). Where the code shows the precision
+    (`Trainer(precision="16-mixed")`, `TrainingArguments(fp16=True)`,
+    `Accelerator(mixed_precision="fp16")`) the finding says so; where it cannot be seen it says
+    the finding applies under float16 mixed precision; where it shows bf16 or float32 there is no
+    finding.
 
     ## Why is this bad?
     `scaler.scale(loss)` multiplies the loss by the current scale, 65536 (2**16) at the start, so
@@ -64,7 +80,10 @@ class GradCheckBeforeUnscale(Rule):
     norm it was written for. When the check skips the step, the skip also needs `scaler.update()`
     and cleared gradients, which TL109 and TL107 add in the same `--fix` run; with those rules
     disabled, the next `unscale_` after a skip raises `RuntimeError` (a loud failure, never a
-    silent one).
+    silent one). In `on_after_backward`, the fix renames the hook to
+    `on_before_optimizer_step(self, optimizer)`, which Lightning runs after unscaling: unsafe,
+    since it moves all the hook's code to another point of the step. Framework findings outside
+    Lightning hooks come without a fix.
     """
 
     code = "TL101"
@@ -72,7 +91,7 @@ class GradCheckBeforeUnscale(Rule):
     summary = "Gradients inspected before `scaler.unscale_()`"
     level = "error"
     fix_applicability = "safe"
-    triggers = ("scale(",)
+    triggers = ("scale(", "on_after_backward", ".backward(", "training_step")
     examples = [
         Example(
             code='''
@@ -150,13 +169,40 @@ class GradCheckBeforeUnscale(Rule):
                 if inspections:
                     first = min(inspections, key=step.index)
                     yield self._finding(ctx, step, backward, first)
+            for backward in step.of_kind(EventKind.FRAMEWORK_BACKWARD):
+                inspections = _inspections_while_scaled(step, backward) if backward.framework is not None else []
+                if inspections:
+                    yield self._framework_finding(ctx, backward, min(inspections, key=step.index))
+        for hook in ctx.get(FrameworkSteps).scaled_hooks:
+            inspections = [e for e in hook.events if e.kind is EventKind.GRAD_INSPECT]
+            if inspections:
+                yield self._hook_finding(ctx, hook, inspections[0])
+
+    def _framework_finding(self, ctx: FileContext, backward: StepEvent, inspection: StepEvent) -> Finding:
+        framework = backward.framework
+        assert framework is not None
+        message = (
+            f"{_shown(ctx, inspection)} reads gradients that `{framework.backward_call}(...)` left multiplied by "
+            f"the loss scale {framework.condition()}: they are unscaled only by `{framework.clip_call}(...)` "
+            f"or the optimizer's step, so a norm or NaN/Inf verdict acted on here is wrong"
+        )
+        return ctx.report(self, inspection.anchor, message)
+
+    def _hook_finding(self, ctx: FileContext, hook: ScaledHook, inspection: StepEvent) -> Finding:
+        message = (
+            f"{_shown(ctx, inspection)} reads gradients in `{hook.hook.name.value}`, which {hook.framework} runs "
+            f"before it unscales them {hook.condition()}: they carry the loss scale (65536x at start); "
+            f"read them in {hook.right_place}"
+        )
+        edits = move_to_optimizer_step_hook(ctx, hook)
+        fix = ctx.fix(edits, "unsafe", "Rename the hook to `on_before_optimizer_step(self, optimizer)`") if edits else None
+        return ctx.report(self, inspection.anchor, message, fix)
 
     def _finding(self, ctx: FileContext, step: TrainingStep, backward: StepEvent, inspection: StepEvent) -> Finding:
         scaler = backward.scaler or "scaler"
         optimizer = _optimizer_unscaled_next(step, backward)
         call = f"{scaler}.unscale_({optimizer or '...'})"
-        what = ctx.code(inspection.anchor)
-        shown = f"`{what}`" if len(what) <= 60 and "\n" not in what else "this check"
+        shown = _shown(ctx, inspection)
         if inspection.scale_invariant:
             message = (
                 f"{shown} tests gradients for NaN/Inf before `{call}` and the step is skipped or zeroed on its verdict "
@@ -195,42 +241,45 @@ class GradCheckBeforeUnscale(Rule):
         return ctx.fix(edits, "safe", f"Call `{call}` {where}")
 
 
+def _shown(ctx: FileContext, inspection: StepEvent) -> str:
+    what = ctx.code(inspection.anchor)
+    return f"`{what}`" if len(what) <= 60 and "\n" not in what else "this check"
+
+
 def _inspections_while_scaled(step: TrainingStep, backward: StepEvent) -> list[StepEvent]:
     """Gradient inspections after this backward, before its gradients are unscaled or cleared.
     A NaN/Inf test counts only when the step is skipped or zeroed before the unscale: its
     verdict alone is the same on scaled gradients."""
-    found: dict[int, StepEvent] = {}
-    for path in step.paths():
-        position = next((i for i, e in enumerate(path) if e is backward), None)
-        if position is None:
+    found = []
+    for inspection in step.of_kind(EventKind.GRAD_INSPECT):
+        if not any(backward in state.scaled for state in step.states.before(inspection)):
             continue
-        tests: list[StepEvent] = []
-        for event in path[position + 1 :]:
-            if event.kind in (EventKind.SKIP, EventKind.ZERO_GRAD):
-                found.update((id(t), t) for t in tests)  # acted on behind the scaler's back
-            if event.kind in _WINDOW_ENDS and (event.scaler in (None, backward.scaler)):
-                break
-            if event.kind is EventKind.SCALED_BACKWARD and event.scaler == backward.scaler:
-                break  # the next backward answers for what follows it
-            if event.kind is EventKind.GRAD_INSPECT:
-                if event.scale_invariant:
-                    tests.append(event)
-                else:
-                    found[id(event)] = event
-    return list(found.values())
+        if inspection.scale_invariant and not _acted_on(step, inspection, scaling_owner(backward)):
+            continue
+        found.append(inspection)
+    return found
+
+
+def _acted_on(step: TrainingStep, test: StepEvent, scaler: str | None) -> bool:
+    """A skip or a zero_grad follows the test before the scaler unscales the gradients."""
+
+    def window_ends(event: StepEvent) -> bool:
+        if event.kind is EventKind.SCALED_BACKWARD:
+            return event.scaler == scaler
+        return event.kind in _WINDOW_ENDS and event.scaler in (None, scaler)
+
+    reach = step.flow.after(test, window_ends)
+    return any(e.kind in (EventKind.SKIP, EventKind.ZERO_GRAD) for e in reach.events)
 
 
 def _optimizer_unscaled_next(step: TrainingStep, backward: StepEvent) -> str | None:
     """The optimizer this backward's gradients are unscaled or stepped for next, when it is one."""
-    optimizers = set()
-    for path in step.paths():
-        position = next((i for i, e in enumerate(path) if e is backward), None)
-        if position is None:
-            continue
-        for event in path[position + 1 :]:
-            if event.scaler == backward.scaler and event.kind in (EventKind.UNSCALE, EventKind.SCALER_STEP):
-                optimizers.add(event.optimizer)
-                break
-            if event.kind is EventKind.SCALED_BACKWARD and event.scaler == backward.scaler:
-                break
+
+    def unscales(event: StepEvent) -> bool:
+        return event.scaler == backward.scaler and event.kind in (EventKind.UNSCALE, EventKind.SCALER_STEP)
+
+    def next_one(event: StepEvent) -> bool:
+        return unscales(event) or (event.kind is EventKind.SCALED_BACKWARD and event.scaler == backward.scaler)
+
+    optimizers = {e.optimizer for e in step.flow.after(backward, next_one).events if unscales(e)}
     return optimizers.pop() if len(optimizers) == 1 and None not in optimizers else None

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+
+import libcst as cst
 
 from trainlint.analysis.training_step import (
     scale_text as _scale,
     EventKind,
+    FrameworkScaling,
+    FrameworkSteps,
+    move_to_optimizer_step_hook,
     StepEvent,
     TrainingStep,
     TrainingSteps,
@@ -24,7 +29,18 @@ class ClipScaledGradients(Rule):
     a helper of the same module) called while a GradScaler is in use and no
     `scaler.unscale_(optimizer)` has run before the clip on that path: after
     `scaler.scale(loss).backward()`, or before a `scaler.step(optimizer)` that is not preceded by
-    `unscale_`.
+    `unscale_`. A loop over the optimizers (`for opt in optimizers: scaler.unscale_(opt)`)
+    unscales each of them.
+
+    Frameworks scale the loss for you under float16 mixed precision, and the same mistake hides
+    in their hooks: torch's clip after `accelerator.backward(loss)` (Accelerate unscales only in
+    `accelerator.clip_grad_norm_` or the prepared optimizer's `step()`), and a clip in a
+    LightningModule's `on_after_backward`, which runs before Lightning unscales (the base class
+    may be defined in another module of the project). Where the code shows the precision
+    (`Accelerator(mixed_precision="fp16")`, `Trainer(precision="16-mixed")` anywhere in the
+    project) the finding says so; where it cannot be seen (a config file, the launcher) the
+    finding says it applies under float16 mixed precision; where it shows bf16 or float32 there is
+    no finding.
 
     ## Why is this bad?
     Until `unscale_` runs, every gradient is multiplied by the loss scale: 65536 (2**16) at the
@@ -38,12 +54,18 @@ class ClipScaledGradients(Rule):
     The fix inserts `scaler.unscale_(optimizer)` before the clip (removing a later `unscale_` of
     that optimizer in the step); `scaler.step()` then skips its own unscaling. It is offered when
     every path through the clip goes on to `scaler.update()`, so the step never unscales twice.
+    After `accelerator.backward`, the fix calls `accelerator.clip_grad_norm_` (or
+    `clip_grad_value_`) with the same arguments. In `on_after_backward`, the fix renames the hook
+    to `on_before_optimizer_step(self, optimizer)`, which Lightning runs after unscaling.
 
     ## Fix safety
     Safe: the optimizer still receives the gradients unscaled once. Only the clip changes: from a
     threshold applied to gradients times the loss scale (a scale that GradScaler changes during
     training, so nobody chose that threshold) to the `max_norm` the code states. A clip that never
-    fired on the scaled gradients does not fire after the fix either.
+    fired on the scaled gradients does not fire after the fix either. `accelerator.clip_grad_norm_`
+    is torch's clip after `accelerator.unscale_gradients()`: without float16 it clips exactly as
+    before. Renaming a Lightning hook is unsafe: it moves user code to another point of the step
+    (everything in `on_after_backward`, not only the clip), which the author should read.
     """
 
     code = "TL103"
@@ -119,12 +141,37 @@ class ClipScaledGradients(Rule):
                 scaler = _scaler_still_scaling(step, clip)
                 if scaler is not None:
                     yield self._finding(ctx, step, clip, scaler)
+                elif (framework := _framework_still_scaling(step, clip)) is not None:
+                    yield self._framework_finding(ctx, clip, framework)
+        for hook in ctx.get(FrameworkSteps).scaled_hooks:
+            for clip in (e for e in hook.events if e.kind is EventKind.CLIP):
+                message = (
+                    f"{_subject(ctx, clip)} clips gradients in `{hook.hook.name.value}`, which {hook.framework} runs "
+                    f"before it unscales them {hook.condition()}: the threshold meets gradients 65536x too large at "
+                    f"the start; clip in {hook.right_place} (or let the Trainer clip: `gradient_clip_val`)"
+                )
+                edits = move_to_optimizer_step_hook(ctx, hook)
+                fix = ctx.fix(edits, "unsafe", "Rename the hook to `on_before_optimizer_step(self, optimizer)`") if edits else None
+                yield ctx.report(self, clip.anchor, message, fix)
+
+    def _framework_finding(self, ctx: FileContext, clip: StepEvent, framework: FrameworkScaling) -> Finding:
+        message = (
+            f"{_subject(ctx, clip)} clips gradients that `{framework.backward_call}(...)` left multiplied by the loss "
+            f"scale {framework.condition()}, so its threshold clips everything or nothing; "
+            f"`{framework.clip_call}(...)` unscales them first"
+        )
+        fix = None
+        call = clip.node
+        name = ctx.qualified_name(call.func) if isinstance(call, cst.Call) else None
+        if framework.framework == "Accelerate" and clip.via_helper is None and name in _ACCELERATE_CLIPS:
+            replacement = f"{framework.owner}.{_ACCELERATE_CLIPS[name]}"
+            fix = ctx.fix([ctx.replace(call.func, replacement)], "safe", f"Clip with `{replacement}`")  # type: ignore[union-attr]
+        return ctx.report(self, clip.anchor, message, fix)
 
     def _finding(self, ctx: FileContext, step: TrainingStep, clip: StepEvent, scaler: str) -> Finding:
         optimizer = clip.optimizer or _optimizer_stepped_next(step, clip, scaler)
         call = f"{scaler}.unscale_({optimizer or '...'})"
-        shown = ctx.code(clip.anchor if clip.via_helper is not None else clip.node.func)  # type: ignore[attr-defined]
-        subject = f"`{shown}`" if len(shown) <= 60 and "\n" not in shown else "this clip"
+        subject = _subject(ctx, clip)
         message = (
             f"{subject} clips gradients still multiplied by `{scaler}`'s loss scale ({_scale(step, scaler)}), "
             f"so its threshold clips everything or nothing; call `{call}` before it"
@@ -143,43 +190,55 @@ class ClipScaledGradients(Rule):
         return ctx.fix(edits, "safe", f"Call `{call}` before clipping")
 
 
+# torch's clips and the Accelerator methods that unscale, then do the same.
+_ACCELERATE_CLIPS = {
+    "torch.nn.utils.clip_grad_norm_": "clip_grad_norm_",
+    "torch.nn.utils.clip_grad.clip_grad_norm_": "clip_grad_norm_",
+    "torch.nn.utils.clip_grad_value_": "clip_grad_value_",
+    "torch.nn.utils.clip_grad.clip_grad_value_": "clip_grad_value_",
+}
+
+
+def _subject(ctx: FileContext, clip: StepEvent) -> str:
+    shown = ctx.code(clip.anchor if clip.via_helper is not None else clip.node.func)  # type: ignore[attr-defined]
+    return f"`{shown}`" if len(shown) <= 60 and "\n" not in shown else "this clip"
+
+
+def _framework_still_scaling(step: TrainingStep, clip: StepEvent) -> FrameworkScaling | None:
+    """The framework object (an Accelerator) whose scale the clipped gradients still carry on
+    some path: the clip is torch's own, not the framework's, which unscales first."""
+    if clip.framework is not None or any(e.node is clip.node and e.kind is EventKind.UNSCALE for e in step.events):
+        return None
+    for state in step.states.before(clip):
+        for backward in state.scaled:
+            if backward.framework is not None:
+                return backward.framework
+    return None
+
+
 def _scaler_still_scaling(step: TrainingStep, clip: StepEvent) -> str | None:
-    """The known scaler whose scale the clipped gradients still carry on some path, if any."""
-    for path in step.paths():
-        position = next((i for i, e in enumerate(path) if e is clip), None)
-        if position is not None:
-            scaler = _scaling_at(step, path[:position], path[position + 1 :])
-            if scaler is not None:
-                return scaler
-    return None
+    """The known scaler whose scale the clipped gradients still carry on some path, if any. With
+    no backward before the clip in this step, the step's own next `scaler.step` tells."""
+    states = step.states.before(clip)
+    scaled = sorted(b.scaler for s in states for b in s.scaled if b.scaler is not None)
+    if scaled:
+        return scaled[0]
+    if any(s.backward_seen for s in states) or not states:
+        return None
 
+    def unscales(event: StepEvent) -> bool:
+        return event.kind in (EventKind.UNSCALE, EventKind.SCALER_STEP)
 
-def _scaling_at(step: TrainingStep, before: Sequence[StepEvent], after: Sequence[StepEvent]) -> str | None:
-    for event in reversed(before):
-        if event.kind in (EventKind.UNSCALE, EventKind.SCALER_STEP, EventKind.ZERO_GRAD):
-            return None
-        if event.kind in (EventKind.BACKWARD, EventKind.FRAMEWORK_BACKWARD):
-            return None  # fresh gradients, not scaled by a GradScaler of this step
-        if event.kind is EventKind.SCALED_BACKWARD:
-            return event.scaler if step.scaler_of(event) is not None else None
-    # no backward before the clip in this step: the step's own scaler.step tells
-    for event in after:
-        if event.kind is EventKind.UNSCALE:
-            return None
-        if event.kind is EventKind.SCALER_STEP:
-            return event.scaler if step.scaler_of(event) is not None else None
-    return None
+    first = [e for e in step.flow.after(clip, unscales).events if unscales(e)]
+    known = sorted(e.scaler for e in first if e.kind is EventKind.SCALER_STEP and step.scaler_of(e) is not None)
+    return known[0] if known and len(known) == len(first) else None
 
 
 def _optimizer_stepped_next(step: TrainingStep, clip: StepEvent, scaler: str) -> str | None:
     """The one optimizer the scaler unscales or steps next after the clip, on every path."""
-    optimizers = set()
-    for path in step.paths():
-        position = next((i for i, e in enumerate(path) if e is clip), None)
-        if position is None:
-            continue
-        for event in path[position + 1 :]:
-            if event.scaler == scaler and event.kind in (EventKind.UNSCALE, EventKind.SCALER_STEP):
-                optimizers.add(event.optimizer)
-                break
+
+    def unscales(event: StepEvent) -> bool:
+        return event.scaler == scaler and event.kind in (EventKind.UNSCALE, EventKind.SCALER_STEP)
+
+    optimizers = {e.optimizer for e in step.flow.after(clip, unscales).events if unscales(e)}
     return optimizers.pop() if len(optimizers) == 1 and None not in optimizers else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import libcst as cst
@@ -13,8 +13,6 @@ from trainlint.analysis.training_step import (
     StepEvent,
     TrainingStep,
     TrainingSteps,
-    backwards_feeding,
-    events_after,
     in_helper,
 )
 from trainlint.context import FileContext
@@ -152,10 +150,7 @@ class OptimizerStepBypassesScaler(Rule):
             yield from self._check_step(ctx, step)
 
     def _check_step(self, ctx: FileContext, step: TrainingStep) -> Iterator[Finding]:
-        if step.truncated:
-            return  # too many paths to be sure of any
-        paths = list(step.paths())
-        verdicts = self._verdicts(step, paths)
+        verdicts = self._verdicts(step)
         flagged = {
             event: next(iter(v.scalers))
             for event, v in verdicts.items()
@@ -174,11 +169,14 @@ class OptimizerStepBypassesScaler(Rule):
             yield ctx.report(self, event.anchor, message, fix)
 
     @staticmethod
-    def _verdicts(step: TrainingStep, paths: list[list[StepEvent]]) -> dict[StepEvent, _Verdict]:
+    def _verdicts(step: TrainingStep) -> dict[StepEvent, _Verdict]:
         verdicts: dict[StepEvent, _Verdict] = {}
-        for path in paths:
-            for event, backwards in backwards_feeding(path).items():
-                if event.kind is not EventKind.OPT_STEP or event.optimizer not in step.optimizers or not backwards:
+        for event in step.of_kind(EventKind.OPT_STEP):
+            if event.optimizer not in step.optimizers:
+                continue
+            for feed in step.feeding.of(event):
+                backwards = feed.backwards
+                if not backwards:
                     continue
                 verdict = verdicts.setdefault(event, _Verdict())
                 if any(b.kind is EventKind.BACKWARD for b in backwards):
@@ -189,7 +187,7 @@ class OptimizerStepBypassesScaler(Rule):
                 if len(scalers) != 1 or len(known) != 1:
                     verdict.unknown_feed = True
                     continue
-                if _unscaled_before(path, backwards[-1], event):
+                if event.optimizer in feed.unscaled or None in feed.unscaled:
                     continue  # `unscale_` ran: the gradients are the true ones on this path
                 verdict.scalers.add(known[0])
         return verdicts
@@ -198,12 +196,11 @@ class OptimizerStepBypassesScaler(Rule):
     def _needs_update(step: TrainingStep, event: StepEvent, scaler: str, flagged: dict[StepEvent, str]) -> bool:
         """Add `scaler.update()` after this call only when no path through it updates the scaler
         later, and this is the last step of that scaler on every such path."""
-        for path in step.paths_through(event):
-            for later in events_after(path, event):
-                if later.scaler == scaler and later.kind in (EventKind.SCALER_UPDATE, EventKind.SCALER_STEP):
-                    return False
-                if flagged.get(later) == scaler:
-                    return False
+        for later in step.flow.after(event).events:
+            if later.scaler == scaler and later.kind in (EventKind.SCALER_UPDATE, EventKind.SCALER_STEP):
+                return False
+            if flagged.get(later) == scaler:
+                return False
         return True
 
     @staticmethod
@@ -217,17 +214,3 @@ class OptimizerStepBypassesScaler(Rule):
             edits.append(ctx.insert_after(event.statement, f"{scaler}.update()"))
             description += f" and add `{scaler}.update()` after it"
         return ctx.fix(edits, "safe", description)
-
-
-def _unscaled_before(path: Sequence[StepEvent], last_backward: StepEvent, step_event: StepEvent) -> bool:
-    """True when `scaler.unscale_` of the stepped optimizer (or of an unknown one) runs between
-    the last backward and the step."""
-    started = False
-    for event in path:
-        if event is last_backward:
-            started = True
-        elif event is step_event:
-            return False
-        elif started and event.kind is EventKind.UNSCALE and event.optimizer in (None, step_event.optimizer):
-            return True
-    return False

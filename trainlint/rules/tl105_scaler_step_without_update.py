@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 import libcst as cst
 
@@ -13,7 +14,6 @@ from trainlint.analysis.training_step import (
     StepEvent,
     TrainingStep,
     TrainingSteps,
-    events_after,
     in_helper,
 )
 from trainlint.context import FileContext
@@ -133,13 +133,7 @@ class ScalerStepWithoutUpdate(Rule):
             yield from self._check_step(ctx, step)
 
     def _check_step(self, ctx: FileContext, step: TrainingStep) -> Iterator[Finding]:
-        if step.truncated:
-            return  # too many paths to be sure of any
-        paths = list(step.paths())
-        flagged: dict[StepEvent, str] = {}
-        for path in paths:
-            for event, scaler in _steps_never_updated(step, path):
-                flagged[event] = scaler
+        flagged = _steps_never_updated(step)
         for event in sorted(flagged, key=step.index):
             scaler = flagged[event]
             if _updated_elsewhere(ctx, step, scaler):
@@ -155,29 +149,49 @@ class ScalerStepWithoutUpdate(Rule):
     def _fix(ctx: FileContext, step: TrainingStep, event: StepEvent, scaler: str) -> Fix | None:
         """Insert the update after this call, unless some path through it steps or updates the
         same scaler later (a second update there would raise)."""
-        for path in step.paths_through(event):
-            if any(
-                e.scaler == scaler and e.kind in (EventKind.SCALER_STEP, EventKind.SCALER_UPDATE)
-                for e in events_after(path, event)
-            ):
-                return None
+        if any(
+            e.scaler == scaler and e.kind in (EventKind.SCALER_STEP, EventKind.SCALER_UPDATE)
+            for e in step.flow.after(event).events
+        ):
+            return None
         edit = ctx.insert_after(event.statement, f"{scaler}.update()")
         return ctx.fix([edit], "safe", f"Insert `{scaler}.update()` after `{scaler}.step(...)`")
 
 
-def _steps_never_updated(step: TrainingStep, path: Sequence[StepEvent]) -> Iterator[tuple[StepEvent, str]]:
-    """The last `scaler.step` of each known scaler that this complete path (a backward, then the
-    step, and no early exit) never updates."""
-    if not path or path[-1].kind is EventKind.SKIP:
-        return
-    stepped = {e.scaler for e in path if e.kind is EventKind.SCALER_STEP and step.scaler_of(e) is not None}
-    for scaler in sorted(s for s in stepped if s is not None):
-        if any(e.kind is EventKind.SCALER_UPDATE and e.scaler == scaler for e in path):
-            continue
-        indices = [i for i, e in enumerate(path) if e.kind is EventKind.SCALER_STEP and e.scaler == scaler]
-        last = indices[-1]
-        if any(e.kind in BACKWARD_KINDS for e in path[:last]):
-            yield path[last], scaler
+@dataclass(frozen=True)
+class _Stepped:
+    """On one path: the last `scaler.step` of each known scaler run after a backward, the
+    scalers updated anywhere on it, and whether it ended in a skip."""
+
+    backward: bool = False
+    last_steps: frozenset[StepEvent] = frozenset()
+    updated: frozenset[str | None] = frozenset()
+    skipped: bool = False
+
+
+def _steps_never_updated(step: TrainingStep) -> dict[StepEvent, str]:
+    """The last `scaler.step` of each known scaler on a path that runs a backward before it and
+    ends (without a skip) never having updated that scaler."""
+
+    def transfer(state: _Stepped, event: StepEvent) -> _Stepped:
+        if event.kind in BACKWARD_KINDS:
+            return replace(state, backward=True)
+        if event.kind is EventKind.SCALER_STEP and step.scaler_of(event) is not None:
+            others = frozenset(e for e in state.last_steps if e.scaler != event.scaler)
+            return replace(state, last_steps=others | {event} if state.backward else others)
+        if event.kind is EventKind.SCALER_UPDATE:
+            return replace(state, updated=state.updated | {event.scaler})
+        if event.kind is EventKind.SKIP and event.skip_keyword != "if":
+            return replace(state, skipped=True)
+        return state
+
+    flagged: dict[StepEvent, str] = {}
+    for state, _ in step.flow.fold(_Stepped(), transfer).ends:
+        if not state.skipped:
+            for event in state.last_steps:
+                if event.scaler is not None and event.scaler not in state.updated:
+                    flagged[event] = event.scaler
+    return flagged
 
 
 def _updated_elsewhere(ctx: FileContext, step: TrainingStep, scaler: str) -> bool:

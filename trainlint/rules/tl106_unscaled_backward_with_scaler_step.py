@@ -8,13 +8,15 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from trainlint.analysis.training_step import (
-    scale_text as _scale,
+    STEP_KINDS,
     EventKind,
     StepEvent,
     TrainingStep,
     TrainingSteps,
-    backwards_feeding,
     in_helper,
+)
+from trainlint.analysis.training_step import (
+    scale_text as _scale,
 )
 from trainlint.context import FileContext
 from trainlint.findings import Applicability, Finding, Fix
@@ -151,16 +153,13 @@ class UnscaledBackwardWithScalerStep(Rule):
             yield from self._check_step(ctx, step)
 
     def _check_step(self, ctx: FileContext, step: TrainingStep) -> Iterator[Finding]:
-        if step.truncated:
-            return  # too many paths to be sure of any
-        paths = list(step.paths())
-        consumers = _consumers_of_plain_backwards(step, paths)
+        consumers = _consumers_of_plain_backwards(step)
         for backward in sorted(consumers, key=step.index):
             found = consumers[backward]
             if not found.scaler_steps:
                 continue
             scaler, scaler_step = next(iter(found.scaler_steps.items()))
-            if _fp32_alternative(step, paths, backward, scaler):
+            if _fp32_alternative(step, backward, scaler):
                 continue
             message = (
                 f"this backward{in_helper(backward)} is not scaled, but `{scaler}.step({scaler_step.optimizer})` "
@@ -172,11 +171,11 @@ class UnscaledBackwardWithScalerStep(Rule):
             yield ctx.report(self, backward.anchor, message, fix)
 
 
-def _consumers_of_plain_backwards(step: TrainingStep, paths: list[list[StepEvent]]) -> dict[StepEvent, _Consumers]:
+def _consumers_of_plain_backwards(step: TrainingStep) -> dict[StepEvent, _Consumers]:
     consumers: dict[StepEvent, _Consumers] = {}
-    for path in paths:
-        for step_event, backwards in backwards_feeding(path).items():
-            for backward in backwards:
+    for step_event in step.of_kind(*STEP_KINDS):
+        for feed in step.feeding.of(step_event):
+            for backward in feed.backwards:
                 if backward.kind is not EventKind.BACKWARD:
                     continue
                 found = consumers.setdefault(backward, _Consumers())
@@ -187,7 +186,7 @@ def _consumers_of_plain_backwards(step: TrainingStep, paths: list[list[StepEvent
     return consumers
 
 
-def _fp32_alternative(step: TrainingStep, paths: list[list[StepEvent]], backward: StepEvent, scaler: str) -> bool:
+def _fp32_alternative(step: TrainingStep, backward: StepEvent, scaler: str) -> bool:
     """True for `if amp: scaler.scale(loss).backward() else: loss.backward()` with a scaler whose
     `enabled` is decided at run time: the plain branch is the one that runs with the scaler off,
     where `scaler.step` is a plain `opt.step()`."""
@@ -195,9 +194,9 @@ def _fp32_alternative(step: TrainingStep, paths: list[list[StepEvent]], backward
     if info is None or info.enabled is not None:
         return False
     scaled = [e for e in step.events if e.kind is EventKind.SCALED_BACKWARD and e.scaler == scaler]
+    after_plain = step.flow.after(backward).events
     return any(
-        not any(any(e is backward for e in path) and any(e is other for e in path) for path in paths)
-        for other in scaled
+        other not in after_plain and backward not in step.flow.after(other).events for other in scaled
     )
 
 

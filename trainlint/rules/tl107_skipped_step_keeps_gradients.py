@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 from trainlint.analysis.training_step import (
-    BACKWARD_KINDS,
     STEP_KINDS,
-    EventKind,
     StepEvent,
     TrainingStep,
     TrainingSteps,
     clears_gradients_of,
+    skip_insertion,
 )
 from trainlint.context import FileContext
 from trainlint.findings import Finding
@@ -28,7 +27,9 @@ class SkippedStepKeepsGradients(Rule):
     iteration (`opt.zero_grad()` before the backward: the skipped gradients are then discarded),
     when the step never clears them itself (the caller does), for `break` and for a `return` that
     ends the training loop, and for skips that are not checks (`if (i + 1) % accum != 0: continue`
-    is gradient accumulation).
+    is gradient accumulation). A skip may be written as a branch: `if not skip_step:` around the
+    step, with `skip_step` set on a NaN/Inf or gradient test (or the test itself in the `if`); the
+    side that leaves the step out is the skip.
 
     ## Why is this bad?
     `backward()` adds into `.grad`. A batch skipped for a NaN loss or an infinite gradient leaves
@@ -39,7 +40,8 @@ class SkippedStepKeepsGradients(Rule):
     guard) is likewise added into the next step instead of being dropped.
 
     The fix clears the gradients of each skipped optimizer with `opt.zero_grad(set_to_none=True)`
-    right before the skip. Under gradient accumulation this also drops the micro-batches already
+    right before the skip (for a branch, at the start of the side that skips, adding an `else:`
+    when there is none). Under gradient accumulation this also drops the micro-batches already
     accumulated in that window, which a NaN had made unusable anyway. With a GradScaler, TL109
     adds the `scaler.update()` the same skip needs; the two fixes are applied together.
 
@@ -128,77 +130,52 @@ class SkippedStepKeepsGradients(Rule):
             yield from self._check_step(ctx, step)
 
     def _check_step(self, ctx: FileContext, step: TrainingStep) -> Iterator[Finding]:
-        if step.truncated:
-            return  # too many paths to be sure of any
-        paths = list(step.paths())
-        skipped: dict[StepEvent, list[str]] = {}  # skip -> optimizers whose gradients it leaves
-        for path in paths:
-            if not path or not _skips_a_step_on_a_check(step, path[-1]):
-                continue
-            for optimizer in _optimizers_left_dirty(step, path):
-                if not _cleared_before_every_step(paths, optimizer) and _step_clears(step, optimizer):
-                    names = skipped.setdefault(path[-1], [])
-                    if optimizer not in names:
-                        names.append(optimizer)
-        for skip in sorted(skipped, key=step.index):
-            optimizers = skipped[skip]
+        leaked = _leaks(step)
+        for skip in sorted(leaked, key=step.index):
+            optimizers = leaked[skip]
             names = ", ".join(f"`{o}`" for o in optimizers)
             poison = " (NaN + x is NaN)" if skip.guard is not None and skip.guard.checks_finiteness else ""
             message = (
-                f"this `{skip.skip_keyword}` skips the step of {names} after the backward without "
+                f"{skip.skip_text} skips the step of {names} after the backward without "
                 f"clearing the gradients, so the next batch's gradients are added to these{poison}"
             )
             calls = [f"{o}.zero_grad(set_to_none=True)" for o in optimizers]
-            description = "Insert " + ", ".join(f"`{c}`" for c in calls) + f" before the `{skip.skip_keyword}`"
-            fix = ctx.fix([ctx.insert_before(skip.statement, "\n".join(calls))], "safe", description)
+            where = f"before the `{skip.skip_keyword}`" if skip.skip_keyword != "if" else "in the branch that skips the step"
+            description = "Insert " + ", ".join(f"`{c}`" for c in calls) + f" {where}"
+            fix = ctx.fix([skip_insertion(ctx, skip, "\n".join(calls))], "safe", description)
             yield ctx.report(self, skip.node, message, fix)
 
 
+def _leaks(step: TrainingStep) -> dict[StepEvent, list[str]]:
+    """Skips on a check after which some path goes on to the next iteration with an optimizer's
+    gradients neither applied nor cleared, and steps that optimizer before clearing them ->
+    those optimizers, in the step's order."""
+    leaked: dict[StepEvent, list[str]] = {}
+    states = step.states
+    for event in step.of_kind(*STEP_KINDS):
+        for state in states.before_next(event):
+            for optimizer, skip in state.left_by_skip:
+                if optimizer == event.optimizer and _skips_a_step_on_a_check(step, skip) and _step_clears(step, optimizer):
+                    names = leaked.setdefault(skip, [])
+                    if optimizer not in names:
+                        names.append(optimizer)
+    order = list(step.optimizers)
+    return {skip: sorted(names, key=lambda o: order.index(o) if o in order else len(order)) for skip, names in leaked.items()}
+
+
 def _skips_a_step_on_a_check(step: TrainingStep, event: StepEvent) -> bool:
-    """A `continue` of the step's loop, or a `return` of a step without a loop, taken on a
-    finiteness or gradient check. `break` and a `return` out of the loop end the training."""
-    if event.kind is not EventKind.SKIP or event.via_helper is not None or event.guard is None:
+    """A `continue` of the step's loop, a `return` of a step without a loop, or a branch that
+    leaves the step out, taken on a finiteness or gradient check. `break` and a `return` out of
+    the loop end the training."""
+    if event.via_helper is not None or event.guard is None:
         return False
     if not (event.guard.checks_finiteness or event.guard.reads_grads):
         return False
     if event.skip_keyword == "continue":
         return step.loop is not None
-    return event.skip_keyword == "return" and step.loop is None
-
-
-def _optimizers_left_dirty(step: TrainingStep, path: Sequence[StepEvent]) -> Iterator[str]:
-    """Known optimizers whose step comes after the skip, which this path reaches after a backward
-    without stepping them or clearing their gradients."""
-    skip = path[-1]
-    backwards = [i for i, e in enumerate(path) if e.kind in BACKWARD_KINDS]
-    if not backwards:
-        return
-    since_backward = path[backwards[-1] + 1 : -1]
-    skip_index = step.index(skip)
-    for optimizer in step.optimizers:
-        skipped_steps = [
-            e for e in step.events[skip_index + 1 :] if e.kind in STEP_KINDS and e.optimizer == optimizer
-        ]
-        if not skipped_steps:
-            continue
-        if any(e.kind in STEP_KINDS and e.optimizer == optimizer for e in since_backward):
-            continue
-        if any(clears_gradients_of(e, optimizer) for e in since_backward):
-            continue
-        yield optimizer
-
-
-def _cleared_before_every_step(paths: Sequence[Sequence[StepEvent]], optimizer: str) -> bool:
-    """True when every path clears the optimizer's gradients before stepping it: the gradients a
-    skip leaves behind are then discarded at the next iteration, before they are applied."""
-    for path in paths:
-        cleared = False
-        for event in path:
-            if clears_gradients_of(event, optimizer):
-                cleared = True
-            elif event.kind in STEP_KINDS and event.optimizer == optimizer and not cleared:
-                return False
-    return True
+    if event.skip_keyword == "return":
+        return step.loop is None
+    return event.skip_keyword == "if"
 
 
 def _step_clears(step: TrainingStep, optimizer: str) -> bool:

@@ -220,7 +220,7 @@ def build_model(cfg):
                 builders = sorted(name.rpartition(".")[2] for name in run.built_by)
                 built = f" (built by `{builders[0]}`)" if builders and builders[0] != ctx.code(run.model) else ""
                 return f"`{ctx.code(run.model)}`{built}"
-        for call in ctx.nodes.of(cst.Call):
+        for call in ctx.nodes.calls_spelled_any(_conv3d_spellings(ctx)):
             if ctx.qualified_name(call.func) in CONV3D and _inside(ctx, call, region):
                 return f"`{ctx.code(call.func)}`"
         return None
@@ -247,6 +247,17 @@ def build_model(cfg):
             "unsafe",
             "Add `dtype=torch.bfloat16`",
         )
+
+
+def _conv3d_spellings(ctx: FileContext) -> set[str]:
+    """The names a 3-D convolution call can be written with here: ``Conv3d``, ``conv3d``, and the
+    aliases this file imports them as."""
+    names = {name.rpartition(".")[2] for name in CONV3D}
+    for alias in ctx.nodes.of(cst.ImportAlias):
+        imported = alias.name.value if isinstance(alias.name, cst.Name) else alias.name.attr.value
+        if imported in names and alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+            names.add(alias.asname.name.value)
+    return names
 
 
 def _inside(ctx: FileContext, node: cst.CSTNode, region: cst.CSTNode) -> bool:

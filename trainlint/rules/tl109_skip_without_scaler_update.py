@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from trainlint.analysis.training_step import (
     EventKind,
     StepEvent,
+    StepState,
     TrainingStep,
     TrainingSteps,
+    skip_insertion,
 )
 from trainlint.context import FileContext
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
-
-# After these the scaler holds the overflow check that update() needs.
-_RECORDS_INF_CHECKS = frozenset({EventKind.UNSCALE, EventKind.SCALER_STEP})
 
 
 @dataclass
@@ -34,7 +33,9 @@ class SkipWithoutScalerUpdate(Rule):
     `scaler.scale(loss).backward()` without calling `scaler.update()` on that path, when the skip
     follows `scaler.unscale_()` or is taken on a check of the gradients (a NaN/Inf test, a norm
     guard, a helper that reads `.grad`). Skips that are not gradient checks, such as
-    `if (i + 1) % accum != 0: continue` under gradient accumulation, are left alone.
+    `if (i + 1) % accum != 0: continue` under gradient accumulation, are left alone. A skip may be
+    written as a branch: `if not found_inf: scaler.step(opt); scaler.update()` with `found_inf`
+    set on a NaN/Inf or gradient test; the side that leaves out the update is the skip.
 
     ## Why is this bad?
     `scaler.step()` skips an overflowing step by itself, and `scaler.update()` then halves the
@@ -44,7 +45,8 @@ class SkipWithoutScalerUpdate(Rule):
     `unscale_` raises
     `RuntimeError: unscale_() has already been called on this optimizer since the last update()`.
 
-    The fix inserts `scaler.update()` before the skip. It is offered only where `unscale_` has run
+    The fix inserts `scaler.update()` before the skip (for a branch, in the side that skips, adding
+    an `else:` when there is none). It is offered only where `unscale_` has run
     on every path to the skip: `unscale_` records whether the gradients overflowed, and
     `update()` needs that record (without it, it fails with `No inf checks were recorded prior to
     update`). Where the check runs before `unscale_`, move the check after `unscale_` (TL101
@@ -156,18 +158,18 @@ class SkipWithoutScalerUpdate(Rule):
                 yield self._finding(ctx, skip, states[skip])
 
     def _finding(self, ctx: FileContext, skip: StepEvent, state: _SkipState) -> Finding:
-        keyword = skip.skip_keyword or "continue"
+        subject = f"`{skip.skip_keyword}`" if skip.skip_keyword != "if" else skip.skip_text
         scaler = min(state.scalers)
         update = f"{scaler}.update()"
         if state.unscaled_on_some_path:
             message = (
-                f"`{keyword}` skips `{update}` after `{state.unscaled_on_some_path[0]}`: the next "
+                f"{subject} skips `{update}` after `{state.unscaled_on_some_path[0]}`: the next "
                 f"`{scaler}.unscale_()` or `{scaler}.step()` of that optimizer raises `RuntimeError` (already called "
                 f"since the last `update()`) and the scale never backs off"
             )
         else:
             message = (
-                f"`{keyword}` skips the step after `{scaler}.scale(...).backward()` without `{update}`, so the "
+                f"{subject} skips the step after `{scaler}.scale(...).backward()` without `{update}`, so the "
                 f"scale never backs off and an overflowing run skips every step; check the gradients after "
                 f"`{scaler}.unscale_(...)` or let `{scaler}.step(...)` do the skipping"
             )
@@ -178,29 +180,34 @@ class SkipWithoutScalerUpdate(Rule):
     def _fix(ctx: FileContext, skip: StepEvent, state: _SkipState, update: str) -> Fix | None:
         if not state.unscaled_on_every_path or len(state.scalers) != 1:
             return None
-        return ctx.fix([ctx.insert_before(skip.statement, update)], "safe", f"Insert `{update}` before the skip")
+        return ctx.fix([skip_insertion(ctx, skip, update)], "safe", f"Insert `{update}` where the step is skipped")
 
 
 def _skips_without_update(step: TrainingStep) -> dict[StepEvent, _SkipState]:
-    """Skips taken after a scaled backward and before its scaler's update, on a gradient check
-    or after an unscale_ -> what the paths to them share."""
+    """Skips taken after a scaled backward, on a gradient check or after an unscale_, on a path
+    that ends the iteration without its scaler's update -> what those paths share."""
     states: dict[StepEvent, _SkipState] = {}
-    reached: dict[StepEvent, list[Sequence[StepEvent]]] = {}
-    for path in step.paths():
-        if path and path[-1].kind is EventKind.SKIP and path[-1].via_helper is None:
-            reached.setdefault(path[-1], []).append(path)
-    for skip, paths in reached.items():
+    ended: dict[StepEvent, list[StepState]] = {}
+    for end, _ in step.states.ends():
+        if end.skip is not None and end.skip.via_helper is None:
+            ended.setdefault(end.skip, []).append(end)
+    for skip, ends in ended.items():
         state = _SkipState()
-        for path in paths:
-            scaler, unscales = _pending_scaler(step, path[:-1])
-            if scaler is None:
+        for end in ends:
+            scalers = sorted(s for s in end.pending_update if s in step.scalers)
+            if not scalers:
                 state.unscaled_on_every_path = False
                 continue
+            unscales = sorted(
+                f"{e.scaler}.{'unscale_' if e.kind is EventKind.UNSCALE else 'step'}({e.optimizer})"
+                for e in end.unscaled
+                if e.scaler in scalers
+            )
             checked = skip.guard is not None and skip.guard.reads_grads
             if not (unscales or checked):
                 state.unscaled_on_every_path = False
                 continue
-            state.scalers.add(scaler)
+            state.scalers.update(scalers)
             if unscales:
                 state.unscaled_on_some_path.extend(u for u in unscales if u not in state.unscaled_on_some_path)
             else:
@@ -208,21 +215,3 @@ def _skips_without_update(step: TrainingStep) -> dict[StepEvent, _SkipState]:
         if state.scalers:
             states[skip] = state
     return states
-
-
-def _pending_scaler(step: TrainingStep, events: Sequence[StepEvent]) -> tuple[str | None, list[str]]:
-    """The known scaler whose scaled backward has not been followed by its update, and the
-    ``unscale_`` calls made since that backward."""
-    scaler: str | None = None
-    unscales: list[str] = []
-    for event in events:
-        if event.kind is EventKind.SCALED_BACKWARD and step.scaler_of(event) is not None:
-            if scaler != event.scaler:
-                unscales = []
-            scaler = event.scaler
-        elif event.kind is EventKind.SCALER_UPDATE and event.scaler == scaler:
-            scaler, unscales = None, []
-        elif event.kind in _RECORDS_INF_CHECKS and scaler is not None and event.scaler == scaler:
-            method = "unscale_" if event.kind is EventKind.UNSCALE else "step"
-            unscales.append(f"{event.scaler}.{method}({event.optimizer})")
-    return scaler, unscales

@@ -12,7 +12,7 @@ from trainlint.analysis.training_step import EventKind, TrainingSteps
 from trainlint.analysis.values import Site, Tensor, ValueFlow, number
 from trainlint.analysis.values.calls import TooManyCallers
 from trainlint.analysis.values.hooks import GradientHook
-from trainlint.context import FileContext, child_nodes, scope_nodes
+from trainlint.context import FileContext, descendants, scope_nodes
 from trainlint.findings import Finding
 from trainlint.rule import Example, Rule
 
@@ -353,7 +353,7 @@ class _HookBody:
     def tests_finiteness(self, test: cst.BaseExpression) -> bool:
         """The expression tests a gradient for inf/NaN (``torch.isnan(g).any()``, ``~g.isfinite()``,
         ``g != g``)."""
-        for node in (test, *_descendants(test)):
+        for node in (test, *descendants(test)):
             if isinstance(node, cst.Call):
                 func = node.func
                 qualified = self.ctx.qualified_name(func) or ""
@@ -372,7 +372,7 @@ class _HookBody:
 
     def _tests_magnitude(self, test: cst.BaseExpression) -> bool:
         """A comparison of the gradient's norm or absolute values with something."""
-        for node in (test, *_descendants(test)):
+        for node in (test, *descendants(test)):
             if isinstance(node, cst.Comparison):
                 sides = [node.left, *(c.comparator for c in node.comparisons)]
                 if any(isinstance(side, cst.Call) and self._is_norm_of_gradient(side) for side in sides):
@@ -443,10 +443,6 @@ def _in_hook(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
     return scope_nodes(node, into_lambdas=True)
 
 
-def _descendants(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    for child in child_nodes(node):
-        yield child
-        yield from _descendants(child)
 
 
 def _bounds(call: cst.Call, method: bool) -> list[cst.BaseExpression | None]:

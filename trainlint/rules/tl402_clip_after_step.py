@@ -113,10 +113,7 @@ class ClipAfterStep(Rule):
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
         for step in ctx.get(TrainingSteps).all_steps():
-            late_clips = list(_late_clips(step))
-            if step.truncated:  # known only once the paths were walked: some were left out
-                continue
-            for late in late_clips:
+            for late in _late_clips(step):
                 message = (
                     f"`{_short(ctx, late.clip.anchor)}` runs after `{_short(ctx, late.step.anchor)}` has "
                     "already used the gradients, so the update is never clipped"
@@ -127,29 +124,21 @@ class ClipAfterStep(Rule):
 # -- detection -------------------------------------------------------------------------------------
 def _late_clips(step: TrainingStep) -> Iterator[_LateClip]:
     """Clips that follow a step of the optimizer owning their parameters on every path through them."""
-    found: dict[StepEvent, StepEvent | None] = {}  # clip -> the step before it (None: some path has none)
-    for path in step.paths():
-        for index, event in enumerate(path):
-            if event.kind is not EventKind.CLIP:
-                continue
-            previous = _step_before(step, path[:index], event)
-            if event in found and found[event] is not previous:
-                previous = None
-            found[event] = previous
+
+    def last_step(previous: tuple[StepEvent, ...], event: StepEvent) -> tuple[StepEvent, ...]:
+        if event.kind in BACKWARD_KINDS:
+            return ()
+        return (event,) if event.kind in STEP_KINDS else previous
+
+    fold = step.flow.fold((), last_step)  # the last step since the last backward, if any
     for clip in step.of_kind(EventKind.CLIP):
-        previous = found.get(clip)
-        if previous is not None:
+        before = {_step_before(step, last[0] if last else None, clip) for last in fold.before(clip)}
+        if len(before) == 1 and (previous := before.pop()) is not None:
             yield _LateClip(clip, previous)
 
 
-def _step_before(step: TrainingStep, before: list[StepEvent], clip: StepEvent) -> StepEvent | None:
+def _step_before(step: TrainingStep, last: StepEvent | None, clip: StepEvent) -> StepEvent | None:
     """The last optimizer step since the last backward, when it updates the clipped parameters."""
-    last: StepEvent | None = None
-    for event in before:
-        if event.kind in BACKWARD_KINDS:
-            last = None
-        elif event.kind in STEP_KINDS:
-            last = event
     if last is None or last.scaler in step.uncertain_scalers:
         return None  # a scaler of unknown origin may clip or step in its own way
     if len(step.optimizers) <= 1:

@@ -245,8 +245,8 @@ class CallsMixin:
 
     def _nested_sites(self: ValueFlow, outer: cst.FunctionDef, function: cst.FunctionDef) -> tuple[list[CallSite], bool]:
         sites = []
-        for call in self.ctx.nodes.of(cst.Call):
-            if isinstance(call.func, cst.Name) and call.func.value == function.name.value and self._calls(call, function):
+        for call in self.ctx.nodes.calls_spelled(function.name.value):
+            if isinstance(call.func, cst.Name) and self._calls(call, function):
                 sites.append(CallSite(self, call, False))
         return sites, not self._used_as_value(self.ctx, function.name.value, function)
 
@@ -260,9 +260,7 @@ class CallsMixin:
         name = function.name.value
         for flow in self.modules_using(name, qualified):
             spellings = {name, *flow._partial_names(name)}
-            for call in flow.ctx.nodes.of(cst.Call):
-                if not any(_spells(call.func, spelling) for spelling in spellings):
-                    continue
+            for call in flow.ctx.nodes.calls_spelled_any(spellings):
                 for value in flow.evaluate(call.func, False).of_type(FunctionRef):
                     if value.site is not None and value.site.node is function:
                         sites.append(CallSite(flow, call, False, None, value.bound, value.bound_keywords))
@@ -273,7 +271,7 @@ class CallsMixin:
     def _partial_names(self: ValueFlow, name: str) -> set[str]:
         """Names bound to ``functools.partial(name, ...)`` in this module: other spellings of a call."""
         found = set()
-        for call in self.ctx.nodes.of(cst.Call):
+        for call in self.ctx.nodes.calls_spelled("partial"):
             if self.ctx.qualified_name(call.func) != "functools.partial" or not call.args:
                 continue
             first = call.args[0].value
@@ -290,7 +288,7 @@ class CallsMixin:
         sites: list[CallSite] = []
         for flow in self.modules_using(owner.name.value, qualified):
             names = flow.constructor_names(qualified)
-            for call in flow.ctx.nodes.of(cst.Call):
+            for call in flow.ctx.nodes.calls_spelled_any(("__init__", *names)):
                 func = call.func
                 if _spells(func, "__init__") and isinstance(func, cst.Attribute):
                     if flow.is_super_init_of(call, qualified):
@@ -314,9 +312,9 @@ class CallsMixin:
         sites: list[CallSite] = []
         complete = True
         for flow in self.modules_using(name, None):
-            for call in flow.ctx.nodes.of(cst.Call):
+            for call in flow.ctx.nodes.calls_spelled(name):
                 func = call.func
-                if not (isinstance(func, cst.Attribute) and func.attr.value == name):
+                if not isinstance(func, cst.Attribute):
                     continue
                 receiver = flow.evaluate(func.value, False)
                 if receiver.may(lambda v: isinstance(v, Instance) and flow.is_subclass(v.cls, qualified)):
@@ -363,9 +361,7 @@ class CallsMixin:
     def _used_as_value(self: ValueFlow, ctx: FileContext, word: str, definition: cst.CSTNode, method: bool = False) -> bool:
         """The definition loaded other than as a callee (``spawn(train, ...)``, ``@train``,
         ``hooks.append(self.step)``): someone may call it where no one can see."""
-        for node in ctx.nodes.of(cst.Attribute if method else cst.Name):
-            if (node.attr.value if isinstance(node, cst.Attribute) else node.value) != word:
-                continue
+        for node in ctx.nodes.spelled(word, cst.Attribute if method else cst.Name):
             parent = ctx.parent(node)
             if isinstance(parent, cst.Call) and parent.func is node:
                 continue
