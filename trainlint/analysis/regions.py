@@ -68,14 +68,11 @@ _FLOAT16_SETTINGS = frozenset({"16", "16-mixed", "16-true", "fp16", "float16", "
 
 def _calls_under(node: cst.CSTNode) -> Iterator[cst.Call]:
     """The calls under a node, nested definitions (other scopes) left out."""
-    from trainlint.context import child_nodes
+    from trainlint.context import scope_nodes
 
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, cst.Call):
-            yield current
-        stack.extend(c for c in child_nodes(current) if not isinstance(c, (cst.FunctionDef, cst.ClassDef, cst.Lambda)))
+    return (n for n in scope_nodes(node) if isinstance(n, cst.Call))
+
+
 def _dtype_kind(qualified: str | None) -> str:
     if qualified in _FLOAT16:
         return "float16"

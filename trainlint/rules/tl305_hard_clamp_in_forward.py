@@ -10,10 +10,12 @@ import libcst as cst
 from trainlint.analysis.model_structure import ModelStructure
 from trainlint.analysis.regions import Regions
 from trainlint.analysis.values import Facts, Scopes, Tensor, ValueFlow, number
-from trainlint.context import FileContext
+from trainlint.context import FileContext, child_nodes
 from trainlint.findings import Finding
 from trainlint.rule import Example, Rule
 
+# How many assignments back a local name is followed to see that it is made of module state only.
+_STATE_DEPTH = 4
 _CLAMP_FUNCTIONS = frozenset({"torch.clamp", "torch.clip"})
 _CLAMP_METHODS = frozenset({"clamp", "clip", "clamp_", "clip_"})
 # A clamp at float16's edge (65504) keeps an overflow from turning into inf: it cuts nothing a
@@ -39,8 +41,9 @@ class HardClampInForward(Rule):
     Not reported: one-sided clamps (`x.clamp(min=1e-6)`, a floor before a log or a division);
     clamps inside [-1, 1], which are nonlinearities rather than caps (a hard sigmoid or tanh, a
     ramp mask, a probability kept in `[eps, 1 - eps]` before a log: TL201's fix); a sigmoid or
-    softmax output; the raw input of `forward`, parameters and buffers (`self.logit_scale`),
-    tensors that carry no gradient (made by `torch.arange`, detached); bounds at float16's edge
+    softmax output; the raw input of `forward`, parameters and buffers (`self.logit_scale`) and
+    values computed from them alone (learned filter cut-offs kept below Nyquist: a constraint on
+    the parameters, the same for every input), tensors that carry no gradient (made by `torch.arange`, detached); bounds at float16's edge
     (|bound| >= 60000, a guard against inf, not a cap).
 
     ## Why is this bad?
@@ -188,6 +191,8 @@ def _is_activation(ctx: FileContext, flow: ValueFlow, value: cst.BaseExpression)
         return False
     if isinstance(base, cst.Name) and _only_a_parameter(ctx, base):
         return False
+    if _from_module_state(ctx, value, _STATE_DEPTH):
+        return False
     values = flow.values(value)
     if values.may(lambda v: isinstance(v, Tensor) and (v.is_probability or v.detached)):
         return False
@@ -198,3 +203,47 @@ def _only_a_parameter(ctx: FileContext, name: cst.Name) -> bool:
     """Every binding that reaches the name is a parameter of its function (the raw input)."""
     reaching = ctx.get(Scopes).reaching(name)
     return bool(reaching.bindings) and all(binding.kind == "parameter" for binding in reaching.bindings)
+
+
+def _from_module_state(ctx: FileContext, expr: cst.BaseExpression, depth: int) -> bool:
+    """Every name the expression reads is ``self`` (parameters, buffers, settings), an import or a
+    global, or a local assigned from such values only: the value is the module's own state, the
+    same for every input, not an activation (``high = torch.clamp(low + torch.abs(self.band),
+    50, 8000)``)."""
+    if depth < 0:
+        return False
+    scopes = ctx.get(Scopes)
+    for name in _read_names(expr):
+        if name is None:
+            return False
+        if name.value == "self":
+            continue
+        reaching = scopes.reaching(name)
+        if not reaching.bindings:
+            if reaching.unresolved:
+                continue  # an import, a module-level constant
+            return False
+        for binding in reaching.bindings:
+            if binding.kind not in ("assign", "annotated") or binding.value is None:
+                return False
+            if not _from_module_state(ctx, binding.value, depth - 1):
+                return False
+    return True
+
+
+def _read_names(expr: cst.BaseExpression) -> Iterator[cst.Name | None]:
+    """The names an expression loads: not attribute names (``x.attr``) nor keywords (``dim=``).
+    A lambda or comprehension (names of its own) yields None: it is not read here."""
+    stack: list[cst.CSTNode] = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, cst.Name):
+            yield node
+        elif isinstance(node, cst.Attribute):
+            stack.append(node.value)
+        elif isinstance(node, cst.Arg):
+            stack.append(node.value)
+        elif isinstance(node, (cst.Lambda, cst.BaseComp)):
+            yield None
+        else:
+            stack.extend(child_nodes(node))
