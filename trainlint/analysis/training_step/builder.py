@@ -21,7 +21,8 @@ from trainlint.analysis.training_step.events import (
 )
 from trainlint.analysis.training_step.graph import (
     _Branch,
-    _decision,
+    _Decision,
+    _implied,
     _dotted_reads,
     _Exit,
     _flatten,
@@ -124,21 +125,18 @@ class _Builder:
         if not any(built):
             return []
         own_if = node if isinstance(node, cst.If) and self.depth == 0 else None
-        flag = self.decision_key(node.test) if isinstance(node, cst.If) else None
-        if flag is None:
+        sides = _implied(node.test) if isinstance(node, cst.If) else ()
+        if not any(sides):
             return [_Branch(built, own_if=own_if)]
         reads = frozenset(self.subst(name) or name for name in _dotted_reads(node.test))  # type: ignore[attr-defined]
-        if "@" in flag[0]:
-            reads |= {flag[0]}  # a helper's own variable: decided anew on every call
-        return [_Branch(built, flag=flag[0], flag_values=(flag[1], not flag[1]), reads=reads, own_if=own_if)]
+        known = tuple(frozenset(self.decision_key(part, decision) for part, decision in side) for side in sides)
+        reads |= {key for side in known for key, _ in side if "@" in key}  # a helper's own variables: decided anew on every call
+        return [_Branch(built, known=known, reads=reads, own_if=own_if)]
 
-    def decision_key(self, test: cst.BaseExpression) -> tuple[str, bool] | None:
-        """The key and side of an ``if`` test, spelled as the step's function would: a helper's
-        parameter is renamed to the caller's argument; a test of the helper's own variables
-        is a decision of this call of the helper only."""
-        decision = _decision(test)
-        if decision is None:
-            return None
+    def decision_key(self, test: cst.BaseExpression, decision: _Decision) -> tuple[str, bool]:
+        """The key and side of an ``if`` test's decision, spelled as the step's function would:
+        a helper's parameter is renamed to the caller's argument; a test of the helper's own
+        variables is a decision of this call of the helper only."""
         if self.depth == 0:
             return decision.key, decision.value
         if decision.dotted:
