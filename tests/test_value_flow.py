@@ -99,6 +99,24 @@ def test_local_names_globals_closures_and_imports(tmp_path: Path) -> None:
     assert classes(project.values("train.py", "criterion", -1)) == ["torch.nn.BCELoss"]  # another module
 
 
+def test_torch_context_managers_spelled_in_lower_case_are_classes(tmp_path: Path) -> None:
+    project = Project(tmp_path, {"train.py": """
+        import torch
+        from torch import autocast
+
+        def step(model, x):
+            amp = torch.autocast("cuda", dtype=torch.bfloat16)
+            quiet = torch.no_grad()
+            other = autocast("cpu")
+            with amp, quiet, other:
+                return model(x)
+    """})
+    # An instance a later `with` enters, not the unknown result of a function call.
+    assert classes(project.values("train.py", "amp", -1)) == ["torch.autocast"]
+    assert classes(project.values("train.py", "quiet", -1)) == ["torch.no_grad"]
+    assert classes(project.values("train.py", "other", -1)) == ["torch.autocast"]
+
+
 def test_a_later_binding_in_straight_line_code_hides_the_earlier_one(tmp_path: Path) -> None:
     project = Project(tmp_path, {"train.py": """
         import torch.nn as nn
