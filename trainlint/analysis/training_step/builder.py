@@ -25,6 +25,7 @@ from trainlint.analysis.training_step.graph import (
     _implied,
     _dotted_reads,
     _Exit,
+    _exits,
     _flatten,
     _free_names,
     _Inline,
@@ -124,6 +125,9 @@ class _Builder:
         self.nesting = outer
         if not any(built):
             return []
+        clearing = [a for a in built if a]
+        if isinstance(node, cst.If) and len(clearing) == 1 and _only_clears(clearing[0]) and _tests_a_gradient(node.test):
+            return clearing[0]  # `if p.grad is not None: p.grad.zero_()`: the other side has none to clear
         own_if = node if isinstance(node, cst.If) and self.depth == 0 else None
         sides = _implied(node.test) if isinstance(node, cst.If) else ()
         if not any(sides):
@@ -200,6 +204,8 @@ class _Builder:
         non-empty list or tuple: a training step never iterates over no optimizer."""
         if not isinstance(loop, cst.For):
             return False
+        if _only_clears(body):
+            return True  # `for p in model.parameters(): p.grad = None`: a trained model has parameters
         if isinstance(loop.iter, (cst.List, cst.Tuple)) and loop.iter.elements:
             return not any(isinstance(e, cst.StarredElement) for e in loop.iter.elements)
         targets = {self.subst(t) or t for t in _bound_texts(loop.target)}
@@ -488,3 +494,14 @@ class _Builder:
         )
         self.state.order[id(event)] = (self._tick(), self.nesting)
         return event
+
+
+def _only_clears(items: list[_Item]) -> bool:
+    """Items that only clear gradients (a loop or branch over parameters): no other event, no exit."""
+    events = list(_flatten(items))
+    return bool(events) and all(e.kind is EventKind.ZERO_GRAD for e in events) and not any(_exits(items))
+
+
+def _tests_a_gradient(test: cst.BaseExpression) -> bool:
+    """``p.grad is not None``, ``param.grad``: a test of whether there is a gradient."""
+    return any(read == "grad" or read.endswith(".grad") for read in _dotted_reads(test))

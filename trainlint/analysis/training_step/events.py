@@ -87,12 +87,11 @@ LIGHTNING_FP16 = frozenset({"16", "16-mixed"})  # "16-true" casts the model: no 
 
 @dataclass(frozen=True)
 class FrameworkScaling:
-    """A framework object whose ``backward`` scales the loss (or may: its precision unknown),
-    set on its FRAMEWORK_BACKWARD events and on the UNSCALE of its own clipping."""
+    """A framework object whose ``backward`` scales the loss (the code shows float16 mixed
+    precision), set on its FRAMEWORK_BACKWARD events and on the UNSCALE of its own clipping."""
 
     owner: str  # "accelerator" as written ("self" for Lightning's manual optimization)
     framework: str  # "Accelerate" | "Fabric" | "Lightning"
-    precision: Precision  # "fp16" where the code shows it, else "unknown"
 
     @property
     def clip_call(self) -> str:
@@ -106,9 +105,7 @@ class FrameworkScaling:
 
     def condition(self) -> str:
         setting = '`mixed_precision="fp16"`' if self.framework == "Accelerate" else '`precision="16-mixed"`'
-        if self.precision == "fp16":
-            return f"under {setting}"
-        return f"under float16 mixed precision ({setting}, which the code does not show)"
+        return f"under {setting}"
 
 
 @dataclass(frozen=True)
