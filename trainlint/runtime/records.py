@@ -27,6 +27,7 @@ class StepRecord:
     scale: float | None  # the GradScaler's scale used for this step's backward
     skipped: bool  # the GradScaler skipped optimizer.step()
     backward_calls: int  # backward passes whose gradients this step applied
+    first_zero_grad_fraction: float | None = None  # entries of the first parameter's gradient that are exactly 0
 
 
 @dataclass

@@ -166,6 +166,12 @@ class CallsMixin:
             return EXTERNAL
         sites, complete = self.call_sites(function)
         parts: list[Values] = []
+        if not complete:  # used as a value: maybe registered as a gradient hook, called by autograd
+            gradient = self.hook_gradient_values(function, name)
+            if gradient is not None:
+                parts.append(gradient.with_evidence(Evidence("passed", self.site(param), name)))
+                if not sites:
+                    return Values.union(parts)
         for site in sites:
             argument = site.flow._argument_values(site, function, name, False)
             if argument is None:
@@ -473,13 +479,9 @@ def _is_store(ctx, node: cst.CSTNode) -> bool:
 
 def _own_nodes(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
     """Every node under ``node``, nested functions, classes and lambdas excluded."""
-    from trainlint.context import child_nodes
+    from trainlint.context import scope_nodes
 
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        yield current
-        stack.extend(c for c in child_nodes(current) if not isinstance(c, (cst.FunctionDef, cst.ClassDef, cst.Lambda)))
+    return scope_nodes(node)
 
 
 def _always_returns(block: cst.BaseSuite) -> bool:
