@@ -321,14 +321,24 @@ class CallsMixin:
                 if not isinstance(func, cst.Attribute):
                     continue
                 receiver = flow.evaluate(func.value, False)
-                on_self = isinstance(func.value, cst.Name) and func.value.value == "self"
-                if receiver.may(
-                    lambda v: isinstance(v, Instance)
-                    and (flow.is_subclass(v.cls, qualified) or (on_self and self.is_subclass(qualified, v.cls)))
-                ):
+                if receiver.may(lambda v: isinstance(v, Instance) and flow.is_subclass(v.cls, qualified)):
+                    sites.append(CallSite(flow, call, True, receiver))
+                elif flow._self_call_in_a_base(call, qualified):
                     sites.append(CallSite(flow, call, True, receiver))
             complete = complete and not flow._used_as_value(flow.ctx, name, function, method=True)
         return sites[:_MAX_CALL_SITES], complete and len(sites) <= _MAX_CALL_SITES
+
+    def _self_call_in_a_base(self: ValueFlow, call: cst.Call, qualified: str) -> bool:
+        """``self.m(...)`` in a method of a base class of ``qualified`` (not the class itself,
+        whose own calls the receiver's value already shows): it runs the override."""
+        func = call.func
+        if not (isinstance(func, cst.Attribute) and isinstance(func.value, cst.Name) and func.value.value == "self"):
+            return False
+        enclosing = next((a for a in self.ctx.ancestors(call) if isinstance(a, cst.ClassDef)), None)
+        if enclosing is None:
+            return False
+        base = self.qualified_of(enclosing)
+        return base != qualified and self.is_subclass(qualified, base)
 
     def modules_using(
         self: ValueFlow, word: str, qualified: str | None, include_self: bool = True, mentioning: tuple[str, ...] = ()

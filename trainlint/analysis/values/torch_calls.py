@@ -383,6 +383,8 @@ class TorchCallsMixin:
                     )
         if isinstance(operator, cst.Subtract) and left.must(lambda v: number(v) == 1.0) and right.must(lambda v: isinstance(v, Tensor)):
             return Values.union(Values.of(self.derived_tensor(t, complement=not t.complement)) for t in right.of_type(Tensor))
+        if not (left.unknown or right.unknown) and all(_carries_no_gradient(v) for v in (*left, *right)):
+            return Values.of(Facts(detached=True))  # `(softmax(a.detach()) + q) / 2`: no gradient either
         return UNKNOWN
 
     def derived_tensor(self: ValueFlow, tensor: Tensor, **changes: Any) -> Tensor:
