@@ -254,18 +254,22 @@ def _inspections_while_scaled(step: TrainingStep, backward: StepEvent) -> list[S
     for inspection in step.of_kind(EventKind.GRAD_INSPECT):
         if not any(backward in state.scaled for state in step.states.before(inspection)):
             continue
-        if inspection.scale_invariant and not _acted_on(step, inspection, scaling_owner(backward)):
+        if inspection.scale_invariant and not _acted_on(step, inspection, backward):
             continue
         found.append(inspection)
     return found
 
 
-def _acted_on(step: TrainingStep, test: StepEvent, scaler: str | None) -> bool:
-    """A skip or a zero_grad follows the test before the scaler unscales the gradients."""
+def _acted_on(step: TrainingStep, test: StepEvent, backward: StepEvent) -> bool:
+    """A skip or a zero_grad follows the test before the scaler unscales the gradients (for a
+    framework's backward, before its wrapped optimizer's step, which unscales)."""
+    scaler = scaling_owner(backward)
 
     def window_ends(event: StepEvent) -> bool:
         if event.kind is EventKind.SCALED_BACKWARD:
             return event.scaler == scaler
+        if event.kind is EventKind.OPT_STEP and backward.framework is not None:
+            return True
         return event.kind in _WINDOW_ENDS and event.scaler in (None, scaler)
 
     reach = step.flow.after(test, window_ends)
