@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from trainlint.analysis.values.engine import ValueFlow
     from trainlint.analysis.values.guard import Dependency
     from trainlint.context import FileContext
+    from trainlint.module_summary import ModuleSummary
+    from trainlint.project import ProjectIndex
 
 # Decorators that leave who calls a function, and with what, unchanged.
 HARMLESS_DECORATORS = frozenset({
@@ -359,7 +361,7 @@ class CallsMixin:
         skip_tests = own is None or not project.is_test_path(own)
         read = 0
         for summary in project.modules_importing(self.prefix, word, mentioning):
-            if summary.path == own or (skip_tests and project.is_test_path(summary.path)):
+            if summary.path == own or (skip_tests and _is_test_module(project, summary)):
                 continue
             used = summary.calls | summary.references
             if qualified is None:
@@ -516,3 +518,12 @@ def _always_returns(block: cst.BaseSuite) -> bool:
     if isinstance(last, cst.While):
         return isinstance(last.test, cst.Name) and last.test.value == "True"
     return False
+
+
+def _is_test_module(project: ProjectIndex, summary: ModuleSummary) -> bool:
+    """A module of ``test-paths`` that defines tests (``def test_...``, ``class Test...``): a script
+    named ``test_video.py`` that evaluates a model is not one, and its calls are evidence."""
+    defines_tests = any(f.startswith("test") for f in summary.functions) or any(
+        c.startswith("Test") for c in summary.classes
+    )
+    return defines_tests and project.is_test_path(summary.path)
