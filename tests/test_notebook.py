@@ -272,6 +272,8 @@ def test_automagic_lines_are_ipython_not_syntax_errors(tmp_path: Path) -> None:
         code_cell("import torch\n"),
         code_cell("cat train.log\nlogits = torch.randn(4, 10)\nlog_p = torch.log(torch.softmax(logits, dim=1))\n"),
         code_cell("pip = 3  # a variable named like a magic is Python\nprint(pip)\n"),
+        # a statement that starts with a magic's name and goes on over several lines is Python too
+        code_cell('config = {\n    "model": "resnet18",\n}\nhistory = dict(\n    steps=3,\n)\n'),
     )
     path = tmp_path / "explore.ipynb"
     path.write_text(text, encoding="utf-8")

@@ -254,3 +254,50 @@ def test_safe_fixes_are_marked(tmp_path: Path) -> None:
     assert lines[1] == "Found 1 error. [*] 1 fixable with `trainlint --fix`."
     statistics = run_cli("--no-cache", "--statistics", "loss.py", cwd=tmp_path)
     assert statistics.stdout.splitlines()[0] == "1\tTL202\t[*] log-of-softmax"
+
+
+BF16_SCALER = '''import torch
+
+
+def train(model, loader, optimizer):
+    scaler = torch.amp.GradScaler("cuda")
+    for x, y in loader:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(x, y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+'''
+
+
+def test_an_info_finding_is_a_note_in_sarif_a_notice_on_github_and_counted_apart(tmp_path: Path) -> None:
+    """TL111 reports at the info level: off by default, and each format names the level its
+    consumer knows."""
+    (tmp_path / "train.py").write_text(BF16_SCALER, encoding="utf-8")
+    assert lint(tmp_path, "train.py").returncode == 0  # off by default
+    concise = lint(tmp_path, "--extend-select", "TL111", "--output-format", "concise", "train.py")
+    assert concise.returncode == 1
+    assert concise.stdout.splitlines()[-1].startswith("Found 1 info finding.")
+    records = json.loads(lint(tmp_path, "--extend-select", "TL111", "--output-format", "json", "train.py").stdout)
+    assert [(r["code"], r["level"]) for r in records] == [("TL111", "info")]
+    annotations = lint(tmp_path, "--extend-select", "TL111", "--output-format", "github", "train.py").stdout
+    assert annotations.startswith("::notice title=trainlint (TL111),file=train.py,line=9,col=9,")
+    document = json.loads(lint(tmp_path, "--extend-select", "TL111", "--output-format", "sarif", "train.py").stdout)
+    run = document["runs"][0]
+    assert [r["level"] for r in run["results"]] == ["note"]
+    (descriptor,) = [r for r in run["tool"]["driver"]["rules"] if r["id"] == "TL111"]
+    assert descriptor["defaultConfiguration"]["level"] == "note"
+    if SARIF_SCHEMA.exists():
+        import jsonschema
+
+        jsonschema.validate(document, json.loads(SARIF_SCHEMA.read_text(encoding="utf-8")))
+
+
+def test_the_summary_names_three_levels() -> None:
+    def finding(level: str) -> Finding:
+        return Finding("TL001", "n", "m", "p", Position(1, 1), Position(1, 1), level=level)  # type: ignore[arg-type]
+
+    found = [finding("error"), finding("warning"), finding("info"), finding("info")]
+    assert output.summary(found, output.SummaryCounts()) == "Found 1 error, 1 warning and 2 info findings."
+    assert output.summary(found[2:], output.SummaryCounts()) == "Found 2 info findings."

@@ -157,7 +157,7 @@ def test_clean_training_code_gives_no_finding_from_any_rule(path: Path) -> None:
 FIX_SAFETY = {
     "TL101": "safe", "TL102": "safe", "TL103": "safe", "TL104": "safe", "TL105": "safe",
     "TL106": "safe",  # unsafe next to another scaled backward (its Fix safety section)
-    "TL107": "safe", "TL108": "unsafe", "TL109": "safe",
+    "TL107": "safe", "TL108": "unsafe", "TL109": "safe", "TL111": "unsafe",
     "TL201": "safe",  # unsafe when an eps is dropped, and for the clamp
     "TL202": "safe", "TL203": "safe", "TL204": "safe", "TL205": "unsafe",
     "TL206": "unsafe",  # the loss and its gradients change on every batch, not only on broken ones

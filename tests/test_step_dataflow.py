@@ -223,3 +223,65 @@ def test_after_an_event_says_whether_some_path_escapes() -> None:
     reach = step.flow.after(backward, lambda e: e.kind is K.SCALER_UPDATE)
     assert [e.kind for e in reach.events] == [K.SCALER_UPDATE, K.ZERO_GRAD]
     assert reach.escapes  # the iterations that do not log never update
+
+
+def test_the_parts_of_an_and_or_an_or_are_decisions_of_their_own() -> None:
+    # The unscale runs only where `accumulate` is false (the `else` of an `or`), and every such
+    # iteration also reaches the update under `if not accumulate:`; a part that calls something
+    # (`ready(step)`) decides nothing, so the twin below still reports.
+    template = """
+        import torch
+
+        def train(model, loader, optimizer, accumulate, log_now):
+            scaler = torch.amp.GradScaler("cuda")
+            for step, (x, y) in enumerate(loader):
+                scaler.scale(model(x, y)).backward()
+                if {test}:
+                    print("accumulating")
+                else:
+                    scaler.unscale_(optimizer)
+                if not accumulate:
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad()
+        """
+    assert findings(template.format(test="accumulate or not log_now"), "TL102") == []
+    assert findings(template.format(test="(accumulate or not log_now) or step < 10"), "TL102") == []
+    assert [row for row, _, _ in findings(template.format(test="ready(step) or not log_now"), "TL102")] == [10]
+
+
+def test_a_helpers_own_flag_named_like_the_steps_is_the_same_setting() -> None:
+    template = """
+        import torch
+
+        class Trainer:
+            def __init__(self, model, opt, precision):
+                self.model, self.opt, self.precision = model, opt, precision
+                self.scaler = torch.amp.GradScaler("cuda")
+
+            def amp(self):
+                return self.precision == "fp16"
+
+            def fit(self, loader):
+                use_amp = self.amp()
+                for x in loader:
+                    self.backward(x)
+                    if use_amp:
+                        self.scaler.step(self.opt)
+                        self.scaler.update()
+                    else:
+                        self.opt.step()
+                    self.opt.zero_grad()
+
+            def backward(self, x):
+                {name} = self.amp()
+                loss = self.model(x).mean()
+                if {name}:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+        """
+    same = template.format(name="use_amp")
+    assert findings(same, "TL104") == [] and findings(same, "TL106") == []
+    other = template.format(name="amp_on")  # a different name: the helper may decide otherwise
+    assert [row for row, _, _ in findings(other, "TL104")] == [19]  # `self.opt.step()`

@@ -17,6 +17,7 @@ from trainlint.analysis.values import (
     ClassRef,
     Collection,
     Constant,
+    FunctionRef,
     Instance,
     Parameters,
     Tensor,
@@ -96,6 +97,24 @@ def test_local_names_globals_closures_and_imports(tmp_path: Path) -> None:
     assert classes(project.values("train.py", "loss_fn", -1)) == ["torch.nn.MSELoss"]  # a global read in a function
     assert project.values("train.py", "SCALE", -1) == Values.of(Constant(0.5))
     assert classes(project.values("train.py", "criterion", -1)) == ["torch.nn.BCELoss"]  # another module
+
+
+def test_torch_context_managers_spelled_in_lower_case_are_classes(tmp_path: Path) -> None:
+    project = Project(tmp_path, {"train.py": """
+        import torch
+        from torch import autocast
+
+        def step(model, x):
+            amp = torch.autocast("cuda", dtype=torch.bfloat16)
+            quiet = torch.no_grad()
+            other = autocast("cpu")
+            with amp, quiet, other:
+                return model(x)
+    """})
+    # An instance a later `with` enters, not the unknown result of a function call.
+    assert classes(project.values("train.py", "amp", -1)) == ["torch.autocast"]
+    assert classes(project.values("train.py", "quiet", -1)) == ["torch.no_grad"]
+    assert classes(project.values("train.py", "other", -1)) == ["torch.autocast"]
 
 
 def test_a_later_binding_in_straight_line_code_hides_the_earlier_one(tmp_path: Path) -> None:
@@ -549,3 +568,95 @@ def test_what_a_lightning_training_step_returns_is_attached_and_a_loss_not_backp
     """})
     assert _attached(project.values("module.py", "loss", 2))
     assert not _attached(project.values("module.py", "loss", -1))
+
+
+# -- gradient hooks ------------------------------------------------------------------------------------
+def test_what_a_registered_gradient_hook_receives_is_a_gradient(tmp_path: Path) -> None:
+    """Autograd calls a hook with gradients: a lambda written in the registration, a method passed
+    as ``self._hook``, a ``partial`` of a function of another module, a module's backward hook
+    (tuples of gradients)."""
+    project = Project(tmp_path, {
+        "hooks.py": """
+            def clip_hook(limit, grad):
+                return grad.clamp(-limit, limit)
+        """,
+        "model.py": """
+            import functools
+            import torch.nn as nn
+            from hooks import clip_hook
+
+            class Net(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.fc = nn.Linear(4, 4)
+                    for p in self.parameters():
+                        p.register_hook(lambda g: g * 2)
+                        p.register_hook(self._hook)
+                        p.register_hook(functools.partial(clip_hook, 1.0))
+                    self.fc.register_full_backward_hook(self._module_hook)
+                    self.callback = lambda x: x
+
+                def _hook(self, grad):
+                    return grad
+
+                def _module_hook(self, module, grad_input, grad_output):
+                    return tuple(g for g in grad_input)
+        """,
+    })
+    assert tensor_kinds(project.values("model.py", "g", 0)) == ["grad"]
+    assert tensor_kinds(project.values("model.py", "grad", 0)) == ["grad"]
+    assert tensor_kinds(project.values("hooks.py", "grad", -1)) == ["grad"]
+    assert project.values("hooks.py", "limit", -1).constants() == [1.0]
+    (inputs,) = project.values("model.py", "grad_input", -1).of_type(Collection)
+    assert inputs.homogeneous and tensor_kinds(inputs.every_item()) == ["grad"]
+    assert tensor_kinds(project.values("model.py", "g", -2)) == ["grad"]  # `g for g in grad_input`
+    unknown = project.values("model.py", "x", -1)  # a lambda nobody registers: unknown
+    assert unknown.unknown and not unknown.items
+
+
+def test_a_method_read_as_a_value_is_bound_to_its_instance(tmp_path: Path) -> None:
+    project = Project(tmp_path, {"train.py": """
+        import torch.nn as nn
+
+        class Net(nn.Module):
+            def scale(self, x):
+                return self
+
+            @staticmethod
+            def helper(x):
+                return x
+
+        net = Net()
+        f = net.scale
+        g = net.helper
+        out = f(1)
+    """})
+    (bound,) = project.values("train.py", "f", -1).of_type(FunctionRef)
+    assert bound.qualified == "train.Net.scale" and len(bound.bound) == 1
+    (static,) = project.values("train.py", "g", -1).of_type(FunctionRef)
+    assert static.bound == ()
+    assert classes(project.values("train.py", "f(1)")) == ["train.Net"]
+
+
+def test_what_factories_comparisons_and_their_products_make_carries_no_gradient(tmp_path: Path) -> None:
+    """``torch.arange``/``zeros``/``eye`` make leaves with no gradient; a comparison makes bools;
+    joining, arithmetic on and probabilities of such tensors carry none either. What asks for a
+    gradient (``requires_grad=True``) or mixes in a computed tensor is not known."""
+    project = Project(tmp_path, {"train.py": """
+        import torch
+
+        def positions(q_len, k_len, scores, lengths):
+            rel = torch.arange(k_len)[None, :] - torch.arange(q_len)[:, None]
+            table = torch.cat([torch.zeros(1, k_len), torch.eye(k_len)], 0)
+            mask = torch.arange(k_len)[None, :] < lengths[:, None]
+            probs = torch.log_softmax(table * mask.float(), dim=-1)
+            learned = torch.zeros(3, requires_grad=True)
+            mixed = rel + scores
+            return rel, table, mask, probs, learned, mixed
+    """})
+
+    def detached(code: str) -> bool:
+        return project.values("train.py", code, 0).must(lambda v: getattr(v, "detached", False))
+
+    assert detached("rel") and detached("table") and detached("mask") and detached("probs")
+    assert not detached("learned") and not detached("mixed")

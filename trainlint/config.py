@@ -103,6 +103,14 @@ class Settings:
                 codes |= set(expand_selectors(selectors, "per-file-ignores"))
         return frozenset(codes)
 
+    def is_test_path(self, path: str | os.PathLike[str]) -> bool:
+        """Whether a file matches ``test-paths`` (relative to the configuration's directory)."""
+        from fnmatch import fnmatch
+
+        relative_path = _relative_to(os.fspath(path), self.root)
+        name = relative_path.rsplit("/", 1)[-1]
+        return any(fnmatch(relative_path, pattern) or fnmatch(name, pattern) for pattern in self.test_paths)
+
     def digest(self) -> str:
         """What the cache key needs: everything that can change a file's findings."""
         data = {

@@ -63,26 +63,31 @@ def child_nodes(node: cst.CSTNode) -> list[cst.CSTNode]:
     return children
 
 
-def descendants(node: cst.CSTNode, *, enter_scopes: bool = True) -> Iterator[cst.CSTNode]:
+def descendants(node: cst.CSTNode, *, enter_scopes: bool = True, enter_lambdas: bool = False) -> Iterator[cst.CSTNode]:
     """Every node under ``node`` (not ``node`` itself), in source order; with ``enter_scopes``
-    False the bodies of nested functions, classes and lambdas are left out. Iterative, so deep
-    trees cannot exhaust the stack."""
+    False the bodies of nested functions, classes and lambdas are left out (lambdas are entered
+    when ``enter_lambdas``). Iterative, so deep trees cannot exhaust the stack."""
+    closed: tuple[type, ...] = (cst.FunctionDef, cst.ClassDef) if enter_lambdas else (cst.FunctionDef, cst.ClassDef, cst.Lambda)
     stack = child_nodes(node)[::-1]
     while stack:
         current = stack.pop()
         yield current
-        if enter_scopes or not isinstance(current, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+        if enter_scopes or not isinstance(current, closed):
             stack.extend(child_nodes(current)[::-1])
+
+
+def scope_nodes(node: cst.CSTNode, *, into_lambdas: bool = False) -> Iterator[cst.CSTNode]:
+    """``node`` itself and every node under it that runs in its scope: nested ``def`` and
+    ``class`` bodies are other scopes and are not entered; lambdas neither, unless
+    ``into_lambdas`` (a hook written as ``map(lambda g: g.clamp(...), grads)`` acts where it is)."""
+    yield node
+    yield from descendants(node, enter_scopes=False, enter_lambdas=into_lambdas)
 
 
 def calls_within(node: cst.CSTNode) -> Iterator[cst.Call]:
     """The calls in ``node`` (itself included), in source order, leaving out the bodies of the
     functions, classes and lambdas nested in it (other scopes)."""
-    if isinstance(node, cst.Call):
-        yield node
-    for child in descendants(node, enter_scopes=False):
-        if isinstance(child, cst.Call):
-            yield child
+    return (n for n in scope_nodes(node) if isinstance(n, cst.Call))
 
 
 class NodeIndex:

@@ -62,11 +62,12 @@ def render_page(rule: type[Rule]) -> str:
         lines.append("")
     rows = _evidence_rows(rule.code)
     if rows:
+        fixed_by = "as fixed by trainlint" if rule.fix_applicability else "with the change its finding asks for, made by hand"
         lines += [
             "## Confirmed at runtime",
             "",
-            "`trainlint confirm --examples " + rule.code + "` ran the example as written and as fixed by"
-            " trainlint, with the same seed and data:",
+            "`trainlint confirm --examples " + rule.code + "` ran the example as written and " + fixed_by + ","
+            " with the same seed and data:",
             "",
             "| device | torch | date | example | original | fixed | result |",
             "|---|---|---|---|---|---|---|",

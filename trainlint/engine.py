@@ -81,6 +81,8 @@ class Linter:
         self.settings = settings
         self.rules: list[Rule] = settings.make_rules()
         self.project = project or ProjectIndex([settings.root])
+        # Tests are not training: their calls are no evidence of what the project's code receives.
+        self.project.is_test_path = settings.is_test_path
         self.report_unused_noqa = UNUSED_NOQA in settings.enabled_codes()
 
     def rules_for(self, text: str) -> list[Rule]:

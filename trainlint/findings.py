@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 Applicability = Literal["safe", "unsafe"]
-Level = Literal["error", "warning"]
+# "info": worth knowing, not a bug (a cost, a redundancy); SARIF calls it "note".
+Level = Literal["error", "warning", "info"]
 
 
 @dataclass(frozen=True)

@@ -194,7 +194,8 @@ class TrainlintServer:
         self.server.publish_diagnostics(uri, diagnostics, version=document.version)
 
     def _diagnostic(self, view: _Document, finding: Finding) -> lsp.Diagnostic:
-        severity = lsp.DiagnosticSeverity.Error if finding.level == "error" else lsp.DiagnosticSeverity.Warning
+        severities = {"error": lsp.DiagnosticSeverity.Error, "info": lsp.DiagnosticSeverity.Information}
+        severity = severities.get(finding.level, lsp.DiagnosticSeverity.Warning)
         return lsp.Diagnostic(
             range=view.range_of(finding),
             message=finding.message,

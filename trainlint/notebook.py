@@ -47,6 +47,9 @@ _AUTOMAGIC = re.compile(
     r"clear|history|reset|load_ext|reload_ext|unload_ext|matplotlib|timeit|time|run|load|pdb|debug|alias|"
     r"pushd|popd|dirs|dhist|config|store|autoreload|aimport|sx|system|bookmark|who|whos|xdel|tb|xmode)\b"
 )
+# What follows a name in Python and never starts a magic's arguments: `config = {`, `time.sleep(1)`,
+# `run(...)`, `history[-1]`, `set_env += x` (IPython's own automagic makes the same distinction).
+_PYTHON_AFTER_NAME = re.compile(r"\.[A-Za-z_]|[ \t]*(?:[=(\[,:)]|[-+*/%&|^<>!@]=|\*\*|//)")
 _ASSIGNED_MAGIC = re.compile(r"[ \t]*[A-Za-z_][\w.]*(?:[ \t]*,[ \t]*[A-Za-z_][\w.]*)*[ \t]*=[ \t]*[%!]")
 _HELP = re.compile(r"[ \t]*(?:\?{1,2}[\w.*]+|[\w.*\[\]()]+\?{1,2})[ \t]*$")
 
@@ -217,7 +220,8 @@ def _is_ipython_line(line: str) -> bool:
 def _is_automagic(line: str) -> bool:
     """``pip install -q torch``, ``ls ./data``, ``cat log.txt``: a known magic or shell alias
     written without ``%`` (IPython's automagic, on by default) on a line that is not Python."""
-    if not _AUTOMAGIC.match(line):
+    match = _AUTOMAGIC.match(line)
+    if not match or _PYTHON_AFTER_NAME.match(line, match.end()):
         return False
     try:
         compile(line.strip(), "<cell line>", "exec", dont_inherit=True)

@@ -157,7 +157,7 @@ def sarif(findings: Sequence[Finding], sources: Callable[[str], SourceText | Non
             "name": rules[code].name,
             "shortDescription": {"text": rules[code].summary},
             "help": {"text": rules[code].summary, "markdown": rule_page(code) or rules[code].summary},
-            "defaultConfiguration": {"level": rules[code].level},
+            "defaultConfiguration": {"level": sarif_level(rules[code].level)},
             "properties": {"fix": rules[code].fix_applicability or "none"},
         }
         if doc_url(code):
@@ -169,7 +169,7 @@ def sarif(findings: Sequence[Finding], sources: Callable[[str], SourceText | Non
         result: dict[str, Any] = {
             "ruleId": f.code,
             "ruleIndex": index[f.code],
-            "level": f.level,
+            "level": sarif_level(f.level),
             "message": {"text": f.message},
         }
         if f.cell is not None:
@@ -224,9 +224,17 @@ def _escape_annotation(value: str, property_value: bool = False) -> str:
     return value.replace(":", "%3A").replace(",", "%2C") if property_value else value
 
 
+def sarif_level(level: str) -> str:
+    """SARIF's name for a level: ``error``, ``warning``, and ``note`` for info."""
+    return "note" if level == "info" else level
+
+
+_GITHUB_COMMANDS = {"error": "error", "warning": "warning", "info": "notice"}
+
+
 def github(findings: Sequence[Finding], stream: TextIO) -> None:
     for f in findings:
-        kind = "error" if f.level == "error" else "warning"
+        kind = _GITHUB_COMMANDS.get(f.level, "warning")
         properties = [
             f"title={_escape_annotation(f'trainlint ({f.code})', True)}",
             f"file={_escape_annotation(terminal_safe(f.path), True)}",
@@ -260,13 +268,17 @@ def _plural(count: int, word: str) -> str:
 
 
 def _found(findings: Sequence[Finding]) -> str:
-    """``3 errors``, ``1 warning``, ``3 errors and 1 warning``: each finding by its level."""
+    """``3 errors``, ``1 warning``, ``3 errors and 1 warning``, ``1 error, 1 warning and 2 info
+    findings``: each finding by its level."""
     warnings = sum(1 for f in findings if f.level == "warning")
-    errors = len(findings) - warnings
-    parts = [_plural(errors, "error")] if errors or not warnings else []
+    infos = sum(1 for f in findings if f.level == "info")
+    errors = len(findings) - warnings - infos
+    parts = [_plural(errors, "error")] if errors or not (warnings or infos) else []
     if warnings:
         parts.append(_plural(warnings, "warning"))
-    return " and ".join(parts)
+    if infos:
+        parts.append(_plural(infos, "info finding"))
+    return " and ".join(parts) if len(parts) < 3 else f"{parts[0]}, {parts[1]} and {parts[2]}"
 
 
 @dataclass(frozen=True)

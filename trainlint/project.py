@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,6 +73,8 @@ class ProjectIndex:
         self._current_summary: ModuleSummary | None = None
         # module lookup -> the candidate paths it found missing (recorded as ABSENT per answer)
         self._absent: dict[tuple[str, Path | None], list[str]] = {}
+        # Files of ``test-paths`` (set by the Linter from its settings): not callers of other code.
+        self.is_test_path: Callable[[Path], bool] = lambda path: False
         from trainlint.analysis.values.guard import EvaluationGuard
 
         self.evaluation = EvaluationGuard()  # one recursion guard and memory for the engines of every module

@@ -105,3 +105,24 @@ def test_memory_growth_is_measured_over_the_second_half_and_judged_by_memory_fla
     assert EFFECTS["memory_flat"](numbers(growing)[0], numbers(growing)[0]).status == NOT_CONFIRMED
     assert EFFECTS["memory_flat"](numbers(flat)[0], numbers(flat)[0]).status == NOT_REPRODUCED
     assert report_with([1.0, 0.5, 0.2]).memory_growth_mb is None  # records made before memory was measured
+
+
+def test_an_example_fixed_by_hand_must_be_reported_and_its_change_must_apply(tmp_path):
+    """A rule without an automatic fix is confirmed on the change its finding asks for, made by
+    hand: never when the rule does not report the example, never on a change that does not apply."""
+    from trainlint.runtime.confirm import NO_FIX, NOT_REPORTED, confirm_example, load_spec
+
+    quiet = tmp_path / "tl304.py"
+    quiet.write_text(
+        'CONFIRM = {"rules": ["TL304"], "steps": 2, "by_hand": [("x", "y")], "original": [], "fixed": []}\n'
+        "def main():\n    return 1\n"
+    )
+    result = confirm_example(load_spec(quiet), device="cpu")
+    assert (result.status, result.detail, result.original) == (NOT_REPORTED, "TL304 reported nothing in this example", None)
+
+    example = (Path(__file__).parents[2] / "trainlint" / "runtime" / "examples" / "tl304.py").read_text()
+    stale = tmp_path / "tl304_stale.py"
+    stale.write_text(example.replace("            return x + self.proj(x)\n", "            out = x + self.proj(x)\n            return out\n"))
+    result = confirm_example(load_spec(stale), device="cpu")
+    assert result.status == NO_FIX and result.detail.startswith("the change by hand expects")
+    assert load_spec(Path(__file__).parents[2] / "trainlint" / "runtime" / "examples" / "tl304.py").by_hand

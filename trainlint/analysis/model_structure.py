@@ -14,6 +14,8 @@ API (``structure = ctx.get(ModelStructure)``)::
     structure.classes                       # {name: ModelClass} for top-level classes here
     structure.class_of(node)                # the innermost ModelClass a node sits in, or None
     structure.class_for(class_def)          # the ModelClass of any ClassDef (nested ones too)
+    structure.forward_of(node)              # the model class whose forward pass runs the node
+    structure.forward_place(node)           # "`Net.forward`" / "`Net._attend` (run by `forward`)"
     structure.models(expr)                  # the model instances an expression may hold
     structure.built_by(expr)                # frozenset of the classes/factories that built them
     structure.model_layers(expr)            # frozenset of torch layers of those models
@@ -124,6 +126,7 @@ class ModelStructure:
                 self._functions[statement.name.value] = statement
         self._nested: dict[cst.ClassDef, ModelClass] = {}
         self._module_classes: dict[str, bool] = {}
+        self._forward_helpers: dict[cst.ClassDef, set[cst.FunctionDef]] = {}
 
     # -- classes of this file ------------------------------------------------------------------
     def _model_class(self, node: cst.ClassDef) -> ModelClass:
@@ -149,6 +152,48 @@ class ModelStructure:
         """The innermost class of this file that ``node`` sits in (whose ``self`` it sees)."""
         class_def = self.ctx.enclosing(node, cst.ClassDef)
         return self.class_for(class_def) if class_def is not None else None
+
+    def forward_of(self, node: cst.CSTNode) -> ModelClass | None:
+        """The model class (an ``nn.Module`` of the project) whose forward pass runs ``node``: it
+        sits in the class's ``forward``, or in a method that ``forward`` calls as
+        ``self.<method>(...)`` (two calls deep at most)."""
+        owner = self.class_of(node)
+        function = self.flow.scopes.function_of(node)
+        if owner is None or owner.forward is None or function is None or self.flow.enclosing_class(function) is not owner.node:
+            return None
+        if function is not owner.forward and function not in self._called_by_forward(owner):
+            return None
+        return owner if self.is_model(Instance(owner.qualified)) else None
+
+    def forward_place(self, node: cst.CSTNode) -> str:
+        """Where in the forward pass a node is, for messages: ```Decoder.forward``` or
+        ```Decoder._attend` (run by `forward`)``."""
+        owner = self.forward_of(node)
+        if owner is None:
+            return ""
+        function = self.flow.scopes.function_of(node)
+        if function is None or function is owner.forward:
+            return f"`{owner.name}.forward`"
+        return f"`{owner.name}.{function.name.value}` (run by `forward`)"
+
+    def _called_by_forward(self, owner: ModelClass) -> set[cst.FunctionDef]:
+        if owner.node not in self._forward_helpers:
+            self._forward_helpers[owner.node] = self._forward_helpers_of(owner)
+        return self._forward_helpers[owner.node]
+
+    def _forward_helpers_of(self, owner: ModelClass) -> set[cst.FunctionDef]:
+        found: set[cst.FunctionDef] = set()
+        frontier = [owner.forward] if owner.forward is not None else []
+        for _ in range(2):
+            called = []
+            for function in frontier:
+                for call in _walk(function.body):
+                    method = owner.method(attr) if isinstance(call, cst.Call) and (attr := self_attribute(call.func)) else None
+                    if method is not None and method is not owner.forward and method not in found:
+                        found.add(method)
+                        called.append(method)
+            frontier = called
+        return found
 
     # -- which models an expression holds ------------------------------------------------------------
     def models(self, expr: cst.BaseExpression) -> Values:

@@ -14,7 +14,10 @@ Two questions the numerical rules ask before they report:
 
 API (``regions = ctx.get(Regions)``): ``autocast(call)`` (the float16 autocast a call is, if any),
 ``float16_regions`` (this file's), ``may_run_in_float16(node)``, ``computes_no_gradient(node)``,
-``may_compute_no_gradient(node)`` (also where ``set_grad_enabled`` decides at run time).
+``may_compute_no_gradient(node)`` (also where ``set_grad_enabled`` decides at run time),
+``is_bfloat16_autocast(call)`` (an autocast that is bfloat16 whenever on),
+``framework_runs_float16`` (a Lightning/Fabric/Accelerate set-up in float16 mixed precision, which
+scales the loss itself), ``runs_only_in_eval(node)`` (an ``if not self.training:`` branch).
 """
 
 from __future__ import annotations
@@ -52,8 +55,10 @@ _AUTOCASTS: dict[str, _Signature] = {
     "torch.cpu.amp.autocast": _Signature("cpu", 0, 1),
 }
 _FLOAT16 = frozenset({"torch.float16", "torch.half"})
-# Devices whose autocast default is float16 (CPU, XPU and HPU default to bfloat16).
+_BFLOAT16 = frozenset({"torch.bfloat16"})
+# Devices whose autocast default is float16, and those whose default is bfloat16.
 _FLOAT16_BY_DEFAULT = frozenset({"cuda"})
+_BFLOAT16_BY_DEFAULT = frozenset({"cpu", "xpu", "hpu"})
 _NO_GRADIENT = frozenset({"torch.no_grad", "torch.inference_mode", "torch.autograd.no_grad",
                           "torch.autograd.grad_mode.no_grad", "torch.autograd.grad_mode.inference_mode"})
 _SET_GRAD_ENABLED = frozenset({"torch.set_grad_enabled", "torch.autograd.set_grad_enabled",
@@ -74,14 +79,39 @@ def _named_for_no_gradient(expr: cst.BaseExpression) -> bool:
 
 def _calls_under(node: cst.CSTNode) -> Iterator[cst.Call]:
     """The calls under a node, nested definitions (other scopes) left out."""
-    from trainlint.context import child_nodes
+    from trainlint.context import scope_nodes
 
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, cst.Call):
-            yield current
-        stack.extend(c for c in child_nodes(current) if not isinstance(c, (cst.FunctionDef, cst.ClassDef, cst.Lambda)))
+    return (n for n in scope_nodes(node) if isinstance(n, cst.Call))
+
+
+def _dtype_kind(qualified: str | None) -> str:
+    if qualified in _FLOAT16:
+        return "float16"
+    return "bfloat16" if qualified in _BFLOAT16 else "other"
+
+
+def _tests_training(test: cst.BaseExpression) -> bool | None:
+    """True for a test that holds in training mode (``self.training``, ``model.training is True``),
+    False for one that holds in evaluation mode (``not self.training``), None for anything else."""
+    if isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+        inner = _tests_training(test.expression)
+        return None if inner is None else not inner
+    if isinstance(test, cst.Attribute) and test.attr.value == "training":
+        return True
+    if isinstance(test, cst.Comparison) and len(test.comparisons) == 1:
+        comparison = test.comparisons[0]
+        side = _tests_training(test.left)
+        flag = comparison.comparator
+        if side is None or not isinstance(flag, cst.Name) or flag.value not in ("True", "False"):
+            return None
+        positive = isinstance(comparison.operator, (cst.Is, cst.Equal))
+        negative = isinstance(comparison.operator, (cst.IsNot, cst.NotEqual))
+        if not (positive or negative):
+            return None
+        return (flag.value == "True") == positive
+    return None
+
+
 Certainty = Literal["always", "maybe"]
 
 
@@ -107,6 +137,21 @@ class Regions:
     def autocast(self, call: cst.Call) -> Autocast | None:
         """The call as a float16 autocast; None when it is no autocast, or one that never runs in
         float16 (bfloat16, CPU, ``enabled=False``), or one whose ``**kwargs`` may set anything."""
+        found = self._autocast_dtypes(call)
+        if found is None or "float16" not in found[1]:
+            return None
+        dtype, kinds = found
+        return Autocast(call, dtype, "always" if kinds == {"float16"} else "maybe")
+
+    def is_bfloat16_autocast(self, call: cst.Call) -> bool:
+        """The call is an autocast that runs in bfloat16 whenever it is on: ``dtype=torch.bfloat16``
+        (every value that may reach it), or no dtype on a device whose default is bfloat16 (CPU)."""
+        found = self._autocast_dtypes(call)
+        return found is not None and found[1] == {"bfloat16"}
+
+    def _autocast_dtypes(self, call: cst.Call) -> tuple[cst.BaseExpression | None, set[str]] | None:
+        """For an autocast that may be on: its dtype argument as written and the kinds of dtype it
+        may run ("float16", "bfloat16", "other"); None for no autocast, ``enabled=False``, ``**kwargs``."""
         signature = _AUTOCASTS.get(self.ctx.qualified_name(call.func) or "")
         if signature is None or any(arg.star for arg in call.args):
             return None
@@ -117,23 +162,26 @@ class Regions:
             return None  # `enabled=cfg.amp` may be on: what it runs then is what matters
         dtype = argument(call, signature.dtype_index, "dtype")
         if dtype is not None:
-            kinds = self._dtypes(self.flow.values(dtype.value))
-            if "float16" not in kinds:
-                return None
-            return Autocast(call, dtype.value, "always" if kinds == {"float16"} else "maybe")
+            return dtype.value, self._dtypes(self.flow.values(dtype.value))
         device = signature.device or self._device(call)
-        return Autocast(call, None, "always") if device in _FLOAT16_BY_DEFAULT else None
+        if device in _FLOAT16_BY_DEFAULT:
+            return None, {"float16"}
+        return None, ({"bfloat16"} if device in _BFLOAT16_BY_DEFAULT else {"other"})
 
     def _device(self, call: cst.Call) -> str | None:
+        """The device the autocast is for, when every value that may reach it is that one
+        (``device.type if device.type != "mps" else "cpu"`` may be "cuda": not known)."""
         found = argument(call, 0, "device_type")
-        constants = self.flow.values(found.value).constants() if found is not None else []
+        values = self.flow.values(found.value) if found is not None else None
+        constants = values.constants() if values is not None and not values.unknown else []
         return constants[0] if len(constants) == 1 and isinstance(constants[0], str) else None  # type: ignore[return-value]
 
     @staticmethod
     def _dtypes(values: Values) -> set[str]:
-        """"float16" and "other" for the dtypes a value may be (an unknown one may be float16)."""
-        kinds = {"float16" if getattr(v, "qualified", None) in _FLOAT16 else "other" for v in values}
-        return kinds | ({"float16", "other"} if values.unknown else set())
+        """"float16", "bfloat16" and "other" for the dtypes a value may be (an unknown one may be
+        any)."""
+        kinds = {_dtype_kind(getattr(v, "qualified", None)) for v in values}
+        return kinds | ({"float16", "bfloat16", "other"} if values.unknown else set())
 
     @cached_property
     def float16_regions(self) -> list[tuple[Autocast, cst.CSTNode]]:
@@ -257,6 +305,13 @@ class Regions:
             for call in self.ctx.nodes.of(cst.Call):  # the modules this file builds for it to run
                 yield from (v.qualified for v in self.flow.values(call.func).of_type(ClassRef) if v.site is not None)
 
+    @cached_property
+    def framework_runs_float16(self) -> bool:
+        """This file sets up a framework to train in float16 mixed precision (Lightning's
+        ``Trainer(precision="16-mixed")``, ``Fabric(precision=16)``, ``Accelerator(mixed_precision="fp16")``),
+        which scales the loss with a GradScaler of its own."""
+        return self._framework_runs_float16()
+
     def _framework_runs_float16(self) -> bool:
         """``Trainer(precision="16-mixed")``, ``Fabric(precision=16)``,
         ``Accelerator(mixed_precision="fp16")``: the framework runs the steps under float16."""
@@ -287,6 +342,25 @@ class Regions:
             self._gradient_free[function] = False  # recursion: not through itself
             found = self._gradient_free[function] = self._every_caller_gradient_free(function, depth)
         return found
+
+    def runs_only_in_eval(self, node: cst.CSTNode) -> bool:
+        """Inside a branch a module takes only in evaluation mode: the body of ``if not
+        self.training:`` (or ``if self.training is False``), the ``else`` of ``if self.training:``,
+        the same sides of ``a if self.training else b``."""
+        child: cst.CSTNode = node
+        for ancestor in self.ctx.ancestors(node):
+            if isinstance(ancestor, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+                return False
+            if isinstance(ancestor, (cst.If, cst.IfExp)):
+                training = _tests_training(ancestor.test)
+                body = ancestor.body
+                other = ancestor.orelse
+                if training is True and child is other:
+                    return True
+                if training is False and child is body:
+                    return True
+            child = ancestor
+        return False
 
     def _is_no_gradient(self, expr: cst.BaseExpression) -> bool:
         target = expr.func if isinstance(expr, cst.Call) else expr

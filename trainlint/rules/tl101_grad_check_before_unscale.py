@@ -41,11 +41,11 @@ class GradCheckBeforeUnscale(Rule):
     or the optimizer's step, in a LightningModule's `on_after_backward` (Lightning unscales only
     after it; the base class may be defined in another module of the project), and in a Hugging
     Face `Trainer` subclass's `training_step` after `super().training_step(...)` (the Trainer
-    unscales when it clips, after `training_step` returns). Where the code shows the precision
-    (`Trainer(precision="16-mixed")`, `TrainingArguments(fp16=True)`,
-    `Accelerator(mixed_precision="fp16")`) the finding says so; where it cannot be seen it says
-    the finding applies under float16 mixed precision; where it shows bf16 or float32 there is no
-    finding.
+    unscales when it clips, after `training_step` returns). These are reported only where the
+    code shows float16 (`Trainer(precision="16-mixed")` anywhere in the project,
+    `TrainingArguments(fp16=True)`, `Accelerator(mixed_precision="fp16")`). Where a config file
+    or the launcher decides, the rule cannot see it and stays quiet (the frameworks default to
+    float32); where the code shows bf16 or float32 there is nothing to report.
 
     ## Why is this bad?
     `scaler.scale(loss)` multiplies the loss by the current scale, 65536 (2**16) at the start, so
@@ -254,18 +254,22 @@ def _inspections_while_scaled(step: TrainingStep, backward: StepEvent) -> list[S
     for inspection in step.of_kind(EventKind.GRAD_INSPECT):
         if not any(backward in state.scaled for state in step.states.before(inspection)):
             continue
-        if inspection.scale_invariant and not _acted_on(step, inspection, scaling_owner(backward)):
+        if inspection.scale_invariant and not _acted_on(step, inspection, backward):
             continue
         found.append(inspection)
     return found
 
 
-def _acted_on(step: TrainingStep, test: StepEvent, scaler: str | None) -> bool:
-    """A skip or a zero_grad follows the test before the scaler unscales the gradients."""
+def _acted_on(step: TrainingStep, test: StepEvent, backward: StepEvent) -> bool:
+    """A skip or a zero_grad follows the test before the scaler unscales the gradients (for a
+    framework's backward, before its wrapped optimizer's step, which unscales)."""
+    scaler = scaling_owner(backward)
 
     def window_ends(event: StepEvent) -> bool:
         if event.kind is EventKind.SCALED_BACKWARD:
             return event.scaler == scaler
+        if event.kind is EventKind.OPT_STEP and backward.framework is not None:
+            return True
         return event.kind in _WINDOW_ENDS and event.scaler in (None, scaler)
 
     reach = step.flow.after(test, window_ends)

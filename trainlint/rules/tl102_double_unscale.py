@@ -147,7 +147,7 @@ class DoubleUnscale(Rule):
         error = "`RuntimeError: unscale_() has already been called on this optimizer since the last update()`"
         if repeat.next_iteration:
             message = (
-                f"`{shown}` runs on iterations that do not reach `{event.scaler}.update()` (gradient accumulation), "
+                f"`{shown}` runs on iterations that do not reach `{event.scaler}.update()`, "
                 f"so the next iteration unscales `{event.optimizer}` again before any update: PyTorch raises {error}"
             )
             fix = _accumulation_fix(ctx, step, event)

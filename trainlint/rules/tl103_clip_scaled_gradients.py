@@ -36,11 +36,11 @@ class ClipScaledGradients(Rule):
     in their hooks: torch's clip after `accelerator.backward(loss)` (Accelerate unscales only in
     `accelerator.clip_grad_norm_` or the prepared optimizer's `step()`), and a clip in a
     LightningModule's `on_after_backward`, which runs before Lightning unscales (the base class
-    may be defined in another module of the project). Where the code shows the precision
-    (`Accelerator(mixed_precision="fp16")`, `Trainer(precision="16-mixed")` anywhere in the
-    project) the finding says so; where it cannot be seen (a config file, the launcher) the
-    finding says it applies under float16 mixed precision; where it shows bf16 or float32 there is
-    no finding.
+    may be defined in another module of the project). These are reported only where the code
+    shows float16 (`Accelerator(mixed_precision="fp16")`, `Trainer(precision="16-mixed")` anywhere
+    in the project). Where a config file or the launcher decides, the rule cannot see it and stays
+    quiet (the frameworks default to float32; a clip that is right in the default run is not
+    reported); where the code shows bf16 or float32 there is nothing to report.
 
     ## Why is this bad?
     Until `unscale_` runs, every gradient is multiplied by the loss scale: 65536 (2**16) at the

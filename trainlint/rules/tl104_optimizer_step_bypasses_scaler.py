@@ -184,7 +184,7 @@ class OptimizerStepBypassesScaler(Rule):
                     continue
                 scalers = {b.scaler for b in backwards}
                 known = [s for s in scalers if s is not None and s in step.scalers]
-                if len(scalers) != 1 or len(known) != 1:
+                if len(scalers) != 1 or len(known) != 1 or any(b.partly_scaled for b in backwards):
                     verdict.unknown_feed = True
                     continue
                 if event.optimizer in feed.unscaled or None in feed.unscaled:

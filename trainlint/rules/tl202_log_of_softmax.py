@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import libcst as cst
 
 from trainlint.analysis.probabilities import Probabilities, Producer, positional_argument
+from trainlint.analysis.regions import Regions
 from trainlint.context import FileContext
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
@@ -16,6 +17,9 @@ class LogOfSoftmax(Rule):
     """## What it does
     Finds `torch.log(F.softmax(x, dim))`, `F.softmax(x, dim).log()`, `x.softmax(dim).log()` and
     `torch.log(self.softmax(x))` with an `nn.Softmax` module: a log taken of a softmax directly.
+    Code that computes no gradient (`@torch.no_grad()`, `torch.inference_mode()`, detached
+    inputs: beam search, evaluation) is left alone: there a -inf is a score ranked last, not a
+    NaN gradient.
 
     ## Why is this bad?
     Softmax rounds every probability below float32's smallest subnormal (1.4e-45) to exactly 0,
@@ -97,10 +101,11 @@ class LogOfSoftmax(Rule):
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
         probabilities = ctx.get(Probabilities)
+        regions = ctx.get(Regions)
         for log_call, argument in probabilities.log_calls():
             producer = probabilities.producer(argument)
-            if producer is None or producer.kind != "softmax":
-                continue
+            if producer is None or producer.kind != "softmax" or regions.computes_no_gradient(log_call):
+                continue  # without a gradient, a -inf is a score decoding ranks last, not a NaN gradient
             yield ctx.report(
                 self,
                 log_call,

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import libcst as cst
 
 from trainlint.analysis.probabilities import Probabilities, Producer, numeric_literal
+from trainlint.analysis.regions import Regions
 from trainlint.context import FileContext
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
@@ -27,6 +28,8 @@ class LogOfSigmoid(Rule):
     Finds `torch.log(torch.sigmoid(x))`, `x.sigmoid().log()` and `torch.log(1 - torch.sigmoid(x))`
     (also through `F.sigmoid`, `torch.special.expit` and an `nn.Sigmoid` module): a log taken of
     a sigmoid directly.
+    Code that computes no gradient (`@torch.no_grad()`, `torch.inference_mode()`, detached
+    inputs) is left alone: the harm is a NaN gradient.
 
     ## Why is this bad?
     Sigmoid saturates: in float32, `sigmoid(x)` is exactly 1.0 from x ≈ 17 (1 + e^-17 rounds to
@@ -92,10 +95,11 @@ class LogOfSigmoid(Rule):
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
         probabilities = ctx.get(Probabilities)
+        regions = ctx.get(Regions)
         for log_call, argument in probabilities.log_calls():
             matched = sigmoid_under_log(probabilities, argument)
-            if matched is None:
-                continue
+            if matched is None or regions.computes_no_gradient(log_call):
+                continue  # without a gradient there is no NaN gradient to fear
             producer, complement = matched
             yield ctx.report(
                 self,

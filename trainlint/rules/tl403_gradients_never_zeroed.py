@@ -30,7 +30,12 @@ class GradientsNeverZeroed(Rule):
     Reports an optimizer step inside a loop that also calls `backward()`, when nothing in that
     loop (nor in the helpers it calls) clears the gradients: no `optimizer.zero_grad()`, no
     `model.zero_grad()`, no `p.grad = None`. Calling `zero_grad()` once before the loop, or once
-    per epoch outside the batch loop, does not count. Gradient accumulation that zeroes after its
+    per epoch outside the batch loop, does not count. A loop that zeroes on some paths only is
+    reported too, without a fix: a `zero_grad()` only in the mixed-precision branch while the
+    float32 branch steps every iteration (a condition the loop does not change takes the same
+    side every time), only under a logging condition, or a second phase of the iteration (an
+    auxiliary loss after the policy updates) whose first step follows the last step of the first
+    phase with no `zero_grad()` between. Gradient accumulation that zeroes after its
     conditional step (`if (i + 1) % k == 0: opt.step(); opt.zero_grad()`) is fine, and so is an
     LBFGS closure that zeroes inside it. Accelerate's `accelerator.backward(loss)`, Fabric's
     `fabric.backward(loss)` and Lightning's `self.manual_backward(loss)` count as `backward()`:
@@ -116,23 +121,54 @@ class GradientsNeverZeroed(Rule):
         reported: set[cst.CSTNode] = set()
         for step in ctx.get(TrainingSteps).all_steps():
             loop = step.loop
-            if loop is None or not step.of_kind(*BACKWARD_KINDS) or step.of_kind(EventKind.ZERO_GRAD):
+            if loop is None or not step.of_kind(*BACKWARD_KINDS):
                 continue
             if _resets_gradients_otherwise(ctx, step, loop):
                 continue
+            zeroes_somewhere = bool(step.of_kind(EventKind.ZERO_GRAD))
             for event in step.of_kind(*STEP_KINDS):
                 if event.anchor in reported or event.scaler in step.uncertain_scalers:
                     continue  # a scaler of unknown origin may zero the gradients itself
                 if runs_a_closure(event) or _built_in_loop(ctx, event.optimizer, loop):
                     continue
+                again = _steps_again_uncleared(step, event) if zeroes_somewhere else "every iteration"
+                if again is None:
+                    continue
                 reported.add(event.anchor)
-                yield ctx.report(self, event.anchor, _message(ctx, event), _zero_grad_fix(ctx, step, event, loop))
+                fix = None if zeroes_somewhere else _zero_grad_fix(ctx, step, event, loop)
+                yield ctx.report(self, event.anchor, _message(ctx, event, again), fix)
 
 
-def _message(ctx: FileContext, event: StepEvent) -> str:
+def _steps_again_uncleared(step: TrainingStep, event: StepEvent) -> str | None:
+    """Where the step follows an earlier step of the same optimizer with no zero_grad of it in
+    between: "this iteration" (a second phase of the loop body), "the next iteration" (a path
+    that never clears, such as the ``else`` of ``if args.amp:`` that holds the only
+    ``zero_grad``), or None."""
+    if event.optimizer is None:
+        return None
+    if any(event.optimizer in state.stepped_uncleared for state in step.states.before(event)):
+        return "this iteration"
+    if any(event.optimizer in state.stepped_uncleared for state in step.states.before_next(event)):
+        return "the next iteration"
+    return None
+
+
+def _message(ctx: FileContext, event: StepEvent, again: str) -> str:
     called = ctx.code(event.anchor)
     if "\n" in called and isinstance(event.anchor, cst.Call):
         called = f"{ctx.code(event.anchor.func)}(...)"
+    if again == "this iteration":
+        return (
+            f"`{called}` can follow an earlier step of `{event.optimizer}` in the same iteration with no "
+            "`zero_grad()` between them, so it applies the gradients that step already applied again, "
+            "summed with the new ones"
+        )
+    if again == "the next iteration":
+        return (
+            f"`{called}` can run on one iteration after another with no `zero_grad()` between them "
+            "(the loop zeroes the gradients on other paths only), so each `backward()` adds to the last "
+            "and the step uses the sum of the gradients since the last zeroing"
+        )
     return (
         f"`{called}` runs every iteration but nothing in the loop zeroes the gradients, "
         "so each `backward()` adds to the last and step k uses the sum of k gradients"
@@ -144,7 +180,10 @@ def _resets_gradients_otherwise(ctx: FileContext, step: TrainingStep, loop: _Loo
     (``reset_grads(model)``), which the step analysis cannot see into. Unsure means quiet.
     (``p.grad = None``, ``p.grad = g`` and ``del p.grad`` are ZERO_GRAD events already.)"""
     scopes: list[cst.CSTNode] = [loop, *step.helpers]
+    seen = {id(e.node) for e in step.of_kind(EventKind.ZERO_GRAD)}  # the step knows where these run
     for call in ctx.nodes.of(cst.Call):
+        if id(call) in seen:
+            continue
         name = _callee_name(call).lower()
         named_like_a_reset = "grad" in name and any(word in name for word in ("zero", "reset", "clear"))
         if named_like_a_reset and _inside_any(ctx, call, scopes):

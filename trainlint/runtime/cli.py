@@ -356,7 +356,7 @@ def _record_evidence(path: Path, results: list[Any], device: str) -> None:
             "date": datetime.date.today().isoformat(),
             "example": result.spec.name,
             "original": describe(result.original.report, result.spec.original) if result.original else "-",
-            "fixed": describe(result.fixed.report, result.spec.fixed) if result.fixed else "-",
+            "fixed": ("by hand: " if result.by_hand else "") + (describe(result.fixed.report, result.spec.fixed) if result.fixed else "-"),
             "confirmed": result.status + (f" ({result.detail})" if result.detail else ""),
         }
         for code in result.spec.rules:
@@ -375,6 +375,7 @@ def _examples_json(results: list[Any], device: str) -> dict[str, Any]:
                 "example": r.spec.name,
                 "rules": r.spec.rules,
                 "rules_fixed": r.rules_fixed,
+                "by_hand": r.by_hand,
                 "status": r.status,
                 "detail": r.detail,
                 "original": describe(r.original.report, r.spec.original) if r.original else None,

@@ -6,7 +6,9 @@ from its rule's effects (``effects``). ``confirm_example`` does it for the rule 
 ``trainlint/runtime/examples``: each declares, in a module-level ``CONFIRM`` dict, what the
 anti-pattern does when it bites (checks the original must pass, or the failure was not
 reproduced on this device), what the fix must achieve (checks the fixed code must pass), and, for
-a user's script, which effects show the fix working and what would reproduce them.
+a user's script, which effects show the fix working and what would reproduce them. An example of
+a rule without an automatic fix declares the change the finding asks for (``by_hand``): the rule
+must report the example, and that change is run as the fixed code.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ EXAMPLES_DIR = Path(__file__).parent / "examples"
 CONFIRMED = "confirmed"
 NOT_CONFIRMED = "not confirmed"
 NO_FIX = "no fix produced"
+NOT_REPORTED = "not reported"  # a rule without a fix did not report its own example
 
 
 def not_reproduced(device: str) -> str:
@@ -322,6 +325,7 @@ def measure(report: HealthReport) -> dict[str, Any]:
         "grad_norm_median": _or_nan(report.grad_norm["p50"]),
         "grad_norm_max": _or_nan(report.grad_norm["max"]),
         "first_layer_grad": _or_nan(report.first_layer_grad),
+        "first_layer_zero_grad": _or_nan(report.first_layer_zero_grad),
         "loss_first": _or_nan(report.loss_first),
         "loss_last": _or_nan(report.loss_last),
         "loss_ratio": loss_ratio,
@@ -380,6 +384,9 @@ class ExampleSpec:
     why: str = ""
     effects: list[str] = field(default_factory=list)  # names in effects.EFFECTS, for users' scripts
     shows_with: str = ""  # what reproduces the effect when a run does not show it
+    # For a rule without an automatic fix: the change its finding asks for, made by hand, as
+    # (text, replacement) pairs applied to the example once each.
+    by_hand: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -402,6 +409,7 @@ def load_spec(path: Path) -> ExampleSpec:
                 why=data.get("why", ""),
                 effects=_known_effects(path, data.get("effects", [])),
                 shows_with=data.get("shows_with", ""),
+                by_hand=[(str(old), str(new)) for old, new in data.get("by_hand", [])],
             )
     raise ValueError(f"{path}: no module-level CONFIRM = {{...}}")
 
@@ -438,6 +446,7 @@ class ExampleResult:
     rules_fixed: list[str] = field(default_factory=list)
     fixed_text: str | None = None
     detail: str = ""  # why, when not confirmed
+    by_hand: bool = False  # the fixed code is the change the finding asks for, made by hand
 
     @property
     def ok(self) -> bool:
@@ -455,6 +464,8 @@ def confirm_example(spec: ExampleSpec, *, device: str, seed: int = 0, threads: i
     unknown = [code for code in spec.rules if code not in known]
     if not rules:
         return ExampleResult(spec, NO_FIX, detail=f"{', '.join(unknown)}: no such rule in this trainlint yet")
+    if spec.by_hand:
+        return _confirm_by_hand(spec, original_text, rules, device=device, seed=seed, threads=threads)
     fixed_text, fixed_findings = fix_text(original_text, spec.path, unsafe_fixes=spec.unsafe_fixes, select=rules)
     rules_fixed = sorted({f.code for f in fixed_findings})
     if fixed_text == original_text:
@@ -467,6 +478,28 @@ def confirm_example(spec: ExampleSpec, *, device: str, seed: int = 0, threads: i
     if missing:
         detail = (detail + "; " if detail else "") + f"no fix produced by {', '.join(missing)}"
     return ExampleResult(spec, status, original, fixed, rules_fixed, fixed_text, detail)
+
+
+def _confirm_by_hand(
+    spec: ExampleSpec, original_text: str, rules: list[str], *, device: str, seed: int, threads: int | None
+) -> ExampleResult:
+    """A rule without an automatic fix: the linter must report the example, and the change its
+    finding asks for is the one the example declares, made by hand."""
+    from trainlint.api import lint_source
+
+    reported = sorted({f.code for f in lint_source(original_text, str(spec.path), select=rules)} & set(rules))
+    if not reported:
+        return ExampleResult(spec, NOT_REPORTED, detail=f"{', '.join(rules)} reported nothing in this example")
+    fixed_text = original_text
+    for old, new in spec.by_hand:
+        if fixed_text.count(old) != 1:
+            return ExampleResult(spec, NO_FIX, detail=f"the change by hand expects {old!r} once in the example")
+        fixed_text = fixed_text.replace(old, new)
+    common = dict(steps=spec.steps, device=device, seed=seed, threads=threads)
+    original = run_script(spec.path, label="original", **common)  # type: ignore[arg-type]
+    fixed = run_script(spec.path, label="fixed", sources={spec.path: fixed_text}, **common)  # type: ignore[arg-type]
+    status, detail = judge(spec, original.report, fixed.report, original.device)
+    return ExampleResult(spec, status, original, fixed, reported, fixed_text, detail, by_hand=True)
 
 
 def judge(spec: ExampleSpec, original: HealthReport, fixed: HealthReport, device: str) -> tuple[str, str]:
@@ -502,6 +535,8 @@ def _describe_metric(metric: str, m: dict[str, Any], report: HealthReport) -> st
         return f"grad norm {format_number(m[metric])}" + (" (max)" if metric == "grad_norm_max" else "")
     if metric == "first_layer_grad":
         return f"first layer gradient {format_number(m[metric])}"
+    if metric == "first_layer_zero_grad":
+        return f"{m[metric]:.0%} of first-layer gradient entries exactly 0"
     if metric in ("loss_first", "loss_last", "loss_ratio", "loss_fell"):
         return f"loss {format_number(report.loss_first)} -> {format_number(report.loss_last)}"
     if metric == "nonfinite_losses":
@@ -524,6 +559,8 @@ def examples_table(results: Sequence[ExampleResult], markdown: bool = False) -> 
         result = r.status
         if markdown and r.detail:
             result += f" ({r.detail})"
+        if r.by_hand:
+            fixed = "by hand: " + fixed
         rows.append(("+".join(r.spec.rules), r.spec.name, original, fixed, result))
     if markdown:
         lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]

@@ -29,9 +29,11 @@ class TensorStats:
 
     total: torch.Tensor  # 0-d, float32
     per_tensor: torch.Tensor  # 1-d, float32, in the order of the input
+    # for gradients: the fraction of the first tensor's entries that are exactly zero (0-d)
+    first_zero_fraction: torch.Tensor | None = None
 
     def scaled(self, factor: torch.Tensor) -> TensorStats:
-        return TensorStats(self.total * factor, self.per_tensor * factor)
+        return TensorStats(self.total * factor, self.per_tensor * factor, self.first_zero_fraction)
 
 
 def tensor_norms(tensors: Sequence[torch.Tensor]) -> TensorStats | None:
@@ -80,7 +82,14 @@ def params_of(optimizer: Optimizer) -> list[torch.Tensor]:
 
 
 def grad_stats(params: Sequence[torch.Tensor]) -> TensorStats | None:
-    return tensor_norms([p.grad for p in params if p.grad is not None])
+    """Norms of the gradients, and how much of the first one (usually the first layer's weight)
+    is exactly zero: units that learn nothing from this step (a clamp or a dead ReLU blocked them)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    stats = tensor_norms(grads)
+    if stats is not None:
+        first = _dense(grads[0])
+        stats.first_zero_fraction = (first == 0).sum(dtype=torch.float32) / max(first.numel(), 1)
+    return stats
 
 
 @dataclass
@@ -148,6 +157,7 @@ def flush(pending: list[PendingStep]) -> list[StepRecord]:
     losses = to_host([p.loss for p in pending])
     grad_totals = to_host([p.grads.total if p.grads else None for p in pending])
     grad_vectors = _to_host_vectors([p.grads.per_tensor if p.grads else None for p in pending])
+    zero_fractions = to_host([p.grads.first_zero_fraction if p.grads else None for p in pending])
     param_vectors = _to_host_vectors([p.params.per_tensor if p.params else None for p in pending])
     scales = to_host([p.scale for p in pending])
     skipped = to_host([p.skipped if isinstance(p.skipped, torch.Tensor) else None for p in pending])
@@ -168,6 +178,7 @@ def flush(pending: list[PendingStep]) -> list[StepRecord]:
                 skipped=was_skipped,
                 backward_calls=p.backward_calls,
                 memory_mb=p.memory_mb,
+                first_zero_grad_fraction=zero_fractions[k],
             )
         )
     return records

@@ -28,6 +28,7 @@ class StepRecord:
     skipped: bool  # the GradScaler skipped optimizer.step()
     backward_calls: int  # backward passes whose gradients this step applied
     memory_mb: float | None = None  # the process's memory when the step ran (see device_stats.memory_in_use_mb)
+    first_zero_grad_fraction: float | None = None  # entries of the first parameter's gradient that are exactly 0
 
 
 @dataclass

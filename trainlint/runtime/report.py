@@ -50,6 +50,7 @@ class OptimizerReport:
     nonfinite_grad_steps: int
     nonfinite_grad_steps_applied: int
     first_nonfinite_weights_step: int | None
+    first_layer_zero_grad: float | None = None  # median fraction of the first gradient's entries that are 0
 
     @property
     def steps_applied(self) -> int:
@@ -90,6 +91,7 @@ class HealthReport:
     optimizers: list[OptimizerReport] = field(default_factory=list)
     other_ranks: list[str] = field(default_factory=list)
     memory_growth_mb: float | None = None  # MiB per step over the run's second half (memory_growth)
+    first_layer_zero_grad: float | None = None  # median over applied steps: see OptimizerReport
 
     @property
     def healthy(self) -> bool:
@@ -139,6 +141,7 @@ def summarize(record: Record) -> HealthReport:
         first_nonfinite_weights_step=next((s.index for s in steps if s.nonfinite_params), None),
         grad_norm=_percentiles([s.grad_norm for s in steps if math.isfinite(s.grad_norm)]),
         first_layer_grad=_median([s.first_grad_norm for s in applied if math.isfinite(s.first_grad_norm)]),
+        first_layer_zero_grad=_zero_fraction(applied),
         spikes=sorted(i for o in per_optimizer for i in o.spikes),
         loss_first=loss_first,
         loss_last=loss_last,
@@ -184,7 +187,12 @@ def summarize_optimizer(label: str, steps: Sequence[StepRecord]) -> OptimizerRep
         nonfinite_grad_steps=sum(s.nonfinite_grads > 0 for s in steps),
         nonfinite_grad_steps_applied=sum(s.nonfinite_grads > 0 for s in applied),
         first_nonfinite_weights_step=next((s.index for s in steps if s.nonfinite_params), None),
+        first_layer_zero_grad=_zero_fraction(applied),
     )
+
+
+def _zero_fraction(applied: Sequence[StepRecord]) -> float | None:
+    return _median([s.first_zero_grad_fraction for s in applied if s.first_zero_grad_fraction is not None])
 
 
 def _run_loss(record: Record, only: OptimizerReport | None) -> tuple[float | None, float | None, str | None]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import libcst as cst
 
@@ -21,9 +22,12 @@ from trainlint.analysis.training_step.events import (
 )
 from trainlint.analysis.training_step.graph import (
     _Branch,
-    _decision,
+    _canonical_code,
+    _Decision,
+    _implied,
     _dotted_reads,
     _Exit,
+    _exits,
     _flatten,
     _free_names,
     _Inline,
@@ -65,6 +69,11 @@ class _BuildState:
     uncertain: set[str] = field(default_factory=set)
     optimizers: dict[str, OptimizerInfo] = field(default_factory=dict)
     helpers: set[cst.FunctionDef] = field(default_factory=set)
+
+    @cached_property
+    def root_assignments(self) -> dict[str, frozenset[str]]:
+        """What the step's own function assigns to each plain name (``use_amp = self.amp()``)."""
+        return _assignments(self.root)
 
 
 class _Builder:
@@ -123,31 +132,39 @@ class _Builder:
         self.nesting = outer
         if not any(built):
             return []
+        clearing = [a for a in built if a]
+        if isinstance(node, cst.If) and len(clearing) == 1 and _only_clears(clearing[0]) and _tests_a_gradient(node.test):
+            return clearing[0]  # `if p.grad is not None: p.grad.zero_()`: the other side has none to clear
         own_if = node if isinstance(node, cst.If) and self.depth == 0 else None
-        flag = self.decision_key(node.test) if isinstance(node, cst.If) else None
-        if flag is None:
+        sides = _implied(node.test) if isinstance(node, cst.If) else ()
+        if not any(sides):
             return [_Branch(built, own_if=own_if)]
         reads = frozenset(self.subst(name) or name for name in _dotted_reads(node.test))  # type: ignore[attr-defined]
-        if "@" in flag[0]:
-            reads |= {flag[0]}  # a helper's own variable: decided anew on every call
-        return [_Branch(built, flag=flag[0], flag_values=(flag[1], not flag[1]), reads=reads, own_if=own_if)]
+        known = tuple(frozenset(self.decision_key(part, decision) for part, decision in side) for side in sides)
+        reads |= {key for side in known for key, _ in side if "@" in key}  # a helper's own variables: decided anew on every call
+        return [_Branch(built, known=known, reads=reads, own_if=own_if)]
 
-    def decision_key(self, test: cst.BaseExpression) -> tuple[str, bool] | None:
-        """The key and side of an ``if`` test, spelled as the step's function would: a helper's
-        parameter is renamed to the caller's argument; a test of the helper's own variables
-        is a decision of this call of the helper only."""
-        decision = _decision(test)
-        if decision is None:
-            return None
+    def decision_key(self, test: cst.BaseExpression, decision: _Decision) -> tuple[str, bool]:
+        """The key and side of an ``if`` test's decision, spelled as the step's function would:
+        a helper's parameter is renamed to the caller's argument; a test of the helper's own
+        variables is a decision of this call of the helper only."""
         if self.depth == 0:
             return decision.key, decision.value
         if decision.dotted:
             head = decision.key.partition(".")[0]
             if head in self.substitutions or head == "self":
                 return self.subst(decision.key) or decision.key, decision.value
+        if decision.dotted and self._recomputes_roots(decision.key):
+            # `use_amp = self.amp()` in the helper as in the step: the same setting, decided alike
+            return decision.key, decision.value
         if any(self._local_to_helper(name) for name in _free_names(test) - {"self"}):
             return f"{decision.key} @{id(self)}", decision.value
         return decision.key, decision.value
+
+    def _recomputes_roots(self, name: str) -> bool:
+        """The helper assigns ``name`` only what the step's function assigns it."""
+        mine = _assignments(self.function).get(name)
+        return bool(mine) and mine <= self.state.root_assignments.get(name, frozenset())
 
     def _local_to_helper(self, name: str) -> bool:
         """A name of the helper being inlined: a parameter the caller did not name, or assigned here."""
@@ -202,6 +219,8 @@ class _Builder:
         non-empty list or tuple: a training step never iterates over no optimizer."""
         if not isinstance(loop, cst.For):
             return False
+        if _only_clears(body):
+            return True  # `for p in model.parameters(): p.grad = None`: a trained model has parameters
         if isinstance(loop.iter, (cst.List, cst.Tuple)) and loop.iter.elements:
             return not any(isinstance(e, cst.StarredElement) for e in loop.iter.elements)
         targets = {self.subst(t) or t for t in _bound_texts(loop.target)}
@@ -375,7 +394,12 @@ class _Builder:
             receiver, text = scaler
             status = self.scaler(receiver, text)
             if status in ("known", "uncertain"):
-                return self.event(EventKind.SCALED_BACKWARD, call, scaler=self.subst(text), target=loss)
+                partly = loss is tensor and not self.module.flow.values(tensor).must(
+                    lambda v: isinstance(v, Tensor) and v.kind == "scaled"
+                )
+                return self.event(
+                    EventKind.SCALED_BACKWARD, call, scaler=self.subst(text), target=loss, partly_scaled=partly
+                )
         return self.event(EventKind.BACKWARD, call, target=loss if scaler is not None else tensor)
 
     def _scaled(self, tensor: cst.BaseExpression) -> tuple[tuple[cst.BaseExpression, str] | None, cst.BaseExpression]:
@@ -490,3 +514,25 @@ class _Builder:
         )
         self.state.order[id(event)] = (self._tick(), self.nesting)
         return event
+
+
+def _only_clears(items: list[_Item]) -> bool:
+    """Items that only clear gradients (a loop or branch over parameters): no other event, no exit."""
+    events = list(_flatten(items))
+    return bool(events) and all(e.kind is EventKind.ZERO_GRAD for e in events) and not any(_exits(items))
+
+
+def _tests_a_gradient(test: cst.BaseExpression) -> bool:
+    """``p.grad is not None``, ``param.grad``: a test of whether there is a gradient."""
+    return any(read == "grad" or read.endswith(".grad") for read in _dotted_reads(test))
+
+
+def _assignments(function: cst.FunctionDef) -> dict[str, frozenset[str]]:
+    """The code each plain name of a function is assigned (whitespace collapsed)."""
+    found: dict[str, set[str]] = {}
+    for node in _descendants(function):
+        if isinstance(node, cst.Assign):
+            for target in node.targets:
+                if isinstance(target.target, cst.Name):
+                    found.setdefault(target.target.value, set()).add(_canonical_code(node.value))
+    return {name: frozenset(codes) for name, codes in found.items()}

@@ -47,6 +47,9 @@ class StepState:
     backward_seen: bool = False
     # Optimizers stepped since the last backward (their gradients were applied).
     applied: frozenset[str] = frozenset()
+    # Optimizers stepped since their gradients were last cleared: a step of one of these applies
+    # gradients a step already applied (they are summed into the new ones).
+    stepped_uncleared: frozenset[str] = frozenset()
     # The skip this iteration took (a `continue`, `return`, or a branch on a check that leaves
     # the step out), None when it took none.
     skip: StepEvent | None = None
@@ -91,7 +94,7 @@ class StepStates:
     def _transfer(self, state: StepState, event: StepEvent) -> StepState:
         kind = event.kind
         known_scaler = self.step.scaler_of(event) is not None
-        if kind is EventKind.SCALED_BACKWARD and known_scaler:
+        if kind is EventKind.SCALED_BACKWARD and known_scaler and not event.partly_scaled:
             kept = frozenset(b for b in state.scaled if b.scaler != event.scaler)
             state = replace(state, scaled=kept | {event}, pending_update=state.pending_update | {event.scaler})
         elif kind is EventKind.FRAMEWORK_BACKWARD and event.framework is not None:
@@ -112,12 +115,21 @@ class StepStates:
         if kind is EventKind.OPT_STEP:  # a framework's wrapped optimizer unscales before it steps
             state = replace(state, scaled=frozenset(b for b in state.scaled if b.framework is None))
         if kind in STEP_KINDS and event.optimizer is not None:
-            return replace(state, applied=state.applied | {event.optimizer})
+            return replace(
+                state,
+                applied=state.applied | {event.optimizer},
+                stepped_uncleared=state.stepped_uncleared | {event.optimizer},
+            )
         if kind is EventKind.ZERO_GRAD:
+            # a zero_grad of a name the step does not know as an optimizer may be an alias of one
+            alias = event.optimizer is not None and event.optimizer not in self.step.optimizers
             return replace(
                 state,
                 scaled=frozenset(),
                 uncleared=frozenset(o for o in state.uncleared if not clears_gradients_of(event, o)),
+                stepped_uncleared=frozenset(
+                    o for o in state.stepped_uncleared if not (alias or clears_gradients_of(event, o))
+                ),
                 left_by_skip=frozenset(p for p in state.left_by_skip if not clears_gradients_of(event, p[0])),
             )
         if kind is EventKind.SKIP and state.skip is None:

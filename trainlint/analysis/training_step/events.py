@@ -87,12 +87,11 @@ LIGHTNING_FP16 = frozenset({"16", "16-mixed"})  # "16-true" casts the model: no 
 
 @dataclass(frozen=True)
 class FrameworkScaling:
-    """A framework object whose ``backward`` scales the loss (or may: its precision unknown),
-    set on its FRAMEWORK_BACKWARD events and on the UNSCALE of its own clipping."""
+    """A framework object whose ``backward`` scales the loss (the code shows float16 mixed
+    precision), set on its FRAMEWORK_BACKWARD events and on the UNSCALE of its own clipping."""
 
     owner: str  # "accelerator" as written ("self" for Lightning's manual optimization)
     framework: str  # "Accelerate" | "Fabric" | "Lightning"
-    precision: Precision  # "fp16" where the code shows it, else "unknown"
 
     @property
     def clip_call(self) -> str:
@@ -106,9 +105,7 @@ class FrameworkScaling:
 
     def condition(self) -> str:
         setting = '`mixed_precision="fp16"`' if self.framework == "Accelerate" else '`precision="16-mixed"`'
-        if self.precision == "fp16":
-            return f"under {setting}"
-        return f"under float16 mixed precision ({setting}, which the code does not show)"
+        return f"under {setting}"
 
 
 @dataclass(frozen=True)
@@ -137,6 +134,9 @@ class StepEvent:
     skip_keyword: str | None = None  # for SKIP: "continue" | "return" | "break" | "if" (a branch that leaves the step out)
     # for SKIP: the events that finish the step (steps, update, zero_grad) it leaves out
     bypassed: tuple[StepEvent, ...] = ()
+    # for SCALED_BACKWARD: the loss is scaled on some paths only (``if amp: loss = scaler.scale(loss)``
+    # in a helper): rules about scaled gradients cannot be sure of this backward's
+    partly_scaled: bool = False
     # for GRAD_INSPECT: a NaN/Inf test, whose verdict is the same before and after unscaling
     # (only acting on it, by skipping or zeroing, goes behind the scaler's back)
     scale_invariant: bool = False

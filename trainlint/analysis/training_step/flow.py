@@ -205,30 +205,33 @@ class _Walker(Generic[S]):
         return [] if state is None else [dataclasses.replace(config, state=state)]
 
     def branch(self, branch: _Branch, config: _Config[S]) -> list[_Config[S]]:
-        decided = dict(config.decisions).get(branch.flag) if branch.flag is not None else None
-        outcomes: list[tuple[bool | None, _Config[S]]] = []
+        decided = dict(config.decisions)
+        outcomes: list[tuple[int, _Config[S]]] = []
+        added: set[str] = set()
         for index, alternative in enumerate(branch.alternatives):
-            start = config
-            value = branch.flag_values[index] if branch.flag is not None else None
-            if branch.flag is not None and decided is None:
-                start = dataclasses.replace(config, decisions=config.decisions | {(branch.flag, value)})
-            elif decided is not None and decided != value:
+            known = branch.known[index] if branch.known else frozenset()
+            if any(decided.get(key, value) != value for key, value in known):
                 continue  # this path already took the other side of the same test
-            outcomes.extend((value, c) for c in self.run(alternative, [start]))
-        if branch.flag is None or decided is not None:
+            new = {(key, value) for key, value in known if key not in decided}
+            added |= {key for key, _ in new}
+            start = dataclasses.replace(config, decisions=config.decisions | new) if new else config
+            outcomes.extend((index, c) for c in self.run(alternative, [start]))
+        if not added:
             return [c for _, c in outcomes]
-        return _forget_irrelevant(branch.flag, outcomes)
+        return _forget_irrelevant(added, outcomes)
 
 
-def _forget_irrelevant(flag: str, outcomes: list[tuple[bool | None, _Config[S]]]) -> list[_Config[S]]:
-    """A decision both of whose sides end in the same place is forgotten: it cannot make two
-    later ``if``s disagree in a way that matters, and keeping it would double the work."""
-    sides: dict[_Config[S], set[bool | None]] = {}
-    for value, config in outcomes:
-        without = dataclasses.replace(config, decisions=frozenset(d for d in config.decisions if d[0] != flag))
-        sides.setdefault(without, set()).add(value)
+def _forget_irrelevant(keys: set[str], outcomes: list[tuple[int, _Config[S]]]) -> list[_Config[S]]:
+    """Decisions of a branch all of whose sides end in the same place are forgotten: they cannot
+    make two later ``if``s disagree in a way that matters, and keeping them would double the work."""
+
+    def without(config: _Config[S]) -> _Config[S]:
+        return dataclasses.replace(config, decisions=frozenset(d for d in config.decisions if d[0] not in keys))
+
+    sides: dict[_Config[S], set[int]] = {}
+    for index, config in outcomes:
+        sides.setdefault(without(config), set()).add(index)
     kept: dict[_Config[S], None] = {}
-    for value, config in outcomes:
-        without = dataclasses.replace(config, decisions=frozenset(d for d in config.decisions if d[0] != flag))
-        kept[without if len(sides[without]) > 1 else config] = None
+    for _, config in outcomes:
+        kept[without(config) if len(sides[without(config)]) > 1 else config] = None
     return list(kept)

@@ -17,8 +17,8 @@ multiplied by the loss scale (65536 at the start):
 
 Whether the run uses float16 is read where the code shows it (``Trainer(precision="16-mixed")``
 anywhere in the project, ``TrainingArguments(fp16=True)``, ``Accelerator(mixed_precision="fp16")``).
-When it cannot be seen (a config file, the command line), a finding says that it applies under
-float16 mixed precision; when the code shows another precision, there is none.
+When it cannot be seen (a config file, the command line) there is no finding: the frameworks
+default to float32, and code that is right as the project runs it by default is not reported.
 """
 
 from __future__ import annotations
@@ -54,15 +54,12 @@ class ScaledHook:
     hook: cst.FunctionDef
     step: TrainingStep  # the hook's own events, as a step (for folds over them)
     events: tuple[StepEvent, ...]  # its gradient inspections and clips while scaled
-    precision: Precision
     right_place: str  # where such code belongs
 
     def condition(self) -> str:
-        """How the message qualifies itself: it applies for sure, or under float16 only."""
+        """The setting, as the code shows it, under which the hook reads scaled gradients."""
         setting = "`precision=\"16-mixed\"`" if self.framework == "Lightning" else "`fp16=True`"
-        if self.precision == "fp16":
-            return f"under {setting}"
-        return f"under float16 mixed precision ({setting}, which the code does not show)"
+        return f"under {setting}"
 
 
 class FrameworkSteps:
@@ -87,13 +84,12 @@ class FrameworkSteps:
                 scaled = self._scaled_events(module, cls, hook, kind)
                 if scaled is None or not scaled[1]:
                     continue
-                precision = self.precision(kind)
-                if precision == "other":
+                if self.precision(kind) != "fp16":
                     continue
                 right = "`on_before_optimizer_step`" if kind == "Lightning" else (
                     "a `TrainerCallback.on_pre_optimizer_step`, which runs after the Trainer unscales to clip"
                 )
-                found.append(ScaledHook(kind, cls, hook, scaled[0], tuple(scaled[1]), precision, right))
+                found.append(ScaledHook(kind, cls, hook, scaled[0], tuple(scaled[1]), right))
         return found
 
     # -- which framework, which hooks ---------------------------------------------------------------

@@ -5,6 +5,7 @@ itself: its events, optimizers and scalers, and the analyses asked of it (``flow
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -34,11 +35,11 @@ class _Branch:
     """Exactly one alternative runs (if/else, try body/handlers, match cases)."""
 
     alternatives: list[list[_Item]]
-    # For `if flag:` / `if not flag:` on a plain name or attribute: the flag, and its value in
-    # each alternative. Two ifs on the same flag take matching branches on one path (a flag such
-    # as `self.use_amp` does not change inside a step).
-    flag: str | None = None
-    flag_values: tuple[bool, ...] = ()
+    # For an ``if``: the decisions each alternative knows, as (key, value) pairs (the test itself,
+    # and the parts an ``and`` or ``or`` implies). Two ifs that share a key take matching branches
+    # on one path (a flag such as `self.use_amp` does not change inside a step). Empty when the
+    # test calls or assigns anything.
+    known: tuple[frozenset[tuple[str, bool]], ...] = ()
     # The names and attribute chains the test reads, as the step's function spells them: the
     # decision holds across iterations when the loop assigns none of them.
     reads: frozenset[str] = frozenset()
@@ -229,6 +230,38 @@ def _decision(test: cst.BaseExpression) -> _Decision | None:
     if text is not None:
         return _Decision(text, value, True)
     return _Decision(_canonical_code(test), value, False)
+
+
+def _implied(test: cst.BaseExpression) -> tuple[list[tuple[cst.BaseExpression, _Decision]], ...]:
+    """What the body and the ``else`` of ``if test:`` each know, with the expression each
+    decision is about: the test, and for ``a and b`` in the body (``a or b`` in the ``else``)
+    every part of it, so ``if ok and not skip:`` agrees with a later ``if not skip:``. A part
+    that calls something decides nothing; the others still do."""
+    sides: tuple[list[tuple[cst.BaseExpression, _Decision]], ...] = ([], [])
+    whole = _decision(test)
+    if whole is not None:
+        sides[0].append((test, whole))
+        sides[1].append((test, dataclasses.replace(whole, value=not whole.value)))
+    inner, truth = test, 0  # the side on which ``inner`` is true
+    while isinstance(inner, cst.UnaryOperation) and isinstance(inner.operator, cst.Not):
+        inner, truth = inner.expression, 1 - truth
+    if isinstance(inner, cst.BooleanOperation):
+        conjunction = isinstance(inner.operator, cst.And)
+        side = truth if conjunction else 1 - truth  # where every part has the operator's identity
+        for part in _operands(inner, type(inner.operator)):
+            decision = _decision(part)
+            if decision is not None:
+                sides[side].append((part, decision if conjunction else dataclasses.replace(decision, value=not decision.value)))
+    return sides
+
+
+def _operands(expr: cst.BaseExpression, operator: type) -> Iterator[cst.BaseExpression]:
+    """The operands of a chain of one boolean operator: ``a``, ``b``, ``c`` of ``a and b and c``."""
+    if isinstance(expr, cst.BooleanOperation) and isinstance(expr.operator, operator):
+        yield from _operands(expr.left, operator)
+        yield from _operands(expr.right, operator)
+    else:
+        yield expr
 
 
 def _free_names(expr: cst.BaseExpression) -> set[str]:

@@ -209,9 +209,10 @@ class _Module:
         )
 
     def framework_scaling(self, receiver: cst.BaseExpression, text: str) -> FrameworkScaling | None:
-        """Whether ``accelerator.backward`` / ``fabric.backward`` scales the loss: None where the
-        object is built with another precision that the code shows (``mixed_precision="bf16"``,
-        ``precision="32-true"``); "unknown" when a config or the launcher decides."""
+        """Whether ``accelerator.backward`` / ``fabric.backward`` scales the loss: only where the
+        code builds the object with float16 (``mixed_precision="fp16"``, ``precision="16-mixed"``).
+        None where it shows another precision, and where a config or the launcher decides: the
+        framework's default is float32, and a rule that cannot see float16 stays quiet."""
         framework = "Accelerate" if _last_part(text).lower() == "accelerator" else "Fabric"
         keyword = "mixed_precision" if framework == "Accelerate" else "precision"
         seen: set[bool] = set()
@@ -222,21 +223,20 @@ class _Module:
                 continue
             for constant in site.ctx.get(ValueFlow).values(arg.value).constants():
                 seen.add(str(constant) == "fp16" if framework == "Accelerate" else str(constant) in LIGHTNING_FP16)
-        if seen == {False}:
+        if seen != {True}:
             return None
-        return FrameworkScaling(text, framework, "fp16" if seen == {True} else "unknown")
+        return FrameworkScaling(text, framework)
 
     def lightning_scaling(self, function: cst.FunctionDef) -> FrameworkScaling | None:
         """``self.manual_backward(loss)`` in a LightningModule: Lightning's precision plugin
-        scales the loss under ``precision="16-mixed"`` (None where the project shows another)."""
+        scales the loss under ``precision="16-mixed"`` (None where the project does not show it)."""
         from trainlint.analysis.training_step.framework import FrameworkSteps  # built on this module
 
         cls = self.class_of(function)
         steps = self.ctx.get(FrameworkSteps)
         if cls is None or steps.framework_of(cls) != "Lightning":
             return None
-        precision = steps.precision("Lightning")
-        return None if precision == "other" else FrameworkScaling("self", "Lightning", precision)
+        return FrameworkScaling("self", "Lightning") if steps.precision("Lightning") == "fp16" else None
 
     def optimizer_info(self, receiver: cst.BaseExpression, text: str) -> OptimizerInfo | None:
         if receiver not in self._optimizer_cache:

@@ -202,11 +202,11 @@ def _invariant_keys(items: list[_Item], repeated: cst.CSTNode) -> frozenset[str]
         assigned |= {p.name.value for p in _parameters(repeated)} - {"self", "cls"}
     keys: dict[str, bool] = {}
     for branch in _branches(items):
-        if branch.flag is not None:
-            varies = any(_overlaps(read, name) for read in branch.reads for name in assigned) or any(
-                "@" in read for read in branch.reads
-            )
-            keys[branch.flag] = keys.get(branch.flag, True) and not varies
+        varies = any(_overlaps(read, name) for read in branch.reads for name in assigned) or any(
+            "@" in read for read in branch.reads
+        )
+        for key in {key for side in branch.known for key, _ in side}:
+            keys[key] = keys.get(key, True) and not varies
     return frozenset(key for key, invariant in keys.items() if invariant)
 
 

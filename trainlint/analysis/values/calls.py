@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from trainlint.analysis.values.engine import ValueFlow
     from trainlint.analysis.values.guard import Dependency
     from trainlint.context import FileContext
+    from trainlint.module_summary import ModuleSummary
+    from trainlint.project import ProjectIndex
 
 # Decorators that leave who calls a function, and with what, unchanged.
 HARMLESS_DECORATORS = frozenset({
@@ -79,6 +81,8 @@ class CallsMixin:
     def call_values(self: ValueFlow, call: cst.Call, symbolic: bool) -> Values:
         func = call.func
         qualified = self.ctx.qualified_name(func)
+        if qualified == "typing.cast" and len(call.args) == 2:
+            return self.evaluate(call.args[1].value, symbolic)  # a type checker's note: the value itself
         if qualified is not None:
             found = self.torch_call(call, qualified, symbolic)
             if found is not None:
@@ -164,6 +168,12 @@ class CallsMixin:
             return EXTERNAL
         sites, complete = self.call_sites(function)
         parts: list[Values] = []
+        if not complete:  # used as a value: maybe registered as a gradient hook, called by autograd
+            gradient = self.hook_gradient_values(function, name)
+            if gradient is not None:
+                parts.append(gradient.with_evidence(Evidence("passed", self.site(param), name)))
+                if not sites:
+                    return Values.union(parts)
         for site in sites:
             argument = site.flow._argument_values(site, function, name, False)
             if argument is None:
@@ -300,7 +310,9 @@ class CallsMixin:
 
     def _method_sites(self: ValueFlow, owner: cst.ClassDef, function: cst.FunctionDef) -> tuple[list[CallSite], bool]:
         """``self.m(...)`` in the class and its subclasses, ``obj.m(...)`` where ``obj`` is an
-        instance of the class, ``super().m(...)``."""
+        instance of the class, ``super().m(...)``, and ``self.m(...)`` in a base class's method,
+        which reaches this override when ``self`` is an instance of the class (a template method:
+        ``update`` detaches and calls ``self._update``)."""
         name = function.name.value
         qualified = self.qualified_of(owner)
         sites: list[CallSite] = []
@@ -313,8 +325,22 @@ class CallsMixin:
                 receiver = flow.evaluate(func.value, False)
                 if receiver.may(lambda v: isinstance(v, Instance) and flow.is_subclass(v.cls, qualified)):
                     sites.append(CallSite(flow, call, True, receiver))
+                elif flow._self_call_in_a_base(call, qualified):
+                    sites.append(CallSite(flow, call, True, receiver))
             complete = complete and not flow._used_as_value(flow.ctx, name, function, method=True)
         return sites[:_MAX_CALL_SITES], complete and len(sites) <= _MAX_CALL_SITES
+
+    def _self_call_in_a_base(self: ValueFlow, call: cst.Call, qualified: str) -> bool:
+        """``self.m(...)`` in a method of a base class of ``qualified`` (not the class itself,
+        whose own calls the receiver's value already shows): it runs the override."""
+        func = call.func
+        if not (isinstance(func, cst.Attribute) and isinstance(func.value, cst.Name) and func.value.value == "self"):
+            return False
+        enclosing = next((a for a in self.ctx.ancestors(call) if isinstance(a, cst.ClassDef)), None)
+        if enclosing is None:
+            return False
+        base = self.qualified_of(enclosing)
+        return base != qualified and self.is_subclass(qualified, base)
 
     def modules_using(
         self: ValueFlow, word: str, qualified: str | None, include_self: bool = True, mentioning: tuple[str, ...] = ()
@@ -330,9 +356,12 @@ class CallsMixin:
         project = self.ctx.project
         own = self.ctx.real_path.resolve() if self.ctx.real_path is not None else None
         target = project.definition(qualified, own) if qualified is not None else None
+        # a test's calls say what a test passes, not what training passes (a test may build an RNN
+        # to exercise a generic helper): callers in tests count only for code in tests
+        skip_tests = own is None or not project.is_test_path(own)
         read = 0
         for summary in project.modules_importing(self.prefix, word, mentioning):
-            if summary.path == own:
+            if summary.path == own or (skip_tests and _is_test_module(project, summary)):
                 continue
             used = summary.calls | summary.references
             if qualified is None:
@@ -462,13 +491,9 @@ def _is_store(ctx, node: cst.CSTNode) -> bool:
 
 def _own_nodes(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
     """Every node under ``node``, nested functions, classes and lambdas excluded."""
-    from trainlint.context import child_nodes
+    from trainlint.context import scope_nodes
 
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        yield current
-        stack.extend(c for c in child_nodes(current) if not isinstance(c, (cst.FunctionDef, cst.ClassDef, cst.Lambda)))
+    return scope_nodes(node)
 
 
 def _always_returns(block: cst.BaseSuite) -> bool:
@@ -493,3 +518,12 @@ def _always_returns(block: cst.BaseSuite) -> bool:
     if isinstance(last, cst.While):
         return isinstance(last.test, cst.Name) and last.test.value == "True"
     return False
+
+
+def _is_test_module(project: ProjectIndex, summary: ModuleSummary) -> bool:
+    """A module of ``test-paths`` that defines tests (``def test_...``, ``class Test...``): a script
+    named ``test_video.py`` that evaluates a model is not one, and its calls are evidence."""
+    defines_tests = any(f.startswith("test") for f in summary.functions) or any(
+        c.startswith("Test") for c in summary.classes
+    )
+    return defines_tests and project.is_test_path(summary.path)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import libcst as cst
 
-from trainlint.analysis.values.domain import EXTERNAL, NOTHING, UNKNOWN, ClassRef, Instance, Value, Values
+from trainlint.analysis.values.domain import EXTERNAL, NOTHING, UNKNOWN, ClassRef, FunctionRef, Instance, Value, Values
 from trainlint.analysis.values.scopes import PathStep, target_paths
 
 if TYPE_CHECKING:
@@ -95,10 +95,30 @@ class ClassesMixin:
                 values = flow.class_attribute(node, attr)
                 if attr == "module" and values.unknown and not values.items:
                     return Values.of(value)  # `DataParallel(model).module` is the model
+                if not values.items and values.unknown and not values.untraced:
+                    method = self.bound_method(value, attr)  # `self._clip_hook` passed as a callback
+                    if method is not None:
+                        return method
                 return values
             if attr == "module" and isinstance(value, Instance):
                 return Values.of(value)
         return UNKNOWN
+
+    def bound_method(self: ValueFlow, value: Instance | ClassRef, attr: str) -> Values | None:
+        """``obj.method`` read as a value, not called: the method with its receiver bound first,
+        as ``functools.partial(Class.method, obj)`` would (a staticmethod binds nothing)."""
+        qualified = value.cls if isinstance(value, Instance) else value.qualified
+        found = self.method_of(qualified, attr)
+        if found is None:
+            return None
+        flow, method = found
+        decorators = {_decorator_name(d) for d in method.decorators}
+        if "property" in decorators:
+            return None
+        # `Class.method` read from the class is a plain function: the instance comes at the call
+        plain = "staticmethod" in decorators or (isinstance(value, ClassRef) and "classmethod" not in decorators)
+        receiver: tuple[Values, ...] = () if plain else (Values.of(value),)
+        return Values.of(FunctionRef(flow.qualified_of(method), flow.site(method), bound=receiver))
 
     def class_attribute(self: ValueFlow, class_def: cst.ClassDef, attr: str) -> Values:
         """``attr`` of instances of this module's class: every assignment to ``self.attr`` in

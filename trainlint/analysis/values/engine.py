@@ -12,7 +12,7 @@ expression of the file. The engine follows, within the file and across the proje
   literals, and iteration over containers of known values (:mod:`.calls`);
 - torch: constructors, wrappers, ``.cuda()``, ``accelerator.prepare``, probabilities and
   log-probabilities through shape-only operations, module calls, a model's ``forward``
-  (:mod:`.torch_calls`).
+  (:mod:`.torch_calls`); the gradients a registered gradient hook receives (:mod:`.hooks`).
 
 Answers are cached per expression; a function's summary is computed once. Recursion and cycles
 end in "unknown" (:mod:`.guard`); unknown stays unknown, and rules that need to be sure ask
@@ -48,7 +48,9 @@ from trainlint.analysis.values.domain import (
 )
 from trainlint.analysis.values.guard import Dependency
 from trainlint.analysis.values.scopes import ITEM, Binding, PathStep, Scope, Scopes, target_paths
+from trainlint.analysis.values.hooks import GradientHooksMixin
 from trainlint.analysis.values.torch_calls import TorchCallsMixin
+from trainlint.analysis.values.torch_semantics import LOWERCASE_CLASSES
 
 if TYPE_CHECKING:
     from trainlint.context import FileContext
@@ -56,7 +58,7 @@ if TYPE_CHECKING:
 _LITERAL_NAMES = {"True": True, "False": False, "None": None}
 
 
-class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin, AutogradMixin):
+class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin, AutogradMixin, GradientHooksMixin):
     """The engine for one module (``ctx.get(ValueFlow)``); it asks the engines of other modules
     of the project (``ctx.project``) for what is defined there."""
 
@@ -69,6 +71,7 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin, AutogradMixin):
         self._init_calls()
         self._init_classes()
         self._init_autograd()
+        self._init_hooks()
 
     # -- the question ------------------------------------------------------------------------
     def values(self, expr: cst.BaseExpression) -> Values:
@@ -118,6 +121,9 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin, AutogradMixin):
             return self._comprehension(expr, symbolic)
         if isinstance(expr, cst.NamedExpr):
             return self.evaluate(expr.value, symbolic)
+        if isinstance(expr, cst.Comparison):
+            # a bool (or a tensor of bools, ``x < n``): nothing flows back through it
+            return Values.of(Facts(detached=True))
         return UNKNOWN
 
     # -- names ---------------------------------------------------------------------------------
@@ -131,6 +137,9 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin, AutogradMixin):
         if comprehension is not None:
             source, path = comprehension
             return self.element(self.evaluate(source, symbolic), path)
+        lambda_ = self.enclosing_lambda_parameter(name)
+        if lambda_ is not None:  # a lambda's parameter: what calls it passes (a gradient hook's gradient)
+            return self.lambda_parameter_values(lambda_, name.value)
         parameter = self.ctx.parent(name)
         scope = self.scopes.scope_of(name)
         if isinstance(parameter, cst.Param):  # a parameter's own name: its function's binding
@@ -222,7 +231,7 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin, AutogradMixin):
         if variable is not None:
             return variable
         tail = qualified.rpartition(".")[2]
-        if tail[:1].isupper():
+        if tail[:1].isupper() or qualified in LOWERCASE_CLASSES:
             return Values.of(ClassRef(qualified))
         return Values.of(FunctionRef(qualified))
 

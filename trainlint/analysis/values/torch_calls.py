@@ -32,6 +32,8 @@ from trainlint.analysis.values.torch_semantics import (
     CAST_METHODS,
     CONTAINER_MODULES,
     DEFAULT_INIT_SCALE,
+    FACTORY_FUNCTIONS,
+    FACTORY_METHODS,
     FLOOR_FUNCTIONS,
     FLOOR_METHODS,
     GRAD_SCALERS,
@@ -88,7 +90,9 @@ class TorchCallsMixin:
             source = argument(call, 0, "input")
             if source is None or any(a.keyword is not None and a.keyword.value == "out" for a in call.args):
                 return UNKNOWN
-            return Values.of(Tensor(kind, self.site(call)))
+            # computed from tensors that carry no gradient, it carries none either
+            detached = self.evaluate(source.value, symbolic).must(_carries_no_gradient)
+            return Values.of(Tensor(kind, self.site(call), detached=detached))
         if qualified == "torch.exp":
             source = argument(call, 0, "input")
             return self._exponential(call, source.value, symbolic) if source is not None else UNKNOWN
@@ -118,6 +122,8 @@ class TorchCallsMixin:
             return self.evaluate(model.value, symbolic) if model is not None else UNKNOWN
         if qualified in _ONES:
             return Values.of(Constant(1.0))  # a tensor of ones: as good as the number 1 here
+        if qualified in FACTORY_FUNCTIONS:
+            return _made(call)
         if qualified == "functools.partial":
             return self._partial(call, symbolic)
         if qualified == "itertools.chain":
@@ -219,6 +225,8 @@ class TorchCallsMixin:
             return self._bounded(call, 0, symbolic)
         if name in ("detach", "detach_"):
             return Values.of(Facts(detached=True))
+        if name in FACTORY_METHODS:
+            return _made(call)
         if name == "scale" and len(call.args) == 1 and not call.args[0].keyword and not call.args[0].star:
             # `scaler.scale(loss)` of a scaler known only by its use: the training-step analysis
             # decides from the receiver whether it is one
@@ -379,6 +387,8 @@ class TorchCallsMixin:
                     )
         if isinstance(operator, cst.Subtract) and left.must(lambda v: number(v) == 1.0) and right.must(lambda v: isinstance(v, Tensor)):
             return Values.union(Values.of(self.derived_tensor(t, complement=not t.complement)) for t in right.of_type(Tensor))
+        if not (left.unknown or right.unknown) and all(_carries_no_gradient(v) for v in (*left, *right)):
+            return Values.of(Facts(detached=True))  # `(softmax(a.detach()) + q) / 2`: no gradient either
         return UNKNOWN
 
     def derived_tensor(self: ValueFlow, tensor: Tensor, **changes: Any) -> Tensor:
@@ -401,7 +411,10 @@ class TorchCallsMixin:
         )
 
     def _joined(self: ValueFlow, items: Values) -> Values:
-        """``torch.cat``/``stack`` of tensors of one kind is a tensor of that kind."""
+        """``torch.cat``/``stack`` of tensors of one kind is a tensor of that kind; of tensors
+        that carry no gradient, one that carries none."""
+        if items.must(lambda v: isinstance(v, Facts) and v.detached):
+            return Values.of(Facts(detached=True))
         tensors = items.of_type(Tensor)
         if not tensors or not items.must(lambda v: isinstance(v, Tensor)) or len({t.kind for t in tensors}) != 1:
             return UNKNOWN
@@ -464,6 +477,17 @@ def _facts_arithmetic(operator: cst.BaseBinaryOp, left: Values, right: Values) -
     if all((isinstance(v, Facts) and v.detached) or number(v) is not None for v in operands):
         return Values.of(Facts(detached=True))
     return UNKNOWN
+
+
+def _carries_no_gradient(value: Value) -> bool:
+    return (isinstance(value, (Facts, Tensor)) and value.detached) or number(value) is not None
+
+
+def _made(call: cst.Call) -> Values:
+    """A new tensor from a factory: no gradient flows back through it, unless it asks for one."""
+    if any(a.star == "**" or (a.keyword is not None and a.keyword.value == "requires_grad") for a in call.args):
+        return UNKNOWN
+    return Values.of(Facts(detached=True))
 
 
 def _parameters_of(owners: Values, method: str) -> Values:

@@ -44,6 +44,20 @@ SHAPE_METHODS = frozenset(
      "expand_as", "permute", "transpose", "t", "movedim", "unflatten", "narrow", "select", "chunk", "split",
      "unbind"}
 )
+# Classes of torch spelled in lower case (context managers): a call of one builds an instance,
+# which a `with` may enter later (`ctx = torch.autocast(...)`, then `with ctx:`).
+LOWERCASE_CLASSES = frozenset({
+    "torch.autocast", "torch.amp.autocast", "torch.amp.autocast_mode.autocast", "torch.cuda.amp.autocast",
+    "torch.cpu.amp.autocast", "torch.no_grad", "torch.enable_grad", "torch.inference_mode",
+})
+# Tensor factories: what they make carries no gradient (unless ``requires_grad=True`` is passed).
+FACTORY_FUNCTIONS = frozenset({
+    "torch.arange", "torch.zeros", "torch.zeros_like", "torch.full", "torch.full_like", "torch.empty",
+    "torch.empty_like", "torch.rand", "torch.rand_like", "torch.randn", "torch.randn_like", "torch.randint",
+    "torch.randint_like", "torch.randperm", "torch.linspace", "torch.logspace", "torch.eye", "torch.tensor",
+    "torch.from_numpy", "torch.tril_indices", "torch.triu_indices",
+})
+FACTORY_METHODS = frozenset({"new_zeros", "new_ones", "new_full", "new_empty", "new_tensor"})
 CAST_METHODS = frozenset({"float", "double", "to", "type", "half", "bfloat16", "cuda", "cpu", "type_as"})
 JOINING_FUNCTIONS = frozenset({"torch.cat", "torch.stack", "torch.concat", "torch.concatenate", "torch.hstack",
                                "torch.vstack"})
@@ -82,6 +96,23 @@ GRAD_SCALERS = frozenset({
     "torch.distributed.fsdp.sharded_grad_scaler.ShardedGradScaler",
 })
 DEFAULT_INIT_SCALE = 2.0**16
+
+# Registrations of a function that autograd calls with gradients during the backward pass, and
+# which of its positional parameters receive them: a tensor's hook gets the gradient; a module's
+# backward hook gets (module, grad_input, grad_output), its pre-hook (module, grad_output), tuples
+# of gradients; a parameter's post-accumulate hook gets the parameter (its ``.grad`` is the gradient).
+GRADIENT_HOOK_METHODS: Mapping[str, tuple[int, ...]] = {
+    "register_hook": (0,),
+    "register_full_backward_hook": (1, 2),
+    "register_backward_hook": (1, 2),
+    "register_full_backward_pre_hook": (1,),
+    "register_post_accumulate_grad_hook": (),
+}
+GRADIENT_HOOK_FUNCTIONS: Mapping[str, tuple[int, ...]] = {
+    "torch.nn.modules.module.register_module_full_backward_hook": (1, 2),
+    "torch.nn.modules.module.register_module_backward_hook": (1, 2),
+    "torch.nn.modules.module.register_module_full_backward_pre_hook": (1,),
+}
 OPTIMIZER_LIBRARIES = ("torch.optim.", "transformers.", "bitsandbytes.", "apex.optimizers.", "timm.optim.",
                        "deepspeed.ops.", "torch_optimizer.", "lion_pytorch.")
 
