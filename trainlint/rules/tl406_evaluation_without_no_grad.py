@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -43,7 +44,9 @@ class EvaluationWithoutNoGrad(Rule):
     adaptation), code under `torch.set_grad_enabled(...)` with a flag decided at run time (the
     `phase == "train"` pattern), a function whose result feeds a training step (a frozen model
     computing a perceptual loss), nor framework hooks that run under no_grad already (Lightning's
-    `validation_step`, the HF `Trainer`'s evaluation).
+    `validation_step`, fairseq's `valid_step` and the methods only such hooks call, the HF
+    `Trainer`'s evaluation), nor a model's own inference method (`infer`, `predict` of a class
+    with a `forward`), whose callers choose the gradient mode.
 
     ## Why is this bad?
     `model.eval()` changes how dropout and batch norm compute; it does not stop autograd. Every
@@ -154,7 +157,7 @@ def _evaluations(ctx: FileContext) -> Iterator[_Evaluation]:
         runs = [r for r in structure.runs_in(scope, follow=0) if scopes.scope_of(r.call) is scope]
         found = (*_after_eval(ctx, scope, runs), *_named_evaluation(ctx, scope, runs))
         # Last: whether a training step uses the function's result asks for its every caller.
-        if not found or not _evaluates_only(ctx, scope):
+        if not found or not _evaluates_only(ctx, scope) or _run_by_a_framework_hook(ctx, scope):
             continue
         for evaluation in found:
             if any(run in reported for run in evaluation.runs):
@@ -293,6 +296,26 @@ def _is_switch(call: cst.Call, model: str, to_eval: bool) -> bool:
 
 
 # -- when it is not an evaluation -----------------------------------------------------------------
+def _run_by_a_framework_hook(ctx: FileContext, scope: cst.CSTNode) -> bool:
+    """A method that is a framework's evaluation hook (``valid_step``, ``validation_step``,
+    ``test_step``, ``predict_step``), or that only such hooks call (fairseq's
+    ``valid_step_with_inference``): fairseq's, Lightning's and the HF ``Trainer``'s loops run them
+    under ``no_grad`` already."""
+    if not isinstance(scope, cst.FunctionDef):
+        return False
+    flow = ctx.get(ValueFlow)
+    if flow.enclosing_class(scope) is None:
+        return False
+    if _FRAMEWORK_HOOK.match(scope.name.value):
+        return True
+    sites, _ = flow.call_sites(scope)
+    callers = [site.flow.scopes.function_of(site.call) for site in sites]
+    return bool(callers) and all(c is not None and _FRAMEWORK_HOOK.match(c.name.value) for c in callers)
+
+
+_FRAMEWORK_HOOK = re.compile(r"^(valid|validation|test|predict|eval|evaluation)_step$")
+
+
 def _method_of_a_model(ctx: FileContext, scope: cst.CSTNode) -> bool:
     """A method of a class with a ``forward`` (Tacotron2's ``Decoder.infer``): the model's API,
     run by callers that choose ``no_grad`` themselves (an inference wrapper, a sampling loop)."""
