@@ -199,6 +199,16 @@ class FileContext:
     def parent(self, node: cst.CSTNode) -> cst.CSTNode | None:
         return self.nodes.parents.get(node)
 
+    def nested_in(self, node: cst.CSTNode, kinds: tuple[type, ...], within: cst.CSTNode) -> bool:
+        """Whether a node of one of ``kinds`` encloses ``node`` below ``within`` (an ``if`` or a
+        loop between a statement and the loop it belongs to)."""
+        for ancestor in self.ancestors(node):
+            if ancestor is within:
+                return False
+            if isinstance(ancestor, kinds):
+                return True
+        return False
+
     def ancestors(self, node: cst.CSTNode) -> Iterator[cst.CSTNode]:
         parents = self.nodes.parents
         current = parents.get(node)

@@ -498,12 +498,7 @@ def _every_iteration(ctx: FileContext, loop: cst.CSTNode, statements: list[cst.C
 
 def _conditional_within(ctx: FileContext, statement: cst.CSTNode, loop: cst.CSTNode) -> bool:
     """Inside an ``if``/``try`` handler/``while`` between the loop and the statement."""
-    for ancestor in ctx.ancestors(statement):
-        if ancestor is loop:
-            return False
-        if isinstance(ancestor, (cst.If, cst.ExceptHandler, cst.While, cst.Else)):
-            return True
-    return False
+    return ctx.nested_in(statement, (cst.If, cst.ExceptHandler, cst.While, cst.Else), loop)
 
 
 def _arithmetic_parts(expr: cst.BaseExpression) -> Iterator[cst.CSTNode]:

@@ -194,9 +194,7 @@ class GradCheckBeforeUnscale(Rule):
             f"before it unscales them {hook.condition()}: they carry the loss scale (65536x at start); "
             f"read them in {hook.right_place}"
         )
-        edits = move_to_optimizer_step_hook(ctx, hook)
-        fix = ctx.fix(edits, "unsafe", "Rename the hook to `on_before_optimizer_step(self, optimizer)`") if edits else None
-        return ctx.report(self, inspection.anchor, message, fix)
+        return ctx.report(self, inspection.anchor, message, move_to_optimizer_step_hook(ctx, hook))
 
     def _finding(self, ctx: FileContext, step: TrainingStep, backward: StepEvent, inspection: StepEvent) -> Finding:
         scaler = backward.scaler or "scaler"

@@ -150,9 +150,7 @@ class ClipScaledGradients(Rule):
                     f"before it unscales them {hook.condition()}: the threshold meets gradients 65536x too large at "
                     f"the start; clip in {hook.right_place} (or let the Trainer clip: `gradient_clip_val`)"
                 )
-                edits = move_to_optimizer_step_hook(ctx, hook)
-                fix = ctx.fix(edits, "unsafe", "Rename the hook to `on_before_optimizer_step(self, optimizer)`") if edits else None
-                yield ctx.report(self, clip.anchor, message, fix)
+                yield ctx.report(self, clip.anchor, message, move_to_optimizer_step_hook(ctx, hook))
 
     def _framework_finding(self, ctx: FileContext, clip: StepEvent, framework: FrameworkScaling) -> Finding:
         message = (

@@ -198,7 +198,15 @@ def _after_eval(ctx: FileContext, scope: cst.CSTNode, runs: list[ModelRun]) -> I
                     found.setdefault((id(tag.anchor), -1), ([], tag.anchor, why))[0].append(run.call)
                 break
     for calls, switch, why in found.values():
-        calls = sorted({c for c in calls if not regions.may_compute_no_gradient(c) and not _in_lambda(ctx, c)}, key=lambda c: ctx.span(c)[0])
+        calls = sorted(
+            {
+                c
+                for c in calls
+                # a forward whose result is dropped (a warm-up `model(torch.zeros(...))`) frees its graph at once
+                if not _result_dropped(ctx, c) and not regions.may_compute_no_gradient(c) and not _in_lambda(ctx, c)
+            },
+            key=lambda c: ctx.span(c)[0],
+        )
         block = _block_holding(ctx, switch)
         if calls and not _needs_gradients(ctx, switch, block):
             yield _Evaluation(calls, _statements(block), why)
@@ -352,13 +360,13 @@ def _needs_gradients(ctx: FileContext, start: cst.CSTNode, block: cst.CSTNode) -
     return any(word in text for word in _NEEDS_GRADIENTS)
 
 
+def _result_dropped(ctx: FileContext, call: cst.Call) -> bool:
+    """``model(x)`` as a statement of its own: nothing keeps its output, or its graph."""
+    return isinstance(ctx.parent(call), cst.Expr)
+
+
 def _in_loop(ctx: FileContext, node: cst.CSTNode, scope: cst.CSTNode) -> bool:
-    for ancestor in ctx.ancestors(node):
-        if ancestor is scope:
-            return False
-        if isinstance(ancestor, (cst.For, cst.While, cst.ListComp, cst.GeneratorExp)):
-            return True
-    return False
+    return ctx.nested_in(node, (cst.For, cst.While, cst.ListComp, cst.GeneratorExp), scope)
 
 
 def _in_lambda(ctx: FileContext, node: cst.CSTNode) -> bool:

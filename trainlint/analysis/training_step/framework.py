@@ -39,7 +39,7 @@ from trainlint.analysis.values.torch_calls import argument
 if TYPE_CHECKING:
     from trainlint.analysis.training_step.receivers import _Module
     from trainlint.context import FileContext
-    from trainlint.findings import Edit
+    from trainlint.findings import Fix
 
 _LIGHTNING_PACKAGES = ("pytorch_lightning", "lightning")
 _HF_PACKAGES = ("transformers", "trl")
@@ -203,10 +203,11 @@ def _hf_fp16(value: object) -> bool:
     return value is True
 
 
-def move_to_optimizer_step_hook(ctx: FileContext, hook: ScaledHook) -> list[Edit] | None:
+def move_to_optimizer_step_hook(ctx: FileContext, hook: ScaledHook) -> Fix | None:
     """Rename ``on_after_backward(self)`` to ``on_before_optimizer_step(self, optimizer)``: the
-    same code, run once the precision plugin has unscaled the gradients. None when the class
-    (or a base in the project) already has that hook, or the hook is called by name."""
+    same code, run once the precision plugin has unscaled the gradients (unsafe: it runs later,
+    once per optimizer step). None when the class (or a base in the project) already has that
+    hook, or the hook is called by name."""
     if hook.framework != "Lightning" or hook.hook.name.value != "on_after_backward":
         return None
     params = hook.hook.params
@@ -218,4 +219,5 @@ def move_to_optimizer_step_hook(ctx: FileContext, hook: ScaledHook) -> list[Edit
     if any(isinstance(a.attr, cst.Name) and a.attr.value == "on_after_backward" for a in ctx.nodes.of(cst.Attribute)):
         return None
     receiver = params.params[0].name.value
-    return [ctx.replace(hook.hook.name, "on_before_optimizer_step"), ctx.replace(params, f"{receiver}, optimizer")]
+    edits = [ctx.replace(hook.hook.name, "on_before_optimizer_step"), ctx.replace(params, f"{receiver}, optimizer")]
+    return ctx.fix(edits, "unsafe", "Rename the hook to `on_before_optimizer_step(self, optimizer)`")
