@@ -18,6 +18,7 @@ from trainlint.analysis.probabilities import (
     positional_argument,
 )
 from trainlint.analysis.regions import Regions
+from trainlint.analysis.selection import used_only_to_select
 from trainlint.analysis.values import Scopes, Tensor
 from trainlint.context import FileContext
 from trainlint.findings import Edit, Finding, Fix
@@ -61,7 +62,8 @@ class LogWithoutFloor(Rule):
     `Trainer(precision="16-mixed")`. A small eps in float32 code keeps the log finite and is not
     reported. Code that computes no gradient (`torch.no_grad()`, `inference_mode()`, a function
     only such code calls, a `.detach()`ed probability) is not reported either: the harm is a NaN
-    gradient.
+    gradient. Nor is a log whose value only ranks or selects (a label-assignment cost read through
+    the indices of `topk`/`min`, comparisons, its shape): no gradient flows through indices.
 
     The probability may come from anywhere the value-flow engine can follow: another function
     whose result is passed in, a method of a policy network, the end of a model's `forward`,
@@ -187,6 +189,9 @@ class LogWithoutFloor(Rule):
             if self._is_composed(probabilities, argument):
                 judged.add(log_call)
                 continue  # TL202 / TL203
+            if used_only_to_select(ctx, log_call):
+                judged.add(log_call)
+                continue  # a cost that only ranks (label assignment): no gradient flows through it
             trace = probabilities.trace(argument)
             if trace is not None and trace.producers:
                 judged.add(log_call)

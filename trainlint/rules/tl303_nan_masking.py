@@ -9,8 +9,9 @@ import libcst as cst
 from trainlint.analysis.imports import dotted_name
 from trainlint.analysis.model_structure import ModelStructure
 from trainlint.analysis.regions import Regions
+from trainlint.analysis.selection import used_only_to_select
 from trainlint.analysis.values import Facts, Scopes, Tensor, Value, ValueFlow
-from trainlint.context import FileContext, descendants, scope_nodes
+from trainlint.context import FileContext, scope_nodes
 from trainlint.findings import Finding
 from trainlint.rule import Example, Rule
 
@@ -275,19 +276,7 @@ class _Masking:
         the result becomes a boolean mask, so no gradient flows back through it and no output
         goes silently constant (NaN used as a "no value here" marker)."""
         assign = next((a for a in self.ctx.ancestors(call) if isinstance(a, cst.Assign)), None)
-        if assign is None or len(assign.targets) != 1 or not isinstance(assign.targets[0].target, cst.Name):
-            return False
-        function = next((a for a in self.ctx.ancestors(assign) if isinstance(a, cst.FunctionDef)), None)
-        if function is None:
-            return False
-        name = assign.targets[0].target.value
-        uses = [
-            n
-            for n in descendants(function)
-            if isinstance(n, cst.Name) and n.value == name and n is not assign.targets[0].target
-            and any(b.statement is assign for b in self.flow.reaching(n).bindings)
-        ]
-        return bool(uses) and all(isinstance(self.ctx.parent(n), cst.Comparison) or isinstance(self.ctx.parent(n), cst.ComparisonTarget) for n in uses)
+        return assign is not None and used_only_to_select(self.ctx, assign.value)
 
     # -- activations ---------------------------------------------------------------------------
     def is_activation(self, expr: cst.BaseExpression, site: cst.CSTNode) -> bool:
