@@ -47,3 +47,19 @@ def test_an_internal_error_names_the_rule_and_the_other_rules_still_run(broken_r
     findings = linter.lint("import torch\ny = torch.log(torch.softmax(x, dim=1))\n", "train.py")
     assert [f.code for f in findings] == ["TL003", "TL202"]
     assert "TL998 (broken)" in findings[0].message and "ValueError: boom" in findings[0].message
+
+
+def test_past_its_budget_of_questions_a_file_gets_unknown_answers_that_are_not_cached(monkeypatch) -> None:
+    """Answers cut by a cycle are not cached, so some shapes ask the same questions again and
+    again; past the per-file budget the engine answers "unknown" and remembers nothing of it."""
+    from trainlint.analysis.values import guard as guard_module
+    from trainlint.analysis.values.domain import UNKNOWN
+
+    monkeypatch.setattr(guard_module, "MAX_QUESTIONS_PER_FILE", 3)
+    guard = guard_module.EvaluationGuard()
+    cache: dict[str, tuple[object, frozenset]] = {}
+    answers = [guard.answer(key, cache, key, lambda: "known", on_cycle=None) for key in "abcd"]
+    assert answers == ["known", "known", "known", UNKNOWN]
+    assert sorted(cache) == ["a", "b", "c"]  # the fourth was not computed, so not cached
+    guard.computed = 0  # the next linted file (ProjectIndex.consulted = {} resets it)
+    assert guard.answer("d", cache, "d", lambda: "known", on_cycle=None) == "known"

@@ -162,6 +162,7 @@ class ProjectIndex:
     @consulted.setter
     def consulted(self, value: dict[str, str]) -> None:
         self.evaluation.consulted = value
+        self.evaluation.computed = 0  # a new linted file: a new budget of questions
 
     def _consult(self, summary: ModuleSummary) -> None:
         self.evaluation.note([(str(summary.path), summary.digest)])

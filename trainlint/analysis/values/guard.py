@@ -21,6 +21,11 @@ from typing import TypeVar
 from trainlint.analysis.values.domain import UNKNOWN
 
 MAX_DEPTH = 48
+# Questions computed afresh for one linted file, past which the rest are answered "unknown" (and
+# not cached). Answers cut by a cycle are not cached, so a name rebound many times in a loop
+# (`pointer = getattr(pointer, name)` in twenty branches) can ask the same questions again and
+# again: the budget keeps that file to seconds. Ordinary files stay far below it.
+MAX_QUESTIONS_PER_FILE = 200_000
 K = TypeVar("K")
 T = TypeVar("T")
 Dependency = tuple[str, str]  # (path, digest) of a file an answer was read from
@@ -33,6 +38,7 @@ class EvaluationGuard:
         self._partial: list[bool] = []
         self._read: list[set[Dependency]] = []  # per question on the stack: the files it read
         self.consulted: dict[str, str] = {}  # every file read for the current linted file
+        self.computed = 0  # questions computed afresh for the current linted file
 
     def answer(
         self,
@@ -51,6 +57,10 @@ class EvaluationGuard:
             value, read = found
             self.note(read)
             return value
+        self.computed += 1
+        if self.computed > MAX_QUESTIONS_PER_FILE:
+            self._mark_partial(0)  # what depends on this answer is not cached either
+            return on_deep
         state = self.enter(key)
         if state == "cycle":
             return on_cycle
