@@ -339,6 +339,9 @@ class LoopFacts:
                         return True
                     if binding.value is not None and binding.kind != "augmented" and self.divided_on_the_way(binding.value, depth - 1):
                         return True
+                    scaled = _scale_loss_argument(statement, node.value)
+                    if scaled is not None and self.divided_on_the_way(scaled, depth - 1):
+                        return True
         return False
 
     def _scales_down(self, factor: cst.BaseExpression, depth: int) -> bool:
@@ -352,6 +355,19 @@ class LoopFacts:
         return isinstance(factor, cst.Name) and depth > 0 and any(
             b.value is not None and self.divided_on_the_way(b.value, depth - 1) for b in self.flow.scopes.reaching(factor).bindings
         )
+
+
+def _scale_loss_argument(statement: cst.CSTNode, name: str) -> cst.BaseExpression | None:
+    """The loss of apex's ``with amp.scale_loss(loss, optimizer) as name:``: the name is that loss
+    times the loss scale, so a division of ``loss`` carries over."""
+    if not isinstance(statement, cst.With):
+        return None
+    for item in statement.items:
+        call = item.item
+        if item.asname is not None and isinstance(item.asname.name, cst.Name) and item.asname.name.value == name:
+            if isinstance(call, cst.Call) and call.args and (dotted_name(call.func) or "").endswith("scale_loss"):
+                return call.args[0].value
+    return None
 
 
 # -- additions to storage --------------------------------------------------------------------------
