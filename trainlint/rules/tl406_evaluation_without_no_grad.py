@@ -18,6 +18,12 @@ from trainlint.context import FileContext, calls_within, child_nodes
 from trainlint.findings import Edit, Finding, Fix
 from trainlint.rule import Example, Rule
 
+# Names of inference APIs (their callers choose no_grad), as opposed to a training script's
+# `validate()`/`evaluate()`.
+_INFERENCE_NAME = re.compile(r"^(.*_)?(inference|infer|predict)(_.*)?$")
+# Frameworks whose models are not torch modules: their `eval()` and forward passes are theirs.
+_OTHER_FRAMEWORKS = ("megengine", "jax", "flax", "tensorflow", "keras", "mindspore", "paddle", "oneflow")
+
 # Code that needs gradients in an evaluation: saliency maps, adversarial examples, test-time
 # adaptation, gradient checks.
 _NEEDS_GRADIENTS = ("backward", "autograd", ".grad", "requires_grad", "zero_grad", ".step(")
@@ -38,6 +44,10 @@ class EvaluationWithoutNoGrad(Rule):
     function named for evaluation (`validate`, `evaluate`, `test_epoch`, `run_validation`...),
     when no `torch.no_grad()`/`torch.inference_mode()` is around them: not a `with` block, not a
     decorator, not in every caller.
+
+    A function named for inference (`predict`, `sliding_window_inference`) is an API whose
+    callers choose the gradient mode, and a file that uses another framework's models (MegEngine,
+    JAX, TensorFlow) and not torch is not torch's autograd: neither is reported.
 
     It does not report code that needs gradients there (a `backward`, `torch.autograd`, `.grad`
     or `requires_grad` in the evaluation: saliency maps, adversarial examples, test-time
@@ -148,6 +158,8 @@ class EvaluationWithoutNoGrad(Rule):
 
 
 def _evaluations(ctx: FileContext) -> Iterator[_Evaluation]:
+    if _uses_another_framework(ctx):
+        return
     structure = ctx.get(ModelStructure)
     scopes = ctx.get(ValueFlow).scopes
     reported: set[cst.CSTNode] = set()
@@ -164,6 +176,12 @@ def _evaluations(ctx: FileContext) -> Iterator[_Evaluation]:
                 continue
             reported.update(evaluation.runs)
             yield evaluation
+
+
+def _uses_another_framework(ctx: FileContext) -> bool:
+    """The file imports MegEngine, JAX, TensorFlow... and not torch: its models are not torch's."""
+    modules = {qualified.partition(".")[0] for qualified in ctx.imports.bindings.values()}
+    return "torch" not in modules and any(m in modules for m in _OTHER_FRAMEWORKS)
 
 
 def _after_eval(ctx: FileContext, scope: cst.CSTNode, runs: list[ModelRun]) -> Iterator[_Evaluation]:
@@ -213,8 +231,12 @@ def _after_eval(ctx: FileContext, scope: cst.CSTNode, runs: list[ModelRun]) -> I
 
 
 def _named_evaluation(ctx: FileContext, scope: cst.CSTNode, runs: list[ModelRun]) -> Iterator[_Evaluation]:
-    """Runs of a known model in a loop of a function named for evaluation (``validate``...)."""
+    """Runs of a known model in a loop of a function named for evaluation (``validate``...). A
+    function named for inference (``sliding_window_inference``, ``predict``) is an API whose
+    callers choose the gradient mode (they wrap it in ``no_grad``): left to them."""
     if not isinstance(scope, cst.FunctionDef) or not EVALUATION_NAME.match(scope.name.value.lower()):
+        return
+    if _INFERENCE_NAME.match(scope.name.value.lower()):
         return
     regions = ctx.get(Regions)
     looped = [
