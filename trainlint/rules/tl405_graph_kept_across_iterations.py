@@ -133,6 +133,8 @@ class GraphKeptAcrossIterations(Rule):
     ]
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
+        if not any(word in ctx.source.text for word in _BACKPROPAGATES):
+            return  # what is attached is known from where the code backpropagates: nowhere here
         facts = ctx.get(LoopFacts)
         flow = ctx.get(ValueFlow)
         regions = ctx.get(Regions)
@@ -146,6 +148,10 @@ class GraphKeptAcrossIterations(Rule):
             # a value that is a number on some paths (`reg = 0` unless a flag is set) has no method
             fix = None if values.may(_plain) else _fix(ctx, accumulation)
             yield ctx.report(self, accumulation.statement, _message(ctx, accumulation, values), fix)
+
+
+# The spellings of the backward roots the engine knows (see analysis/values/autograd.py).
+_BACKPROPAGATES = ("backward", "autograd", "training_step")
 
 
 def _attached(value: Value) -> bool:

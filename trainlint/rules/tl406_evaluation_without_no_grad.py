@@ -14,7 +14,7 @@ from trainlint.analysis.model_structure import ModelRun, ModelStructure
 from trainlint.analysis.regions import Regions
 from trainlint.analysis.training_step import TrainingSteps
 from trainlint.analysis.values import Instance, ValueFlow
-from trainlint.context import FileContext, calls_within, child_nodes
+from trainlint.context import FileContext, calls_within, child_nodes, descendants
 from trainlint.findings import Edit, Finding, Fix
 from trainlint.rule import Example, Rule
 
@@ -166,6 +166,8 @@ def _evaluations(ctx: FileContext) -> Iterator[_Evaluation]:
     for scope in (ctx.module, *ctx.nodes.of(cst.FunctionDef)):
         if _method_of_a_model(ctx, scope):
             continue  # a model's own `infer`/`predict`: its callers choose the gradient mode
+        if not _may_evaluate(ctx, scope):
+            continue  # asking what every call of a model zoo runs is the costly part: only where it can matter
         runs = [r for r in structure.runs_in(scope, follow=0) if scopes.scope_of(r.call) is scope]
         found = (*_after_eval(ctx, scope, runs), *_named_evaluation(ctx, scope, runs))
         # Last: whether a training step uses the function's result asks for its every caller.
@@ -176,6 +178,18 @@ def _evaluations(ctx: FileContext) -> Iterator[_Evaluation]:
                 continue
             reported.update(evaluation.runs)
             yield evaluation
+
+
+def _may_evaluate(ctx: FileContext, scope: cst.CSTNode) -> bool:
+    """A function named for evaluation, or code that names ``eval`` (``model.eval()``, a helper
+    such as ``set_eval(model)`` or ``evaluate(...)`` that switches the mode): the only places an
+    evaluation can be found (asking what every call of a model zoo runs is the costly part)."""
+    if isinstance(scope, cst.FunctionDef) and EVALUATION_NAME.match(scope.name.value.lower()):
+        return True
+    return any(
+        isinstance(n, cst.Name) and ("eval" in n.value or EVALUATION_NAME.match(n.value.lower()) is not None)
+        for n in descendants(scope, enter_scopes=False)
+    )
 
 
 def _uses_another_framework(ctx: FileContext) -> bool:
