@@ -55,3 +55,11 @@ def run_on_a_terminal(arguments: list[str], cwd: Path, env: dict[str, str], term
         other.seek(0)
         on_terminal, in_file = b"".join(chunks).decode(), other.read().decode()
     return (on_terminal, in_file) if terminal == "stdout" else (in_file, on_terminal)
+
+
+def default_sigint() -> None:
+    """For a child that the test interrupts with SIGINT: a shell that starts jobs in the background
+    (``nohup``, ``&``) hands them SIGINT ignored, and Python then keeps it ignored."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, default_sigint, run_cli
 
 LOG_OF_SOFTMAX = "import torch\n\n\ndef loss(logits):\n    return torch.log(torch.softmax(logits, dim=1))\n"
 FIXED = LOG_OF_SOFTMAX.replace("torch.log(torch.softmax(logits, dim=1))", "torch.log_softmax(logits, dim=1)")
@@ -115,6 +115,7 @@ def _slow_fix_run(tmp_path: Path) -> tuple[subprocess.Popen[str], list[int]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 60
     while len(_children(process.pid)) < 2 and time.monotonic() < deadline:

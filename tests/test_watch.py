@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, default_sigint
 
 AMP_VIDEO = (FIXTURES / "cli" / "amp_video.py").read_text(encoding="utf-8")
 
@@ -50,6 +50,7 @@ def test_watch_lints_again_on_change_until_ctrl_c(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "NO_COLOR": "1"},
+        preexec_fn=default_sigint,
     )
     try:
         output = Output(process.stdout)
