@@ -53,6 +53,9 @@ class StepState:
     # The skip this iteration took (a `continue`, `return`, or a branch on a check that leaves
     # the step out), None when it took none.
     skip: StepEvent | None = None
+    # What was uncleared when that skip happened and has not been cleared since (gradients a later
+    # backward adds are that backward's, not the skip's).
+    uncleared_at_skip: frozenset[str] = frozenset()
     # Gradients an earlier iteration's skip left behind, per optimizer, not cleared since.
     left_by_skip: frozenset[tuple[str, StepEvent]] = frozenset()
     # The iteration before this one took a skip (what it left is the skip's doing).
@@ -131,9 +134,10 @@ class StepStates:
                     o for o in state.stepped_uncleared if not (alias or clears_gradients_of(event, o))
                 ),
                 left_by_skip=frozenset(p for p in state.left_by_skip if not clears_gradients_of(event, p[0])),
+                uncleared_at_skip=frozenset(o for o in state.uncleared_at_skip if not clears_gradients_of(event, o)),
             )
         if kind is EventKind.SKIP and state.skip is None:
-            return replace(state, skip=event)
+            return replace(state, skip=event, uncleared_at_skip=state.uncleared)
         return state
 
     def _carry(self, state: StepState) -> StepState:
@@ -141,8 +145,11 @@ class StepStates:
         left = state.left_by_skip
         if state.skip is not None:
             bypassed = {e.optimizer for e in state.skip.bypassed if e.kind in STEP_KINDS}
-            left |= {(o, state.skip) for o in state.uncleared - state.applied if o in bypassed}
-        return replace(state, skip=None, left_by_skip=left, after_skip=state.skip is not None, backward_seen=False)
+            left |= {(o, state.skip) for o in state.uncleared_at_skip - state.applied if o in bypassed}
+        return replace(
+            state, skip=None, uncleared_at_skip=frozenset(), left_by_skip=left, after_skip=state.skip is not None,
+            backward_seen=False,
+        )
 
 
 @dataclass(frozen=True)
