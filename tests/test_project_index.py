@@ -100,3 +100,40 @@ def test_a_symlink_loop_among_the_roots_is_harmless(tmp_path: Path) -> None:
     write(tmp_path, {"models.py": CONV3D_MODEL})
     index = ProjectIndex([tmp_path / "loop", tmp_path])
     assert "torch.nn.Conv3d" in index.layers_of("models.Net", None)
+
+
+def test_functions_reaching_reads_calls_in_code_not_in_comments_docstrings_or_longer_names(tmp_path: Path) -> None:
+    """The index that lets the mode and loop analyses skip calls is a filter: a word in a
+    comment, a doctest or a longer name (``save_for_backward``) must not make every caller of
+    ``forward`` look like it trains; a real call, and its callers by name, must."""
+    write(tmp_path, {
+        "layers.py": (
+            "class Swish:\n"
+            "    def forward(ctx, x):\n"
+            "        ctx.save_for_backward(x)  # then loss.backward()\n"
+            '        """>>> out.sum().backward()"""\n'
+            "        return x\n"
+            "\n"
+            "class Block:\n"
+            "    def __init__(self, net):\n"
+            "        net.eval()\n"
+        ),
+        "train.py": (
+            "def fit(model, loss):\n"
+            "    loss.backward()\n"
+            "\n"
+            "def run_epochs(model, loss):\n"
+            "    fit(model, loss)\n"
+            "\n"
+            "def build(net):\n"
+            "    super().__init__(net)\n"
+            "    return forward(net)\n"
+        ),
+    })
+    index = ProjectIndex([tmp_path])
+    training = index.functions_reaching((b"backward(",))
+    assert {"fit", "run_epochs"} <= training
+    assert "forward" not in training and "build" not in training
+    # `super().__init__(` is Python running a constructor, not a call that reaches `net.eval()`
+    assert "build" not in index.functions_reaching((b".eval(",))
+

@@ -660,3 +660,25 @@ def test_what_factories_comparisons_and_their_products_make_carries_no_gradient(
 
     assert detached("rel") and detached("table") and detached("mask") and detached("probs")
     assert not detached("learned") and not detached("mixed")
+
+
+def test_a_function_called_from_too_many_modules_is_unknown_without_reading_them(tmp_path: Path) -> None:
+    """Past the bound on caller modules the parameter is unknown: the summaries say so, and
+    none of those modules is parsed to find out (a model zoo's shared builder, called from every
+    model file, made each question about its parameters read a dozen modules for nothing)."""
+    from trainlint.analysis.values.calls import _MAX_CALLER_MODULES
+
+    callers = {
+        f"model_{i}.py": f"from builder import build\n\ndef make():\n    return build({i})\n"
+        for i in range(_MAX_CALLER_MODULES + 1)
+    }
+    ctx = Project(tmp_path, {"builder.py": "def build(width):\n    return width\n", **callers}).context("builder.py")
+    function = next(iter(ctx.nodes.of(cst.FunctionDef)))
+    assert ctx.get(ValueFlow).parameter_values(function, "width").unknown
+    assert not ctx.project._contexts  # no caller module was parsed
+
+    fewer = {name: text for name, text in callers.items() if name != "model_0.py"}
+    ctx = Project(tmp_path / "fewer", {"builder.py": "def build(width):\n    return width\n", **fewer}).context("builder.py")
+    function = next(iter(ctx.nodes.of(cst.FunctionDef)))
+    widths = ctx.get(ValueFlow).parameter_values(function, "width")
+    assert not widths.unknown and {c.value for c in widths.of_type(Constant)} == set(range(1, _MAX_CALLER_MODULES + 1))

@@ -68,7 +68,10 @@ class ProjectIndex:
         self._files: list[Path] | None = None
         self._texts: dict[Path, bytes | None] = {}
         self._importing: dict[tuple[str, str], list[Path]] = {}  # (module, word) -> files that may use it
-        self._reaching: dict[tuple[bytes, ...], frozenset[str]] = {}  # words -> functions reaching them
+        # The text index of calls (see functions_reaching), for code and for tests
+        self._called: dict[bool, dict[bytes, set[bytes]]] = {}  # function name -> names it calls
+        self._reaching: dict[tuple[tuple[bytes, ...], bool], frozenset[str]] = {}  # words -> functions reaching them
+        self._called_by: dict[tuple[tuple[bytes, ...], bool], frozenset[str]] = {}  # words -> names their callers call
         self._current: FileContext | None = None
         self._current_summary: ModuleSummary | None = None
         # module lookup -> the candidate paths it found missing (recorded as ABSENT per answer)
@@ -285,27 +288,64 @@ class ProjectIndex:
                 yield summary
 
     def functions_reaching(self, words: tuple[bytes, ...]) -> frozenset[str]:
-        """Names of the project's functions and methods whose body spells one of ``words``
-        (``b".eval("``, ``b"backward("``), or calls such a function by name, a few calls deep: a
-        text search over the project (each ``def`` runs to the next one), once per run and set of
-        words. The analyses that follow calls skip resolving a call no such function can answer
+        """Names of the project's functions and methods whose body calls one of ``words``
+        (``b".eval("``: a method ``eval``; ``b"backward("``: ``backward`` or ``x.backward``), or
+        calls such a function by name, a few calls deep: a text index of the project (each ``def``
+        runs to the next one; comments and docstrings left out), built once per run. The
+        analyses that follow calls skip resolving a call no such function can answer
         (``x.view(...)``, ``self.log(...)``), which would make the engine look for every caller."""
-        found = self._reaching.get(words)
+        key = (words, self._in_tests())
+        found = self._reaching.get(key)
         if found is None:
-            bodies: dict[bytes, list[bytes]] = {}
-            for path in self.project_files():
-                _add_bodies(bodies, self._read(path) or b"")
-            current = self._current
-            if current is not None:
-                _add_bodies(bodies, current.source.text.encode("utf-8", "surrogatepass"))
-            reaching = {name for name, texts in bodies.items() if any(w in t for t in texts for w in words)}
+            calls = self._calls_by_function()
+            wanted = {spelled for word in words for spelled in _call_spellings(word)}
+            reaching = {name for name, called in calls.items() if called & wanted}
             for _ in range(3):
-                pattern = re.compile(rb"\b(?:" + b"|".join(re.escape(n) for n in sorted(reaching)) + rb")\(") if reaching else None
-                more = {name for name, texts in bodies.items() if pattern is not None and any(pattern.search(t) for t in texts)}
+                wanted = {spelled for name in reaching for spelled in (name, b"." + name)}
+                more = {name for name, called in calls.items() if called & wanted}
                 if more <= reaching:
                     break
                 reaching |= more
-            found = self._reaching[words] = frozenset(name.decode() for name in reaching)
+            found = self._reaching[key] = frozenset(name.decode() for name in reaching)
+        return found
+
+    def functions_called_by(self, words: tuple[bytes, ...]) -> frozenset[str]:
+        """Names the functions whose body calls one of ``words`` call in turn (by name or as a
+        method): what a training function (``backward(``) may pass its tensors to."""
+        key = (words, self._in_tests())
+        found = self._called_by.get(key)
+        if found is None:
+            calls = self._calls_by_function()
+            wanted = {spelled for word in words for spelled in _call_spellings(word)}
+            names = {called.lstrip(b".") for body in calls.values() if body & wanted for called in body}
+            found = self._called_by[key] = frozenset(name.decode() for name in names)
+        return found
+
+    def _in_tests(self) -> bool:
+        current = self._current
+        return current is not None and current.real_path is not None and self.is_test_path(current.real_path)
+
+    def _calls_by_function(self) -> dict[bytes, set[bytes]]:
+        """What each function name of the project calls, by name (``.name`` for a method call);
+        every definition of a name together. Dunder methods are left out: Python runs them, code
+        does not call them by name (`super().__init__(` in every subclass would make each
+        constructor of a model zoo reach the one that calls `.eval()`). Test modules count only
+        for a test (as the engine's callers do): they call everything, and train nothing."""
+        in_tests = self._in_tests()
+        found = self._called.get(in_tests)
+        if found is None:
+            bodies: dict[bytes, list[bytes]] = {}
+            for path in self.project_files():
+                if in_tests or not self.is_test_path(path):
+                    _add_bodies(bodies, self._read(path) or b"")
+            current = self._current
+            if current is not None:
+                _add_bodies(bodies, current.source.text.encode("utf-8", "surrogatepass"))
+            found = self._called[in_tests] = {
+                name: {m.group(1) + m.group(2) for text in texts for m in _CALL.finditer(_code_only(text))}
+                for name, texts in bodies.items()
+                if not name.startswith(b"__")
+            }
         return found
 
     def importers(self, module: str, name: str) -> list[ModuleSummary]:
@@ -358,6 +398,22 @@ def _add_bodies(bodies: dict[bytes, list[bytes]], text: bytes) -> None:
     for index, match in enumerate(matches):
         end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
         bodies.setdefault(match.group(1), []).append(text[match.end() : end])
+
+
+_CALL = re.compile(rb"(\.?)\b([A-Za-z_]\w*)[ \t]*\(")
+_NOT_CODE = re.compile(rb'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|#[^\n]*')
+
+
+def _code_only(text: bytes) -> bytes:
+    """The text without docstrings and comments (a ``#`` inside a string cuts its line short:
+    an index may miss a call there, never invent one)."""
+    return _NOT_CODE.sub(b"", text)
+
+
+def _call_spellings(word: bytes) -> tuple[bytes, ...]:
+    """``b".eval("`` is a method call ``.eval``; ``b"backward("`` is ``backward`` or ``.backward``."""
+    name = word.rstrip(b"(")
+    return (name,) if name.startswith(b".") else (name, b"." + name)
 
 
 def _mentions(data: bytes, words: tuple[str, ...]) -> bool:

@@ -52,6 +52,7 @@ UNKNOWN = "unknown"  # a train() of unknown receiver ran: the model may be in tr
 _CALL_DEPTH = 3  # functions of functions of functions are followed
 # Words without which a function switches no mode and runs no training step.
 _MODE_WORDS = (b".eval(", b".train(", *TRAINING_WORDS)
+_SWITCH_WORDS = (b".eval(", b".train(")
 # Functions that evaluate, by the names projects give them (`validate`, `evaluate_model`,
 # `test_epoch`, `run_validation`, `val_step`, `eval_loop`).
 EVALUATION_NAME = re.compile(
@@ -175,6 +176,8 @@ class ModelModes:
         eval mode, set by a call that comes after them in the code, through a loop; only models
         with dropout or batch norm, and never when a ``train()`` of unknown receiver may run."""
         for scope in self._scopes_with_loops():
+            if not (self.may_switch(scope) and self._may_train(scope)):
+                continue  # no eval() can reach a backward here
             self._analyze(scope)
             for point in self._points.get(scope, []):
                 yield from self._evals_left(point)
@@ -189,6 +192,39 @@ class ModelModes:
         tags = [tag for key, tags in _related(modes, ModelKey.of(model), self) for tag in tags]
         evals = [tag for tag in tags if isinstance(tag, Eval)]
         return evals[0] if evals and len(evals) == len(tags) else None
+
+    def may_switch(self, scope: cst.CSTNode) -> bool:
+        """Whether running the scope may switch a model's mode: it calls ``m.eval()`` or
+        ``m.train(...)``, or a function of the project by a name whose body (or a callee's, by
+        name) spells one (``ProjectIndex.functions_reaching``, a text index). The mode analysis,
+        which resolves every call it follows, is only worth running where this holds."""
+        return self._calls_one_of(scope, _SWITCH_WORDS, ("eval", "train"))
+
+    def puts_in_eval_within(self, scope: cst.CSTNode) -> bool:
+        """Whether some call of the scope runs with a model left in eval mode on some path (by
+        the scope's own ``m.eval()`` or by a helper's)."""
+        if not self.may_switch(scope):
+            return False
+        self._analyze(scope)
+        return any(
+            isinstance(tag, Eval)
+            for modes in self._seen.get(scope, {}).values()
+            for tags in (modes.default, *(tags for _, tags in modes.table))
+            for tag in tags
+        )
+
+    def _may_train(self, scope: cst.CSTNode) -> bool:
+        """Whether running the scope may run a backward (its own, or a function's by name)."""
+        return self._calls_one_of(scope, TRAINING_WORDS, ("backward", "manual_backward"))
+
+    def _calls_one_of(self, scope: cst.CSTNode, words: tuple[bytes, ...], methods: tuple[str, ...]) -> bool:
+        reaching = self.ctx.project.functions_reaching(words)
+        for call in calls_within(scope):
+            func = call.func
+            name = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else None
+            if name is not None and (name in methods or name in reaching):
+                return True
+        return False
 
     def mode_dependent(self, instance: Instance) -> bool:
         """The model has dropout or batch norm (its own layers, transitively, or a model zoo's

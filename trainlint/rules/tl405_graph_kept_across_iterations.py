@@ -133,12 +133,14 @@ class GraphKeptAcrossIterations(Rule):
     ]
 
     def check(self, ctx: FileContext) -> Iterator[Finding]:
-        if not any(word in ctx.source.text for word in _BACKPROPAGATES):
-            return  # what is attached is known from where the code backpropagates: nowhere here
-        facts = ctx.get(LoopFacts)
         flow = ctx.get(ValueFlow)
+        facts = ctx.get(LoopFacts)
         regions = ctx.get(Regions)
-        for accumulation in facts.accumulations(adding=lambda value: flow.values(value).may(_attached)):
+
+        def attached(value: cst.BaseExpression) -> bool:
+            return flow.may_hold_graphs(value) and flow.values(value).may(_attached)
+
+        for accumulation in facts.accumulations(adding=attached):
             values = flow.values(accumulation.value)
             if regions.computes_no_gradient(accumulation.statement):
                 continue
@@ -148,10 +150,6 @@ class GraphKeptAcrossIterations(Rule):
             # a value that is a number on some paths (`reg = 0` unless a flag is set) has no method
             fix = None if values.may(_plain) else _fix(ctx, accumulation)
             yield ctx.report(self, accumulation.statement, _message(ctx, accumulation, values), fix)
-
-
-# The spellings of the backward roots the engine knows (see analysis/values/autograd.py).
-_BACKPROPAGATES = ("backward", "autograd", "training_step")
 
 
 def _attached(value: Value) -> bool:

@@ -14,7 +14,7 @@ from trainlint.analysis.model_structure import ModelRun, ModelStructure
 from trainlint.analysis.regions import Regions
 from trainlint.analysis.training_step import TrainingSteps
 from trainlint.analysis.values import Instance, ValueFlow
-from trainlint.context import FileContext, calls_within, child_nodes, descendants
+from trainlint.context import FileContext, calls_within, child_nodes
 from trainlint.findings import Edit, Finding, Fix
 from trainlint.rule import Example, Rule
 
@@ -181,15 +181,13 @@ def _evaluations(ctx: FileContext) -> Iterator[_Evaluation]:
 
 
 def _may_evaluate(ctx: FileContext, scope: cst.CSTNode) -> bool:
-    """A function named for evaluation, or code that names ``eval`` (``model.eval()``, a helper
-    such as ``set_eval(model)`` or ``evaluate(...)`` that switches the mode): the only places an
-    evaluation can be found (asking what every call of a model zoo runs is the costly part)."""
+    """A function named for evaluation, or code that puts a model in eval mode (``model.eval()``,
+    or a helper such as ``set_eval(model)`` that does): the only places an evaluation can be
+    found. Asked before what every call of the scope runs: that is the costly question in a
+    model zoo, where most functions build models and none evaluates."""
     if isinstance(scope, cst.FunctionDef) and EVALUATION_NAME.match(scope.name.value.lower()):
         return True
-    return any(
-        isinstance(n, cst.Name) and ("eval" in n.value or EVALUATION_NAME.match(n.value.lower()) is not None)
-        for n in descendants(scope, enter_scopes=False)
-    )
+    return bool(_switches(ctx, scope)) or ctx.get(ModelModes).puts_in_eval_within(scope)
 
 
 def _uses_another_framework(ctx: FileContext) -> bool:

@@ -40,6 +40,8 @@ _KEEPING_METHODS = frozenset({
     "mean", "sum", "float", "double", "half", "to", "cuda", "squeeze", "unsqueeze", "view", "reshape",
     "flatten", "contiguous", "clone",
 })
+# How code spells a backward (for the project's text index of callers).
+_ROOT_WORDS = (b"backward(", b"manual_backward(", b".grad(")
 _TERM_OPERATORS = (cst.Add, cst.Subtract, cst.Multiply, cst.Divide)
 _MAX_DEPTH = 8
 
@@ -48,6 +50,7 @@ class AutogradMixin:
     def _init_autograd(self: ValueFlow) -> None:
         self._backpropagated: dict[Scope, dict[Binding, cst.CSTNode]] = {}
         self._roots_by_scope: dict[Scope, list[tuple[cst.BaseExpression, cst.CSTNode]]] | None = None
+        self._backpropagates: bool | None = None
 
     def backpropagated(self: ValueFlow, binding: Binding) -> cst.CSTNode | None:
         """The backward (or ``return`` of a ``training_step``) through which the value this
@@ -62,13 +65,31 @@ class AutogradMixin:
             found = self._backpropagated[scope] = self._bindings_backpropagated(scope)
         return found.get(binding)
 
-    def _bindings_backpropagated(self: ValueFlow, scope: Scope) -> dict[Binding, cst.CSTNode]:
+    def may_hold_graphs(self: ValueFlow, node: cst.CSTNode) -> bool:
+        """Whether values at ``node`` may be known to be attached to a graph: its module
+        backpropagates something (a backward root, or a Lightning ``training_step`` that returns
+        its loss), or it is in a function that a function which backpropagates calls by name (a
+        metrics helper handed the loss). Elsewhere no ``attached`` fact can arise: the question
+        that would follow every parameter to its callers need not be asked."""
+        if self._backpropagates is None:
+            self._backpropagates = bool(self._roots()) or any(
+                next(_returned_roots(self, function), None) is not None for function in self.ctx.nodes.of(cst.FunctionDef)
+            )
+        if self._backpropagates:
+            return True
+        function = self.scopes.function_of(node)
+        return function is not None and function.name.value in self.ctx.project.functions_called_by(_ROOT_WORDS)
+
+    def _roots(self: ValueFlow) -> dict[Scope, list[tuple[cst.BaseExpression, cst.CSTNode]]]:
         if self._roots_by_scope is None:  # one walk over the file's calls, not one per scope
             self._roots_by_scope = {}
             for root, site in _backward_roots(self):
                 self._roots_by_scope.setdefault(self.scopes.scope_of(site), []).append((root, site))
+        return self._roots_by_scope
+
+    def _bindings_backpropagated(self: ValueFlow, scope: Scope) -> dict[Binding, cst.CSTNode]:
         marked: dict[Binding, cst.CSTNode] = {}
-        for root, site in (*self._roots_by_scope.get(scope, ()), *_returned_roots(self, scope)):
+        for root, site in (*self._roots().get(scope, ()), *_returned_roots(self, scope)):
             self._mark_terms(root, site, scope, marked, _MAX_DEPTH)
         return marked
 

@@ -359,7 +359,7 @@ class CallsMixin:
         # a test's calls say what a test passes, not what training passes (a test may build an RNN
         # to exercise a generic helper): callers in tests count only for code in tests
         skip_tests = own is None or not project.is_test_path(own)
-        read = 0
+        callers = []
         for summary in project.modules_importing(self.prefix, word, mentioning):
             if summary.path == own or (skip_tests and _is_test_module(project, summary)):
                 continue
@@ -372,11 +372,11 @@ class CallsMixin:
                     or (not name.startswith(".") and name.endswith("." + word) and project.definition(name, summary.path) == target)
                     for name in used
                 )
-            if not wanted:
-                continue
-            read += 1
-            if read > _MAX_CALLER_MODULES:
-                raise TooManyCallers
+            if wanted:
+                callers.append(summary)
+                if len(callers) > _MAX_CALLER_MODULES:
+                    raise TooManyCallers  # known from the summaries alone, before any module is read
+        for summary in callers:
             ctx = project.context(summary)
             if ctx is not None:
                 yield ctx.get(ValueFlow)

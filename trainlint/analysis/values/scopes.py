@@ -122,10 +122,13 @@ class Reaching:
 
 
 class _FunctionFlow:
-    """One function's walk: positions, bindings and loads."""
+    """One function's walk: positions, bindings and loads. A ``shallow`` walk leaves out the
+    bodies of the functions nested in it (for a module: every method and function): its own
+    bindings are the same, but the loads of those bodies and their positions are not there."""
 
-    def __init__(self, function: Scope) -> None:
+    def __init__(self, function: Scope, shallow: bool = False) -> None:
         self.function = function  # a def, or the module for top-level code
+        self.shallow = shallow
         self.enter: dict[cst.CSTNode, int] = {}
         self.exit: dict[cst.CSTNode, int] = {}
         self.parent: dict[cst.CSTNode, cst.CSTNode] = {}
@@ -157,6 +160,8 @@ class _FunctionFlow:
             if isinstance(node, (cst.Import, cst.ImportFrom)):
                 continue
             children = child_nodes(node)
+            if self.shallow and isinstance(node, cst.FunctionDef) and node is not self.function:
+                children = [c for c in children if c is not node.body]
             scope = node if isinstance(node, _SCOPES) else self.owner[node]
             for child in children:
                 self.parent[child] = node
@@ -439,12 +444,26 @@ class Scopes:
     def __init__(self, ctx: FileContext) -> None:
         self._ctx = ctx
         self._flows: dict[Scope, _FunctionFlow] = {}
+        self._shallow: dict[Scope, _FunctionFlow] = {}
 
     def _flow(self, function: Scope) -> _FunctionFlow:
         flow = self._flows.get(function)
         if flow is None:
             flow = self._flows[function] = _FunctionFlow(function)
         return flow
+
+    def _own(self, function: Scope) -> _FunctionFlow:
+        """A flow for questions about the scope's own bindings. A module's is shallow: the
+        functions of another module ask for its globals (``records``) far more often than
+        anything needs the loads inside every function of it, and numbering those is most of
+        the cost of a model file."""
+        flow = self._flows.get(function)
+        if flow is not None or not isinstance(function, cst.Module):
+            return flow or self._flow(function)
+        shallow = self._shallow.get(function)
+        if shallow is None:
+            shallow = self._shallow[function] = _FunctionFlow(function, shallow=True)
+        return shallow
 
     def function_of(self, node: cst.CSTNode) -> cst.FunctionDef | None:
         """The innermost ``def`` whose body holds the node (its decorators and defaults run in
@@ -463,34 +482,36 @@ class Scopes:
     def records(self, function: Scope) -> dict[str, list[Binding]]:
         """Every binding of every simple name in the function (its own scope), by name, in the
         order they take effect; parameters first."""
-        return self._flow(function).bindings
+        return self._own(function).bindings
 
     def bindings(self, function: Scope) -> dict[str, list[cst.BaseExpression]]:
         """The expressions assigned to each simple name: ``x = v``, ``x: T = v``, ``(x := v)``
         and, for ``x op= v``, the right operand ``v`` (see ``records`` to tell them apart)."""
         return {
             name: [b.value for b in found if b.value is not None]
-            for name, found in self._flow(function).bindings.items()
+            for name, found in self._own(function).bindings.items()
             if any(b.value is not None for b in found)
         }
 
     def binds_locally(self, function: Scope, name: str) -> bool:
         """The scope binds ``name`` itself (so a read that no binding reaches is unbound there,
         not a global), unless it declares it ``global``/``nonlocal``."""
-        flow = self._flow(function)
+        flow = self._own(function)
         return name in flow.bindings and name not in flow.declared_outside
 
     def parameters(self, function: Scope) -> dict[str, cst.Param]:
         return {
             name: b.statement  # type: ignore[misc]
-            for name, found in self._flow(function).bindings.items()
+            for name, found in self._own(function).bindings.items()
             for b in found
             if b.kind == "parameter"
         }
 
     def reaching(self, name: cst.Name, function: Scope | None = None) -> Reaching:
         """The bindings that may give this loaded Name its value where it is loaded."""
-        flow = self._flow(function or self.scope_of(name))
+        flow = self._own(function or self.scope_of(name))
+        if name not in flow.enter and flow.shallow:
+            flow = self._flow(flow.function)  # a load inside one of the module's functions
         if name not in flow.enter:
             return Reaching((), True)
         return flow.reaching(name)
