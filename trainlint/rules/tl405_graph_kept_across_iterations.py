@@ -212,12 +212,10 @@ def _backpropagated_directly(ctx: FileContext, value: cst.BaseExpression) -> boo
     if not isinstance(value, cst.Name):
         return False
     scopes = ctx.get(ValueFlow).scopes
-    scope = scopes.scope_of(value)
-    bindings = set(scopes.reaching(value, scope).bindings)
-    for use in scopes.uses(value.value, scope):
-        parent = ctx.parent(use)
-        if isinstance(parent, cst.Attribute) and parent.attr.value == "backward" and isinstance(ctx.parent(parent), cst.Call):
-            if bindings & set(scopes.reaching(use, scope).bindings):
+    for binding in scopes.reaching(value).bindings:
+        for use in scopes.uses_of(binding.statement, value.value):
+            parent = ctx.parent(use)
+            if isinstance(parent, cst.Attribute) and parent.attr.value == "backward" and isinstance(ctx.parent(parent), cst.Call):
                 return True
     return False
 
