@@ -31,7 +31,7 @@ import libcst as cst
 
 from trainlint.analysis.imports import dotted_name
 from trainlint.analysis.training_step import BACKWARD_KINDS, STEP_KINDS, EventKind, StepEvent, TrainingStep, TrainingSteps
-from trainlint.analysis.values import Binding, FunctionRef, Instance, ValueFlow
+from trainlint.analysis.values import FunctionRef, Instance, ValueFlow
 from trainlint.context import calls_within
 
 if TYPE_CHECKING:
@@ -203,19 +203,17 @@ class LoopFacts:
                 yield Accumulation(statement, target, value, kind, None)
 
     def _outlives_iteration(self, target: cst.BaseExpression, statement: cst.CSTNode, loop: TrainingLoop) -> bool:
-        """The storage was made before the iteration: a name whose value reaches the statement
-        from before the loop or from the previous iteration, ``self``'s state, an object made
-        outside the loop."""
+        """The storage was made before the iteration: the name whose value the statement adds to
+        may come from before the loop or from the previous iteration (not rebound earlier in the
+        same iteration on every path: ``loss = f(x)`` then ``loss = loss + prior``), ``self``'s
+        state, an object made outside the loop."""
         base = _base(target)
         if base is None:
             return False
         if base.value in ("self", "cls"):
             return True
-        reaching = self.flow.scopes.reaching(base, loop.scope)
-        if reaching.unresolved:
-            return True  # a global, or a name bound outside the function
-        body = loop.node.body
-        return any(not _inside(self.ctx, b.statement, body) or _is_self_update(b, statement) for b in reaching.bindings)
+        read = _read_of_target(statement, base) or base
+        return self.flow.scopes.carried_into(read, loop.node.body)
 
     def backpropagated_storage(self, target: cst.BaseExpression, scope: cst.CSTNode) -> bool:
         """``.backward()`` is called on the accumulator (``total_loss.backward()``,
@@ -404,9 +402,18 @@ def _instance_state(target: cst.BaseExpression) -> bool:
     return base is not None and base.value == "self" and target is not base
 
 
-def _is_self_update(binding: Binding, statement: cst.CSTNode) -> bool:
-    """The binding is the accumulation itself, seen from the previous iteration."""
-    return binding.statement is statement or (binding.kind == "augmented" and binding.statement is statement)
+def _read_of_target(statement: cst.CSTNode, base: cst.Name) -> cst.Name | None:
+    """The read of the accumulator on the right of ``t = t + v`` (``t = 0.9 * t + 0.1 * v``):
+    where the value carried from before is loaded. None for other statements (``t += v`` and
+    ``t.append(v)`` load ``t`` in the target itself)."""
+    if not isinstance(statement, cst.Assign) or statement.targets[0].target is not base:
+        return None
+    for term in _sum_terms(statement.value):
+        factors = (term.left, term.right) if isinstance(term, cst.BinaryOperation) else (term,)
+        for factor in factors:
+            if isinstance(factor, cst.Name) and factor.value == base.value:
+                return factor
+    return None
 
 
 def _inside(ctx: FileContext, node: cst.CSTNode, outer: cst.CSTNode) -> bool:

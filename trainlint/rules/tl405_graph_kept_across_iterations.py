@@ -36,7 +36,10 @@ class GraphKeptAcrossIterations(Rule):
     backward (`loss = self._train_batch(x)`), or what a `training_step` returns. `loss.item()`,
     `loss.detach()`, `float(loss)` and values computed under `torch.no_grad()` are not reported,
     and neither is an accumulator that is itself backpropagated (`total.backward()`: summing
-    losses before one backward is the point).
+    losses before one backward is the point). An addition accumulates only when the value it adds
+    to may come from before the loop or from the previous iteration: `loss = loss + prior_loss`
+    after `loss` was computed anew earlier in the same iteration (on every branch) carries
+    nothing over.
 
     ## Why is this bad?
     A tensor with a `grad_fn` holds the whole graph that computed it. Adding it to a running
