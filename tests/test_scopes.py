@@ -235,3 +235,110 @@ def test_top_level_script_code_is_followed_in_the_module_scope() -> None:
     assert values.scope_of(probs_in_loop) is ctx.module
     assert [ctx.code(b.value) for b in values.reaching(probs_in_loop).bindings] == ["torch.softmax(logits, dim=1)"]
     assert len(values.uses("probs", ctx.module)) == 2  # the read inside helper() counts too
+
+
+def test_a_chain_binding_on_every_path_through_nested_branches_and_with_bodies_hides_earlier_values() -> None:
+    ctx = _context(
+        """
+        def f(a, b, ctx):
+            y = 0
+            if a:
+                if b:
+                    y = 1
+                else:
+                    y = 2
+            else:
+                with ctx:
+                    y = 3
+            z = 0
+            if a:
+                if b:
+                    z = 1
+            else:
+                z = 2
+            return y, z
+        """
+    )
+    # z keeps 0 possible: `a and not b` binds nothing
+    assert _origins(ctx, "f") == [["1", "2", "3"], ["0", "1", "2"]]
+
+
+def test_uses_of_a_binding_are_the_loads_it_reaches() -> None:
+    ctx = _context(
+        """
+        def f(x, flag):
+            cost = x * 2
+            if flag:
+                print(cost)
+            idx = cost.argmin()
+            cost = cost[idx]
+            del cost
+            return x
+        """
+    )
+    scopes = ctx.get(Scopes)
+    first, second = [b.statement for b in scopes.records(_function(ctx, "f"))["cost"]]
+    # the rebinding's target is no use; its right-hand side is
+    def statements(statement: cst.CSTNode, name: str) -> list[str]:
+        return [ctx.code(scopes.statement_of(u)).strip() for u in scopes.uses_of(statement, name)]
+
+    assert statements(first, "cost") == ["print(cost)", "idx = cost.argmin()", "cost = cost[idx]"]
+    assert statements(second, "cost") == ["del cost"]
+    parameter = scopes.records(_function(ctx, "f"))["x"][0].statement
+    assert statements(parameter, "x") == ["cost = x * 2", "return x"]
+
+
+def test_carried_into_a_loop_body_unless_rebound_on_every_path_of_the_iteration() -> None:
+    ctx = _context(
+        """
+        def train(loader, args):
+            total = 0
+            for batch in loader:
+                if args.snr:
+                    if args.weighted:
+                        loss = f(batch)
+                    else:
+                        loss = g(batch)
+                else:
+                    loss = h(batch)
+                if args.prior:
+                    loss = loss + args.weight * prior
+                if args.extra:
+                    aux = aux + loss
+                total = total + loss
+        """
+    )
+    scopes = ctx.get(Scopes)
+    loop = next(iter(ctx.nodes.of(cst.For)))
+
+    def read(name: str, line: str) -> cst.Name:
+        return next(n for n in scopes.uses(name, _function(ctx, "train")) if ctx.code(ctx.parent(n)).startswith(line))
+
+    assert not scopes.carried_into(read("loss", "loss + args"), loop.body)
+    assert scopes.carried_into(read("total", "total + loss"), loop.body)  # bound before the loop
+    assert scopes.carried_into(read("aux", "aux + loss"), loop.body)  # its previous iteration (or unbound)
+
+
+def test_computed_from_follows_names_through_their_bindings_and_apex_scale_loss() -> None:
+    ctx = _context(
+        """
+        from apex import amp
+
+        def step(model, x, optimizer, accum, weights):
+            raw = model(x)
+            loss = raw / accum
+            with amp.scale_loss(loss, optimizer) as scaled_loss:
+                scaled_loss.backward()
+            weights *= 0.5
+            return (weights * raw).sum()
+        """
+    )
+    scopes = ctx.get(Scopes)
+    scaled = next(n for n in ctx.nodes.of(cst.Name) if n.value == "scaled_loss" and isinstance(ctx.parent(n), cst.Attribute))
+    found = [ctx.code(n) for n in scopes.computed_from(scaled, depth=4)]
+    # the `as` name is the loss it scales; `loss` is `raw / accum`; `raw` is what the model gives
+    assert found == ["scaled_loss", "loss", "raw / accum", "accum", "raw", "model(x)"]
+    assert [ctx.code(n) for n in scopes.computed_from(scaled, depth=1)] == ["scaled_loss", "loss"]
+    returned = _returned(ctx, _function(ctx, "step"))[0]
+    # an in-place update is what the name is computed from; its operand is not followed
+    assert "weights *= 0.5" in [ctx.code(n) for n in scopes.computed_from(returned, depth=4)]

@@ -54,9 +54,9 @@ class DataLoading:
         ``tqdm(loader)``, ``iter(loader)``); empty when it may be anything else."""
         expr = _peel(expr)
         if isinstance(expr, cst.Name) and depth > 0:  # `batches = iter(DataLoader(...))`
-            bindings = self.flow.scopes.reaching(expr).bindings
-            if bindings and all(b.value is not None and isinstance(b.value, cst.Call) and _peel(b.value) is not b.value for b in bindings):
-                return [found for b in bindings for found in self.loaders(b.value, depth - 1)]  # type: ignore[arg-type]
+            assigned = self.flow.scopes.assigned_values(expr)
+            if assigned and all(isinstance(value, cst.Call) and _peel(value) is not value for value in assigned):
+                return [found for value in assigned for found in self.loaders(value, depth - 1)]
         values = self.flow.values(expr)
         if values.unknown or not values.items:
             return []

@@ -31,7 +31,7 @@ import libcst as cst
 
 from trainlint.analysis.imports import dotted_name
 from trainlint.analysis.training_step import BACKWARD_KINDS, STEP_KINDS, EventKind, StepEvent, TrainingStep, TrainingSteps
-from trainlint.analysis.values import Binding, FunctionRef, Instance, ValueFlow
+from trainlint.analysis.values import FunctionRef, Instance, ValueFlow
 from trainlint.context import calls_within
 
 if TYPE_CHECKING:
@@ -203,19 +203,17 @@ class LoopFacts:
                 yield Accumulation(statement, target, value, kind, None)
 
     def _outlives_iteration(self, target: cst.BaseExpression, statement: cst.CSTNode, loop: TrainingLoop) -> bool:
-        """The storage was made before the iteration: a name whose value reaches the statement
-        from before the loop or from the previous iteration, ``self``'s state, an object made
-        outside the loop."""
+        """The storage was made before the iteration: the name whose value the statement adds to
+        may come from before the loop or from the previous iteration (not rebound earlier in the
+        same iteration on every path: ``loss = f(x)`` then ``loss = loss + prior``), ``self``'s
+        state, an object made outside the loop."""
         base = _base(target)
         if base is None:
             return False
         if base.value in ("self", "cls"):
             return True
-        reaching = self.flow.scopes.reaching(base, loop.scope)
-        if reaching.unresolved:
-            return True  # a global, or a name bound outside the function
-        body = loop.node.body
-        return any(not _inside(self.ctx, b.statement, body) or _is_self_update(b, statement) for b in reaching.bindings)
+        read = _read_of_target(statement, base) or base
+        return self.flow.scopes.carried_into(read, loop.node.body)
 
     def backpropagated_storage(self, target: cst.BaseExpression, scope: cst.CSTNode) -> bool:
         """``.backward()`` is called on the accumulator (``total_loss.backward()``,
@@ -301,10 +299,8 @@ class LoopFacts:
         """``range(0, n, micro)``, ``x.split(k)``, ``x.chunk(k)``, ``torch.split(x, k)``, ``zip``
         of such (also through names bound to them), ``enumerate`` of any of them."""
         if isinstance(iterable, cst.Name) and depth > 0:
-            reaching = self.flow.scopes.reaching(iterable)
-            return bool(reaching.bindings) and all(
-                b.value is not None and self._splits_a_batch(b.value, depth - 1) for b in reaching.bindings
-            )
+            values = self.flow.scopes.assigned_values(iterable)
+            return bool(values) and all(self._splits_a_batch(value, depth - 1) for value in values or ())
         if not isinstance(iterable, cst.Call):
             return False
         func = iterable.func
@@ -323,51 +319,30 @@ class LoopFacts:
     def divided_on_the_way(self, expr: cst.BaseExpression, depth: int = 4) -> bool:
         """The loss reaching a backward was divided (or scaled down) on its way: ``loss / k``,
         ``loss /= k``, ``loss.div(k)``, ``loss * 0.25``, ``loss * scale`` with ``scale = 1 / k``,
-        a factor named for accumulation, through the names it is computed from in its function."""
-        for node in _arithmetic_parts(expr):
+        a factor named for accumulation, in what it is computed from (names followed ``depth``
+        bindings deep in its function, apex's ``amp.scale_loss`` included)."""
+        for node in self.flow.scopes.computed_from(expr, depth):
             if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, (cst.Divide, cst.FloorDivide)):
                 return True
             if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Multiply):
-                if self._scales_down(node.left, depth) or self._scales_down(node.right, depth):
+                if self._scales_down(node.left) or self._scales_down(node.right):
                     return True
             if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and node.func.attr.value in ("div", "div_", "true_divide"):
                 return True
-            if isinstance(node, cst.Name) and depth > 0:
-                for binding in self.flow.scopes.reaching(node).bindings:
-                    statement = binding.statement
-                    if isinstance(statement, cst.AugAssign) and isinstance(statement.operator, (cst.DivideAssign, cst.MultiplyAssign)):
-                        return True
-                    if binding.value is not None and binding.kind != "augmented" and self.divided_on_the_way(binding.value, depth - 1):
-                        return True
-                    scaled = _scale_loss_argument(statement, node.value)
-                    if scaled is not None and self.divided_on_the_way(scaled, depth - 1):
-                        return True
+            if isinstance(node, cst.AugAssign) and isinstance(node.operator, (cst.DivideAssign, cst.MultiplyAssign)):
+                return True
         return False
 
-    def _scales_down(self, factor: cst.BaseExpression, depth: int) -> bool:
+    def _scales_down(self, factor: cst.BaseExpression) -> bool:
+        """A factor named for accumulation, or a known constant between 0 and 1 (a factor
+        computed by a division is found by ``divided_on_the_way`` among what the loss is
+        computed from)."""
         name = (dotted_name(factor) or "").lower()
         if any(word in name for word in ("accum", "micro", "grad_acc", "n_acc")):
             return True
         values = self.flow.values(factor)
         numbers = [c for c in values.constants() if isinstance(c, (int, float)) and not isinstance(c, bool)]
-        if not values.unknown and numbers and len(numbers) == len(values) and all(0 < n < 1 for n in numbers):
-            return True
-        return isinstance(factor, cst.Name) and depth > 0 and any(
-            b.value is not None and self.divided_on_the_way(b.value, depth - 1) for b in self.flow.scopes.reaching(factor).bindings
-        )
-
-
-def _scale_loss_argument(statement: cst.CSTNode, name: str) -> cst.BaseExpression | None:
-    """The loss of apex's ``with amp.scale_loss(loss, optimizer) as name:``: the name is that loss
-    times the loss scale, so a division of ``loss`` carries over."""
-    if not isinstance(statement, cst.With):
-        return None
-    for item in statement.items:
-        call = item.item
-        if item.asname is not None and isinstance(item.asname.name, cst.Name) and item.asname.name.value == name:
-            if isinstance(call, cst.Call) and call.args and (dotted_name(call.func) or "").endswith("scale_loss"):
-                return call.args[0].value
-    return None
+        return not values.unknown and bool(numbers) and len(numbers) == len(values) and all(0 < n < 1 for n in numbers)
 
 
 # -- additions to storage --------------------------------------------------------------------------
@@ -427,9 +402,18 @@ def _instance_state(target: cst.BaseExpression) -> bool:
     return base is not None and base.value == "self" and target is not base
 
 
-def _is_self_update(binding: Binding, statement: cst.CSTNode) -> bool:
-    """The binding is the accumulation itself, seen from the previous iteration."""
-    return binding.statement is statement or (binding.kind == "augmented" and binding.statement is statement)
+def _read_of_target(statement: cst.CSTNode, base: cst.Name) -> cst.Name | None:
+    """The read of the accumulator on the right of ``t = t + v`` (``t = 0.9 * t + 0.1 * v``):
+    where the value carried from before is loaded. None for other statements (``t += v`` and
+    ``t.append(v)`` load ``t`` in the target itself)."""
+    if not isinstance(statement, cst.Assign) or statement.targets[0].target is not base:
+        return None
+    for term in _sum_terms(statement.value):
+        factors = (term.left, term.right) if isinstance(term, cst.BinaryOperation) else (term,)
+        for factor in factors:
+            if isinstance(factor, cst.Name) and factor.value == base.value:
+                return factor
+    return None
 
 
 def _inside(ctx: FileContext, node: cst.CSTNode, outer: cst.CSTNode) -> bool:
@@ -515,23 +499,6 @@ def _every_iteration(ctx: FileContext, loop: cst.CSTNode, statements: list[cst.C
 def _conditional_within(ctx: FileContext, statement: cst.CSTNode, loop: cst.CSTNode) -> bool:
     """Inside an ``if``/``try`` handler/``while`` between the loop and the statement."""
     return ctx.nested_in(statement, (cst.If, cst.ExceptHandler, cst.While, cst.Else), loop)
-
-
-def _arithmetic_parts(expr: cst.BaseExpression) -> Iterator[cst.CSTNode]:
-    """The expression and its arithmetic operands, through unary signs, subscripts, attribute
-    receivers and method receivers (``(loss / k).mean()``); not into calls' arguments."""
-    stack: list[cst.CSTNode] = [expr]
-    while stack:
-        node = stack.pop()
-        yield node
-        if isinstance(node, cst.BinaryOperation):
-            stack += [node.left, node.right]
-        elif isinstance(node, cst.UnaryOperation):
-            stack.append(node.expression)
-        elif isinstance(node, (cst.Subscript, cst.Attribute)):
-            stack.append(node.value)
-        elif isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
-            stack.append(node.func.value)
 
 
 __all__ = [

@@ -14,7 +14,7 @@ from __future__ import annotations
 import libcst as cst
 
 from trainlint.analysis.values import Scopes
-from trainlint.context import FileContext, descendants
+from trainlint.context import FileContext
 
 _INDEX_CALLS = frozenset({"argmin", "argmax", "argsort"})
 _VALUE_AND_INDEX_CALLS = frozenset({"topk", "min", "max", "sort", "kthvalue"})
@@ -81,14 +81,7 @@ def _keeps_only_indices(ctx: FileContext, call: cst.Call) -> bool:
 
 
 def _every_use_selects(ctx: FileContext, assign: cst.Assign, target: cst.Name, depth: int) -> bool:
-    scopes = ctx.get(Scopes)
-    scope = scopes.scope_of(assign)
-    uses = [
-        n
-        for n in descendants(scope)
-        if isinstance(n, cst.Name) and n.value == target.value and n is not target
-        and any(b.statement is assign for b in scopes.reaching(n).bindings)
-    ]
+    uses = ctx.get(Scopes).uses_of(assign, target.value)
     return bool(uses) and all(
         isinstance(ctx.parent(n), cst.Del) or used_only_to_select(ctx, n, depth) for n in uses
     )

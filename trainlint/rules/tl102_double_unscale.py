@@ -15,6 +15,7 @@ from trainlint.analysis.training_step import (
     TrainingSteps,
     removal_edit,
 )
+from trainlint.analysis.values import Scopes
 from trainlint.context import FileContext, descendants
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
@@ -252,10 +253,8 @@ def _read_outside(ctx: FileContext, step: TrainingStep, moved: list[cst.CSTNode]
     if not assigned:
         return False
     allowed = {id(n) for s in (*moved, target.body) for n in descendants(s)}
-    return any(
-        isinstance(n, cst.Name) and n.value in assigned and id(n) not in allowed
-        for n in descendants(step.function)
-    )
+    scopes = ctx.get(Scopes)
+    return any(id(use) not in allowed for name in assigned for use in scopes.uses(name, step.function))
 
 
 def _is_only_call(statement: cst.CSTNode, call: cst.CSTNode) -> bool:

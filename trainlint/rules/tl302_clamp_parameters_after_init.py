@@ -287,9 +287,8 @@ def _built_here(ctx: FileContext, owner: cst.BaseExpression, function: cst.Funct
         return False
     if function is None:
         return bool(ctx.get(ModelStructure).built_by(owner))
-    reaching = ctx.get(Scopes).reaching(owner, function)
-    values = [b.value for b in reaching.bindings if b.kind == "assign" and b.value is not None]
-    if not values or len(values) != len(reaching.bindings):
+    values = ctx.get(Scopes).assigned_values(owner)
+    if not values:
         return False  # a parameter (a model built elsewhere, maybe trained already)
     structure = ctx.get(ModelStructure)
     return all(structure.built_by(value) for value in values)

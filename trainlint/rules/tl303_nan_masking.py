@@ -295,10 +295,9 @@ class _Masking:
         if self.values.values(expr).must(_carries_no_gradient):
             return False  # built from constants and indices: no gradient to carry a NaN back
         if isinstance(base, cst.Name):
-            reaching = self.flow.reaching(base)
-            if reaching.bindings and all(b.kind == "parameter" for b in reaching.bindings):
+            if self.flow.only_parameters(base):
                 return False  # the input as given: cleaning data, not hiding a broken layer
-            return bool(reaching.bindings)
+            return bool(self.flow.reaching(base).bindings)
         return isinstance(base, cst.Call)
 
     def _tests_nan_of(self, test: cst.BaseExpression, expr: cst.BaseExpression) -> bool:

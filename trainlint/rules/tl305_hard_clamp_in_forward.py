@@ -189,7 +189,7 @@ def _is_activation(ctx: FileContext, flow: ValueFlow, value: cst.BaseExpression)
         base = base.value
     if isinstance(base, cst.Attribute) and isinstance(base.value, cst.Name) and base.value.value == "self":
         return False
-    if isinstance(base, cst.Name) and _only_a_parameter(ctx, base):
+    if isinstance(base, cst.Name) and ctx.get(Scopes).only_parameters(base):
         return False
     if _from_module_state(ctx, value, _STATE_DEPTH):
         return False
@@ -197,12 +197,6 @@ def _is_activation(ctx: FileContext, flow: ValueFlow, value: cst.BaseExpression)
     if values.may(lambda v: isinstance(v, Tensor) and (v.is_probability or v.detached)):
         return False
     return not values.may(lambda v: isinstance(v, Facts) and v.detached)
-
-
-def _only_a_parameter(ctx: FileContext, name: cst.Name) -> bool:
-    """Every binding that reaches the name is a parameter of its function (the raw input)."""
-    reaching = ctx.get(Scopes).reaching(name)
-    return bool(reaching.bindings) and all(binding.kind == "parameter" for binding in reaching.bindings)
 
 
 def _from_module_state(ctx: FileContext, expr: cst.BaseExpression, depth: int) -> bool:
@@ -218,16 +212,9 @@ def _from_module_state(ctx: FileContext, expr: cst.BaseExpression, depth: int) -
             return False
         if name.value == "self":
             continue
-        reaching = scopes.reaching(name)
-        if not reaching.bindings:
-            if reaching.unresolved:
-                continue  # an import, a module-level constant
+        values = scopes.assigned_values(name)  # none: an import, a module-level constant
+        if values is None or not all(_from_module_state(ctx, value, depth - 1) for value in values):
             return False
-        for binding in reaching.bindings:
-            if binding.kind not in ("assign", "annotated") or binding.value is None:
-                return False
-            if not _from_module_state(ctx, binding.value, depth - 1):
-                return False
     return True
 
 

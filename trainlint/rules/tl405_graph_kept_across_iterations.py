@@ -36,7 +36,10 @@ class GraphKeptAcrossIterations(Rule):
     backward (`loss = self._train_batch(x)`), or what a `training_step` returns. `loss.item()`,
     `loss.detach()`, `float(loss)` and values computed under `torch.no_grad()` are not reported,
     and neither is an accumulator that is itself backpropagated (`total.backward()`: summing
-    losses before one backward is the point).
+    losses before one backward is the point). An addition accumulates only when the value it adds
+    to may come from before the loop or from the previous iteration: `loss = loss + prior_loss`
+    after `loss` was computed anew earlier in the same iteration (on every branch) carries
+    nothing over.
 
     ## Why is this bad?
     A tensor with a `grad_fn` holds the whole graph that computed it. Adding it to a running
@@ -210,12 +213,10 @@ def _backpropagated_directly(ctx: FileContext, value: cst.BaseExpression) -> boo
     if not isinstance(value, cst.Name):
         return False
     scopes = ctx.get(ValueFlow).scopes
-    scope = scopes.scope_of(value)
-    bindings = set(scopes.reaching(value, scope).bindings)
-    for use in scopes.uses(value.value, scope):
-        parent = ctx.parent(use)
-        if isinstance(parent, cst.Attribute) and parent.attr.value == "backward" and isinstance(ctx.parent(parent), cst.Call):
-            if bindings & set(scopes.reaching(use, scope).bindings):
+    for binding in scopes.reaching(value).bindings:
+        for use in scopes.uses_of(binding.statement, value.value):
+            parent = ctx.parent(use)
+            if isinstance(parent, cst.Attribute) and parent.attr.value == "backward" and isinstance(ctx.parent(parent), cst.Call):
                 return True
     return False
 

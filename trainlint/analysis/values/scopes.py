@@ -12,9 +12,13 @@ A small, flow-approximate data flow over simple names, built lazily per scope:
   are ordered by source position; a binding *dominates* a later use when it is not inside a
   branch, loop body or handler that the use is outside of (``with`` and ``try`` bodies count as
   straight-line code). The search walks back from the use and stops at the first dominating
-  binding; inside a loop, bindings later in the loop body reach too (the previous iteration).
+  binding, or at an if/elif/else chain on every path to the use that binds the name on each of
+  its paths (in each branch, directly, in a ``with`` body or in a nested chain that does);
+  inside a loop, bindings later in the loop body reach too (the previous iteration).
 - ``uses(name, scope)``: every load of a name in the scope, nested scopes included unless
   they rebind it.
+- def-use questions built on these (``uses_of``, ``computed_from``, ``carried_into``...):
+  :mod:`.def_use`.
 
 What the bound values *are* is the engine's question (:mod:`trainlint.analysis.values.engine`).
 """
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING, Literal
 
 import libcst as cst
 
+from trainlint.analysis.values.def_use import DefUseMixin
 from trainlint.context import child_nodes
 
 if TYPE_CHECKING:
@@ -370,24 +375,31 @@ class _FunctionFlow:
         return False
 
     def _covering_if(self, binding: Binding, use: cst.CSTNode) -> cst.If | None:
-        """The ``if``/``elif``/``else`` chain holding the binding when every branch of it binds the
-        name in straight-line code and the chain itself is on every path to ``use``."""
+        """The innermost ``if``/``elif``/``else`` chain around the binding that binds the name on
+        every path through it (each branch binds it in straight-line code, or in a ``with`` body,
+        or in a nested chain that does) and is itself on every path to ``use``."""
         if binding.kind not in _FULL_REBINDS or isinstance(binding.anchor, cst.BaseSuite):
             return None
-        line = self.parent.get(binding.anchor)
-        block = self.parent.get(line) if line is not None else None
-        chain = self.parent.get(block) if block is not None else None
-        if not isinstance(chain, (cst.If, cst.Else)):
-            return None
-        while isinstance(parent := self.parent.get(chain), cst.If) and parent.orelse is chain:
-            chain = parent
-        if not isinstance(chain, cst.If) or self.contains(chain, use):
-            return None
-        for branch in self._branches(chain):
-            if branch is None or not self._binds_in_block(branch, binding.name):
-                return None
-        probe = Binding(binding.name, binding.target, None, chain, "assign", self.exit[chain], chain)
-        return chain if self.dominates(probe, use) else None
+        for chain in self._chains_around(binding.anchor, use):
+            if not all(branch is not None and self._binds_on_every_path(branch, binding.name) for branch in self._branches(chain)):
+                continue
+            probe = Binding(binding.name, binding.target, None, chain, "assign", self.exit[chain], chain)
+            if self.dominates(probe, use):
+                return chain
+        return None
+
+    def _chains_around(self, node: cst.CSTNode, use: cst.CSTNode) -> Iterator[cst.If]:
+        """The if/elif/else chains (each by its first ``if``) that hold ``node`` and not ``use``,
+        innermost first."""
+        for ancestor in self.ancestors(node):
+            if ancestor is self.function or self.contains(ancestor, use):
+                return
+            if isinstance(ancestor, cst.If) and not self._is_elif(ancestor):
+                yield ancestor
+
+    def _is_elif(self, node: cst.If) -> bool:
+        parent = self.parent.get(node)
+        return isinstance(parent, cst.If) and parent.orelse is node
 
     @staticmethod
     def _branches(chain: cst.If) -> Iterator[cst.BaseSuite | None]:
@@ -398,13 +410,28 @@ class _FunctionFlow:
             current = current.orelse
         yield current.body if isinstance(current, cst.Else) else None
 
-    def _binds_in_block(self, block: cst.BaseSuite, name: str) -> bool:
-        """True when a statement directly in the block binds the name (not nested in a branch)."""
-        for binding in self.bindings.get(name, []):
-            line = self.parent.get(binding.anchor)
-            if binding.kind in _FULL_REBINDS and line is not None and self.parent.get(line) is block:
+    def _binds_on_every_path(self, block: cst.BaseSuite, name: str) -> bool:
+        """Every way through the block binds the name anew: a statement directly in it does, or
+        a ``with`` body or an if/elif/else chain directly in it does on every path."""
+        if any(self._binds_directly_in(block, binding) for binding in self.bindings.get(name, [])):
+            return True
+        for statement in block.body if isinstance(block, cst.IndentedBlock) else ():
+            if isinstance(statement, cst.With) and self._binds_on_every_path(statement.body, name):
+                return True
+            if isinstance(statement, cst.If) and all(
+                branch is not None and self._binds_on_every_path(branch, name) for branch in self._branches(statement)
+            ):
                 return True
         return False
+
+    def _binds_directly_in(self, block: cst.BaseSuite, binding: Binding) -> bool:
+        """The binding replaces the name's value in a statement of the block itself (not in a
+        branch or loop inside it): ``x = v`` on its own line or on the ``if`` line, a ``def``, a
+        ``with ... as x:`` (a ``for`` target is not bound when the loop runs no iteration)."""
+        if binding.kind not in _FULL_REBINDS or isinstance(binding.statement, (cst.For, cst.ExceptHandler, cst.ExceptStarHandler)):
+            return False
+        line = self.parent.get(binding.anchor)
+        return line is block or (line is not None and self.parent.get(line) is block)
 
     def _rebinds(self, use: cst.Name) -> bool:
         """True when the use's value is not this function's to follow: a lambda or comprehension
@@ -438,8 +465,9 @@ class _FunctionFlow:
                 yield ancestor
 
 
-class Scopes:
-    """Bindings and reaching bindings of simple names, per scope, built once per file (``ctx.get``)."""
+class Scopes(DefUseMixin):
+    """Bindings and reaching bindings of simple names, per scope, built once per file
+    (``ctx.get``); the def-use questions analyses ask are in :mod:`.def_use`."""
 
     def __init__(self, ctx: FileContext) -> None:
         self._ctx = ctx

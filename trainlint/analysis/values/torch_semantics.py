@@ -79,6 +79,9 @@ SELF_RETURNING = frozenset({
     "to", "cuda", "cpu", "float", "half", "bfloat16", "double", "train", "eval", "requires_grad_",
     "to_empty", "apply", "share_memory", "xpu", "type",
 })
+# Context managers of loss scaling whose ``as`` name is their first argument times the loss scale:
+# apex's ``with amp.scale_loss(loss, optimizer) as scaled_loss: scaled_loss.backward()``.
+LOSS_SCALING_CONTEXTS = frozenset({"scale_loss"})
 # Methods returning their arguments in order (``accelerator.prepare``, ``fabric.setup``, apex).
 PASSTHROUGH_METHODS = frozenset({"prepare", "setup", "initialize", "prepare_model"})
 PARAMETER_METHODS = frozenset({"parameters", "named_parameters"})
