@@ -118,7 +118,7 @@ class Linter:
         ctx = self.project.parsed(real_path, text) if real_path is not None else None
         if ctx is not None:
             ctx.path = display  # parsed already for another file's question: reuse it
-        else:
+        elif not (real_path is not None and self.project.known_to_parse(real_path, text) and not _may_chain_deeply(text)):
             too_deep = _too_deep_for_libcst(text, display)
             if too_deep is not None:
                 return [too_deep]
@@ -266,22 +266,26 @@ def _too_deep_for_libcst(text: str, display: str) -> Finding | None:
         return meta_finding(SYNTAX_ERROR, "cannot parse: the code is nested too deeply for Python's parser", display)
     except Exception:  # ValueError and the like: LibCST reports them
         return None
-    limit = nesting_limit()
-    deepest = _deepest_boolean_chain(tree, text, limit)
+    deepest = _deepest_boolean_chain(tree, text, nesting_limit())
     if deepest is None:
         return None
     message = (
         f"not checked: an `and`/`or` chain of {deepest.values_count:,} operands nests deeper than trainlint's "
-        f"parser can follow ({limit:,} levels); the code is valid Python"
+        f"parser can follow ({nesting_limit():,} levels); the code is valid Python"
     )
     return meta_finding(INTERNAL_ERROR, message, display, deepest.lineno, deepest.col_offset + 1)
 
 
+def _may_chain_deeply(text: str) -> bool:
+    """A file with fewer `and`/`or` than the nesting limit cannot hold a chain past it, which
+    spares almost every file the walk."""
+    return text.count("and") + text.count("or") >= nesting_limit()
+
+
 def _deepest_boolean_chain(tree: ast.Module, text: str, limit: int) -> _Chain | None:
     """The boolean chain at which LibCST's tree would be deeper than ``limit``, if any. Each
-    operand of a chain is one level in LibCST; other nodes nest alike in both trees. A file with
-    fewer `and`/`or` than ``limit`` cannot reach it, which spares almost every file the walk."""
-    if text.count("and") + text.count("or") < limit:
+    operand of a chain is one level in LibCST; other nodes nest alike in both trees."""
+    if not _may_chain_deeply(text):
         return None
     stack: list[tuple[ast.AST, int]] = [(tree, 0)]
     while stack:

@@ -33,6 +33,7 @@ class ModuleSummary:
     variables: set[str] = field(default_factory=set)  # names assigned at the top level
     calls: set[str] = field(default_factory=set)  # qualified callees, and ".name" for method calls
     references: set[str] = field(default_factory=set)  # qualified names and ".attr" used as values, not called
+    parsed: bool = False  # Python's parser read it (no syntax error, no nesting past its limits)
 
     def defines(self, name: str) -> bool:
         return name in self.classes or name in self.functions or name in self.variables
@@ -63,10 +64,10 @@ class _Summarizer:
             return None
         return f"{bound}.{rest}" if rest else bound
 
-    def read_imports(self, tree: ast.Module) -> None:
+    def read_imports(self, tree: ast.Module, nodes: list[ast.AST]) -> None:
         summary = self.summary
         package = summary.name if summary.is_package else summary.name.rpartition(".")[0]
-        for node in ast.walk(tree):
+        for node in nodes:
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.asname:
@@ -114,13 +115,13 @@ class _Summarizer:
                         found.add(name)
         return found
 
-    def read_uses(self, tree: ast.Module) -> None:
+    def read_uses(self, nodes: list[ast.AST]) -> None:
         """Every call's callee (qualified, or ``.method``), and every name or ``self.attr`` used
         as a value rather than called: a function passed as a callback has call sites no one
         can see."""
         summary = self.summary
         callees: set[int] = set()
-        for node in ast.walk(tree):
+        for node in nodes:
             if isinstance(node, ast.Call):
                 callees.add(id(node.func))
                 name = self.qualify(node.func)
@@ -128,7 +129,7 @@ class _Summarizer:
                     summary.calls.add(name)
                 elif isinstance(node.func, ast.Attribute):
                     summary.calls.add("." + node.func.attr)
-        for node in ast.walk(tree):
+        for node in nodes:
             if id(node) in callees or not isinstance(node, (ast.Name, ast.Attribute)):
                 continue
             if not isinstance(getattr(node, "ctx", None), ast.Load):
@@ -148,8 +149,10 @@ def summarize(name: str, path: Path, data: bytes | str, tree: ast.Module | None 
             tree = python_ast(data, str(path))
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             return summary
+    summary.parsed = True
     summarizer = _Summarizer(summary)
-    summarizer.read_imports(tree)
+    nodes = list(ast.walk(tree))  # one walk for every question (a walk costs as much as the parse)
+    summarizer.read_imports(tree, nodes)
     summarizer.read_definitions(tree.body)
-    summarizer.read_uses(tree)
+    summarizer.read_uses(nodes)
     return summary

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainlint.module_summary import ModuleSummary, summarize
+from trainlint.source import content_digest
 
 if TYPE_CHECKING:
     from trainlint.context import FileContext
@@ -156,6 +157,12 @@ class ProjectIndex:
         if summary is not None:
             self._consult(summary)
         return summary
+
+    def known_to_parse(self, path: Path, text: str) -> bool:
+        """Python's parser has read this very text of the file already (for its summary, asked
+        by another file): the linter need not parse it again to learn that it can."""
+        summary = self._by_path.get(path.resolve())
+        return summary is not None and summary.parsed and summary.digest == content_digest(text.encode("utf-8", "surrogatepass"))
 
     @property
     def consulted(self) -> dict[str, str]:

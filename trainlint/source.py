@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import ast
@@ -37,9 +37,17 @@ def python_ast(source: str | bytes, filename: str) -> ast.Module:
     from Python 3.12): they are about the user's file, and a linter must not echo them to stderr."""
     import ast  # here: only files that are parsed need it
 
+    global _last_parsed
+    if _last_parsed is not None and _last_parsed[0] is source:
+        return _last_parsed[1]  # the linted file: its depth check, then its summary
     with paused_garbage_collector(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return ast.parse(source, filename=filename)
+        tree = ast.parse(source, filename=filename)
+    _last_parsed = (source, tree)
+    return tree
+
+
+_last_parsed: tuple[str | bytes, Any] | None = None  # the last source parsed (the same object) and its tree
 
 
 @contextmanager

@@ -169,6 +169,7 @@ class ModelModes:
         self._summaries: dict[cst.FunctionDef, tuple[int, _Summary]] = {}
         self._seen: dict[cst.CSTNode, dict[cst.Call, Modes]] = {}
         self._points: dict[cst.CSTNode, list[TrainingPoint]] = {}
+        self._nodes_by_scope: tuple[dict[cst.CSTNode, list[cst.Call]], dict[cst.CSTNode, list[cst.For | cst.While]]] | None = None
 
     # -- questions -----------------------------------------------------------------------------
     def left_in_eval(self) -> Iterator[LeftInEval]:
@@ -198,12 +199,14 @@ class ModelModes:
         ``m.train(...)``, or a function of the project by a name whose body (or a callee's, by
         name) spells one (``ProjectIndex.functions_reaching``, a text index). The mode analysis,
         which resolves every call it follows, is only worth running where this holds."""
-        return self._calls_one_of(scope, _SWITCH_WORDS, ("eval", "train"))
+        return bool(self._calls_one_of(scope, _SWITCH_WORDS, ("eval", "train")))
 
     def puts_in_eval_within(self, scope: cst.CSTNode) -> bool:
         """Whether some call of the scope runs with a model left in eval mode on some path (by
-        the scope's own ``m.eval()`` or by a helper's)."""
-        if not self.may_switch(scope):
+        the scope's own ``m.eval()`` or by a helper's). Only a call after a switch can: a
+        model zoo's factory that ends in a builder which may call ``eval()`` runs nothing after."""
+        switching = self._calls_one_of(scope, _SWITCH_WORDS, ("eval", "train"))
+        if not switching or not self._runs_a_call_after(scope, switching):
             return False
         self._analyze(scope)
         return any(
@@ -213,18 +216,31 @@ class ModelModes:
             for tag in tags
         )
 
+    def _runs_a_call_after(self, scope: cst.CSTNode, switching: list[cst.Call]) -> bool:
+        """A call of the scope runs after the first switching call returns (one that comes
+        later and is not part of its arguments, or one it is an argument of), or that call is
+        in a loop. (Source order from the tree: positions would cost a pass over the file.)"""
+        first = switching[0]
+        calls = self._calls_in(scope)
+        later = calls[calls.index(first) + 1 :]
+        if any(not any(a is first for a in self.ctx.ancestors(c)) for c in later):
+            return True
+        return any(isinstance(a, (cst.Call, cst.For, cst.While)) for a in self.ctx.ancestors(first))
+
     def _may_train(self, scope: cst.CSTNode) -> bool:
         """Whether running the scope may run a backward (its own, or a function's by name)."""
-        return self._calls_one_of(scope, TRAINING_WORDS, ("backward", "manual_backward"))
+        return bool(self._calls_one_of(scope, TRAINING_WORDS, ("backward", "manual_backward")))
 
-    def _calls_one_of(self, scope: cst.CSTNode, words: tuple[bytes, ...], methods: tuple[str, ...]) -> bool:
+    def _calls_one_of(self, scope: cst.CSTNode, words: tuple[bytes, ...], methods: tuple[str, ...]) -> list[cst.Call]:
+        """The scope's calls of ``methods`` or of a function that reaches ``words`` by name."""
         reaching = self.ctx.project.functions_reaching(words)
-        for call in calls_within(scope):
+        found = []
+        for call in self._calls_in(scope):
             func = call.func
             name = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else None
             if name is not None and (name in methods or name in reaching):
-                return True
-        return False
+                found.append(call)
+        return found
 
     def mode_dependent(self, instance: Instance) -> bool:
         """The model has dropout or batch norm (its own layers, transitively, or a model zoo's
@@ -236,10 +252,29 @@ class ModelModes:
 
     # -- the analysis of one scope ---------------------------------------------------------------
     def _scopes_with_loops(self) -> list[cst.CSTNode]:
-        scopes: dict[cst.CSTNode, None] = {}
-        for loop in (*self.ctx.nodes.of(cst.For), *self.ctx.nodes.of(cst.While)):
-            scopes.setdefault(self.flow.scopes.scope_of(loop), None)
-        return list(scopes)
+        return list(self._by_scope()[1])
+
+    def loops_in(self, scope: cst.CSTNode) -> list[cst.For | cst.While]:
+        """The scope's own loops (a nested function's are its own)."""
+        return self._by_scope()[1].get(scope, [])
+
+    def _calls_in(self, scope: cst.CSTNode) -> list[cst.Call]:
+        """The scope's calls in source order, lambdas and class bodies included."""
+        return self._by_scope()[0].get(scope, [])
+
+    def _by_scope(self) -> tuple[dict[cst.CSTNode, list[cst.Call]], dict[cst.CSTNode, list[cst.For | cst.While]]]:
+        """The file's calls and loops by scope: one pass over its indexed nodes, not a walk of
+        every function (the gates below are asked of every function of a model zoo)."""
+        if self._nodes_by_scope is None:
+            calls: dict[cst.CSTNode, list[cst.Call]] = {}
+            loops: dict[cst.CSTNode, list[cst.For | cst.While]] = {}
+            scope_of = self.flow.scopes.scope_of
+            for call in self.ctx.nodes.of(cst.Call):
+                calls.setdefault(scope_of(call), []).append(call)
+            for loop in (*self.ctx.nodes.of(cst.For), *self.ctx.nodes.of(cst.While)):
+                loops.setdefault(scope_of(loop), []).append(loop)
+            self._nodes_by_scope = (calls, loops)
+        return self._nodes_by_scope
 
     def _analyze(self, scope: cst.CSTNode) -> None:
         if isinstance(scope, cst.FunctionDef):

@@ -186,7 +186,8 @@ def _may_evaluate(ctx: FileContext, scope: cst.CSTNode) -> bool:
     found. Asked before what every call of the scope runs: that is the costly question in a
     model zoo, where most functions build models and none evaluates."""
     if isinstance(scope, cst.FunctionDef) and EVALUATION_NAME.match(scope.name.value.lower()):
-        return True
+        if not _INFERENCE_NAME.match(scope.name.value.lower()) and ctx.get(ModelModes).loops_in(scope):
+            return True  # a loop of a function named for evaluation (see _named_evaluation)
     return bool(_switches(ctx, scope)) or ctx.get(ModelModes).puts_in_eval_within(scope)
 
 

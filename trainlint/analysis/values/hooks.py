@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from trainlint.analysis.values.engine import ValueFlow
     from trainlint.analysis.values.guard import Dependency
 
+# How a module that registers a gradient hook spells it (`register_model`, a model zoo's
+# decorator in every model file, is not one).
+_REGISTRATIONS = (*GRADIENT_HOOK_METHODS, *(name.rpartition(".")[2] for name in GRADIENT_HOOK_FUNCTIONS))
 _TENSOR_HOOK = "register_hook"  # the one registration whose hook gets a tensor, not tuples
 
 
@@ -110,11 +113,11 @@ class GradientHooksMixin:
         owner = self.enclosing_class(function)
         qualified = None if owner is not None else self.qualified_of(function)
         try:
-            flows = list(self.modules_using(function.name.value, qualified, mentioning=("register_",)))
+            flows = list(self.modules_using(function.name.value, qualified, mentioning=_REGISTRATIONS))
         except TooManyCallers:
             flows = [self]
         for flow in flows:
-            if "register_" not in flow.ctx.source.text:
+            if not any(word in flow.ctx.source.text for word in _REGISTRATIONS):
                 continue
             for call in flow.ctx.nodes.of(cst.Call):
                 registration = flow.gradient_hook(call) if _spells_registration(call) else None
