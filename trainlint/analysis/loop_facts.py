@@ -193,6 +193,8 @@ class LoopFacts:
         for statement, target, value, kind in _additions(self.ctx):
             if adding is not None and not adding(value):
                 continue
+            if kind == "appended" and self._own_method(statement):
+                continue  # `meter.add(loss)` of a project class: what it keeps is its body's business
             loop = self.loop_of(statement)
             if loop is not None:
                 if self._outlives_iteration(target, statement, loop):
@@ -201,6 +203,17 @@ class LoopFacts:
             function = self.flow.scopes.function_of(statement)
             if function is not None and _instance_state(target) and self.runs_per_iteration(function):
                 yield Accumulation(statement, target, value, kind, None)
+
+    def _own_method(self, call: cst.CSTNode) -> bool:
+        """``x.add(v)`` where ``x`` may be an object of a project class that defines ``add``: not
+        a container's append (an ``Averager.add`` may keep ``v.data.sum()``, a number)."""
+        func = call.func if isinstance(call, cst.Call) else None
+        if not isinstance(func, cst.Attribute):
+            return False
+        return any(
+            self.flow.method_of(value.cls, func.attr.value) is not None
+            for value in self.flow.values(func.value).of_type(Instance)
+        )
 
     def _outlives_iteration(self, target: cst.BaseExpression, statement: cst.CSTNode, loop: TrainingLoop) -> bool:
         """The storage was made before the iteration: the name whose value the statement adds to

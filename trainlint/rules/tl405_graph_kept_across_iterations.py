@@ -39,7 +39,9 @@ class GraphKeptAcrossIterations(Rule):
     losses before one backward is the point). An addition accumulates only when the value it adds
     to may come from before the loop or from the previous iteration: `loss = loss + prior_loss`
     after `loss` was computed anew earlier in the same iteration (on every branch) carries
-    nothing over.
+    nothing over. `meter.add(loss)` on an object of a class of the project that defines `add` is
+    not a container's append: the method's own body says what it keeps (`v.data.sum()` keeps a
+    number; `self.sum += v` keeps the graph, and is reported there).
 
     ## Why is this bad?
     A tensor with a `grad_fn` holds the whole graph that computed it. Adding it to a running
