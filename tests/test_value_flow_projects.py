@@ -80,6 +80,28 @@ def test_editing_the_model_module_changes_the_cached_finding_in_the_training_scr
     assert tl204() == []
 
 
+def test_a_new_call_in_the_training_script_changes_the_cached_result_of_the_helper_module(tmp_path: Path) -> None:
+    """The helper's finding depends on who calls it: a training loop that starts handing it the
+    loss is a change in another file, which the cached (clean) result of the helper must see, as
+    must a loop that stops."""
+    project = tmp_path / "meter"
+    shutil.copytree(PROJECTS / "loss_meter", project)
+    train = project / "train.py"
+    calling = train.read_text(encoding="utf-8")
+
+    def tl405() -> list[str]:
+        result = run_cli(".", "--select", "TL405", "--output-format", "json", cwd=project)
+        return sorted(Path(f["filename"]).name for f in json.loads(result.stdout))
+
+    train.write_text(calling.replace("            meter.update_losses(losses)\n", ""), encoding="utf-8")
+    assert tl405() == []
+    assert tl405() == []  # from the cache
+    train.write_text(calling, encoding="utf-8")
+    assert tl405() == ["metrics.py"]
+    train.write_text(calling.replace("            meter.update_losses(losses)\n", ""), encoding="utf-8")
+    assert tl405() == []
+
+
 def test_a_module_level_loss_another_module_imports_is_not_rewritten(tmp_path: Path) -> None:
     """`criterion = nn.BCELoss()` fed a local sigmoid: switching it to `BCEWithLogitsLoss` is safe
     only while no other module of the project imports it (and may call it on probabilities)."""

@@ -26,6 +26,7 @@ from trainlint.fixes import new_temporary_file
 from trainlint.source import content_digest
 
 if TYPE_CHECKING:
+    from trainlint.project import ProjectIndex
     from trainlint.runner import FileResult
 
 GITIGNORE = "# Created by trainlint\n*\n"
@@ -95,6 +96,8 @@ class Cache:
         self.path = self.directory / f"v{__version__}-{settings.digest()}.json" if self.directory else None
         self.entries: dict[str, Any] = {}
         self._dependency_digests: dict[str, str | None] = {}
+        self._index: ProjectIndex | None = None
+        self._is_test_path = settings.is_test_path
         self.code = _code_fingerprint()
         self._changed = True  # the file on disk must be (re)written
         if self.path is not None:
@@ -116,8 +119,10 @@ class Cache:
     def _current_digest(self, path: str) -> str | None:
         """The digest the project index would record for ``path`` now: ABSENT when there is no
         such file (a module still missing), None when it cannot be read."""
-        from trainlint.project import ABSENT  # here: a run whose files have no dependency needs no project
+        from trainlint.project import ABSENT, SEARCH  # here: a run whose files have no dependency needs no project
 
+        if path not in self._dependency_digests and path.startswith(SEARCH):
+            self._dependency_digests[path] = self._project().search_digest(path)
         if path not in self._dependency_digests:
             if not os.path.isfile(path):
                 self._dependency_digests[path] = ABSENT
@@ -127,6 +132,15 @@ class Cache:
                 except OSError:
                     self._dependency_digests[path] = None
         return self._dependency_digests[path]
+
+    def _project(self) -> ProjectIndex:
+        """An index of the project for the searches results depend on (built on first need)."""
+        from trainlint.project import ProjectIndex
+
+        if self._index is None:
+            self._index = ProjectIndex([self.root])
+            self._index.is_test_path = self._is_test_path
+        return self._index
 
     def has_entry(self, target: Target) -> bool:
         return str(target.path) in self.entries

@@ -29,11 +29,14 @@ from trainlint.module_summary import ModuleSummary, summarize
 from trainlint.source import content_digest
 
 if TYPE_CHECKING:
+    from trainlint.analysis.values.guard import EvaluationGuard
     from trainlint.context import FileContext
 
 # The digest recorded in ``ProjectIndex.consulted`` for a path that was looked for and not found:
 # an answer that depends on a module's absence is stale once the module is created.
 ABSENT = "absent"
+# Dependencies on a search over every file of the project, not on one file (see search_digest)
+SEARCH = "?search:"
 
 MAX_PARSED_MODULES = 64  # parsed modules kept for the engine (LRU)
 MAX_PROJECT_FILES = 20_000  # files scanned when looking for call sites
@@ -71,17 +74,25 @@ class ProjectIndex:
         self._importing: dict[tuple[str, str], list[Path]] = {}  # (module, word) -> files that may use it
         # The text index of calls (see functions_reaching), for code and for tests
         self._called: dict[bool, dict[bytes, set[bytes]]] = {}  # function name -> names it calls
-        self._reaching: dict[tuple[tuple[bytes, ...], bool], frozenset[str]] = {}  # words -> functions reaching them
-        self._called_by: dict[tuple[tuple[bytes, ...], bool], frozenset[str]] = {}  # words -> names their callers call
+        self._searches: dict[tuple[str, tuple[bytes, ...], bool], frozenset[str]] = {}  # its answers
         self._current: FileContext | None = None
         self._current_summary: ModuleSummary | None = None
         # module lookup -> the candidate paths it found missing (recorded as ABSENT per answer)
         self._absent: dict[tuple[str, Path | None], list[str]] = {}
         # Files of ``test-paths`` (set by the Linter from its settings): not callers of other code.
         self.is_test_path: Callable[[Path], bool] = lambda path: False
-        from trainlint.analysis.values.guard import EvaluationGuard
+        self._evaluation: EvaluationGuard | None = None
 
-        self.evaluation = EvaluationGuard()  # one recursion guard and memory for the engines of every module
+    @property
+    def evaluation(self) -> EvaluationGuard:
+        """One recursion guard and memory for the engines of every module (made on first use:
+        the cache's checks of what a search finds need no engine, and importing one costs more
+        than a warm run)."""
+        if self._evaluation is None:
+            from trainlint.analysis.values.guard import EvaluationGuard
+
+            self._evaluation = EvaluationGuard()
+        return self._evaluation
 
     # -- the file being linted ----------------------------------------------------------------
     def register(self, ctx: FileContext) -> None:
@@ -283,16 +294,39 @@ class ProjectIndex:
                 and (summary := self._summary_of_current()) is not None
             ):
                 yield summary
+        found = self._importers_by_text(module, word)
+        self.evaluation.note([(f"{SEARCH}importing:{module}:{word}", _digest_of(str(p) for p in found))])
+        for path in found:
+            if path != current and _mentions(self._read(path) or b"", mentioning) and (summary := self.summary(path)):
+                yield summary
+
+    def _importers_by_text(self, module: str, word: str) -> list[Path]:
+        """The project files that spell ``word`` and an import of ``module`` (once per run)."""
         key = (module, word)
         if key not in self._importing:
+            importing = _import_pattern(module)
             needle = word.encode()
             self._importing[key] = [
                 path for path in self.project_files()
-                if (data := self._read(path)) is not None and needle in data and importing.search(data)
+                if importing is not None and (data := self._read(path)) is not None
+                and needle in data and importing.search(data)
             ]
-        for path in self._importing[key]:
-            if path != current and _mentions(self._read(path) or b"", mentioning) and (summary := self.summary(path)):
-                yield summary
+        return self._importing[key]
+
+    def search_digest(self, key: str) -> str | None:
+        """What a search recorded as a dependency (``modules_importing``, the text index of
+        calls) finds now, as the digest it was recorded with: a module that starts importing
+        another, or a training function that starts calling a helper, changes it, and the cached
+        results of the files whose answers relied on the search are stale."""
+        kind, _, rest = key[len(SEARCH):].partition(":")
+        if kind == "importing":
+            module, _, word = rest.partition(":")
+            return _digest_of(str(p) for p in self._importers_by_text(module, word))
+        if kind in ("reaching", "called_by"):
+            tests, _, words = rest.partition(":")
+            spelled = tuple(w.encode() for w in words.split(" "))
+            return _digest_of(self._search_calls(kind, spelled, tests == "tests"))
+        return None
 
     def functions_reaching(self, words: tuple[bytes, ...]) -> frozenset[str]:
         """Names of the project's functions and methods whose body calls one of ``words``
@@ -301,44 +335,49 @@ class ProjectIndex:
         runs to the next one; comments and docstrings left out), built once per run. The
         analyses that follow calls skip resolving a call no such function can answer
         (``x.view(...)``, ``self.log(...)``), which would make the engine look for every caller."""
-        key = (words, self._in_tests())
-        found = self._reaching.get(key)
-        if found is None:
-            calls = self._calls_by_function()
-            wanted = {spelled for word in words for spelled in _call_spellings(word)}
-            reaching = {name for name, called in calls.items() if called & wanted}
-            for _ in range(3):
-                wanted = {spelled for name in reaching for spelled in (name, b"." + name)}
-                more = {name for name, called in calls.items() if called & wanted}
-                if more <= reaching:
-                    break
-                reaching |= more
-            found = self._reaching[key] = frozenset(name.decode() for name in reaching)
-        return found
+        return self._noted_search("reaching", words)
 
     def functions_called_by(self, words: tuple[bytes, ...]) -> frozenset[str]:
         """Names the functions whose body calls one of ``words`` call in turn (by name or as a
         method): what a training function (``backward(``) may pass its tensors to."""
-        key = (words, self._in_tests())
-        found = self._called_by.get(key)
+        return self._noted_search("called_by", words)
+
+    def _noted_search(self, kind: str, words: tuple[bytes, ...]) -> frozenset[str]:
+        in_tests = self._in_tests()
+        found = self._search_calls(kind, words, in_tests)
+        spelled = " ".join(w.decode() for w in words)
+        self.evaluation.note([(f"{SEARCH}{kind}:{'tests' if in_tests else 'code'}:{spelled}", _digest_of(found))])
+        return found
+
+    def _search_calls(self, kind: str, words: tuple[bytes, ...], in_tests: bool) -> frozenset[str]:
+        key = (kind, words, in_tests)
+        found = self._searches.get(key)
         if found is None:
-            calls = self._calls_by_function()
+            calls = self._calls_by_function(in_tests)
             wanted = {spelled for word in words for spelled in _call_spellings(word)}
-            names = {called.lstrip(b".") for body in calls.values() if body & wanted for called in body}
-            found = self._called_by[key] = frozenset(name.decode() for name in names)
+            if kind == "called_by":
+                names = {called.lstrip(b".") for body in calls.values() if body & wanted for called in body}
+            else:
+                names = {name for name, called in calls.items() if called & wanted}
+                for _ in range(3):
+                    wanted = {spelled for name in names for spelled in (name, b"." + name)}
+                    more = {name for name, called in calls.items() if called & wanted}
+                    if more <= names:
+                        break
+                    names |= more
+            found = self._searches[key] = frozenset(name.decode() for name in names)
         return found
 
     def _in_tests(self) -> bool:
         current = self._current
         return current is not None and current.real_path is not None and self.is_test_path(current.real_path)
 
-    def _calls_by_function(self) -> dict[bytes, set[bytes]]:
+    def _calls_by_function(self, in_tests: bool) -> dict[bytes, set[bytes]]:
         """What each function name of the project calls, by name (``.name`` for a method call);
         every definition of a name together. Dunder methods are left out: Python runs them, code
         does not call them by name (`super().__init__(` in every subclass would make each
         constructor of a model zoo reach the one that calls `.eval()`). Test modules count only
         for a test (as the engine's callers do): they call everything, and train nothing."""
-        in_tests = self._in_tests()
         found = self._called.get(in_tests)
         if found is None:
             bodies: dict[bytes, list[bytes]] = {}
@@ -346,7 +385,7 @@ class ProjectIndex:
                 if in_tests or not self.is_test_path(path):
                     _add_bodies(bodies, self._read(path) or b"")
             current = self._current
-            if current is not None:
+            if current is not None and current.real_path is None:  # text from stdin: not on disk
                 _add_bodies(bodies, current.source.text.encode("utf-8", "surrogatepass"))
             found = self._called[in_tests] = {
                 name: {m.group(1) + m.group(2) for text in texts for m in _CALL.finditer(_code_only(text))}
@@ -415,6 +454,10 @@ def _code_only(text: bytes) -> bytes:
     """The text without docstrings and comments (a ``#`` inside a string cuts its line short:
     an index may miss a call there, never invent one)."""
     return _NOT_CODE.sub(b"", text)
+
+
+def _digest_of(items: Iterable[str]) -> str:
+    return content_digest("\n".join(sorted(items)).encode("utf-8", "surrogatepass"))
 
 
 def _call_spellings(word: bytes) -> tuple[bytes, ...]:
