@@ -32,6 +32,7 @@ import libcst as cst
 from trainlint.analysis.values import ClassRef, Constant, Instance, ValueFlow, Values
 from trainlint.analysis.values.calls import CallSite, TooManyCallers
 from trainlint.analysis.values.torch_calls import argument
+from trainlint.context import descendants
 
 if TYPE_CHECKING:
     from trainlint.context import FileContext
@@ -88,6 +89,22 @@ def _dtype_kind(qualified: str | None) -> str:
     if qualified in _FLOAT16:
         return "float16"
     return "bfloat16" if qualified in _BFLOAT16 else "other"
+
+
+def _asserted_eval_before(block: cst.BaseSuite, child: cst.CSTNode) -> bool:
+    """A statement of the block before ``child`` is ``assert not self.training``: the rest of
+    the block runs in evaluation mode only (taming-transformers' loss catches the error of a
+    gradient it cannot take without a graph, and asserts that it is evaluating)."""
+    body = getattr(block, "body", ())
+    if not isinstance(body, (list, tuple)):
+        return False
+    for statement in body:
+        if statement is child:
+            return False
+        lines = statement.body if isinstance(statement, cst.SimpleStatementLine) else ()
+        if any(isinstance(small, cst.Assert) and _tests_training(small.test) is False for small in lines):
+            return True
+    return False
 
 
 def _tests_training(test: cst.BaseExpression) -> bool | None:
@@ -346,7 +363,8 @@ class Regions:
     def runs_only_in_eval(self, node: cst.CSTNode) -> bool:
         """Inside a branch a module takes only in evaluation mode: the body of ``if not
         self.training:`` (or ``if self.training is False``), the ``else`` of ``if self.training:``,
-        the same sides of ``a if self.training else b``."""
+        the same sides of ``a if self.training else b``; or after an ``assert not self.training``
+        earlier in a block around it (in training the assertion raises before)."""
         child: cst.CSTNode = node
         for ancestor in self.ctx.ancestors(node):
             if isinstance(ancestor, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
@@ -359,6 +377,8 @@ class Regions:
                     return True
                 if training is False and child is body:
                     return True
+            if isinstance(ancestor, cst.BaseSuite) and _asserted_eval_before(ancestor, child):
+                return True
             child = ancestor
         return False
 
@@ -394,10 +414,37 @@ class Regions:
                 return True
             if isinstance(ancestor, cst.FunctionDef) and any(_named_for_no_gradient(d.decorator) for d in ancestor.decorators):
                 return True
+        if isinstance(node, cst.Call) and self._runs_a_model_that_switches_gradients(node):
+            return True
         function = self.flow.scopes.scope_of(node)
         start = self.ctx.span(node)[0]
         return any(
             self.flow.scopes.scope_of(call) is function and self.ctx.span(call)[0] < start for call in self._gradient_switches_off
+        )
+
+    def _runs_a_model_that_switches_gradients(self, call: cst.Call) -> bool:
+        """A call of a model of a project class whose ``forward`` turns gradients off itself on
+        some path (``if mode == "inference": with torch.no_grad(): ...``): which path this call
+        takes is the class's business."""
+        func = call.func
+        if isinstance(func, cst.Attribute) and func.attr.value == "forward":
+            func = func.value
+        if not isinstance(func, (cst.Name, cst.Attribute)):
+            return False
+        for instance in self.flow.values(func).of_type(Instance):
+            found = self.flow.method_of(instance.cls, "forward")
+            if found is not None and found[0].ctx.get(Regions).switches_gradients_off_within(found[1]):
+                return True
+        return False
+
+    def switches_gradients_off_within(self, function: cst.FunctionDef) -> bool:
+        """The function runs part of its body without gradients: a ``with torch.no_grad():`` (or
+        ``inference_mode``, ``set_grad_enabled(flag)``) of its own, or a no-gradient decorator."""
+        if any(self._is_no_gradient(d.decorator) for d in function.decorators):
+            return True
+        return any(
+            isinstance(node, cst.With) and any(self._is_no_gradient(i.item) or self._switches_gradients(i.item) for i in node.items)
+            for node in descendants(function, enter_scopes=False)
         )
 
     @cached_property

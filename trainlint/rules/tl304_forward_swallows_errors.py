@@ -41,8 +41,8 @@ class ForwardSwallowsErrors(Rule):
     failing call (`try: x = self.attention(x) except Exception: pass`).
 
     A handler that raises (to add context), returns another real computation of the same thing
-    (a slower attention kernel), or runs in evaluation only (`no_grad`, `if not self.training:`)
-    is not reported, nor is a `try` around code that computes nothing (reading a shape, a length).
+    (a slower attention kernel), or runs in evaluation only (`no_grad`, `if not self.training:`,
+    a fallback after `assert not self.training`) is not reported, nor is a `try` around code that computes nothing (reading a shape, a length).
 
     ## Why is this bad?
     An exception in `forward` is a bug: a shape mismatch (`mat1 and mat2 shapes cannot be
@@ -117,7 +117,7 @@ class ForwardSwallowsErrors(Rule):
                 if caught is None or _raises(handler):
                     continue
                 owner = structure.forward_of(handler)
-                if owner is None or regions.computes_no_gradient(handler) or regions.runs_only_in_eval(handler):
+                if owner is None or regions.computes_no_gradient(handler) or _only_in_eval(regions, handler):
                     continue
                 fallback = _fallback(ctx, statement, handler)
                 if fallback is None:
@@ -167,6 +167,13 @@ def _inspects_error(handler: cst.ExceptHandler) -> bool:
         ):
             return True
     return False
+
+
+def _only_in_eval(regions: Regions, handler: cst.ExceptHandler) -> bool:
+    """The handler runs in evaluation only: under ``if not self.training:``, or its fallback
+    comes after an ``assert not self.training`` (in training the assertion raises instead)."""
+    body = handler.body.body if isinstance(handler.body, cst.IndentedBlock) else ()
+    return regions.runs_only_in_eval(handler) or (bool(body) and regions.runs_only_in_eval(body[-1]))
 
 
 def _raises(handler: cst.ExceptHandler) -> bool:

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 import libcst as cst
 
 from trainlint.analysis.imports import dotted_name
+from trainlint.analysis.loop_facts import callees
 from trainlint.analysis.model_structure import RECURRENT, ModelStructure
 from trainlint.analysis.training_step import (
     BACKWARD_KINDS,
@@ -22,7 +23,7 @@ from trainlint.analysis.training_step import (
     unscale_insertion,
 )
 from trainlint.analysis.values import Collection, Instance, Scopes, Value, ValueFlow, Values, evidence_text
-from trainlint.context import FileContext, child_nodes
+from trainlint.context import FileContext, calls_within, child_nodes
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
 
@@ -46,8 +47,9 @@ class UnclippedExplodingStep(Rule):
     function, or nested in submodules. It also reports a plain `optimizer.step()` (no GradScaler,
     whose inf gradients are routine overflow signals) that already checks its gradients for NaN/Inf
     without clipping them. A plain CNN loop without clipping is not reported, and
-    neither is a step that clips on some path (`if args.max_grad_norm > 0:`), through a helper,
-    or by skipping the update when the gradient norm passes a threshold.
+    neither is a step that clips on some path (`if args.max_grad_norm > 0:`), through a helper
+    (also a method of the model defined in another module, `model.do_gradient_ops()`), or by
+    skipping the update when the gradient norm passes a threshold.
 
     The model is followed wherever it is built: passed to a `Trainer`, returned by a factory in
     another module, unpacked from `model, optimizer = build(cfg)`. Its layers count only when
@@ -218,7 +220,7 @@ class UnclippedExplodingStep(Rule):
         reported: set[cst.CSTNode] = set()
         clipping = _functions_that_clip(ctx)
         for step in ctx.get(TrainingSteps).all_steps():
-            if _may_clip_unseen(step, clipping) or _skips_large_gradients(step):
+            if _may_clip_unseen(ctx, step, clipping) or _skips_large_gradients(step):
                 continue
             for event in step.of_kind(*STEP_KINDS):
                 if (
@@ -380,8 +382,18 @@ def _functions_that_clip(ctx: FileContext) -> set[cst.CSTNode]:
     return found
 
 
-def _may_clip_unseen(step: TrainingStep, clipping: set[cst.CSTNode]) -> bool:
-    return step.function in clipping or any(helper in clipping for helper in step.helpers)
+def _may_clip_unseen(ctx: FileContext, step: TrainingStep, clipping: set[cst.CSTNode]) -> bool:
+    """The step, or a helper it inlines, calls something named like a clip; or it calls a
+    function or method of another module of the project that clips (``model.do_gradient_ops()``,
+    a model's own method that calls ``clip_grad_norm_``): the step analysis does not inline
+    those, so it cannot tell on which paths they clip."""
+    if step.function in clipping or any(helper in clipping for helper in step.helpers):
+        return True
+    return any(callees(ctx, call, _CLIP_WORDS) for call in calls_within(step.function))
+
+
+# How code spells a clip of gradients (the project's text index of calls finds who calls one)
+_CLIP_WORDS = (b"clip_grad_norm_(", b"clip_grad_value_(", b"clip_grad_norm(")
 
 
 # -- the fix ---------------------------------------------------------------------------------------

@@ -56,7 +56,9 @@ class EvaluationWithoutNoGrad(Rule):
     computing a perceptual loss), nor framework hooks that run under no_grad already (Lightning's
     `validation_step`, fairseq's `valid_step` and the methods only such hooks call, the HF
     `Trainer`'s evaluation), nor a model's own inference method (`infer`, `predict` of a class
-    with a `forward`), whose callers choose the gradient mode.
+    with a `forward`), whose callers choose the gradient mode, nor a model whose `forward`
+    turns gradients off itself on some path (`model(data, mode="inference")` where that mode runs
+    under `torch.no_grad()`).
 
     ## Why is this bad?
     `model.eval()` changes how dropout and batch norm compute; it does not stop autograd. Every
