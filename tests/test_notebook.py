@@ -117,6 +117,20 @@ def test_syntax_error_in_a_cell_names_the_cell() -> None:
     assert (record["code"], record["cell"], record["location"]) == ("TL001", 3, {"row": 1, "column": 12})
 
 
+def test_a_syntax_error_names_lines_of_its_cell_not_of_the_joined_program(tmp_path: Path) -> None:
+    """Python says "expected an indented block after 'with' statement on line N": N must be a
+    line of the cell the reader opens, not a row of every cell joined together."""
+    notebook = make_notebook(
+        code_cell("import torch\nmodel = torch.nn.Linear(2, 2)\nx = torch.randn(4, 2)\n"),
+        code_cell("# in the forward pass:\nwith torch.autocast('cpu'):\n\n...\n"),
+    )
+    (tmp_path / "fragment.ipynb").write_text(notebook, encoding="utf-8")
+    result = run_cli("--no-cache", "--output-format", "json", "fragment.ipynb", cwd=tmp_path)
+    [record] = json.loads(result.stdout)
+    assert (record["code"], record["cell"]) == ("TL001", 2)
+    assert record["message"].endswith("after 'with' statement on line 2"), record["message"]
+
+
 # -- fixing ------------------------------------------------------------------------------------
 def test_fix_rewrites_only_the_fixed_cells(tmp_path: Path) -> None:
     original, fixed, result = fix_copy(tmp_path, "classifier.ipynb", "--select", "TL105,TL202")

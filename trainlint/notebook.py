@@ -30,6 +30,9 @@ from trainlint.source import SourceText
 if TYPE_CHECKING:  # the engine imports LibCST: loaded only when a notebook is linted
     from trainlint.engine import FixOutcome, Linter
 
+# Python's syntax errors name other rows of the joined program: "after 'with' statement on line 459"
+_ON_LINE = re.compile(r"on line (\d+)")
+
 NOTEBOOK_SUFFIX = ".ipynb"
 _MARKER = "# trainlint: notebook cell {} (generated line)"
 _MARKER_LINE = re.compile(r"^# trainlint: notebook cell (\d+) \(generated line\)\n", re.MULTILINE)
@@ -324,7 +327,21 @@ class Program:
         cell, row = self.locate(finding.start.row)
         end_cell, end_row = self.locate(finding.end.row)
         end = Position(end_row, finding.end.column) if end_cell == cell else Position(row, finding.start.column)
-        return replace(finding, start=Position(row, finding.start.column), end=end, cell=cell, fix=self._localize_fix(finding.fix))
+        message = self._localize_message(finding.message, cell) if finding.code == SYNTAX_ERROR else finding.message
+        return replace(
+            finding, start=Position(row, finding.start.column), end=end, cell=cell, message=message,
+            fix=self._localize_fix(finding.fix),
+        )
+
+    def _localize_message(self, message: str, cell: int) -> str:
+        """Python's "... after 'with' statement on line 459" names a row of the joined program:
+        the line of the cell (and the cell, when another) is what the reader can find."""
+
+        def local(match: re.Match[str]) -> str:
+            other, line = self.locate(int(match.group(1)))
+            return f"on line {line}" + ("" if other == cell else f" of cell {other}")
+
+        return _ON_LINE.sub(local, message)
 
     def _localize_fix(self, fix: Fix | None) -> Fix | None:
         if fix is None:

@@ -133,7 +133,9 @@ class _Builder:
         if not any(built):
             return []
         clearing = [a for a in built if a]
-        if isinstance(node, cst.If) and len(clearing) == 1 and _only_clears(clearing[0]) and _tests_a_gradient(node.test):
+        if isinstance(node, cst.If) and len(clearing) == 1 and _only_clears(clearing[0]) and (
+            _tests_a_gradient(node.test) or self._tests_existence(node.test, clearing[0])
+        ):
             return clearing[0]  # `if p.grad is not None: p.grad.zero_()`: the other side has none to clear
         own_if = node if isinstance(node, cst.If) and self.depth == 0 else None
         sides = _implied(node.test) if isinstance(node, cst.If) else ()
@@ -143,6 +145,23 @@ class _Builder:
         known = tuple(frozenset(self.decision_key(part, decision) for part, decision in side) for side in sides)
         reads |= {key for side in known for key, _ in side if "@" in key}  # a helper's own variables: decided anew on every call
         return [_Branch(built, known=known, reads=reads, own_if=own_if)]
+
+    def _tests_existence(self, test: cst.BaseExpression, clearing: list[_Item]) -> bool:
+        """``if opt_st:`` / ``if opt_st is not None:`` around ``opt_st.zero_grad()``: where the
+        test fails there is no such optimizer (None), so no step of it either; an optimizer
+        object is always true."""
+        subject = test
+        if isinstance(test, cst.Comparison) and len(test.comparisons) == 1:
+            comparison = test.comparisons[0]
+            none = isinstance(comparison.comparator, cst.Name) and comparison.comparator.value == "None"
+            if not (none and isinstance(comparison.operator, cst.IsNot)):
+                return False
+            subject = test.left
+        text = dotted_name(subject)
+        if text is None:
+            return False
+        tested = self.subst(text) or text
+        return all(e.optimizer == tested for e in _flatten(clearing))
 
     def decision_key(self, test: cst.BaseExpression, decision: _Decision) -> tuple[str, bool]:
         """The key and side of an ``if`` test's decision, spelled as the step's function would:
