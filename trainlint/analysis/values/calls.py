@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from trainlint.analysis.values.guard import Dependency
     from trainlint.context import FileContext
     from trainlint.module_summary import ModuleSummary
-    from trainlint.project import ProjectIndex
+    from trainlint.project import ClassFamily, ProjectIndex
 
 # Decorators that leave who calls a function, and with what, unchanged.
 HARMLESS_DECORATORS = frozenset({
@@ -312,12 +312,20 @@ class CallsMixin:
         """``self.m(...)`` in the class and its subclasses, ``obj.m(...)`` where ``obj`` is an
         instance of the class, ``super().m(...)``, and ``self.m(...)`` in a base class's method,
         which reaches this override when ``self`` is an instance of the class (a template method:
-        ``update`` detaches and calls ``self._update``)."""
+        ``update`` detaches and calls ``self._update``).
+
+        Only modules that define a class of the family (the class, a subclass, a base) or name
+        a member (where instances are built) are read: ``self.m(...)`` in an unrelated class,
+        or ``pipe.m(...)`` of another class's instance, is not a call of this method (diffusers
+        spells ``encode_prompt`` in hundreds of pipelines). An instance that reaches a module
+        naming none of them only through a parameter or a return value is not followed there,
+        as a receiver the engine cannot follow is not."""
         name = function.name.value
         qualified = self.qualified_of(owner)
+        family = self.ctx.project.class_family(qualified, self.ctx.real_path)
         sites: list[CallSite] = []
         complete = True
-        for flow in self.modules_using(name, None):
+        for flow in self.modules_using(name, None, mentioning=family.words if family else (), family=family):
             for call in flow.ctx.nodes.calls_spelled(name):
                 func = call.func
                 if not isinstance(func, cst.Attribute):
@@ -343,12 +351,14 @@ class CallsMixin:
         return base != qualified and self.is_subclass(qualified, base)
 
     def modules_using(
-        self: ValueFlow, word: str, qualified: str | None, include_self: bool = True, mentioning: tuple[str, ...] = ()
+        self: ValueFlow, word: str, qualified: str | None, include_self: bool = True, mentioning: tuple[str, ...] = (),
+        family: ClassFamily | None = None,
     ) -> Iterator[ValueFlow]:
         """The engines of the modules that may call ``qualified`` (or, for None, any method
-        named ``word``): this one, and those whose summary calls or mentions it (under any name
-        it is re-exported as). At most _MAX_CALLER_MODULES others: past that, the caller stops
-        and the parameter is unknown."""
+        named ``word``; with ``family``, only in modules that may hold an instance of its
+        class): this one, and those whose summary calls or mentions it (under any name it is
+        re-exported as). At most _MAX_CALLER_MODULES others: past that, the caller stops and
+        the parameter is unknown."""
         from trainlint.analysis.values.engine import ValueFlow
 
         if include_self:
@@ -372,7 +382,7 @@ class CallsMixin:
                     or (not name.startswith(".") and name.endswith("." + word) and project.definition(name, summary.path) == target)
                     for name in used
                 )
-            if not wanted:
+            if not wanted or (family is not None and not project.may_hold_instances(summary, family)):
                 continue
             read += 1
             if read > _MAX_CALLER_MODULES:
