@@ -79,6 +79,9 @@ SELF_RETURNING = frozenset({
     "to", "cuda", "cpu", "float", "half", "bfloat16", "double", "train", "eval", "requires_grad_",
     "to_empty", "apply", "share_memory", "xpu", "type",
 })
+# Class methods of library base classes that build an instance of the class they are called on
+# (``BertForSequenceClassification.from_pretrained(...)`` of a project subclass of a HF model).
+ALTERNATIVE_CONSTRUCTORS = frozenset({"from_pretrained", "from_config"})
 # Methods returning their arguments in order (``accelerator.prepare``, ``fabric.setup``, apex).
 PASSTHROUGH_METHODS = frozenset({"prepare", "setup", "initialize", "prepare_model"})
 PARAMETER_METHODS = frozenset({"parameters", "named_parameters"})
