@@ -109,10 +109,22 @@ class _Summarizer:
         for root in nodes:
             for node in ast.walk(root):
                 if isinstance(node, ast.Call):
-                    name = self.qualify(node.func)
+                    name = self.qualify(node.func) or self.chosen_by_name(node.func)
                     if name:
                         found.add(name)
         return found
+
+    def chosen_by_name(self, func: ast.expr) -> str | None:
+        """``module.*`` for a callee picked from a module by a name known at run time:
+        ``models.__dict__[arch]``, ``getattr(models, arch)`` (how scripts build the network an
+        ``--arch`` option names)."""
+        if isinstance(func, ast.Subscript) and isinstance(func.value, ast.Attribute) and func.value.attr == "__dict__":
+            module = self.qualify(func.value.value)
+        elif isinstance(func, ast.Call) and isinstance(func.func, ast.Name) and func.func.id == "getattr" and len(func.args) == 2:
+            module = self.qualify(func.args[0])
+        else:
+            return None
+        return f"{module}.*" if module else None
 
     def read_uses(self, tree: ast.Module) -> None:
         """Every call's callee (qualified, or ``.method``), and every name or ``self.attr`` used
