@@ -33,6 +33,7 @@ class ModuleSummary:
     variables: set[str] = field(default_factory=set)  # names assigned at the top level
     calls: set[str] = field(default_factory=set)  # qualified callees, and ".name" for method calls
     references: set[str] = field(default_factory=set)  # qualified names and ".attr" used as values, not called
+    star_imports: list[str] = field(default_factory=list)  # modules of `from module import *`, in order
 
     def defines(self, name: str) -> bool:
         return name in self.classes or name in self.functions or name in self.variables
@@ -83,6 +84,8 @@ class _Summarizer:
                 for alias in node.names:
                     if alias.name != "*":
                         summary.imports[alias.asname or alias.name] = f"{base}.{alias.name}"
+                    elif base:
+                        summary.star_imports.append(base)
         for node in tree.body:
             if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                 summary.imports[node.name] = f"{summary.name}.{node.name}"

@@ -208,6 +208,30 @@ class ProjectIndex:
         reexport = summary.imports.get(attr)
         if reexport and reexport != qualified:
             return self.definition(reexport, summary.path, depth + 1)
+        return self._star_definition(summary, attr, depth, set())
+
+    def _star_definition(
+        self, summary: ModuleSummary, attr: str, depth: int, seen: set[str]
+    ) -> tuple[ModuleSummary, str] | None:
+        """``attr`` brought in by ``from module import *`` (a package's ``__init__`` that
+        re-exports its submodules that way), searched depth first; each module once."""
+        if attr.startswith("_") or depth > 8:
+            return None  # a star import leaves out private names
+        for module in summary.star_imports:
+            if module in seen:
+                continue
+            seen.add(module)
+            star = self.module(module, summary.path)
+            if star is None:
+                continue
+            if star.defines(attr):
+                return star, attr
+            reexport = star.imports.get(attr)
+            if reexport:
+                return self.definition(reexport, star.path, depth + 1)
+            found = self._star_definition(star, attr, depth + 1, seen)
+            if found is not None:
+                return found
         return None
 
     # -- parsed modules for the engine -------------------------------------------------------------
