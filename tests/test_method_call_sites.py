@@ -5,7 +5,8 @@ A pipeline's ``encode_prompt`` puts the text encoder in eval mode and runs it; t
 their own ``encode_prompt`` and call it through ``self``: those are calls of other methods, and the
 search for the callers must not give up on them (past a dozen modules the engine stops reading, and
 the method would look called from anywhere). A module that builds the pipeline and calls its
-``encode_prompt`` with gradients on is a caller, and keeps the finding.
+``encode_prompt`` with gradients on is a caller, and keeps the finding; so are modules that reach
+an instance through another class that holds it, or through a helper it is passed to.
 """
 
 from __future__ import annotations
@@ -135,16 +136,67 @@ def test_a_caller_in_a_module_that_builds_the_pipeline_still_counts(tmp_path: Pa
     assert _tl406(project) == [("pipes/pipeline_audio.py", 14, 25)]
 
 
+def _call_sites(project: Path, module: str, method: str) -> tuple[list[tuple[str, int]], bool]:
+    path = project / module
+    text = path.read_text(encoding="utf-8")
+    ctx = FileContext(module, SourceText(text), cst.parse_module(text), ProjectIndex([project]), module_name_for(path)[0], path)
+    ctx.project.register(ctx)
+    function = next(f for f in ctx.nodes.of(cst.FunctionDef) if f.name.value == method)
+    sites, complete = ctx.get(ValueFlow).call_sites(function)
+    return sorted((Path(s.flow.ctx.path).name, s.flow.ctx.range(s.call).start.line) for s in sites), complete
+
+
 def test_call_sites_of_the_method_are_its_own_class_calls(tmp_path: Path) -> None:
     """The engine's answer: the one ``self.encode_prompt(...)`` of ``__call__``, and a complete list."""
     project = _project(tmp_path)
-    path = project / "pipes" / "pipeline_audio.py"
-    text = path.read_text(encoding="utf-8")
-    ctx = FileContext("pipes/pipeline_audio.py", SourceText(text), cst.parse_module(text), ProjectIndex([project]),
-                      module_name_for(path)[0], path)
-    ctx.project.register(ctx)
-    flow = ctx.get(ValueFlow)
-    method = next(f for f in ctx.nodes.of(cst.FunctionDef) if f.name.value == "encode_prompt")
-    sites, complete = flow.call_sites(method)
-    assert [(site.flow.ctx.path, site.flow.ctx.range(site.call).start.line) for site in sites] == [("pipes/pipeline_audio.py", 19)]
-    assert complete
+    assert _call_sites(project, "pipes/pipeline_audio.py", "encode_prompt") == ([("pipeline_audio.py", 19)], True)
+
+
+def test_an_instance_held_by_another_class_or_passed_to_a_helper_is_still_followed(tmp_path: Path) -> None:
+    """Modules that never name the class reach its instances: ``metrics.tracker.update(loss)`` of a
+    tracker a ``Metrics`` builds, and ``encode(model)`` in a helper module the training script
+    passes the model to. Thirteen unrelated modules of the package calling their own ``update``
+    are skipped, and the answer stays complete."""
+    files = {
+        "pkg/__init__.py": "",
+        "pkg/utils.py": "def log(message):\n    print(message)\n",
+        "pkg/metrics.py": (
+            "class LossTracker:\n"
+            "    def __init__(self):\n"
+            "        self.total = 0.0\n\n"
+            "    def update(self, loss):\n"
+            "        self.total += loss\n\n\n"
+            "class Metrics:\n"
+            "    def __init__(self):\n"
+            "        self.tracker = LossTracker()\n"
+        ),
+        "pkg/model.py": "class Wrapper:\n    def val_start(self):\n        self.training = False\n",
+        "pkg/evaluation.py": (
+            "from pkg.utils import log\n\n\n"
+            "def encode(model, loader):\n"
+            "    model.val_start()\n"
+            "    log('encoding')\n"
+            "    return [x for x in loader]\n"
+        ),
+        "pkg/train.py": (
+            "from pkg.evaluation import encode\n"
+            "from pkg.metrics import Metrics\n"
+            "from pkg.model import Wrapper\n\n\n"
+            "def main(loader):\n"
+            "    metrics = Metrics()\n"
+            "    model = Wrapper()\n"
+            "    for loss in loader:\n"
+            "        metrics.tracker.update(loss)\n"
+            "    encode(model, loader)\n"
+        ),
+        **{
+            f"pkg/meter_{n}.py": f"from pkg.utils import log\n\n\nclass Meter{n}:\n    def update(self, value):\n"
+            f"        log(value)\n\n    def step(self, value):\n        self.update(value)\n        self.val_start()\n"
+            for n in range(13)
+        },
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    assert _call_sites(tmp_path, "pkg/metrics.py", "update") == ([("train.py", 10)], True)
+    assert _call_sites(tmp_path, "pkg/model.py", "val_start") == ([("evaluation.py", 5)], True)

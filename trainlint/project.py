@@ -22,7 +22,6 @@ import os
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,7 +35,6 @@ if TYPE_CHECKING:
 ABSENT = "absent"
 
 MAX_PARSED_MODULES = 64  # parsed modules kept for the engine (LRU)
-_MAX_FAMILY = 64  # classes of one family (a class, its subclasses and bases) looked for
 MAX_PROJECT_FILES = 20_000  # files scanned when looking for call sites
 _SKIPPED_DIRECTORIES = frozenset({
     ".git", ".hg", ".svn", ".venv", "venv", "env", "__pycache__", "node_modules", "build", "dist",
@@ -71,7 +69,6 @@ class ProjectIndex:
         self._texts: dict[Path, bytes | None] = {}
         self._importing: dict[tuple[str, str], list[Path]] = {}  # (module, word) -> files that may use it
         self._reaching: dict[tuple[bytes, ...], frozenset[str]] = {}  # words -> functions reaching them
-        self._families: dict[tuple[str, str], ClassFamily] = {}
         self._current: FileContext | None = None
         self._current_summary: ModuleSummary | None = None
         # module lookup -> the candidate paths it found missing (recorded as ABSENT per answer)
@@ -79,8 +76,10 @@ class ProjectIndex:
         # Files of ``test-paths`` (set by the Linter from its settings): not callers of other code.
         self.is_test_path: Callable[[Path], bool] = lambda path: False
         from trainlint.analysis.values.guard import EvaluationGuard
+        from trainlint.class_family import ClassFamilies
 
         self.evaluation = EvaluationGuard()  # one recursion guard and memory for the engines of every module
+        self.families = ClassFamilies(self)  # where instances of a class may be, for the callers of its methods
 
     # -- the file being linted ----------------------------------------------------------------
     def register(self, ctx: FileContext) -> None:
@@ -131,7 +130,7 @@ class ProjectIndex:
             self.evaluation.note([(missing, ABSENT) for missing in self._absent[key]])
         summary = self._by_name[key]
         if summary is not None:
-            self._consult(summary)  # every answer records its sources
+            self.consult(summary)  # every answer records its sources
         return summary
 
     def _find_module(self, name: str, importer: Path | None, missing: list[str]) -> ModuleSummary | None:
@@ -154,7 +153,7 @@ class ProjectIndex:
             self._by_path[path] = None if data is None else summarize(module_name_for(path)[0], path, data)
         summary = self._by_path[path]
         if summary is not None:
-            self._consult(summary)
+            self.consult(summary)
         return summary
 
     @property
@@ -167,7 +166,8 @@ class ProjectIndex:
         self.evaluation.consulted = value
         self.evaluation.computed = 0  # a new linted file: a new budget of questions
 
-    def _consult(self, summary: ModuleSummary) -> None:
+    def consult(self, summary: ModuleSummary) -> None:
+        """Record that the answer being computed read this module."""
         self.evaluation.note([(str(summary.path), summary.digest)])
 
     def _summary_of_current(self) -> ModuleSummary | None:
@@ -347,71 +347,6 @@ class ProjectIndex:
             and (qualified in summary.imports.values() or qualified in summary.references or qualified in summary.calls)
         ]
 
-    # -- where instances of a class can be --------------------------------------------------------
-    def class_family(self, qualified: str, importer: Path | None) -> ClassFamily | None:
-        """The class with its subclasses and its bases in the project (None: not a class of the
-        project), read from the summaries of the modules that spell their names."""
-        found = self.definition(qualified, importer)
-        if found is None or found[1] not in found[0].classes:
-            return None
-        key = (found[0].name, found[1])
-        family = self._families.get(key)
-        if family is None:
-            sources: dict[Path, ModuleSummary] = {found[0].path: found[0]}
-            bases = self._bases_of(found[0], found[1], sources)
-            members = self._subclasses_of(found[0], found[1], sources)
-            family = self._families[key] = ClassFamily(members, bases, tuple(sources.values()))
-        for summary in family.sources:
-            self._consult(summary)
-        return family
-
-    def may_hold_instances(self, summary: ModuleSummary, family: ClassFamily) -> bool:
-        """The module defines a class of the family (its own ``self`` may be an instance, or run a
-        subclass's override) or names one of its members (it may build one)."""
-        if any((summary.name, name) in family.members or (summary.name, name) in family.bases for name in summary.classes):
-            return True
-        spelled = family.member_names
-        return any(
-            not name.startswith(".") and name.rpartition(".")[2] in spelled and self._class_key(name, summary.path) in family.members
-            for name in (*summary.imports.values(), *summary.calls, *summary.references)
-        )
-
-    def _class_key(self, qualified: str, importer: Path | None) -> tuple[str, str] | None:
-        found = self.definition(qualified, importer)
-        return (found[0].name, found[1]) if found is not None and found[1] in found[0].classes else None
-
-    def _bases_of(self, summary: ModuleSummary, name: str, sources: dict[Path, ModuleSummary]) -> frozenset[tuple[str, str]]:
-        found: set[tuple[str, str]] = set()
-        stack = [(summary, name)]
-        while stack and len(found) < _MAX_FAMILY:
-            module, attr = stack.pop()
-            for base in module.classes[attr].bases:
-                definition = self.definition(base, module.path)
-                if definition is None or definition[1] not in definition[0].classes:
-                    continue
-                key = (definition[0].name, definition[1])
-                if key not in found:
-                    found.add(key)
-                    sources[definition[0].path] = definition[0]
-                    stack.append(definition)
-        return frozenset(found)
-
-    def _subclasses_of(self, summary: ModuleSummary, name: str, sources: dict[Path, ModuleSummary]) -> frozenset[tuple[str, str]]:
-        """The class and the project's classes deriving from it, transitively: a subclass's
-        module spells its base's name (and imports it, unless it is the same module)."""
-        members = {(summary.name, name)}
-        frontier = [(summary, name)]
-        while frontier and len(members) < _MAX_FAMILY:
-            module, attr = frontier.pop()
-            for other in [module, *self.modules_importing(module.name, attr.rpartition(".")[2])]:
-                for derived, cls in other.classes.items():
-                    key = (other.name, derived)
-                    if key not in members and any(self._class_key(b, other.path) == (module.name, attr) for b in cls.bases):
-                        members.add(key)
-                        frontier.append((other, derived))
-                        sources[other.path] = other
-        return frozenset(members)
-
     # -- questions rules ask ------------------------------------------------------------------
     def layers_of(self, qualified: str, importer: Path | None = None) -> frozenset[str]:
         """Qualified names of every torch callable a class of the project builds, transitively
@@ -439,27 +374,6 @@ class ProjectIndex:
             yield name
             if not name.startswith("torch."):
                 yield from self._calls_of_class(name, summary.path, seen)
-
-
-@dataclass(frozen=True)
-class ClassFamily:
-    """A class of the project (a member), the classes deriving from it (members too: their
-    instances are its instances) and its bases, as (module, class) names."""
-
-    members: frozenset[tuple[str, str]]
-    bases: frozenset[tuple[str, str]]
-    sources: tuple[ModuleSummary, ...]  # the summaries the family was read from
-
-    @property
-    def member_names(self) -> frozenset[str]:
-        return frozenset(attr.rpartition(".")[2] for _, attr in self.members)
-
-    @property
-    def words(self) -> tuple[str, ...]:
-        """What the text of a module that may hold an instance spells: a member's name, or
-        ``class Base`` (the definition of a base, whose ``self`` may be an instance)."""
-        bases = {f"class {attr.rpartition('.')[2]}" for _, attr in self.bases}
-        return (*sorted(self.member_names), *sorted(bases))
 
 
 _DEF = re.compile(rb"^[ \t]*(?:async[ \t]+)?def[ \t]+(\w+)[ \t]*\(", re.MULTILINE)

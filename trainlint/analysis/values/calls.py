@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from trainlint.analysis.values.guard import Dependency
     from trainlint.context import FileContext
     from trainlint.module_summary import ModuleSummary
-    from trainlint.project import ClassFamily, ProjectIndex
+    from trainlint.class_family import ClassFamily
+    from trainlint.project import ProjectIndex
 
 # Decorators that leave who calls a function, and with what, unchanged.
 HARMLESS_DECORATORS = frozenset({
@@ -314,15 +315,14 @@ class CallsMixin:
         which reaches this override when ``self`` is an instance of the class (a template method:
         ``update`` detaches and calls ``self._update``).
 
-        Only modules that define a class of the family (the class, a subclass, a base) or name
-        a member (where instances are built) are read: ``self.m(...)`` in an unrelated class,
-        or ``pipe.m(...)`` of another class's instance, is not a call of this method (diffusers
-        spells ``encode_prompt`` in hundreds of pipelines). An instance that reaches a module
-        naming none of them only through a parameter or a return value is not followed there,
-        as a receiver the engine cannot follow is not."""
+        Only modules that may hold an instance of the class are read (:mod:`trainlint.class_family`:
+        they define a class of its family, build one, hold one through a class or function that
+        does, or receive one): ``self.m(...)`` in an unrelated class, or ``pipe.m(...)`` of
+        another class's instance, is not a call of this method (diffusers spells
+        ``encode_prompt`` in hundreds of pipelines)."""
         name = function.name.value
         qualified = self.qualified_of(owner)
-        family = self.ctx.project.class_family(qualified, self.ctx.real_path)
+        family = self.ctx.project.families.of(qualified, self.ctx.real_path)
         sites: list[CallSite] = []
         complete = True
         for flow in self.modules_using(name, None, mentioning=family.words if family else (), family=family):
@@ -382,7 +382,7 @@ class CallsMixin:
                     or (not name.startswith(".") and name.endswith("." + word) and project.definition(name, summary.path) == target)
                     for name in used
                 )
-            if not wanted or (family is not None and not project.may_hold_instances(summary, family)):
+            if not wanted or (family is not None and not project.families.may_hold(summary, family)):
                 continue
             read += 1
             if read > _MAX_CALLER_MODULES:
