@@ -137,3 +137,25 @@ def test_functions_reaching_reads_calls_in_code_not_in_comments_docstrings_or_lo
     # `super().__init__(` is Python running a constructor, not a call that reaches `net.eval()`
     assert "build" not in index.functions_reaching((b".eval(",))
 
+
+def test_package_reexports_through_star_imports(tmp_path: Path) -> None:
+    """``from .classifiers import *`` in a package's ``__init__``, two levels deep (texar's
+    layout): the class is found where it is defined; private names and cycles are not followed."""
+    write(
+        tmp_path,
+        {
+            "lib/__init__.py": "from lib.modules import *\nfrom lib.other import *\n",
+            "lib/modules/__init__.py": "from lib.modules.classifiers import *\n",
+            "lib/modules/classifiers/__init__.py": "from .bert_classifier import *\n",
+            "lib/modules/classifiers/bert_classifier.py": CONV3D_MODEL.replace("class Net", "class BERTClassifier")
+            + "\nclass _Private(nn.Module):\n    pass\n",
+            "lib/other.py": "from lib import *\n",
+        },
+    )
+    index = ProjectIndex([tmp_path])
+    train = tmp_path / "train.py"
+    found = index.definition("lib.modules.BERTClassifier", train)
+    assert found is not None and (found[0].name, found[1]) == ("lib.modules.classifiers.bert_classifier", "BERTClassifier")
+    assert "torch.nn.Conv3d" in index.layers_of("lib.BERTClassifier", train)
+    assert index.definition("lib.modules._Private", train) is None
+    assert index.definition("lib.Missing", train) is None  # lib -> other -> lib: each module once

@@ -682,3 +682,34 @@ def test_a_function_called_from_too_many_modules_is_unknown_without_reading_them
     function = next(iter(ctx.nodes.of(cst.FunctionDef)))
     widths = ctx.get(ValueFlow).parameter_values(function, "width")
     assert not widths.unknown and {c.value for c in widths.of_type(Constant)} == set(range(1, _MAX_CALLER_MODULES + 1))
+
+
+def test_from_pretrained_of_a_project_subclass_of_a_library_model_builds_the_class(tmp_path: Path) -> None:
+    """``Model.from_pretrained`` inherited from a library base (a Hugging Face model) builds an
+    instance of the project class, named directly or picked from a table; a library class, or a
+    project class with its own ``from_pretrained``, is not guessed at."""
+    project = Project(tmp_path, {
+        "models.py": """
+            from transformers import BertModel, BertPreTrainedModel
+
+            class Classifier(BertPreTrainedModel):
+                pass
+
+            class Loader:
+                @classmethod
+                def from_pretrained(cls, path):
+                    return load(path)
+
+            CLASSES = {"bert": (None, Classifier)}
+            _, picked = CLASSES[kind]
+            direct = Classifier.from_pretrained("bert-base-uncased")
+            from_table = picked.from_pretrained("bert-base-uncased")
+            library = BertModel.from_pretrained("bert-base-uncased")
+            own = Loader.from_pretrained("weights.pt")
+        """,
+    })
+    for name in ("direct", "from_table"):
+        values = project.values("models.py", name)
+        assert [v.cls for v in values.of_type(Instance)] == ["models.Classifier"] and not values.unknown
+    assert not project.values("models.py", "library").of_type(Instance)
+    assert not project.values("models.py", "own").of_type(Instance)

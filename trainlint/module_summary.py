@@ -34,6 +34,7 @@ class ModuleSummary:
     calls: set[str] = field(default_factory=set)  # qualified callees, and ".name" for method calls
     references: set[str] = field(default_factory=set)  # qualified names and ".attr" used as values, not called
     parsed: bool = False  # Python's parser read it (no syntax error, no nesting past its limits)
+    star_imports: list[str] = field(default_factory=list)  # modules of `from module import *`, in order
 
     def defines(self, name: str) -> bool:
         return name in self.classes or name in self.functions or name in self.variables
@@ -84,6 +85,8 @@ class _Summarizer:
                 for alias in node.names:
                     if alias.name != "*":
                         summary.imports[alias.asname or alias.name] = f"{base}.{alias.name}"
+                    elif base:
+                        summary.star_imports.append(base)
         for node in tree.body:
             if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                 summary.imports[node.name] = f"{summary.name}.{node.name}"
@@ -110,10 +113,22 @@ class _Summarizer:
         for root in nodes:
             for node in ast.walk(root):
                 if isinstance(node, ast.Call):
-                    name = self.qualify(node.func)
+                    name = self.qualify(node.func) or self.chosen_by_name(node.func)
                     if name:
                         found.add(name)
         return found
+
+    def chosen_by_name(self, func: ast.expr) -> str | None:
+        """``module.*`` for a callee picked from a module by a name known at run time:
+        ``models.__dict__[arch]``, ``getattr(models, arch)`` (how scripts build the network an
+        ``--arch`` option names)."""
+        if isinstance(func, ast.Subscript) and isinstance(func.value, ast.Attribute) and func.value.attr == "__dict__":
+            module = self.qualify(func.value.value)
+        elif isinstance(func, ast.Call) and isinstance(func.func, ast.Name) and func.func.id == "getattr" and len(func.args) == 2:
+            module = self.qualify(func.args[0])
+        else:
+            return None
+        return f"{module}.*" if module else None
 
     def read_uses(self, nodes: list[ast.AST]) -> None:
         """Every call's callee (qualified, or ``.method``), and every name or ``self.attr`` used

@@ -30,6 +30,7 @@ from trainlint.source import content_digest
 
 if TYPE_CHECKING:
     from trainlint.analysis.values.guard import EvaluationGuard
+    from trainlint.class_family import ClassFamilies
     from trainlint.context import FileContext
 
 # The digest recorded in ``ProjectIndex.consulted`` for a path that was looked for and not found:
@@ -82,6 +83,7 @@ class ProjectIndex:
         # Files of ``test-paths`` (set by the Linter from its settings): not callers of other code.
         self.is_test_path: Callable[[Path], bool] = lambda path: False
         self._evaluation: EvaluationGuard | None = None
+        self._families: ClassFamilies | None = None
 
     @property
     def evaluation(self) -> EvaluationGuard:
@@ -93,6 +95,15 @@ class ProjectIndex:
 
             self._evaluation = EvaluationGuard()
         return self._evaluation
+
+    @property
+    def families(self) -> ClassFamilies:
+        """Where instances of a class may be, for the callers of its methods (made on first use)."""
+        if self._families is None:
+            from trainlint.class_family import ClassFamilies
+
+            self._families = ClassFamilies(self)
+        return self._families
 
     # -- the file being linted ----------------------------------------------------------------
     def register(self, ctx: FileContext) -> None:
@@ -143,7 +154,7 @@ class ProjectIndex:
             self.evaluation.note([(missing, ABSENT) for missing in self._absent[key]])
         summary = self._by_name[key]
         if summary is not None:
-            self._consult(summary)  # every answer records its sources
+            self.consult(summary)  # every answer records its sources
         return summary
 
     def _find_module(self, name: str, importer: Path | None, missing: list[str]) -> ModuleSummary | None:
@@ -166,7 +177,7 @@ class ProjectIndex:
             self._by_path[path] = None if data is None else summarize(module_name_for(path)[0], path, data)
         summary = self._by_path[path]
         if summary is not None:
-            self._consult(summary)
+            self.consult(summary)
         return summary
 
     def known_to_parse(self, path: Path, text: str) -> bool:
@@ -185,7 +196,8 @@ class ProjectIndex:
         self.evaluation.consulted = value
         self.evaluation.computed = 0  # a new linted file: a new budget of questions
 
-    def _consult(self, summary: ModuleSummary) -> None:
+    def consult(self, summary: ModuleSummary) -> None:
+        """Record that the answer being computed read this module."""
         self.evaluation.note([(str(summary.path), summary.digest)])
 
     def _summary_of_current(self) -> ModuleSummary | None:
@@ -226,6 +238,30 @@ class ProjectIndex:
         reexport = summary.imports.get(attr)
         if reexport and reexport != qualified:
             return self.definition(reexport, summary.path, depth + 1)
+        return self._star_definition(summary, attr, depth, set())
+
+    def _star_definition(
+        self, summary: ModuleSummary, attr: str, depth: int, seen: set[str]
+    ) -> tuple[ModuleSummary, str] | None:
+        """``attr`` brought in by ``from module import *`` (a package's ``__init__`` that
+        re-exports its submodules that way), searched depth first; each module once."""
+        if attr.startswith("_") or depth > 8:
+            return None  # a star import leaves out private names
+        for module in summary.star_imports:
+            if module in seen:
+                continue
+            seen.add(module)
+            star = self.module(module, summary.path)
+            if star is None:
+                continue
+            if star.defines(attr):
+                return star, attr
+            reexport = star.imports.get(attr)
+            if reexport:
+                return self.definition(reexport, star.path, depth + 1)
+            found = self._star_definition(star, attr, depth + 1, seen)
+            if found is not None:
+                return found
         return None
 
     # -- parsed modules for the engine -------------------------------------------------------------

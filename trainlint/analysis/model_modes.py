@@ -38,7 +38,7 @@ from trainlint.analysis.loop_facts import TRAINING_WORDS, callees
 from trainlint.analysis.model_structure import ModelStructure
 from trainlint.analysis.statement_flow import StatementFlow
 from trainlint.analysis.training_step import BACKWARD_KINDS, TrainingSteps
-from trainlint.analysis.values import Constant, Instance, Site, ValueFlow
+from trainlint.analysis.values import Constant, FunctionRef, Instance, Site, ValueFlow
 from trainlint.analysis.values.torch_calls import argument
 from trainlint.context import calls_within
 from trainlint.analysis.values.torch_semantics import MODE_DEPENDENT_LAYERS, MODE_DEPENDENT_ZOO
@@ -50,6 +50,7 @@ ENTRY = "entry"  # the mode the model had when the function was called
 TRAIN = "train"
 UNKNOWN = "unknown"  # a train() of unknown receiver ran: the model may be in training mode
 _CALL_DEPTH = 3  # functions of functions of functions are followed
+_HELPER_DEPTH = 2  # helpers a training step runs its models in (`self.forward_emb(x)`)
 # Words without which a function switches no mode and runs no training step.
 _MODE_WORDS = (b".eval(", b".train(", *TRAINING_WORDS)
 _SWITCH_WORDS = (b".eval(", b".train(")
@@ -245,10 +246,11 @@ class ModelModes:
     def mode_dependent(self, instance: Instance) -> bool:
         """The model has dropout or batch norm (its own layers, transitively, or a model zoo's
         classification network known to have them)."""
-        tail = instance.cls.rpartition(".")[2]
-        if instance.cls.startswith("torchvision.models.") and re.match(MODE_DEPENDENT_ZOO, tail):
+        if _zoo_network(instance.cls) or self.structure.layers_of_value(instance) & MODE_DEPENDENT_LAYERS:
             return True
-        return bool(self.structure.layers_of_value(instance) & MODE_DEPENDENT_LAYERS)
+        site_ctx = instance.site.ctx if instance.site is not None else self.ctx
+        built = self.ctx.project.built_by_class(instance.cls, site_ctx.real_path or self.ctx.real_path)
+        return any(_zoo_network(name) for name in built)  # a project model around a torchvision backbone
 
     # -- the analysis of one scope ---------------------------------------------------------------
     def _scopes_with_loops(self) -> list[cst.CSTNode]:
@@ -333,17 +335,23 @@ class ModelModes:
                     found[event.node] = models
         return found
 
-    def _models_run_in(self, node: cst.CSTNode) -> frozenset[Instance]:
+    def _models_run_in(self, node: cst.CSTNode, follow: int = _HELPER_DEPTH) -> frozenset[Instance]:
         """The models a training step runs: calls of a name or of ``self``'s attributes (``model(x)``,
         ``self.net(x)``, ``self.model.forward(x)``) that hold model instances, including a model
-        zoo's network whose layers are unknown. (Calls of other expressions, ``x.view(...)``, are
-        not asked about: they would make the engine look for every caller of the function.)"""
+        zoo's network whose layers are unknown, and those of the project's functions and methods
+        the step calls that way (``self.forward_emb(images)`` runs ``self.img_enc`` and
+        ``self.txt_enc``), ``follow`` levels deep. (Calls of other expressions, ``x.view(...)``,
+        are not asked about: they would make the engine look for every caller of the function.)"""
         found: set[Instance] = set()
         for call in calls_within(node):
             func = call.func.value if isinstance(call.func, cst.Attribute) and call.func.attr.value == "forward" else call.func
             if not _names_a_model_call(func) or self.ctx.qualified_name(func) is not None:
                 continue
-            found.update(v for v in self.flow.values(func).of_type(Instance) if self.structure.is_model(v))
+            values = self.flow.values(func)
+            found.update(v for v in values.of_type(Instance) if self.structure.is_model(v))
+            for helper in values.of_type(FunctionRef) if follow > 0 else ():
+                if helper.site is not None and isinstance(helper.site.node, cst.FunctionDef):
+                    found |= helper.site.ctx.get(ModelModes)._models_run_in(helper.site.node, follow - 1)
         return frozenset(found)
 
     # -- calls -----------------------------------------------------------------------------------
@@ -435,6 +443,13 @@ class ValueFlowAt:
         if not isinstance(call, cst.Call) or not isinstance(call.func, cst.Attribute):
             return []
         return self.site.ctx.get(ValueFlow).values(call.func.value).of_type(Instance)
+
+
+def _zoo_network(qualified: str) -> bool:
+    """A torchvision classification network (``torchvision.models.resnet50``), or one picked by
+    name at run time (``models.__dict__[arch]``: nearly all of them have batch norm or dropout)."""
+    module, _, tail = qualified.rpartition(".")
+    return module.startswith("torchvision.models") and (tail == "*" or re.match(MODE_DEPENDENT_ZOO, tail) is not None)
 
 
 def _names_a_model_call(func: cst.BaseExpression) -> bool:

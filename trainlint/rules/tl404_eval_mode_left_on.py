@@ -25,9 +25,13 @@ class EvalModeLeftOn(Rule):
 
     The mode is followed through the code as it runs: across loop iterations (what the end of
     one epoch leaves is what the next starts with), into the project's functions and methods,
-    through `self.model`, parameters and other modules. It is reported only for models with
-    dropout or batch norm (`nn.Dropout*`, `nn.BatchNorm*`, `nn.SyncBatchNorm`, `nn.Transformer*`
-    layers, torchvision's CNNs): for other models the two modes compute the same thing. It is
+    through `self.model`, parameters and other modules, and into the models a wrapper object
+    switches and trains (`model.val_start()` putting `self.img_enc` in eval mode, and
+    `model.train_emb(batch)` running it through `self.forward_emb`). It is reported only for
+    models with dropout or batch norm (`nn.Dropout*`, `nn.BatchNorm*`, `nn.SyncBatchNorm`,
+    `nn.Transformer*` layers, torchvision's CNNs, also as the backbone of a project's model or
+    picked by name with `models.__dict__[arch]`): for other models the two modes compute the
+    same thing. It is
     not reported when `model.train()` runs on every path before the backward (the top of the
     iteration, the end of `validate()`), when a `train(...)` of unknown receiver may have set the
     mode back, when the model is put in eval mode before its own forward in the same iteration
@@ -186,6 +190,8 @@ def _mode_layers(ctx: FileContext, model: Instance) -> str:
         return "batch norm uses frozen running statistics"
     if dropout and not norm:
         return "dropout stays off"
+    if not dropout and not norm:  # a torchvision backbone: its layers are not read
+        return "its dropout and batch norm stay in eval mode"
     return "dropout stays off and batch norm uses frozen running statistics"
 
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from trainlint.analysis.values.guard import Dependency
     from trainlint.context import FileContext
     from trainlint.module_summary import ModuleSummary
+    from trainlint.class_family import ClassFamily
     from trainlint.project import ProjectIndex
 
 # Decorators that leave who calls a function, and with what, unchanged.
@@ -312,12 +313,19 @@ class CallsMixin:
         """``self.m(...)`` in the class and its subclasses, ``obj.m(...)`` where ``obj`` is an
         instance of the class, ``super().m(...)``, and ``self.m(...)`` in a base class's method,
         which reaches this override when ``self`` is an instance of the class (a template method:
-        ``update`` detaches and calls ``self._update``)."""
+        ``update`` detaches and calls ``self._update``).
+
+        Only modules that may hold an instance of the class are read (:mod:`trainlint.class_family`:
+        they define a class of its family, build one, hold one through a class or function that
+        does, or receive one): ``self.m(...)`` in an unrelated class, or ``pipe.m(...)`` of
+        another class's instance, is not a call of this method (diffusers spells
+        ``encode_prompt`` in hundreds of pipelines)."""
         name = function.name.value
         qualified = self.qualified_of(owner)
+        family = self.ctx.project.families.of(qualified, self.ctx.real_path)
         sites: list[CallSite] = []
         complete = True
-        for flow in self.modules_using(name, None):
+        for flow in self.modules_using(name, None, mentioning=family.words if family else (), family=family):
             for call in flow.ctx.nodes.calls_spelled(name):
                 func = call.func
                 if not isinstance(func, cst.Attribute):
@@ -343,12 +351,14 @@ class CallsMixin:
         return base != qualified and self.is_subclass(qualified, base)
 
     def modules_using(
-        self: ValueFlow, word: str, qualified: str | None, include_self: bool = True, mentioning: tuple[str, ...] = ()
+        self: ValueFlow, word: str, qualified: str | None, include_self: bool = True, mentioning: tuple[str, ...] = (),
+        family: ClassFamily | None = None,
     ) -> Iterator[ValueFlow]:
         """The engines of the modules that may call ``qualified`` (or, for None, any method
-        named ``word``): this one, and those whose summary calls or mentions it (under any name
-        it is re-exported as). At most _MAX_CALLER_MODULES others: past that, the caller stops
-        and the parameter is unknown."""
+        named ``word``; with ``family``, only in modules that may hold an instance of its
+        class): this one, and those whose summary calls or mentions it (under any name it is
+        re-exported as). At most _MAX_CALLER_MODULES others: past that, the caller stops and
+        the parameter is unknown."""
         from trainlint.analysis.values.engine import ValueFlow
 
         if include_self:
@@ -372,10 +382,11 @@ class CallsMixin:
                     or (not name.startswith(".") and name.endswith("." + word) and project.definition(name, summary.path) == target)
                     for name in used
                 )
-            if wanted:
-                callers.append(summary)
-                if len(callers) > _MAX_CALLER_MODULES:
-                    raise TooManyCallers  # known from the summaries alone, before any module is read
+            if not wanted or (family is not None and not project.families.may_hold(summary, family)):
+                continue
+            callers.append(summary)
+            if len(callers) > _MAX_CALLER_MODULES:
+                raise TooManyCallers  # known from the summaries alone, before any module is read
         for summary in callers:
             ctx = project.context(summary)
             if ctx is not None:

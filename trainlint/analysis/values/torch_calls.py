@@ -29,6 +29,7 @@ from trainlint.analysis.values.domain import (
     number,
 )
 from trainlint.analysis.values.torch_semantics import (
+    ALTERNATIVE_CONSTRUCTORS,
     CAST_METHODS,
     CONTAINER_MODULES,
     DEFAULT_INIT_SCALE,
@@ -129,6 +130,11 @@ class TorchCallsMixin:
         if qualified == "itertools.chain":
             items = [self.iterate(self.evaluate(a.value, symbolic)) for a in call.args if not a.star]
             return Values.of(Collection("list", (Values.union(items),), homogeneous=True)) if items else UNKNOWN
+        if qualified.rpartition(".")[2] in ALTERNATIVE_CONSTRUCTORS and isinstance(call.func, cst.Attribute):
+            classes = self.evaluate(call.func.value, symbolic).of_type(ClassRef)  # `Model.from_pretrained(...)`
+            built = [self._library_constructor(c, call.func.attr.value, call) for c in classes]
+            instances = [b for b in built if b is not None]
+            return Values.of(*instances) if instances and len(instances) == len(built) else None
         return None
 
     def library_function(self: ValueFlow, qualified: str, call: cst.Call, symbolic: bool) -> Values:
@@ -203,6 +209,9 @@ class TorchCallsMixin:
                 return self._passthrough(call, symbolic)
             held = self.attribute_of(value, name)  # `self.model(x)`: a submodule called
             return held.map(lambda callee: self.apply(callee, call, symbolic))
+        if isinstance(value, ClassRef):
+            built = self._library_constructor(value, name, call)
+            return Values.of(built) if built is not None else UNKNOWN
         if isinstance(value, Tensor):
             return self._tensor_method(value, name, call, symbolic)
         if isinstance(value, Facts):
@@ -213,6 +222,13 @@ class TorchCallsMixin:
             if name == "items":
                 return Values.of(Collection("list", (Values.of(Collection("tuple", (UNKNOWN, value.every_item()))),), homogeneous=True))
         return UNKNOWN
+
+    def _library_constructor(self: ValueFlow, value: ClassRef, name: str, call: cst.Call) -> Instance | None:
+        """``Model.from_pretrained(...)`` of a project class that inherits it from a library base
+        (a subclass of a Hugging Face model): an instance of the class, built at the call."""
+        if value.site is None or name not in ALTERNATIVE_CONSTRUCTORS or self.method_of(value.qualified, name) is not None:
+            return None
+        return Instance(value.qualified, self.site(call))
 
     def _method_on_unknown(self: ValueFlow, name: str, call: cst.Call, receiver: cst.BaseExpression, symbolic: bool) -> Values:
         """A method of something unknown: tensor methods that produce probabilities or logs

@@ -82,6 +82,9 @@ SELF_RETURNING = frozenset({
 # Context managers of loss scaling whose ``as`` name is their first argument times the loss scale:
 # apex's ``with amp.scale_loss(loss, optimizer) as scaled_loss: scaled_loss.backward()``.
 LOSS_SCALING_CONTEXTS = frozenset({"scale_loss"})
+# Class methods of library base classes that build an instance of the class they are called on
+# (``BertForSequenceClassification.from_pretrained(...)`` of a project subclass of a HF model).
+ALTERNATIVE_CONSTRUCTORS = frozenset({"from_pretrained", "from_config"})
 # Methods returning their arguments in order (``accelerator.prepare``, ``fabric.setup``, apex).
 PASSTHROUGH_METHODS = frozenset({"prepare", "setup", "initialize", "prepare_model"})
 PARAMETER_METHODS = frozenset({"parameters", "named_parameters"})
