@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainlint.config import SYNTAX_ERROR
 from trainlint.findings import Edit, Finding, Fix, Position
+from trainlint.notebook_json import JsonStyle, NotebookError, source_spans, split_lines
 from trainlint.source import SourceText
 
 if TYPE_CHECKING:  # the engine imports LibCST: loaded only when a notebook is linted
@@ -38,7 +39,6 @@ _MARKER = "# trainlint: notebook cell {} (generated line)"
 _MARKER_LINE = re.compile(r"^# trainlint: notebook cell (\d+) \(generated line\)\n", re.MULTILINE)
 _PLACEHOLDER = "{indent}pass  # trainlint: ipython line {id}"
 _PLACEHOLDER_LINE = re.compile(r"^[ \t]*pass  # trainlint: ipython line (\d+)(?=[\r\n]|\Z)", re.MULTILINE)
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 # Cell magics whose body is Python run by IPython itself; any other (%%bash, %%writefile,
 # %%html, ...) hands the body to something else, so the cell is not linted.
@@ -55,16 +55,6 @@ _AUTOMAGIC = re.compile(
 _PYTHON_AFTER_NAME = re.compile(r"\.[A-Za-z_]|[ \t]*(?:[=(\[,:)]|[-+*/%&|^<>!@]=|\*\*|//)")
 _ASSIGNED_MAGIC = re.compile(r"[ \t]*[A-Za-z_][\w.]*(?:[ \t]*,[ \t]*[A-Za-z_][\w.]*)*[ \t]*=[ \t]*[%!]")
 _HELP = re.compile(r"[ \t]*(?:\?{1,2}[\w.*]+|[\w.*\[\]()]+\?{1,2})[ \t]*$")
-
-
-class NotebookError(Exception):
-    """A file that is not a notebook trainlint can read; becomes a TL001 finding."""
-
-    def __init__(self, message: str, row: int = 1, column: int = 1) -> None:
-        super().__init__(message)
-        self.message = message
-        self.row = row
-        self.column = column
 
 
 # -- reading the notebook ----------------------------------------------------------------------
@@ -104,8 +94,8 @@ class Notebook:
 
     def with_sources(self, sources: dict[int, str]) -> str:
         """The file's text with the given cells' (by number) sources replaced, nothing else."""
-        spans = _source_spans(self.text)
-        style = _JsonStyle.of(self.text)
+        spans = source_spans(self.text)
+        style = JsonStyle.of(self.text)
         text = self.text
         for number in sorted(sources, reverse=True):
             span = spans[number - 1]
@@ -202,17 +192,6 @@ def _scan(line: str, state: _ScanState) -> None:
     state.continued = not comment and state.string is None and line.rstrip("\r\n").endswith("\\")
 
 
-def _split_lines(text: str) -> list[str]:
-    """Physical lines with their breaks, split as Python's tokenizer does (not on \\f or \\x1c)."""
-    lines, start = [], 0
-    for match in _LINE_BREAK.finditer(text):
-        lines.append(text[start : match.end()])
-        start = match.end()
-    if start < len(text):
-        lines.append(text[start:])
-    return lines
-
-
 def _is_ipython_line(line: str) -> bool:
     return bool(
         _LINE_MAGIC.match(line) or _ASSIGNED_MAGIC.match(line) or _HELP.match(line.rstrip("\r\n"))
@@ -262,7 +241,7 @@ def _python_view(cell: Cell, placeholders: _Placeholders) -> str | None:
     view: list[str] = []
     state = _ScanState()
     in_magic, magic_indent = False, ""
-    for index, line in enumerate(_split_lines(cell.source)):
+    for index, line in enumerate(split_lines(cell.source)):
         body = line.rstrip("\r\n")
         brk = line[len(body) :]
         if in_magic or (state.at_statement_start and (_is_ipython_line(line) or (index == 0 and magic is not None))):
@@ -308,7 +287,7 @@ class Program:
             body = view if ends_with_break or not view else view + "\n"
             parts.append(_MARKER.format(cell.number) + "\n" + body)
             rows.append(_CellRows(cell.number, row, ends_with_break))
-            row += 1 + len(_split_lines(body))
+            row += 1 + len(split_lines(body))
         return cls("".join(parts), rows, placeholders)
 
     def locate(self, row: int) -> tuple[int, int]:
@@ -386,93 +365,6 @@ class Program:
 
         restored = _PLACEHOLDER_LINE.sub(original, view)
         return None if broken else restored
-
-
-# -- writing the JSON back in its own style ------------------------------------------------------
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
-_SCALAR = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?|true|false|null|NaN|-?Infinity")
-_Span = tuple[int, int]
-
-
-def _skip_space(text: str, index: int) -> int:
-    return _WHITESPACE.match(text, index).end()  # type: ignore[union-attr]
-
-
-def _members(text: str, index: int) -> Iterator[tuple[str | int, int, int]]:
-    """(key or position, value start, value end) of the object or array starting at ``index``;
-    the text is known to be valid JSON."""
-    closing = "}" if text[index] == "{" else "]"
-    index = _skip_space(text, index + 1)
-    position = 0
-    while text[index] != closing:
-        key: str | int = position
-        if closing == "}":
-            key, index = json.decoder.scanstring(text, index + 1)  # type: ignore[attr-defined]
-            index = _skip_space(text, _skip_space(text, index) + 1)  # past the colon
-        end = _value_end(text, index)
-        yield key, index, end
-        position += 1
-        index = _skip_space(text, end)
-        if text[index] == ",":
-            index = _skip_space(text, index + 1)
-
-
-def _value_end(text: str, index: int) -> int:
-    char = text[index]
-    if char == '"':
-        return json.decoder.scanstring(text, index + 1)[1]  # type: ignore[attr-defined]
-    if char in "{[":
-        end = index + 1
-        for _, _, end in _members(text, index):
-            pass
-        return _skip_space(text, end) + 1  # past the closing bracket (JSON has no trailing comma)
-    match = _SCALAR.match(text, index)
-    if match is None:
-        raise NotebookError("invalid notebook: unexpected JSON")
-    return match.end()
-
-
-def _source_spans(text: str) -> list[_Span | None]:
-    """The span of each cell's ``source`` value in the file's text (the last one when a key is
-    repeated, as ``json.loads`` reads it); None for a cell without one."""
-    start = _skip_space(text, 0)
-    cells_start = [s for key, s, _ in _members(text, start) if key == "cells"][-1]
-    spans: list[_Span | None] = []
-    for _, cell_start, _ in _members(text, cells_start):
-        found = [(s, e) for key, s, e in _members(text, cell_start) if key == "source"]
-        spans.append(found[-1] if found else None)
-    return spans
-
-
-@dataclass(frozen=True)
-class _JsonStyle:
-    ensure_ascii: bool
-
-    @classmethod
-    def of(cls, text: str) -> _JsonStyle:
-        # Jupyter writes non-ASCII text as is; a file that escapes it was written with ensure_ascii.
-        escaped = re.search(r"\\u(?!00[0-7])[0-9a-fA-F]{4}", text) is not None
-        return cls(ensure_ascii=escaped and text.isascii())
-
-    def string(self, value: str) -> str:
-        return json.dumps(value, ensure_ascii=self.ensure_ascii)
-
-    def source_value(self, source: str, old: str) -> str:
-        """``source`` as a JSON value shaped like the value it replaces: one string, or a list of
-        lines (nbformat's ``splitlines(keepends=True)``) laid out as the old list was: the same
-        breaks and indentation before the first line, between lines and before the ``]``."""
-        if old.startswith('"'):
-            return self.string(source)
-        lines = source.splitlines(keepends=True)
-        if not lines:
-            return "[]"
-        items = list(_members(old, 0))
-        if not items:  # an empty cell: fixes never add code to one, but stay valid if they did
-            return "[" + ", ".join(self.string(line) for line in lines) + "]"
-        opener = old[1 : items[0][1]]
-        closer = old[items[-1][2] : len(old) - 1]
-        separator = old[items[0][2] : items[1][1]] if len(items) > 1 else "," + opener
-        return "[" + opener + separator.join(self.string(line) for line in lines) + closer + "]"
 
 
 # -- linting and fixing ----------------------------------------------------------------------------
@@ -567,44 +459,3 @@ def cell_source(notebook: SourceText, cell: int) -> SourceText | None:
     """One cell's text, for printing a finding's line (``cell`` is 1-based)."""
     sources = _cell_sources(notebook.text)
     return SourceText(sources[cell - 1]) if 0 < cell <= len(sources) else None
-
-
-def file_position(text: str, cell: int, row: int, column: int) -> tuple[int, int] | None:
-    """Where a cell's (row, column) sits in the notebook file's own text, as 1-based line and
-    column: inside the JSON string that holds that line of the cell's source. SARIF viewers show
-    the ``.ipynb`` file as text, so this is the region they can highlight. None when the file is
-    not a notebook this can read or the position is past the cell's source."""
-    try:
-        span = _source_spans(text)[cell - 1]
-        if span is None:
-            return None
-        start, end = span
-        pieces = [(s, e) for _, s, e in _members(text, start)] if text[start] == "[" else [(start, end)]
-    except (NotebookError, IndexError, ValueError, KeyError):
-        return None
-    lines_before = 0  # lines of the cell's source that end before the current piece
-    for piece_start, piece_end in pieces:
-        raw = text[piece_start:piece_end]
-        decoded = json.loads(raw)
-        lines = _split_lines(decoded) or [""]
-        if row <= lines_before + len(lines):
-            within = sum(len(line) for line in lines[: row - lines_before - 1]) + column - 1
-            offset = piece_start + _raw_index(raw, min(within, len(decoded)))
-            line = text.count("\n", 0, offset) + 1
-            return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
-        lines_before += sum(1 for line in lines if line.endswith(("\n", "\r")))
-    return None
-
-
-def _raw_index(raw: str, characters: int) -> int:
-    """The index in a JSON string literal (quotes included) of its ``characters``-th decoded
-    character: escapes (``\\n``, ``\\u00e9``, a surrogate pair) are one character each."""
-    index, count = 1, 0
-    while count < characters and index < len(raw) - 1:
-        if raw[index] == "\\":
-            pair = raw[index + 1] == "u" and raw[index + 6 : index + 8] == "\\u" and 0xD800 <= int(raw[index + 2 : index + 6], 16) < 0xDC00
-            index += 12 if pair else 6 if raw[index + 1] == "u" else 2
-        else:
-            index += 1
-        count += 1
-    return index

@@ -135,7 +135,7 @@ def _notebook_location(f: Finding, uri: str, sources: Callable[[str], SourceText
     """A notebook finding's SARIF location: the region of the ``.ipynb`` file's text that holds the
     cell's line (what a viewer of the file can highlight), or the file alone when that cannot be
     read; the cell and its own line and column are in the result's properties."""
-    from trainlint.notebook import file_position
+    from trainlint.notebook_json import file_position
 
     physical: dict[str, Any] = {"artifactLocation": {"uri": uri}}
     notebook = sources(f.path) if sources is not None else None
