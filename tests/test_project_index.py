@@ -159,3 +159,14 @@ def test_package_reexports_through_star_imports(tmp_path: Path) -> None:
     assert "torch.nn.Conv3d" in index.layers_of("lib.BERTClassifier", train)
     assert index.definition("lib.modules._Private", train) is None
     assert index.definition("lib.Missing", train) is None  # lib -> other -> lib: each module once
+
+
+def test_the_summary_walk_visits_what_ast_walk_visits_in_its_order() -> None:
+    """Summaries read imports in walk order (a later import of a name wins): the faster walk
+    must keep ``ast.walk``'s breadth-first order exactly."""
+    import ast
+
+    from trainlint.module_summary import _walk
+
+    tree = ast.parse(CONV3D_MODEL + "\ndef f(x):\n    import numpy as np\n    return [np.log(v) for v in x if v]\n")
+    assert [id(n) for n in _walk(tree)] == [id(n) for n in ast.walk(tree)]

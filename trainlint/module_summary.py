@@ -9,6 +9,7 @@ then reads the module itself for what values are.
 from __future__ import annotations
 
 import ast
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,24 @@ class _Summarizer:
                 summary.references.add("." + node.attr)
 
 
+def _walk(tree: ast.AST) -> list[ast.AST]:
+    """Every node, in ``ast.walk``'s order (breadth first, fields in order), at half its cost:
+    no generator per node."""
+    found: list[ast.AST] = []
+    queue = deque([tree])
+    node_type = ast.AST
+    while queue:
+        node = queue.popleft()
+        found.append(node)
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if isinstance(value, node_type):
+                queue.append(value)
+            elif type(value) is list:
+                queue.extend([item for item in value if isinstance(item, node_type)])
+    return found
+
+
 def summarize(name: str, path: Path, data: bytes | str, tree: ast.Module | None = None) -> ModuleSummary:
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
     summary = ModuleSummary(name=name, path=path, digest=content_digest(raw), is_package=path.name == "__init__.py")
@@ -166,7 +185,7 @@ def summarize(name: str, path: Path, data: bytes | str, tree: ast.Module | None 
             return summary
     summary.parsed = True
     summarizer = _Summarizer(summary)
-    nodes = list(ast.walk(tree))  # one walk for every question (a walk costs as much as the parse)
+    nodes = _walk(tree)  # one walk for every question (ast.walk costs as much as the parse)
     summarizer.read_imports(tree, nodes)
     summarizer.read_definitions(tree.body)
     summarizer.read_uses(nodes)
