@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,8 +91,11 @@ def _read_no_follow(path: Path) -> bytes:
 class Cache:
     """Per-file results for one configuration, in one JSON file replaced atomically."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, project_roots: Sequence[Path] = ()) -> None:
         self.root = settings.root
+        # The roots the linter's project index searches: a search recorded as a dependency must be
+        # answered over the same files, or every cached answer that relied on one would miss.
+        self._project_roots = list(project_roots) or [settings.root]
         self.directory = confined_directory(settings.cache_path, settings.root)
         self.path = self.directory / f"v{__version__}-{settings.digest()}.json" if self.directory else None
         self.entries: dict[str, Any] = {}
@@ -138,7 +142,7 @@ class Cache:
         from trainlint.project import ProjectIndex
 
         if self._index is None:
-            self._index = ProjectIndex([self.root])
+            self._index = ProjectIndex(self._project_roots)
             self._index.is_test_path = self._is_test_path
         return self._index
 

@@ -222,7 +222,7 @@ def run(
     roots: Sequence[Path],
     progress: Progress | None = None,
 ) -> RunResult:
-    cache = Cache(settings) if options.use_cache else None
+    cache = Cache(settings, roots) if options.use_cache else None
     results: dict[Target, FileResult] = {}
     pending: list[Target] = []
     for target in targets:
