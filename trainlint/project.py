@@ -76,6 +76,7 @@ class ProjectIndex:
         # The text index of calls (see functions_reaching), for code and for tests
         self._called: dict[bool, dict[bytes, set[bytes]]] = {}  # function name -> names it calls
         self._searches: dict[tuple[str, tuple[bytes, ...], bool], frozenset[str]] = {}  # its answers
+        self._digests: dict[tuple[str, str, str], str] = {}  # what each recorded search found, digested
         self._current: FileContext | None = None
         self._current_summary: ModuleSummary | None = None
         # module lookup -> the candidate paths it found missing (recorded as ABSENT per answer)
@@ -330,9 +331,8 @@ class ProjectIndex:
                 and (summary := self._summary_of_current()) is not None
             ):
                 yield summary
-        found = self._importers_by_text(module, word)
-        self.evaluation.note([(f"{SEARCH}importing:{module}:{word}", _digest_of(str(p) for p in found))])
-        for path in found:
+        self._note_search("importing", module, word)
+        for path in self._importers_by_text(module, word):
             if path != current and _mentions(self._read(path) or b"", mentioning) and (summary := self.summary(path)):
                 yield summary
 
@@ -354,15 +354,26 @@ class ProjectIndex:
         calls) finds now, as the digest it was recorded with: a module that starts importing
         another, or a training function that starts calling a helper, changes it, and the cached
         results of the files whose answers relied on the search are stale."""
-        kind, _, rest = key[len(SEARCH):].partition(":")
-        if kind == "importing":
-            module, _, word = rest.partition(":")
-            return _digest_of(str(p) for p in self._importers_by_text(module, word))
-        if kind in ("reaching", "called_by"):
-            tests, _, words = rest.partition(":")
-            spelled = tuple(w.encode() for w in words.split(" "))
-            return _digest_of(self._search_calls(kind, spelled, tests == "tests"))
-        return None
+        kind, first, second = (key[len(SEARCH):].split(":", 2) + ["", ""])[:3]
+        return self._search_digest(kind, first, second) if kind in ("importing", "reaching", "called_by") else None
+
+    def _note_search(self, kind: str, first: str, second: str) -> None:
+        """Record, for the answer being computed, that it relied on this search."""
+        self.evaluation.note([(f"{SEARCH}{kind}:{first}:{second}", self._search_digest(kind, first, second))])
+
+    def _search_digest(self, kind: str, first: str, second: str) -> str:
+        """The digest of what a search finds (computed once per run: the calls index is asked
+        on every call the analyses resolve). ``importing``: module, word; ``reaching`` and
+        ``called_by``: "tests" or "code", the words joined by spaces."""
+        key = (kind, first, second)
+        found = self._digests.get(key)
+        if found is None:
+            if kind == "importing":
+                answer: Iterable[str] = (str(path) for path in self._importers_by_text(first, second))
+            else:
+                answer = self._search_calls(kind, tuple(w.encode() for w in second.split(" ")), first == "tests")
+            found = self._digests[key] = _digest_of(answer)
+        return found
 
     def functions_reaching(self, words: tuple[bytes, ...]) -> frozenset[str]:
         """Names of the project's functions and methods whose body calls one of ``words``
@@ -380,10 +391,8 @@ class ProjectIndex:
 
     def _noted_search(self, kind: str, words: tuple[bytes, ...]) -> frozenset[str]:
         in_tests = self._in_tests()
-        found = self._search_calls(kind, words, in_tests)
-        spelled = " ".join(w.decode() for w in words)
-        self.evaluation.note([(f"{SEARCH}{kind}:{'tests' if in_tests else 'code'}:{spelled}", _digest_of(found))])
-        return found
+        self._note_search(kind, "tests" if in_tests else "code", " ".join(w.decode() for w in words))
+        return self._search_calls(kind, words, in_tests)
 
     def _search_calls(self, kind: str, words: tuple[bytes, ...], in_tests: bool) -> frozenset[str]:
         key = (kind, words, in_tests)

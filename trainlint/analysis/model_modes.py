@@ -200,13 +200,13 @@ class ModelModes:
         ``m.train(...)``, or a function of the project by a name whose body (or a callee's, by
         name) spells one (``ProjectIndex.functions_reaching``, a text index). The mode analysis,
         which resolves every call it follows, is only worth running where this holds."""
-        return bool(self._calls_one_of(scope, _SWITCH_WORDS, ("eval", "train")))
+        return bool(self._switching_calls(scope))
 
     def puts_in_eval_within(self, scope: cst.CSTNode) -> bool:
         """Whether some call of the scope runs with a model left in eval mode on some path (by
         the scope's own ``m.eval()`` or by a helper's). Only a call after a switch can: a
         model zoo's factory that ends in a builder which may call ``eval()`` runs nothing after."""
-        switching = self._calls_one_of(scope, _SWITCH_WORDS, ("eval", "train"))
+        switching = self._switching_calls(scope)
         if not switching or not self._runs_a_call_after(scope, switching):
             return False
         self._analyze(scope)
@@ -227,6 +227,9 @@ class ModelModes:
         if any(not any(a is first for a in self.ctx.ancestors(c)) for c in later):
             return True
         return any(isinstance(a, (cst.Call, cst.For, cst.While)) for a in self.ctx.ancestors(first))
+
+    def _switching_calls(self, scope: cst.CSTNode) -> list[cst.Call]:
+        return self._calls_one_of(scope, _SWITCH_WORDS, ("eval", "train"))
 
     def _may_train(self, scope: cst.CSTNode) -> bool:
         """Whether running the scope may run a backward (its own, or a function's by name)."""

@@ -393,7 +393,7 @@ def _may_clip_unseen(ctx: FileContext, step: TrainingStep, clipping: set[cst.CST
 
 
 # How code spells a clip of gradients (the project's text index of calls finds who calls one)
-_CLIP_WORDS = (b"clip_grad_norm_(", b"clip_grad_value_(", b"clip_grad_norm(")
+_CLIP_WORDS = tuple(sorted({f"{name.rpartition('.')[2]}(".encode() for name in CLIP_FUNCTIONS}))
 
 
 # -- the fix ---------------------------------------------------------------------------------------

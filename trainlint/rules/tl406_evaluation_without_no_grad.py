@@ -187,10 +187,19 @@ def _may_evaluate(ctx: FileContext, scope: cst.CSTNode) -> bool:
     or a helper such as ``set_eval(model)`` that does): the only places an evaluation can be
     found. Asked before what every call of the scope runs: that is the costly question in a
     model zoo, where most functions build models and none evaluates."""
-    if isinstance(scope, cst.FunctionDef) and EVALUATION_NAME.match(scope.name.value.lower()):
-        if not _INFERENCE_NAME.match(scope.name.value.lower()) and ctx.get(ModelModes).loops_in(scope):
-            return True  # a loop of a function named for evaluation (see _named_evaluation)
+    if _named_for_evaluation(scope) and ctx.get(ModelModes).loops_in(scope):
+        return True  # a loop of a function named for evaluation (see _named_evaluation)
     return bool(_switches(ctx, scope)) or ctx.get(ModelModes).puts_in_eval_within(scope)
+
+
+def _named_for_evaluation(scope: cst.CSTNode) -> bool:
+    """A function named for evaluation (``validate``...), not for inference: a function named
+    for inference (``sliding_window_inference``, ``predict``) is an API whose callers choose the
+    gradient mode (they wrap it in ``no_grad``): left to them."""
+    if not isinstance(scope, cst.FunctionDef):
+        return False
+    name = scope.name.value.lower()
+    return EVALUATION_NAME.match(name) is not None and _INFERENCE_NAME.match(name) is None
 
 
 def _uses_another_framework(ctx: FileContext) -> bool:
@@ -246,12 +255,8 @@ def _after_eval(ctx: FileContext, scope: cst.CSTNode, runs: list[ModelRun]) -> I
 
 
 def _named_evaluation(ctx: FileContext, scope: cst.CSTNode, runs: list[ModelRun]) -> Iterator[_Evaluation]:
-    """Runs of a known model in a loop of a function named for evaluation (``validate``...). A
-    function named for inference (``sliding_window_inference``, ``predict``) is an API whose
-    callers choose the gradient mode (they wrap it in ``no_grad``): left to them."""
-    if not isinstance(scope, cst.FunctionDef) or not EVALUATION_NAME.match(scope.name.value.lower()):
-        return
-    if _INFERENCE_NAME.match(scope.name.value.lower()):
+    """Runs of a known model in a loop of a function named for evaluation (``validate``...)."""
+    if not _named_for_evaluation(scope):
         return
     regions = ctx.get(Regions)
     looped = [
