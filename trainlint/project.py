@@ -114,6 +114,9 @@ class ProjectIndex:
         from trainlint.analysis.imports import ImportResolver
         from trainlint.analysis.values import Scopes, ValueFlow
 
+        previous = self._current
+        if previous is not None and previous is not ctx and not any(kept is previous for kept in self._contexts.values()):
+            previous.release()  # the last file linted, which no other file's question parsed
         self._current = ctx
         self._current_summary = None
         for parsed in self._contexts.values():
@@ -277,7 +280,9 @@ class ProjectIndex:
             return self._contexts[path]
         self._contexts[path] = self._parse(summary)
         while len(self._contexts) > MAX_PARSED_MODULES:
-            self._contexts.popitem(last=False)
+            evicted = self._contexts.popitem(last=False)[1]
+            if evicted is not None and evicted is not self._current:
+                evicted.release()
         return self._contexts[path]
 
     def _parse(self, summary: ModuleSummary) -> FileContext | None:

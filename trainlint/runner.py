@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -16,6 +17,10 @@ from trainlint.config import INTERNAL_ERROR, IO_ERROR, SYNTAX_ERROR, Settings
 from trainlint.discovery import Target
 from trainlint.findings import Finding, is_fix_allowed
 from trainlint.source import SourceError, SourceText, content_digest
+
+# Allocations between young collections, young collections between middle ones, middle ones
+# between full ones (Python's defaults: 700, 10, 10).
+COLLECTION_THRESHOLDS = (100_000, 10, 100)
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
@@ -85,6 +90,13 @@ def _init_worker(settings: Settings, roots: Sequence[Path]) -> None:
     from trainlint.engine import Linter
     from trainlint.project import ProjectIndex
 
+    # A lint run allocates a tree's worth of objects at a time and keeps large trees alive (the
+    # modules parsed for the engine). With Python's default thresholds the collector scanned
+    # each fresh tree several times over and a full collection ran every few files, for little
+    # garbage (a file releases its tree when done). Measured on pytorch-image-models with one
+    # job: collections took 4 s of a 23 s run with the defaults, 0.3 s with these, at the same
+    # peak memory.
+    gc.set_threshold(*COLLECTION_THRESHOLDS)
     global _linter
     _linter = Linter(settings, ProjectIndex(roots))
 

@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
+import weakref
 
 import libcst as cst
 
@@ -155,14 +156,14 @@ class TrainingStep:
             StepStates,  # built on this module
         )
 
-        return StepStates(self)
+        return StepStates(self._weak_self())
 
     @cached_property
     def feeding(self) -> Feeding:
         """The backwards each optimizer step applies, on every path."""
         from trainlint.analysis.training_step.dataflow import Feeding  # built on this module
 
-        return Feeding(self)
+        return Feeding(self._weak_self())
 
     @cached_property
     def flow(self) -> StepFlow:
@@ -171,7 +172,13 @@ class TrainingStep:
             StepFlow,  # flow.py builds on this module
         )
 
-        return StepFlow(self, self._items, self.invariant_keys.__contains__)
+        return StepFlow(self._weak_self(), self._items, self.invariant_keys.__contains__)
+
+    def _weak_self(self) -> TrainingStep:
+        # The views cached on a step refer to it weakly: a step and its views would otherwise be
+        # a cycle holding the file's tree (a script's step is its whole module), left to Python's
+        # cyclic collector to scan and free instead of being freed with its file's analyses.
+        return weakref.proxy(self)  # type: ignore[return-value]
 
     def scaler_of(self, event: StepEvent) -> ScalerInfo | None:
         """The known GradScaler of a scaler event (None when unknown, uncertain or disabled)."""
