@@ -55,6 +55,27 @@ def _dotted(node: ast.expr) -> str | None:
 class _Summarizer:
     def __init__(self, summary: ModuleSummary) -> None:
         self.summary = summary
+        # Names imported more than once, from different places: the targets not kept in
+        # ``imports`` (`if dense: from train.steps import dense_epoch as run_epoch` / `else: ...
+        # import sparse_epoch as run_epoch`). A call of the name may call any of them.
+        self.other_imports: dict[str, list[str]] = {}
+
+    def _bind(self, name: str, target: str) -> None:
+        imports = self.summary.imports
+        known = imports.get(name)
+        if known is not None and known != target:
+            self.other_imports.setdefault(name, []).append(known)
+        imports[name] = target
+
+    def qualify_all(self, node: ast.expr) -> list[str]:
+        """``qualify``, and the same through each other import of the head name."""
+        first = self.qualify(node)
+        if first is None:
+            return []
+        dotted = _dotted(node)
+        assert dotted is not None
+        head, _, rest = dotted.partition(".")
+        return [first, *(f"{bound}.{rest}" if rest else bound for bound in self.other_imports.get(head, ()))]
 
     def qualify(self, node: ast.expr) -> str | None:
         dotted = _dotted(node)
@@ -73,10 +94,10 @@ class _Summarizer:
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.asname:
-                        summary.imports[alias.asname] = alias.name
+                        self._bind(alias.asname, alias.name)
                     else:
                         head = alias.name.split(".")[0]
-                        summary.imports[head] = head
+                        self._bind(head, head)
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
@@ -85,7 +106,7 @@ class _Summarizer:
                     base = ".".join([*anchor, base] if base else anchor)
                 for alias in node.names:
                     if alias.name != "*":
-                        summary.imports[alias.asname or alias.name] = f"{base}.{alias.name}"
+                        self._bind(alias.asname or alias.name, f"{base}.{alias.name}")
                     elif base:
                         summary.star_imports.append(base)
         for node in tree.body:
@@ -140,9 +161,9 @@ class _Summarizer:
         for node in nodes:
             if isinstance(node, ast.Call):
                 callees.add(id(node.func))
-                name = self.qualify(node.func)
-                if name is not None:
-                    summary.calls.add(name)
+                names = self.qualify_all(node.func)
+                if names:
+                    summary.calls.update(names)
                 elif isinstance(node.func, ast.Attribute):
                     summary.calls.add("." + node.func.attr)
         for node in nodes:
@@ -150,9 +171,9 @@ class _Summarizer:
                 continue
             if not isinstance(getattr(node, "ctx", None), ast.Load):
                 continue
-            name = self.qualify(node)
-            if name is not None:
-                summary.references.add(name)
+            names = self.qualify_all(node)
+            if names:
+                summary.references.update(names)
             elif isinstance(node, ast.Attribute):
                 summary.references.add("." + node.attr)
 

@@ -46,40 +46,50 @@ def resolve_relative(module_name: str | None, is_package: bool, level: int, targ
 class ImportResolver:
     def __init__(self, ctx: FileContext) -> None:
         self.bindings: dict[str, str] = {}
-        module_name = ctx.module_name
-        is_package = ctx.path.endswith("__init__.py")
-        for node in ctx.nodes.of(cst.Import):
+        self._module_name = ctx.module_name
+        self._is_package = ctx.path.endswith("__init__.py")
+        for node in (*ctx.nodes.of(cst.Import), *ctx.nodes.of(cst.ImportFrom)):
+            for local, qualified in self.names_bound_by(node):
+                self._bind(local, qualified)
+        prefix = self._module_name or "__main__"
+        for statement in ctx.module.body:
+            if isinstance(statement, (cst.ClassDef, cst.FunctionDef)):
+                self._bind(statement.name.value, f"{prefix}.{statement.name.value}")
+
+    def names_bound_by(self, node: cst.Import | cst.ImportFrom) -> list[tuple[str, str]]:
+        """``(local name, qualified name)`` for each name one import statement binds: where a
+        name is imported twice (``from steps import dense as run`` in one branch, ``sparse as
+        run`` in the other), each statement still says which one it binds."""
+        found: list[tuple[str, str]] = []
+        if isinstance(node, cst.Import):
             for alias in node.names:
                 full = dotted_name(alias.name)
                 if full is None:
                     continue
                 if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
-                    self._bind(alias.asname.name.value, full)
+                    found.append((alias.asname.name.value, full))
                 else:
                     head = full.split(".")[0]
-                    self._bind(head, head)
-        for node in ctx.nodes.of(cst.ImportFrom):
-            if isinstance(node.names, cst.ImportStar):
+                    found.append((head, head))
+            return found
+        if isinstance(node.names, cst.ImportStar):
+            return found
+        target = dotted_name(node.module) if node.module is not None else ""
+        if target is None:
+            return found
+        level = len(node.relative)
+        base = resolve_relative(self._module_name, self._is_package, level, target) if level else target
+        if base is None:
+            return found
+        for alias in node.names:
+            name = dotted_name(alias.name)
+            if name is None:
                 continue
-            target = dotted_name(node.module) if node.module is not None else ""
-            if target is None:
-                continue
-            level = len(node.relative)
-            base = resolve_relative(module_name, is_package, level, target) if level else target
-            if base is None:
-                continue
-            for alias in node.names:
-                name = dotted_name(alias.name)
-                if name is None:
-                    continue
-                local = name
-                if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
-                    local = alias.asname.name.value
-                self._bind(local, f"{base}.{name}")
-        prefix = module_name or "__main__"
-        for statement in ctx.module.body:
-            if isinstance(statement, (cst.ClassDef, cst.FunctionDef)):
-                self._bind(statement.name.value, f"{prefix}.{statement.name.value}")
+            local = name
+            if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+                local = alias.asname.name.value
+            found.append((local, f"{base}.{name}"))
+        return found
 
     def _bind(self, local: str, qualified: str) -> None:
         known = self.bindings.get(local)

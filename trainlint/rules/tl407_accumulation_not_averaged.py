@@ -7,9 +7,11 @@ from collections.abc import Iterator
 import libcst as cst
 
 from trainlint.analysis.loop_facts import AccumulationStep, LoopFacts
+from trainlint.analysis.model_structure import number
 from trainlint.analysis.probabilities import is_atomic
 from trainlint.analysis.training_step import EventKind, OptimizerInfo, StepEvent, TrainingStep, TrainingSteps
 from trainlint.analysis.values import Instance, ValueFlow
+from trainlint.analysis.values.torch_semantics import COUPLED_DECAY, SCALE_INVARIANT_OPTIMIZERS
 from trainlint.context import FileContext, descendants
 from trainlint.findings import Finding, Fix
 from trainlint.rule import Example, Rule
@@ -25,6 +27,13 @@ class AccumulationNotAveraged(Rule):
     is not divided (`loss / accum`, `loss /= accum`, `loss.div(k)`, `loss * 0.25`, a factor
     computed as a quotient or named for accumulation) nor computed by a function that receives
     the accumulation count.
+
+    When every optimizer the step uses is known (through the value-flow engine, from wherever
+    the project builds it) to be scale-invariant (Adam, AdamW, RMSprop, Adagrad, ...), the sum
+    changes its update only through what is not: a clipping in the step (reported, with the
+    threshold it now amounts to) or a constant `weight_decay` that such an optimizer adds to the
+    gradient (Adam, not AdamW; reported). Otherwise the loop is left alone. When the optimizer is
+    unknown, the message says what the sum does with SGD and with Adam.
 
     It does not apply to Accelerate (`accelerator.backward` divides by
     `gradient_accumulation_steps` itself), Lightning's automatic optimization
@@ -120,18 +129,20 @@ class AccumulationNotAveraged(Rule):
             if _lr_divided(ctx, accumulation.step):
                 continue
             undivided = [e for e in accumulation.backwards if _undivided(ctx, facts, e, accumulation)]
-            if undivided:
-                every = ctx.short_code(accumulation.every)
+            every = ctx.short_code(accumulation.every)
+            harm = _harm(ctx, accumulation.step, f"`{every}`")
+            if undivided and harm is not None:
                 step = ctx.short_code(accumulation.steps[0].node)
                 message = (
                     f"`{ctx.short_code(undivided[0].node)}` runs every iteration and `{step}` only every `{every}` "
                     f"iterations, but the loss is not divided by `{every}`: each step applies the sum of `{every}` "
-                    f"gradients, a learning rate `{every}` times larger than one batch's"
+                    f"gradients, {harm}"
                 )
                 yield ctx.report(self, undivided[0].node, message, _fix(ctx, accumulation, undivided))
         steps = ctx.get(TrainingSteps).all_steps()
         for micro in facts.micro_batch_loops():
-            if any(_lr_divided(ctx, step) for step in steps if step.function is ctx.get(ValueFlow).scopes.scope_of(micro.loop)):
+            own = [step for step in steps if step.function is ctx.get(ValueFlow).scopes.scope_of(micro.loop)]
+            if any(_lr_divided(ctx, step) for step in own):
                 continue
             undivided: list[cst.CSTNode] = [
                 e.node for e in micro.backwards
@@ -140,13 +151,65 @@ class AccumulationNotAveraged(Rule):
             anchors = undivided if micro.backwards else list(micro.helpers)
             if not anchors or (micro.backwards and len(undivided) < len(micro.backwards)):
                 continue
+            harms = [_harm(ctx, step, "that many") for step in own] or [_harm_unknown("that many")]
+            if all(h is None for h in harms):
+                continue
             loop = micro.loop
             message = (
                 f"`{ctx.short_code(anchors[0])}` runs a backward on every part of the batch in `for {ctx.short_code(loop.target)} in "
                 f"{ctx.short_code(loop.iter)}` and the optimizer steps once for all of them, but the loss is not divided by "
-                "their number: the step applies the sum of their gradients, a learning rate that many times larger"
+                f"their number: the step applies the sum of their gradients, {next(h for h in harms if h is not None)}"
             )
             yield ctx.report(self, anchors[0], message)
+
+
+def _harm(ctx: FileContext, step: TrainingStep, times: str) -> str | None:
+    """What a step applying the sum of ``times`` gradients changes, for the optimizers it steps;
+    None when nothing a user would notice: a scale-invariant optimizer (Adam, AdamW, RMSprop)
+    whose update is the same for a sum as for a mean, with no clipping in the step and no
+    weight decay known to be added to the gradient."""
+    classes = {info.constructor for info in step.optimizers.values()}
+    if not classes or None in classes or not classes <= SCALE_INVARIANT_OPTIMIZERS:
+        return _harm_unknown(times) if not classes or None in classes else _plain_harm(times)
+    clips = step.of_kind(EventKind.CLIP)
+    if clips:
+        return (
+            f"and `{ctx.short_code(clips[0].node)}` clips that sum: as if it clipped the mean gradient at a norm "
+            f"{times} times smaller (the optimizer's own update does not depend on the gradient's scale)"
+        )
+    decay = _coupled_weight_decay(step)
+    if decay is not None:
+        return (
+            f"which outweighs the optimizer's weight decay (`weight_decay={decay:g}`, added to the gradient) "
+            f"{times} times more than one batch's"
+        )
+    return None
+
+
+def _plain_harm(times: str) -> str:
+    return f"a learning rate {times} times larger than one batch's"
+
+
+def _harm_unknown(times: str) -> str:
+    return (
+        f"with SGD a learning rate {times} times larger than one batch's (with Adam, a clipping threshold or "
+        "weight decay that weighs that much less)"
+    )
+
+
+def _coupled_weight_decay(step: TrainingStep) -> float | None:
+    """The nonzero constant ``weight_decay`` of an optimizer of the step that adds it to the
+    gradient (Adam, not AdamW)."""
+    for info in step.optimizers.values():
+        if info.constructor not in COUPLED_DECAY:
+            continue
+        for construction in _constructions(info):
+            for arg in construction.args:
+                if arg.keyword is not None and arg.keyword.value == "weight_decay":
+                    value = number(arg.value)
+                    if value:
+                        return value
+    return None
 
 
 def _undivided(ctx: FileContext, facts: LoopFacts, event: StepEvent, accumulation: AccumulationStep) -> bool:

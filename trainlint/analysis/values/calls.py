@@ -264,7 +264,7 @@ class CallsMixin:
         sites: list[CallSite] = []
         name = function.name.value
         for flow in self.modules_using(name, qualified):
-            spellings = {name, *flow._partial_names(name)}
+            spellings = {name, *flow._partial_names(name), *flow._import_aliases(name)}
             for call in flow.ctx.nodes.calls_spelled_any(spellings):
                 for value in flow.evaluate(call.func, False).of_type(FunctionRef):
                     if value.site is not None and value.site.node is function:
@@ -272,6 +272,17 @@ class CallsMixin:
                         break
             complete = complete and not flow._used_as_value(flow.ctx, name, function)
         return sites[:_MAX_CALL_SITES], complete and len(sites) <= _MAX_CALL_SITES
+
+    def _import_aliases(self: ValueFlow, name: str) -> set[str]:
+        """Names this module imports ``name`` as (``from train.steps import train_epoch_dense as
+        train_epoch``, at the top or inside a function): other spellings of a call."""
+        return {
+            alias.asname.name.value
+            for statement in self.ctx.nodes.of(cst.ImportFrom) if not isinstance(statement.names, cst.ImportStar)
+            for alias in statement.names
+            if alias.asname is not None and isinstance(alias.asname.name, cst.Name)
+            and isinstance(alias.name, cst.Name) and alias.name.value == name
+        }
 
     def _partial_names(self: ValueFlow, name: str) -> set[str]:
         """Names bound to ``functools.partial(name, ...)`` in this module: other spellings of a call."""

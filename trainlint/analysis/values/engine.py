@@ -179,8 +179,8 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin, AutogradMixin, Gradie
         if binding.source is not None:
             return self.element(self.evaluate(binding.source, symbolic), binding.path)
         statement = binding.statement
-        if isinstance(statement, (cst.Import, cst.ImportFrom)):
-            qualified = self.ctx.imports.bindings.get(binding.name)
+        if isinstance(statement, (cst.Import, cst.ImportFrom)):  # this statement's import of the name
+            qualified = dict(self.ctx.imports.names_bound_by(statement)).get(binding.name)
             return self.named(qualified) if qualified else UNKNOWN
         if isinstance(statement, cst.FunctionDef):
             return Values.of(FunctionRef(self.qualified_of(statement), self.site(statement)))

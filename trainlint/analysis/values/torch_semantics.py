@@ -121,6 +121,18 @@ GRADIENT_HOOK_FUNCTIONS: Mapping[str, tuple[int, ...]] = {
 }
 OPTIMIZER_LIBRARIES = ("torch.optim.", "transformers.", "bitsandbytes.", "apex.optimizers.", "timm.optim.",
                        "deepspeed.ops.", "torch_optimizer.", "lion_pytorch.")
+# Optimizers whose update divides by a running magnitude of the gradient: multiplying every
+# gradient by k leaves the step unchanged (but for epsilon). Those that add `weight_decay * p` to
+# the gradient (L2) before that are COUPLED_DECAY: a summed gradient outweighs the decay k times.
+COUPLED_DECAY = frozenset({
+    "torch.optim.Adam", "torch.optim.Adamax", "torch.optim.NAdam", "torch.optim.RAdam", "torch.optim.RMSprop",
+    "torch.optim.Adagrad", "torch.optim.Adadelta", "torch.optim.SparseAdam",
+})
+SCALE_INVARIANT_OPTIMIZERS = COUPLED_DECAY | frozenset({
+    "torch.optim.AdamW", "transformers.AdamW", "transformers.optimization.AdamW", "apex.optimizers.FusedAdam",
+    "bitsandbytes.optim.Adam8bit", "bitsandbytes.optim.AdamW8bit", "bitsandbytes.optim.AdamW",
+    "bitsandbytes.optim.Adam",
+})
 
 CONV3D = frozenset({"torch.nn.Conv3d", "torch.nn.LazyConv3d", "torch.nn.functional.conv3d", "torch.conv3d",
                     "torch.nn.modules.conv.Conv3d"})
