@@ -32,6 +32,21 @@ _SHORTCUT_FUNCTIONS = frozenset({
     "torch.nn.functional.max_pool1d", "torch.nn.functional.max_pool2d", "torch.nn.functional.max_pool3d",
     "torch.nn.functional.interpolate", "torch.nn.functional.pad", "torch.repeat_interleave",
 })
+# Functions through which a block's value stays its output stream: elementwise activations,
+# dropout, normalisation, views (`return F.relu(out + identity)`).
+_STREAM_FUNCTIONS = frozenset({
+    f"torch.nn.functional.{name}" for name in (
+        "relu", "relu6", "leaky_relu", "gelu", "silu", "elu", "selu", "mish", "hardswish", "tanh", "sigmoid",
+        "dropout", "dropout1d", "dropout2d", "dropout3d", "layer_norm", "group_norm", "batch_norm",
+        "instance_norm", "normalize", "pad",
+    )
+} | {
+    f"torch.{name}" for name in (
+        "relu", "tanh", "sigmoid", "squeeze", "unsqueeze", "transpose", "reshape", "flatten", "permute", "movedim",
+    )
+})
+# Containers a block may return its output in: `return x, skip`, `return {"out": x}`.
+_RETURNED_CONTAINERS = (cst.Element, cst.Tuple, cst.List, cst.DictElement, cst.Dict, cst.IfExp)
 # Expressions that need no parentheses as an operand of `*`.
 _ATOMS = (cst.Name, cst.Attribute, cst.Call, cst.Subscript, cst.Integer, cst.Float)
 
@@ -57,6 +72,11 @@ class ScaledIdentityPath(Rule):
     EDSR's `res_scale`, LayerScale's `gamma * f(x)`, ReZero's `alpha * f(x)`) is the intended
     design and is not reported, nor is an interpolation that scales both terms
     (`0.9 * h + 0.1 * f(x)`).
+
+    The sum must be what the block passes on: returned, maybe through activations, dropout,
+    normalisation, submodules, views and further sums. A scaled sum used for something else (a
+    convolutional seq2seq attention's query, scored against the encoder) does not decay over
+    depth and is not reported.
 
     A constant attribute may be set in `__init__` directly or from a constructor parameter
     (`self.residual_scale = residual_scale`): then every construction of the class in the project
@@ -233,6 +253,8 @@ class ScaledIdentityPath(Rule):
                 scaled = block.scaled_by(scaled_side, factor, operand)
                 if scaled is None or block.has_constant_factor(other):
                     continue  # not shrinking, or an interpolation `a * h + b * f(x)`
+                if not block.passes_on(node):
+                    return  # used for something else (an attention query): no decay over depth
                 yield ctx.report(
                     self,
                     scaled.node,
@@ -250,7 +272,10 @@ class ScaledIdentityPath(Rule):
                 if not block.is_identity_of(identity, branch, inner):
                     continue
                 scaled = block.scaled_by(expr, factor, inner)
-                if scaled is not None and not block.has_constant_factor(identity) and not block.has_constant_factor(branch):
+                if (
+                    scaled is not None and not block.has_constant_factor(identity)
+                    and not block.has_constant_factor(branch) and block.passes_on(expr)
+                ):
                     yield ctx.report(
                         self, scaled.node, _message(ctx, scaled, identity), fix=_split_fix(ctx, scaled, identity, branch)
                     )
@@ -325,6 +350,58 @@ class _ResidualBlock:
         """True for any constant times something: the other term of an interpolation
         (``0.9 * h + 0.1 * f(x)``, ``(1 - a) * h + a * u``)."""
         return any(True for _ in self._factors(expr))
+
+    # -- the block's output --------------------------------------------------------------------------
+    def passes_on(self, node: cst.CSTNode) -> bool:
+        """True when the value of ``node`` (a residual sum) may become the block's output as the
+        stream: returned, maybe through further sums, constant factors, activations, dropout,
+        normalisation, submodules applied to it and views, or bound to a name whose uses do so.
+        Only then does the next block receive it, so that a factor on its identity compounds
+        with depth; a sum that feeds an attention score or a matrix product does not."""
+        return self._passes_on(node, set())
+
+    def _passes_on(self, node: cst.CSTNode, seen: set[cst.CSTNode]) -> bool:
+        if isinstance(node, cst.AugAssign):  # `out += 0.1 * identity`
+            return self._bound_name_passes_on(node, seen)
+        current = node
+        while True:
+            parent = self.ctx.parent(current)
+            if parent is None or isinstance(parent, cst.Return):
+                return parent is not None
+            if isinstance(parent, (cst.Assign, cst.AugAssign, cst.AnnAssign)):
+                return self._bound_name_passes_on(parent, seen)
+            if isinstance(parent, cst.Arg):
+                call = self.ctx.parent(parent)
+                if not (isinstance(call, cst.Call) and call.args and call.args[0] is parent and self._keeps_stream(call)):
+                    return False
+                current = call
+            elif isinstance(parent, cst.Attribute):  # `(out + x).view(...)`
+                call = self.ctx.parent(parent)
+                if not (isinstance(call, cst.Call) and call.func is parent and parent.attr.value in _SHAPE_METHODS):
+                    return False
+                current = call
+            elif isinstance(parent, cst.BinaryOperation) or isinstance(parent, _RETURNED_CONTAINERS):
+                current = parent
+            else:
+                return False
+
+    def _keeps_stream(self, call: cst.Call) -> bool:
+        """``call`` passes its first argument on as the stream: a submodule of the block applied
+        to it (``self.norm(x)``, ``self.act(x)``), or a function that keeps it elementwise."""
+        return self_attribute(call.func) is not None or self.ctx.qualified_name(call.func) in _STREAM_FUNCTIONS
+
+    def _bound_name_passes_on(self, statement: cst.Assign | cst.AugAssign | cst.AnnAssign, seen: set[cst.CSTNode]) -> bool:
+        if statement in seen:
+            return False
+        seen.add(statement)
+        targets = (
+            [t.target for t in statement.targets] if isinstance(statement, cst.Assign) else [statement.target]
+        )
+        return any(
+            isinstance(target, cst.Name)
+            and any(self._passes_on(use, seen) for use in self.flow.uses_of(statement, target.value))
+            for target in targets
+        )
 
     # -- identity paths ----------------------------------------------------------------------------
     def is_identity_of(self, identity: cst.BaseExpression, branch: cst.BaseExpression, site: cst.CSTNode) -> bool:
