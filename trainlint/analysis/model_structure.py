@@ -106,6 +106,13 @@ def number(expr: cst.BaseExpression) -> float | None:
     return None
 
 
+def _of_unknown_owner(value: Value) -> bool:
+    """The parameters of a module the engine cannot see, or nothing it knows as parameters."""
+    if isinstance(value, Parameters):
+        return value.owners.unknown or not value.owners.must(lambda v: isinstance(v, Instance))
+    return not isinstance(value, Collection)
+
+
 def self_attribute(expr: cst.BaseExpression) -> str | None:
     """``attr`` for ``self.attr``, else None."""
     if isinstance(expr, cst.Attribute) and isinstance(expr.value, cst.Name) and expr.value.value == "self":
@@ -253,29 +260,34 @@ class ModelStructure:
         return self.ctx.project.layers_of(value.cls, site_ctx.real_path or self.ctx.real_path)
 
     def trained_layers(self, params: Values) -> frozenset[str]:
-        """Layers an optimizer built over ``params`` certainly trains: for each part of its
-        parameters (``m.parameters()``, each item of a list or of parameter groups), the layers
-        every module that part may belong to has ("must"); nothing for a part of unknown owner."""
-        layers: set[str] = set()
-        for part in self._parameter_parts(params):
-            owners = part.owners
-            each = [self.layers_of_value(owner) for owner in owners]
-            if each and not owners.unknown and owners.must(lambda v: isinstance(v, Instance)):
-                layers |= frozenset.intersection(*each)
-        return frozenset(layers)
+        """Layers an optimizer built over ``params`` certainly trains ("must"): those of every
+        known value ``params`` may be (``model.parameters()`` where ``model`` is one of several
+        networks: only the layers they all have). A value of unknown owner (a model loaded with
+        ``torch.load`` when resuming) adds nothing and takes nothing away. A list or parameter
+        groups train the layers of each of their items."""
+        alternatives = [
+            self._layers_trained_by(Values.of(value), 0) for value in params if not _of_unknown_owner(value)
+        ]
+        return frozenset.intersection(*alternatives) if alternatives else frozenset()
 
-    def _parameter_parts(self, params: Values, depth: int = 0) -> list[Parameters]:
+    def _layers_trained_by(self, parts: Values, depth: int) -> frozenset[str]:
+        """The layers of all of ``parts`` (the elements a list or parameter group may hold, each
+        of which it does hold as far as the engine can tell), each part counting the layers
+        every module it may belong to has."""
+        layers: set[str] = set()
         if depth > _MAX_CONTENT_DEPTH:
-            return []
-        parts: list[Parameters] = []
-        for value in params:
+            return frozenset()
+        for value in parts:
             if isinstance(value, Parameters):
-                parts.append(value)
+                owners = value.owners
+                each = [self.layers_of_value(owner) for owner in owners]
+                if each and not owners.unknown and owners.must(lambda v: isinstance(v, Instance)):
+                    layers |= frozenset.intersection(*each)
             elif isinstance(value, Collection):
                 items = [value.item("params")] if value.kind == "dict" else list(value.items)
                 for item in items:
-                    parts.extend(self._parameter_parts(item, depth + 1))
-        return parts
+                    layers |= self._layers_trained_by(item, depth + 1)
+        return frozenset(layers)
 
     def modules_in(self, params: Values, depth: int = 0) -> Values:
         """The modules whose parameters an optimizer's ``params`` hold: ``m.parameters()``,
