@@ -173,8 +173,9 @@ def _message(ctx: FileContext, accumulation: Accumulation, values: Values) -> st
     evidence = evidence_text([v for v in values if isinstance(v, Facts) and v.attached])
     where = "across the loop's iterations" if accumulation.loop is not None else "on every training iteration"
     return (
-        f"`{target}` keeps `{value}`{evidence} with its autograd graph {where}: no iteration's graph can be "
-        f"freed and memory grows until out-of-memory; accumulate `{value}.item()` or `{value}.detach()`"
+        f"`{target}` keeps `{value}`{evidence} with its autograd graph {where}: every iteration's graph stays "
+        f"reachable from it (a backward frees the saved activations, not the graph), so memory grows with each "
+        f"iteration for as long as `{target}` lives; accumulate `{value}.item()` or `{value}.detach()`"
     )
 
 
