@@ -273,7 +273,7 @@ class Probabilities:
             eps=[floor] if floor > 0 else [],
             complement=any(t.complement for t in tensors),
             selected=any(t.masked for t in tensors),
-            detached=all(t.detached for t in tensors),
+            detached=all(t.detached or _computed_without_gradient(t) for t in tensors),
         )
 
     def is_floor(self, expr: cst.BaseExpression) -> bool:
@@ -321,3 +321,11 @@ class Probabilities:
     def receiver_code(self, expr: cst.BaseExpression) -> str:
         """Code for ``expr`` placed before ``.method()``: parenthesized unless atomic."""
         return self.ctx.code(expr) if is_atomic(expr) else f"({self.ctx.code(expr)})"
+
+
+def _computed_without_gradient(tensor: Tensor) -> bool:
+    """The probabilities are computed inside ``no_grad``/``inference_mode`` (a ``with`` around
+    their call, or a decorated function): nothing flows back to them, wherever they are used."""
+    from trainlint.analysis.regions import Regions  # regions build on the engine, as this does
+
+    return tensor.site.ctx.get(Regions).computes_no_gradient(tensor.site.node, depth=0)

@@ -252,7 +252,7 @@ class BceOnSigmoid(Rule):
         regions = ctx.get(Regions)
         for loss in loss_calls(probabilities, frozenset({_BCE_FUNCTION}), _BCE_MODULES):
             trace = producer_trace(probabilities, loss.input, "sigmoid")
-            if trace is not None and not regions.computes_no_gradient(loss.call):
+            if trace is not None and not trace.detached and not regions.computes_no_gradient(loss.call):
                 findings.append((loss, trace))
         calls_by_constructor: dict[cst.Call, list[tuple[LossCall, Trace]]] = {}
         for loss, trace in findings:

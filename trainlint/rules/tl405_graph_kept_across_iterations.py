@@ -41,7 +41,10 @@ class GraphKeptAcrossIterations(Rule):
     after `loss` was computed anew earlier in the same iteration (on every branch) carries
     nothing over. `meter.add(loss)` on an object of a class of the project that defines `add` is
     not a container's append: the method's own body says what it keeps (`v.data.sum()` keeps a
-    number; `self.sum += v` keeps the graph, and is reported there).
+    number; `self.sum += v` keeps the graph, and is reported there). A conditional that converts
+    on one branch and keeps the value on the other (`loss.item() if task > 0 else loss`, where
+    `loss` is the number 0.0 on the first task) is taken at its word: the engine cannot relate
+    the two conditions.
 
     ## Why is this bad?
     A tensor with a `grad_fn` holds the whole graph that computed it. Adding it to a running
@@ -147,7 +150,7 @@ class GraphKeptAcrossIterations(Rule):
 
         for accumulation in facts.accumulations(adding=attached):
             values = flow.values(accumulation.value)
-            if regions.computes_no_gradient(accumulation.statement):
+            if regions.computes_no_gradient(accumulation.statement) or _converted_on_its_other_branch(ctx, accumulation.value):
                 continue
             scope = flow.scopes.scope_of(accumulation.statement)
             if facts.backpropagated_storage(accumulation.target, scope):
@@ -160,6 +163,31 @@ class GraphKeptAcrossIterations(Rule):
 def _attached(value: Value) -> bool:
     """Attached to a graph: the code backpropagates it (or a loss it is a term of)."""
     return isinstance(value, Facts) and value.attached and not value.detached
+
+
+_CONVERSIONS = frozenset({"item", "detach", "tolist"})
+
+
+def _converted_on_its_other_branch(ctx: FileContext, value: cst.BaseExpression) -> bool:
+    """``loss.item() if task > 0 else loss``: the code takes the number on the branch where it
+    knows ``loss`` is a tensor, and keeps it as it is on the other, where it knows it is a
+    number (``loss = 0.0`` on the first task); the engine cannot relate the two conditions, so
+    the rule trusts the code."""
+    if not isinstance(value, cst.IfExp):
+        return False
+    for converted, kept in ((value.body, value.orelse), (value.orelse, value.body)):
+        if not isinstance(converted, cst.Call):
+            continue
+        func = converted.func
+        if isinstance(func, cst.Attribute) and func.attr.value in _CONVERSIONS and not converted.args:
+            source: cst.BaseExpression | None = func.value
+        elif isinstance(func, cst.Name) and func.value == "float" and len(converted.args) == 1:
+            source = converted.args[0].value
+        else:
+            source = None
+        if source is not None and ctx.code(source).split() == ctx.code(kept).split():
+            return True
+    return False
 
 
 def _plain(value: Value) -> bool:

@@ -68,6 +68,7 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin, AutogradMixin, Gradie
         self.guard = ctx.project.evaluation
         self.prefix = ctx.module_name or "__main__"
         self._memo: dict[tuple[cst.CSTNode, bool], tuple[Values, frozenset[Dependency]]] = {}
+        self._reading_variables: set[str] = set()  # module_variable's questions under way (cycles)
         self._init_calls()
         self._init_classes()
         self._init_autograd()
@@ -382,9 +383,15 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin, AutogradMixin, Gradie
             ctx = project.context(summary) if summary is not None and name in summary.variables else None
             flow = ctx.get(ValueFlow) if ctx is not None else None
         found = flow.scopes.records(flow.ctx.module).get(name) if flow is not None else None
-        if not found:
+        if not found or qualified in self._reading_variables:
+            # A name bound by importing itself (`from pkg import sub` in pkg/__init__.py names the
+            # submodule) or imports that go round in a cycle: no value to follow.
             return None
-        return Values.union(flow.binding_values(b, False) for b in found)  # type: ignore[union-attr]
+        self._reading_variables.add(qualified)
+        try:
+            return Values.union(flow.binding_values(b, False) for b in found)  # type: ignore[union-attr]
+        finally:
+            self._reading_variables.discard(qualified)
 
     def definition(self, qualified: str) -> tuple[ValueFlow, cst.ClassDef | cst.FunctionDef] | None:
         """The engine of the module defining ``qualified`` and the definition node, this module
