@@ -50,6 +50,8 @@ def _walked_fields(node_type: type) -> tuple[str, ...]:
 
 
 _is_node_type: dict[type, bool] = {}
+_CLASSES_AND_FUNCTIONS = frozenset({cst.FunctionDef, cst.ClassDef})
+_SCOPE_NODES = frozenset({cst.FunctionDef, cst.ClassDef, cst.Lambda})
 
 
 def _is_node(value: object) -> bool:
@@ -81,12 +83,12 @@ def descendants(node: cst.CSTNode, *, enter_scopes: bool = True, enter_lambdas: 
     """Every node under ``node`` (not ``node`` itself), in source order; with ``enter_scopes``
     False the bodies of nested functions, classes and lambdas are left out (lambdas are entered
     when ``enter_lambdas``). Iterative, so deep trees cannot exhaust the stack."""
-    closed: tuple[type, ...] = (cst.FunctionDef, cst.ClassDef) if enter_lambdas else (cst.FunctionDef, cst.ClassDef, cst.Lambda)
+    closed = _CLASSES_AND_FUNCTIONS if enter_lambdas else _SCOPE_NODES  # exact types: ABCs are slow under isinstance
     stack = child_nodes(node)[::-1]
     while stack:
         current = stack.pop()
         yield current
-        if enter_scopes or not isinstance(current, closed):
+        if enter_scopes or type(current) not in closed:
             stack.extend(child_nodes(current)[::-1])
 
 
@@ -109,7 +111,9 @@ class NodeIndex:
 
     def __init__(self, module: cst.Module) -> None:
         self.by_type: dict[type, list[cst.CSTNode]] = {}
-        self.parents: dict[cst.CSTNode, cst.CSTNode] = {}
+        # Keyed by id(): a LibCST node's __hash__ is a Python function, called on every insert and
+        # lookup (a million per model zoo); the nodes live as long as the tree, so ids are unique.
+        self.parents: dict[int, cst.CSTNode] = {}
         self._calls_by_name: dict[str, list[cst.Call]] | None = None
         self._call_order: dict[int, int] | None = None
         self._words: dict[type, dict[str, list[cst.CSTNode]]] = {}
@@ -124,12 +128,16 @@ class NodeIndex:
             bucket.append(node)
             children = child_nodes(node)
             for child in children:
-                parents[child] = node
+                parents[id(child)] = node
             children.reverse()
             stack.extend(children)
 
     def of(self, node_type: type[N]) -> list[N]:
         return self.by_type.get(node_type, [])  # type: ignore[return-value]
+
+    def holds(self, node: cst.CSTNode) -> bool:
+        """The node is in this tree (and is not its root)."""
+        return id(node) in self.parents
 
     def calls_spelled(self, name: str) -> list[cst.Call]:
         """The calls written ``name(...)`` or ``x.name(...)``, in source order: the index is built
@@ -220,7 +228,7 @@ class FileContext:
         return self.imports.qualified_name(expr)
 
     def parent(self, node: cst.CSTNode) -> cst.CSTNode | None:
-        return self.nodes.parents.get(node)
+        return self.nodes.parents.get(id(node))
 
     def nested_in(self, node: cst.CSTNode, kinds: tuple[type, ...], within: cst.CSTNode) -> bool:
         """Whether a node of one of ``kinds`` encloses ``node`` below ``within`` (an ``if`` or a
@@ -234,10 +242,10 @@ class FileContext:
 
     def ancestors(self, node: cst.CSTNode) -> Iterator[cst.CSTNode]:
         parents = self.nodes.parents
-        current = parents.get(node)
+        current = parents.get(id(node))
         while current is not None:
             yield current
-            current = parents.get(current)
+            current = parents.get(id(current))
 
     def enclosing(self, node: cst.CSTNode, node_type: type[N]) -> N | None:
         for ancestor in self.ancestors(node):

@@ -86,7 +86,7 @@ class ModelKey:
     @staticmethod
     def of(instance: Instance) -> ModelKey:
         site = instance.site
-        if site is None or site.node not in site.ctx.nodes.parents:
+        if site is None or not site.ctx.nodes.holds(site.node):
             return ModelKey(instance.cls, site.ctx.path if site is not None else None)
         return ModelKey(instance.cls, site.ctx.path, site.ctx.span(site.node)[0])
 

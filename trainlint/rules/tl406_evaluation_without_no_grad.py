@@ -417,7 +417,7 @@ def _in_lambda(ctx: FileContext, node: cst.CSTNode) -> bool:
 
 def _same_function(ctx: FileContext, a: cst.CSTNode, b: cst.CSTNode) -> bool:
     scopes = ctx.get(ValueFlow).scopes
-    return a in ctx.nodes.parents and scopes.scope_of(a) is scopes.scope_of(b)
+    return ctx.nodes.holds(a) and scopes.scope_of(a) is scopes.scope_of(b)
 
 
 def _block_of(ctx: FileContext, node: cst.CSTNode) -> Sequence[cst.BaseStatement]:

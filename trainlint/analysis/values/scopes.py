@@ -50,6 +50,7 @@ FOLLOWED_KINDS = frozenset({"assign", "annotated", "walrus"})
 _FULL_REBINDS = frozenset({"assign", "annotated", "opaque"})
 
 _SCOPES = (cst.FunctionDef, cst.Lambda, cst.ClassDef)
+_SCOPE_TYPES = frozenset(_SCOPES)
 _COMPREHENSIONS = (cst.ListComp, cst.SetComp, cst.DictComp, cst.GeneratorExp)
 _BINDING_NODES = frozenset(
     {cst.Assign, cst.AnnAssign, cst.AugAssign, cst.NamedExpr, cst.For, cst.CompFor, cst.WithItem, cst.ExceptHandler,
@@ -87,10 +88,11 @@ def in_header(scope: cst.CSTNode, child: cst.CSTNode) -> bool:
     """``child`` is part of a definition that Python evaluates in the scope around it: a
     ``def``'s decorators, defaults and annotations, a ``class``'s bases and decorators, a lambda's
     defaults."""
-    if isinstance(scope, (cst.FunctionDef, cst.ClassDef)):
-        return child is not scope.body
-    if isinstance(scope, cst.Lambda):
-        return child is scope.params
+    kind = type(scope)  # exact types: LibCST's classes are ABCs, slow under isinstance
+    if kind is cst.FunctionDef or kind is cst.ClassDef:
+        return child is not scope.body  # type: ignore[attr-defined]
+    if kind is cst.Lambda:
+        return child is scope.params  # type: ignore[attr-defined]
     return False
 
 
@@ -136,7 +138,8 @@ class _FunctionFlow:
         self.shallow = shallow
         self.enter: dict[cst.CSTNode, int] = {}
         self.exit: dict[cst.CSTNode, int] = {}
-        self.parent: dict[cst.CSTNode, cst.CSTNode] = {}
+        # parent and owner are keyed by id(): a LibCST node's __hash__ is a Python function
+        self.parent: dict[int, cst.CSTNode] = {}
         self.bindings: dict[str, list[Binding]] = {}
         self.loads: dict[str, list[cst.Name]] = {}
         self.declared_outside: set[str] = set()  # global / nonlocal
@@ -151,7 +154,7 @@ class _FunctionFlow:
         (function, lambda or class) each node belongs to. Imports are not entered: their names
         are bindings, never loads."""
         counter = 0
-        self.owner: dict[cst.CSTNode, cst.CSTNode] = {self.function: self.function}
+        self.owner: dict[int, cst.CSTNode] = {id(self.function): self.function}
         stack: list[tuple[cst.CSTNode, bool]] = [(self.function, False)]
         while stack:
             node, done = stack.pop()
@@ -162,25 +165,26 @@ class _FunctionFlow:
             self.enter[node] = counter
             counter += 1
             stack.append((node, True))
-            if isinstance(node, (cst.Import, cst.ImportFrom)):
+            kind = type(node)  # exact types: LibCST's classes are ABCs, slow under isinstance
+            if kind is cst.Import or kind is cst.ImportFrom:
                 continue
             children = child_nodes(node)
-            if self.shallow and isinstance(node, cst.FunctionDef) and node is not self.function:
-                children = [c for c in children if c is not node.body]
-            scope = node if isinstance(node, _SCOPES) else self.owner[node]
+            if self.shallow and kind is cst.FunctionDef and node is not self.function:
+                children = [c for c in children if c is not node.body]  # type: ignore[attr-defined]
+            scope = node if kind in _SCOPE_TYPES else self.owner[id(node)]
             for child in children:
-                self.parent[child] = node
-                self.owner[child] = self.owner[node] if in_header(node, child) else scope
+                self.parent[id(child)] = node
+                self.owner[id(child)] = self.owner[id(node)] if in_header(node, child) else scope
             stack.extend((child, False) for child in reversed(children))
 
     def contains(self, outer: cst.CSTNode, inner: cst.CSTNode) -> bool:
         return self.enter[outer] <= self.enter[inner] and self.exit[inner] <= self.exit[outer]
 
     def ancestors(self, node: cst.CSTNode) -> Iterator[cst.CSTNode]:
-        current = self.parent.get(node)
+        current = self.parent.get(id(node))
         while current is not None:
             yield current
-            current = self.parent.get(current)
+            current = self.parent.get(id(current))
 
     def scope_of(self, node: cst.CSTNode) -> cst.CSTNode:
         """The innermost function, lambda, class or comprehension whose scope a node is evaluated
@@ -195,7 +199,7 @@ class _FunctionFlow:
     def _owning_scope(self, node: cst.CSTNode) -> cst.CSTNode:
         """The function, lambda or class a binding at ``node`` belongs to (a walrus in a
         comprehension binds in the enclosing function)."""
-        return self.owner.get(node, self.function)
+        return self.owner.get(id(node), self.function)
 
     # -- bindings ----------------------------------------------------------------------------
     def _add(self, target: cst.Name, value: cst.BaseExpression | None, statement: cst.CSTNode,
@@ -258,7 +262,7 @@ class _FunctionFlow:
         elif isinstance(node, cst.CompFor):
             self._stores.update(_target_names(node.target))  # comprehension scope, not ours
         elif isinstance(node, cst.WithItem) and own and node.asname is not None:
-            with_statement = self.parent[node]
+            with_statement = self.parent[id(node)]
             body = with_statement.body  # type: ignore[attr-defined]
             for name in _target_names(node.asname.name):
                 self._add(name, None, with_statement, "opaque", self.enter[body], body)
@@ -295,7 +299,7 @@ class _FunctionFlow:
     def _is_reference(self, name: cst.Name) -> bool:
         """False for Names that are not variables: attribute names, keywords, def/class names,
         import aliases, global/nonlocal declarations."""
-        parent = self.parent.get(name)
+        parent = self.parent.get(id(name))
         if isinstance(parent, cst.Attribute) and parent.attr is name:
             return False
         if isinstance(parent, cst.Arg) and parent.keyword is name:
@@ -318,10 +322,10 @@ class _FunctionFlow:
             return False
         node: cst.CSTNode | None = binding.anchor
         while node is not None and node is not self.function:
-            if isinstance(node, cst.BaseSuite) and isinstance(self.parent.get(node), _CONDITIONAL_PARENTS):
+            if isinstance(node, cst.BaseSuite) and isinstance(self.parent.get(id(node)), _CONDITIONAL_PARENTS):
                 if not self.contains(node, use):
                     return False
-            node = self.parent.get(node)
+            node = self.parent.get(id(node))
         return True
 
     def reaching(self, use: cst.Name) -> Reaching:
@@ -398,7 +402,7 @@ class _FunctionFlow:
                 yield ancestor
 
     def _is_elif(self, node: cst.If) -> bool:
-        parent = self.parent.get(node)
+        parent = self.parent.get(id(node))
         return isinstance(parent, cst.If) and parent.orelse is node
 
     @staticmethod
@@ -430,8 +434,8 @@ class _FunctionFlow:
         ``with ... as x:`` (a ``for`` target is not bound when the loop runs no iteration)."""
         if binding.kind not in _FULL_REBINDS or isinstance(binding.statement, (cst.For, cst.ExceptHandler, cst.ExceptStarHandler)):
             return False
-        line = self.parent.get(binding.anchor)
-        return line is block or (line is not None and self.parent.get(line) is block)
+        line = self.parent.get(id(binding.anchor))
+        return line is block or (line is not None and self.parent.get(id(line)) is block)
 
     def _rebinds(self, use: cst.Name) -> bool:
         """True when the use's value is not this function's to follow: a lambda or comprehension
@@ -498,8 +502,8 @@ class Scopes(DefUseMixin):
         the scope around it)."""
         child = node
         for ancestor in self._ctx.ancestors(node):
-            if isinstance(ancestor, cst.FunctionDef) and not in_header(ancestor, child):
-                return ancestor
+            if type(ancestor) is cst.FunctionDef and not in_header(ancestor, child):
+                return ancestor  # type: ignore[return-value]
             child = ancestor
         return None
 
