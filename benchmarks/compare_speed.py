@@ -53,15 +53,18 @@ def setup_peers() -> None:
     subprocess.run([*pip, f"libcst=={version('libcst')}", *PEER_PACKAGES[1:]], check=True)
 
 
-def timed(command: Sequence[str], cwd: Path, repeat: int, before=None) -> float:
-    samples = []
+def timed_together(commands: dict[str, Sequence[str]], cwd: Path, repeat: int) -> dict[str, float]:
+    """The median wall time of each command over ``repeat`` rounds, each round running every
+    command once in turn: a machine whose speed drifts during the run (a shared host, a CPU
+    that heats up) shifts all of them alike, so their ratios hold better than with each command
+    repeated back to back."""
+    samples: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(repeat):
-        if before is not None:
-            before()
-        start = time.perf_counter()
-        subprocess.run(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+        for name, command in commands.items():
+            start = time.perf_counter()
+            subprocess.run(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(found) for name, found in samples.items()}
 
 
 def main() -> int:
@@ -83,29 +86,24 @@ def main() -> int:
         files = [p for p in work.rglob("*.py") if p.is_file()]
         lines = sum(len(p.read_bytes().splitlines()) for p in files)
         trainlint = [*trainlint_command(), "--quiet", "--exit-zero", "--output-format", "concise"]
-        cache = work / ".trainlint_cache"
-
-        def clear_cache() -> None:
-            shutil.rmtree(cache, ignore_errors=True)
-
-        figures: dict[str, float] = {}
-        figures["trainlint cold, all cores"] = timed([*trainlint, "--no-cache", "."], work, args.repeat)
-        figures["trainlint cold, 1 job"] = timed([*trainlint, "--no-cache", "--jobs", "1", "."], work, args.repeat)
+        # The cold runs neither read nor write the cache; the warm ones read the one made here.
         subprocess.run([*trainlint, "."], cwd=work, stdout=subprocess.DEVNULL, check=False)
-        figures["trainlint warm cache"] = timed([*trainlint, "."], work, args.repeat)
-        figures["bare libcst.parse_module"] = timed([*python_command(), "-c", PARSE_ONLY, "."], work, args.repeat)
-        clear_cache()
+        commands: dict[str, Sequence[str]] = {
+            "trainlint cold, all cores": [*trainlint, "--no-cache", "."],
+            "trainlint cold, 1 job": [*trainlint, "--no-cache", "--jobs", "1", "."],
+            "trainlint warm cache": [*trainlint, "."],
+            "bare libcst.parse_module": [*python_command(), "-c", PARSE_ONLY, "."],
+        }
         peer_bin = PEERS / "bin"
         if (peer_bin / "torchfix").exists():
-            figures["TorchFix 0.7.0"] = timed([str(peer_bin / "torchfix"), "."], work, args.repeat)
+            commands["TorchFix 0.7.0"] = [str(peer_bin / "torchfix"), "."]
         if (peer_bin / "ruff").exists():
-            figures["ruff (all rules)"] = timed(
-                [str(peer_bin / "ruff"), "check", "--no-cache", "--select", "ALL", "--exit-zero", "."], work, args.repeat
-            )
+            commands["ruff (all rules)"] = [str(peer_bin / "ruff"), "check", "--no-cache", "--select", "ALL", "--exit-zero", "."]
+        figures = timed_together(commands, work, args.repeat)
     reference = figures["trainlint cold, all cores"]
     parse = figures["bare libcst.parse_module"]
     print(f"{len(files)} files, {lines} lines; {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}; median of {args.repeat} runs each")
+          f"Python {platform.python_version()}; median of {args.repeat} rounds, each running every command once")
     print("| tool | files/s | time / trainlint cold | time / bare parse |")
     print("|---|---|---|---|")
     for name, seconds in figures.items():
