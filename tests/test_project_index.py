@@ -170,3 +170,22 @@ def test_the_summary_walk_visits_what_ast_walk_visits_in_its_order() -> None:
 
     tree = ast.parse(CONV3D_MODEL + "\ndef f(x):\n    import numpy as np\n    return [np.log(v) for v in x if v]\n")
     assert [id(n) for n in _walk(tree)] == [id(n) for n in ast.walk(tree)]
+
+
+def test_a_linted_text_and_the_same_files_bytes_are_parsed_by_python_once(monkeypatch) -> None:
+    """The depth check reads a linted file's text and its summary, asked for by another file
+    soon after, reads its bytes: Python parses the content once (a third of the parses on a model
+    zoo were repeats). A parse of other content in between does not lose it."""
+    import ast
+
+    from trainlint import source
+
+    parses: list[object] = []
+    parse = ast.parse
+    monkeypatch.setattr(ast, "parse", lambda *args, **kwargs: parses.append(args[0]) or parse(*args, **kwargs))
+    monkeypatch.setattr(source, "_recent_trees", type(source._recent_trees)())
+    text = "import torch\nmodel = torch.nn.Linear(2, 2)\n"
+    first = source.python_ast(text, "train.py")
+    source.python_ast("x = 1\n", "other.py")
+    assert source.python_ast(text.encode("utf-8"), "train.py") is first
+    assert parses == [text, "x = 1\n"]
