@@ -58,7 +58,8 @@ class EvaluationWithoutNoGrad(Rule):
     `Trainer`'s evaluation), nor a model's own inference method (`infer`, `predict` of a class
     with a `forward`), whose callers choose the gradient mode, nor a model whose `forward`
     turns gradients off itself on some path (`model(data, mode="inference")` where that mode runs
-    under `torch.no_grad()`).
+    under `torch.no_grad()`), nor a model whose parameters the function froze before the call
+    (`for p in model.parameters(): p.requires_grad = False`, `model.requires_grad_(False)`).
 
     ## Why is this bad?
     `model.eval()` changes how dropout and batch norm compute; it does not stop autograd. Every
@@ -178,8 +179,57 @@ def _evaluations(ctx: FileContext) -> Iterator[_Evaluation]:
         for evaluation in found:
             if any(run in reported for run in evaluation.runs):
                 continue
+            if all(_parameters_frozen_before(ctx, scope, run) for run in evaluation.runs):
+                continue  # no parameter requires a gradient: autograd records nothing
             reported.update(evaluation.runs)
             yield evaluation
+
+
+def _parameters_frozen_before(ctx: FileContext, scope: cst.CSTNode, run: cst.CSTNode) -> bool:
+    """The model ``run`` calls had every parameter's ``requires_grad`` turned off earlier in the
+    scope (``for p in net.parameters(): p.requires_grad = False``, ``net.requires_grad_(False)``),
+    and not turned on again before the call: with no input requiring a gradient either, the
+    forward records no graph."""
+    if not isinstance(run, cst.Call):
+        return False
+    model = ctx.code(run.func)
+    switches: list[tuple[int, bool]] = []
+    for node in (*ctx.nodes.of(cst.For), *ctx.nodes.calls_spelled("requires_grad_")):
+        switch = _requires_grad_switch(ctx, node, model)
+        if switch is None or ctx.get(ValueFlow).scopes.scope_of(node) is not scope:
+            continue
+        if ctx.span(node)[0] < ctx.span(run)[0]:
+            switches.append((ctx.span(node)[0], switch))
+    return bool(switches) and not max(switches, key=lambda found: found[0])[1]  # the last one before the call
+
+
+def _requires_grad_switch(ctx: FileContext, node: cst.CSTNode, model: str) -> bool | None:
+    """True/False for a statement that turns every parameter of ``model`` on/off; else None."""
+    if isinstance(node, cst.Call):
+        func = node.func
+        if isinstance(func, cst.Attribute) and func.attr.value == "requires_grad_" and ctx.code(func.value) == model:
+            flag = node.args[0].value if node.args else cst.Name("True")
+            return flag.value == "True" if isinstance(flag, cst.Name) and flag.value in ("True", "False") else None
+        return None
+    assert isinstance(node, cst.For)
+    iterated = node.iter
+    if not (
+        isinstance(iterated, cst.Call) and isinstance(iterated.func, cst.Attribute)
+        and iterated.func.attr.value == "parameters" and ctx.code(iterated.func.value) == model
+        and isinstance(node.target, cst.Name) and isinstance(node.body, cst.IndentedBlock)
+    ):
+        return None
+    for line in node.body.body:
+        for statement in getattr(line, "body", ()):
+            if (
+                isinstance(statement, cst.Assign) and len(statement.targets) == 1
+                and isinstance(target := statement.targets[0].target, cst.Attribute)
+                and target.attr.value == "requires_grad" and isinstance(target.value, cst.Name)
+                and target.value.value == node.target.value
+                and isinstance(statement.value, cst.Name) and statement.value.value in ("True", "False")
+            ):
+                return statement.value.value == "True"
+    return None
 
 
 def _may_evaluate(ctx: FileContext, scope: cst.CSTNode) -> bool:
