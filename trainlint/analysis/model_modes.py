@@ -167,7 +167,8 @@ class ModelModes:
         self.ctx = ctx
         self.flow = ctx.get(ValueFlow)
         self.structure = ctx.get(ModelStructure)
-        self._summaries: dict[cst.FunctionDef, tuple[int, _Summary]] = {}
+        # by function and the flags its call decides (see _decisions)
+        self._summaries: dict[tuple[cst.FunctionDef, frozenset[tuple[str, bool]]], tuple[int, _Summary]] = {}
         self._seen: dict[cst.CSTNode, dict[cst.Call, Modes]] = {}
         self._points: dict[cst.CSTNode, list[TrainingPoint]] = {}
         self._nodes_by_scope: tuple[dict[cst.CSTNode, list[cst.Call]], dict[cst.CSTNode, list[cst.For | cst.While]]] | None = None
@@ -287,20 +288,24 @@ class ModelModes:
         elif scope not in self._seen:
             self._walk(scope, _CALL_DEPTH)  # type: ignore[arg-type]
 
-    def summary(self, function: cst.FunctionDef, budget: int) -> _Summary:
+    def summary(
+        self, function: cst.FunctionDef, budget: int, decided: frozenset[tuple[str, bool]] = frozenset()
+    ) -> _Summary:
         """What the function does to modes, relative to the modes it is called with; its callees
-        followed ``budget`` levels deep."""
-        found = self._summaries.get(function)
+        followed ``budget`` levels deep. ``decided``: flags the call passes as ``True``/``False``
+        (``train_val_loop(is_train=True, ...)`` takes the training side of ``if is_train:``)."""
+        key = (function, decided)
+        found = self._summaries.get(key)
         if found is not None and found[0] >= budget:
             return found[1]
         if budget < 0:
             return _EMPTY
-        self._summaries[function] = (_CALL_DEPTH + 1, _EMPTY)  # recursion: not through itself
-        summary = self._walk(function, budget)
-        self._summaries[function] = (budget, summary)
+        self._summaries[key] = (_CALL_DEPTH + 1, _EMPTY)  # recursion: not through itself
+        summary = self._walk(function, budget, dict(decided))
+        self._summaries[key] = (budget, summary)
         return summary
 
-    def _walk(self, scope: cst.FunctionDef | cst.Module, budget: int) -> _Summary:
+    def _walk(self, scope: cst.FunctionDef | cst.Module, budget: int, decided: dict[str, bool] | None = None) -> _Summary:
         backwards = self._backwards(scope)
         points: list[TrainingPoint] = []
 
@@ -315,9 +320,10 @@ class ModelModes:
                 modes = modes.after(summary.exit, call)
             return modes
 
-        walker: StatementFlow[Modes] = StatementFlow(lambda a, b: a.join(b), at_call)
+        walker: StatementFlow[Modes] = StatementFlow(lambda a, b: a.join(b), at_call, decided)
         exit_modes = walker.run(scope, Modes())
-        self._seen[scope] = walker.seen
+        if not decided:  # what the scope's own analysis sees, whatever its callers pass
+            self._seen[scope] = walker.seen
         merged: dict[tuple[cst.CSTNode, frozenset[Instance]], Modes] = {}
         for point in points:
             key = (point.anchor, point.models)
@@ -412,7 +418,7 @@ class ModelModes:
         if budget < 0:
             return
         for ctx, function in callees(self.ctx, call, _MODE_WORDS):
-            yield ctx.get(ModelModes).summary(function, budget)
+            yield ctx.get(ModelModes).summary(function, budget, _decisions(ctx, call, function))
 
     # -- what a training point sees ----------------------------------------------------------------
     def _evals_left(self, point: TrainingPoint) -> Iterator[LeftInEval]:
@@ -446,6 +452,26 @@ class ValueFlowAt:
         if not isinstance(call, cst.Call) or not isinstance(call.func, cst.Attribute):
             return []
         return self.site.ctx.get(ValueFlow).values(call.func.value).of_type(Instance)
+
+
+def _decisions(ctx: FileContext, call: cst.Call, function: cst.FunctionDef) -> frozenset[tuple[str, bool]]:
+    """The parameters of ``function`` that ``call`` passes a literal ``True`` or ``False`` (by
+    keyword, or by position for a plain function) and that the function never rebinds."""
+    params = function.params
+    positional = [p.name.value for p in (*params.posonly_params, *params.params)]
+    if positional[:1] in (["self"], ["cls"]):
+        positional = []  # a method: its positional arguments are shifted by the receiver
+    found: set[tuple[str, bool]] = set()
+    for index, arg in enumerate(call.args):
+        if arg.star or not (isinstance(arg.value, cst.Name) and arg.value.value in ("True", "False")):
+            continue
+        name = arg.keyword.value if arg.keyword is not None else positional[index] if index < len(positional) else None
+        if name is None:
+            continue
+        bindings = ctx.get(ValueFlow).scopes.records(function).get(name, [])
+        if bindings and all(b.kind == "parameter" for b in bindings):
+            found.add((name, arg.value.value == "True"))
+    return frozenset(found)
 
 
 def _zoo_network(qualified: str) -> bool:

@@ -21,7 +21,7 @@ no step at all (the epoch loop that calls ``train_one_epoch`` and ``evaluate``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -46,10 +46,15 @@ class _Exits(Generic[S]):
 class StatementFlow(Generic[S]):
     """Walks one scope's body (a ``def``, or a module's top-level code)."""
 
-    def __init__(self, join: Callable[[S, S], S], at_call: Callable[[cst.Call, S], S]) -> None:
+    def __init__(
+        self, join: Callable[[S, S], S], at_call: Callable[[cst.Call, S], S], decided: Mapping[str, bool] | None = None
+    ) -> None:
         self.join = join
         self.at_call = at_call
         self.seen: dict[cst.Call, S] = {}  # the state just before each call, over every path
+        # Names whose truth is known for this walk (a parameter the call passes `True` or `False`
+        # and the function never rebinds): `if is_train:` then takes one side only.
+        self.decided = decided or {}
 
     def run(self, scope: cst.FunctionDef | cst.Module, state: S) -> S:
         """The state when the scope ends (falling off its end or returning)."""
@@ -105,6 +110,14 @@ class StatementFlow(Generic[S]):
 
     def _if(self, node: cst.If, state: S, exits: _Exits[S]) -> S | None:
         state = self.expression(node.test, state)
+        known = self._known(node.test)
+        if known is not None:  # one side only
+            if known:
+                return self.block(node.body, state, exits)
+            orelse = node.orelse
+            if isinstance(orelse, cst.If):
+                return self._if(orelse, state, exits)
+            return self.block(orelse.body, state, exits) if isinstance(orelse, cst.Else) else state
         ends = [self.block(node.body, state, exits)]
         orelse = node.orelse
         if isinstance(orelse, cst.If):
@@ -148,6 +161,13 @@ class StatementFlow(Generic[S]):
             after = self.block(node.finalbody.body, start, exits) if start is not None else None
             return after if result is not None else None
         return result
+
+    def _known(self, test: cst.BaseExpression) -> bool | None:
+        """The truth of ``flag`` or ``not flag`` for a decided name; None otherwise."""
+        if isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+            inner = self._known(test.expression)
+            return None if inner is None else not inner
+        return self.decided.get(test.value) if isinstance(test, cst.Name) else None
 
     # -- expressions ----------------------------------------------------------------------------
     def expression(self, node: cst.CSTNode, state: S) -> S:

@@ -27,7 +27,9 @@ class EvalModeLeftOn(Rule):
     one epoch leaves is what the next starts with), into the project's functions and methods,
     through `self.model`, parameters and other modules, and into the models a wrapper object
     switches and trains (`model.val_start()` putting `self.img_enc` in eval mode, and
-    `model.train_emb(batch)` running it through `self.forward_emb`). It is reported only for
+    `model.train_emb(batch)` running it through `self.forward_emb`). A helper called with a flag
+    as `True` or `False` (`train_val_loop(is_train=True, ...)`) is followed on that side of its
+    `if is_train:` tests. It is reported only for
     models with dropout or batch norm (`nn.Dropout*`, `nn.BatchNorm*`, `nn.SyncBatchNorm`,
     `nn.Transformer*` layers, torchvision's CNNs, also as the backbone of a project's model or
     picked by name with `models.__dict__[arch]`): for other models the two modes compute the
