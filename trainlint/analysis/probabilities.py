@@ -259,6 +259,11 @@ class Probabilities:
         parameters, returns, a model's ``forward``, indexing, ``gather``, reshapes, casts,
         ``torch.where``, ``1 - p`` and ``p + eps``); None when any part of it may be something
         else, or passes a floor (``clamp``, ``max``)."""
+        if isinstance(expr, cst.BinaryOperation) and not isinstance(expr.operator, (cst.Add, cst.Subtract)):
+            # `1 / v`, `p * mask`, `p / p.sum()`: the engine makes no probability of a product or a
+            # quotient, so there is no need to ask what the operands are (a project-wide search
+            # when one is a parameter)
+            return None
         return self.trace_values(self.flow.values(expr))
 
     def trace_values(self, values: Values) -> Trace | None:

@@ -199,9 +199,9 @@ class LogWithoutFloor(Rule):
                     continue  # no gradient flows back through it: no NaN gradient to fear
                 if not trace.eps or (sum(trace.eps) < FLOAT16_SAFE_EPS and regions.may_run_in_float16(log_call)):
                     yield self._probability_finding(ctx, probabilities, log_call, argument, trace)
-            elif regions.may_run_in_float16(log_call) and not regions.computes_no_gradient(log_call):
-                eps = self._small_eps(probabilities, argument)
-                if eps is not None:
+            elif (eps := self._small_eps(probabilities, argument)) is not None:
+                # where the eps is (cheap), then whether float16 may reach it (callers, autocast)
+                if regions.may_run_in_float16(log_call) and not regions.computes_no_gradient(log_call):
                     fix = self._clamp_fix(ctx, probabilities, argument, float16=True)
                     floor = probabilities.floor_of(strip_eps(probabilities, argument)[0])
                     at = f"x = {format_float(floor)}, its floor," if floor is not None else "x = 0"
