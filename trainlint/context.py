@@ -106,6 +106,13 @@ def calls_within(node: cst.CSTNode) -> Iterator[cst.Call]:
     return (n for n in scope_nodes(node) if isinstance(n, cst.Call))
 
 
+def literal_bool(expr: cst.BaseExpression | None) -> bool | None:
+    """True or False for the literal ``True``/``False``; None for anything else."""
+    if isinstance(expr, cst.Name) and expr.value in ("True", "False"):
+        return expr.value == "True"
+    return None
+
+
 class NodeIndex:
     """One walk over the tree: nodes by type in source order, and each node's parent."""
 

@@ -68,24 +68,20 @@ class _Summarizer:
         imports[name] = target
 
     def qualify_all(self, node: ast.expr) -> list[str]:
-        """``qualify``, and the same through each other import of the head name."""
-        first = self.qualify(node)
-        if first is None:
-            return []
-        dotted = _dotted(node)
-        assert dotted is not None
-        head, _, rest = dotted.partition(".")
-        return [first, *(f"{bound}.{rest}" if rest else bound for bound in self.other_imports.get(head, ()))]
-
-    def qualify(self, node: ast.expr) -> str | None:
+        """The qualified names of a dotted name through each import of its head: one, or
+        several where the module imports that name from several places."""
         dotted = _dotted(node)
         if dotted is None:
-            return None
+            return []
         head, _, rest = dotted.partition(".")
         bound = self.summary.imports.get(head)
         if bound is None:
-            return None
-        return f"{bound}.{rest}" if rest else bound
+            return []
+        return [f"{target}.{rest}" if rest else target for target in (bound, *self.other_imports.get(head, ()))]
+
+    def qualify(self, node: ast.expr) -> str | None:
+        names = self.qualify_all(node)
+        return names[0] if names else None
 
     def read_imports(self, tree: ast.Module, nodes: list[ast.AST]) -> None:
         summary = self.summary

@@ -40,7 +40,7 @@ from trainlint.analysis.statement_flow import StatementFlow
 from trainlint.analysis.training_step import BACKWARD_KINDS, TrainingSteps
 from trainlint.analysis.values import Constant, FunctionRef, Instance, Site, ValueFlow
 from trainlint.analysis.values.torch_calls import argument
-from trainlint.context import calls_within
+from trainlint.context import calls_within, literal_bool
 from trainlint.analysis.values.torch_semantics import MODE_DEPENDENT_LAYERS, MODE_DEPENDENT_ZOO
 
 if TYPE_CHECKING:
@@ -463,14 +463,15 @@ def _decisions(ctx: FileContext, call: cst.Call, function: cst.FunctionDef) -> f
         positional = []  # a method: its positional arguments are shifted by the receiver
     found: set[tuple[str, bool]] = set()
     for index, arg in enumerate(call.args):
-        if arg.star or not (isinstance(arg.value, cst.Name) and arg.value.value in ("True", "False")):
+        flag = literal_bool(arg.value)
+        if arg.star or flag is None:
             continue
         name = arg.keyword.value if arg.keyword is not None else positional[index] if index < len(positional) else None
         if name is None:
             continue
         bindings = ctx.get(ValueFlow).scopes.records(function).get(name, [])
         if bindings and all(b.kind == "parameter" for b in bindings):
-            found.add((name, arg.value.value == "True"))
+            found.add((name, flag))
     return frozenset(found)
 
 

@@ -109,8 +109,14 @@ def number(expr: cst.BaseExpression) -> float | None:
 def _of_unknown_owner(value: Value) -> bool:
     """The parameters of a module the engine cannot see, or nothing it knows as parameters."""
     if isinstance(value, Parameters):
-        return value.owners.unknown or not value.owners.must(lambda v: isinstance(v, Instance))
+        return not _owned_by_known_modules(value)
     return not isinstance(value, Collection)
+
+
+def _owned_by_known_modules(parameters: Parameters) -> bool:
+    """Every module the parameters may belong to is one the engine knows (an instance)."""
+    owners = parameters.owners
+    return not owners.unknown and owners.must(lambda v: isinstance(v, Instance))
 
 
 def self_attribute(expr: cst.BaseExpression) -> str | None:
@@ -279,9 +285,8 @@ class ModelStructure:
             return frozenset()
         for value in parts:
             if isinstance(value, Parameters):
-                owners = value.owners
-                each = [self.layers_of_value(owner) for owner in owners]
-                if each and not owners.unknown and owners.must(lambda v: isinstance(v, Instance)):
+                each = [self.layers_of_value(owner) for owner in value.owners]
+                if each and _owned_by_known_modules(value):
                     layers |= frozenset.intersection(*each)
             elif isinstance(value, Collection):
                 items = [value.item("params")] if value.kind == "dict" else list(value.items)

@@ -32,7 +32,7 @@ import libcst as cst
 from trainlint.analysis.values import ClassRef, Constant, Instance, ValueFlow, Values
 from trainlint.analysis.values.calls import CallSite, TooManyCallers
 from trainlint.analysis.values.torch_calls import argument
-from trainlint.context import descendants
+from trainlint.context import descendants, literal_bool
 
 if TYPE_CHECKING:
     from trainlint.context import FileContext
@@ -118,14 +118,14 @@ def _tests_training(test: cst.BaseExpression) -> bool | None:
     if isinstance(test, cst.Comparison) and len(test.comparisons) == 1:
         comparison = test.comparisons[0]
         side = _tests_training(test.left)
-        flag = comparison.comparator
-        if side is None or not isinstance(flag, cst.Name) or flag.value not in ("True", "False"):
+        flag = literal_bool(comparison.comparator)
+        if side is None or flag is None:
             return None
         positive = isinstance(comparison.operator, (cst.Is, cst.Equal))
         negative = isinstance(comparison.operator, (cst.IsNot, cst.NotEqual))
         if not (positive or negative):
             return None
-        return (flag.value == "True") == positive
+        return flag == positive
     return None
 
 

@@ -14,7 +14,7 @@ from trainlint.analysis.model_structure import ModelRun, ModelStructure
 from trainlint.analysis.regions import Regions
 from trainlint.analysis.training_step import TrainingSteps
 from trainlint.analysis.values import Instance, ValueFlow
-from trainlint.context import FileContext, calls_within, child_nodes
+from trainlint.context import FileContext, calls_within, child_nodes, literal_bool
 from trainlint.findings import Edit, Finding, Fix
 from trainlint.rule import Example, Rule
 
@@ -193,14 +193,14 @@ def _parameters_frozen_before(ctx: FileContext, scope: cst.CSTNode, run: cst.CST
     if not isinstance(run, cst.Call):
         return False
     model = ctx.code(run.func)
+    scopes = ctx.get(ValueFlow).scopes
     switches: list[tuple[int, bool]] = []
     for node in (*ctx.nodes.of(cst.For), *ctx.nodes.calls_spelled("requires_grad_")):
         switch = _requires_grad_switch(ctx, node, model)
-        if switch is None or ctx.get(ValueFlow).scopes.scope_of(node) is not scope:
-            continue
-        if ctx.span(node)[0] < ctx.span(run)[0]:
+        if switch is not None and scopes.scope_of(node) is scope:
             switches.append((ctx.span(node)[0], switch))
-    return bool(switches) and not max(switches, key=lambda found: found[0])[1]  # the last one before the call
+    before = [found for found in switches if found[0] < ctx.span(run)[0]]
+    return bool(before) and not max(before)[1]  # the last switch before the call decides
 
 
 def _requires_grad_switch(ctx: FileContext, node: cst.CSTNode, model: str) -> bool | None:
@@ -208,8 +208,7 @@ def _requires_grad_switch(ctx: FileContext, node: cst.CSTNode, model: str) -> bo
     if isinstance(node, cst.Call):
         func = node.func
         if isinstance(func, cst.Attribute) and func.attr.value == "requires_grad_" and ctx.code(func.value) == model:
-            flag = node.args[0].value if node.args else cst.Name("True")
-            return flag.value == "True" if isinstance(flag, cst.Name) and flag.value in ("True", "False") else None
+            return literal_bool(node.args[0].value) if node.args else True
         return None
     assert isinstance(node, cst.For)
     iterated = node.iter
@@ -225,10 +224,9 @@ def _requires_grad_switch(ctx: FileContext, node: cst.CSTNode, model: str) -> bo
                 isinstance(statement, cst.Assign) and len(statement.targets) == 1
                 and isinstance(target := statement.targets[0].target, cst.Attribute)
                 and target.attr.value == "requires_grad" and isinstance(target.value, cst.Name)
-                and target.value.value == node.target.value
-                and isinstance(statement.value, cst.Name) and statement.value.value in ("True", "False")
+                and target.value.value == node.target.value and literal_bool(statement.value) is not None
             ):
-                return statement.value.value == "True"
+                return literal_bool(statement.value)
     return None
 
 

@@ -130,8 +130,8 @@ class AccumulationNotAveraged(Rule):
                 continue
             undivided = [e for e in accumulation.backwards if _undivided(ctx, facts, e, accumulation)]
             every = ctx.short_code(accumulation.every)
-            harm = _harm(ctx, accumulation.step, f"`{every}`")
-            if undivided and harm is not None:
+            harm = _harm(ctx, accumulation.step, f"`{every}`") if undivided else None
+            if harm is not None:
                 step = ctx.short_code(accumulation.steps[0].node)
                 message = (
                     f"`{ctx.short_code(undivided[0].node)}` runs every iteration and `{step}` only every `{every}` "
@@ -169,8 +169,10 @@ def _harm(ctx: FileContext, step: TrainingStep, times: str) -> str | None:
     whose update is the same for a sum as for a mean, with no clipping in the step and no
     weight decay known to be added to the gradient."""
     classes = {info.constructor for info in step.optimizers.values()}
-    if not classes or None in classes or not classes <= SCALE_INVARIANT_OPTIMIZERS:
-        return _harm_unknown(times) if not classes or None in classes else _plain_harm(times)
+    if not classes or None in classes:
+        return _harm_unknown(times)
+    if not classes <= SCALE_INVARIANT_OPTIMIZERS:
+        return _plain_harm(times)
     clips = step.of_kind(EventKind.CLIP)
     if clips:
         return (

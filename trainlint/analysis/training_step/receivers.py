@@ -34,7 +34,6 @@ from trainlint.analysis.training_step.syntax import (
     _first_positional,
     _is_static,
     _last_part,
-    _literal_bool,
     _params_of,
 )
 from trainlint.analysis.values import (
@@ -44,6 +43,7 @@ from trainlint.analysis.values import (
     Values,
     is_none,
 )
+from trainlint.context import literal_bool
 from trainlint.analysis.values.torch_calls import argument
 from trainlint.analysis.values.torch_semantics import (
     is_optimizer_class,
@@ -338,7 +338,7 @@ class _Module:
                 targets = [t.target for t in node.targets] if isinstance(node, cst.Assign) else [node.target]
                 names = [n for t in targets for n in _bound_texts(t)]
                 facts = [self.facts(node.value, function)]
-                if _literal_bool(node.value) is not None:  # `found_inf = True` under a check is a verdict
+                if literal_bool(node.value) is not None:  # `found_inf = True` under a check is a verdict
                     facts += [self.facts(test, function) for test in self._tests_around(node, function)]
                 bindings.append((names, facts))
             elif isinstance(node, (cst.For, cst.CompFor)):

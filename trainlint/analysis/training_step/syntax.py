@@ -66,12 +66,6 @@ def _first_positional(call: cst.Call) -> cst.BaseExpression | None:
     return None
 
 
-def _literal_bool(expr: cst.BaseExpression | None) -> bool | None:
-    if isinstance(expr, cst.Name) and expr.value in ("True", "False"):
-        return expr.value == "True"
-    return None
-
-
 def _parameters(function: cst.FunctionDef) -> list[cst.Param]:
     params = function.params
     return [*params.posonly_params, *params.params, *params.kwonly_params]
