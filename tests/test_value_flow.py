@@ -520,6 +520,43 @@ def test_a_backpropagated_loss_and_its_terms_are_attached(tmp_path: Path) -> Non
     assert not _attached(project.values("train.py", "out", 0))  # the model's output is no term of the loss
 
 
+def test_a_false_tensor_type_test_narrows_a_name_to_what_is_not_a_tensor(tmp_path: Path) -> None:
+    project = Project(tmp_path, {"meter.py": """
+        import torch
+        from torch.autograd import Variable
+
+        def add(v, p, q, w):
+            if isinstance(v, Variable):
+                v = v.data.sum()
+            elif isinstance(v, torch.Tensor):
+                in_elif = v
+                v = v.sum()
+            else:
+                in_else = v
+            if not isinstance(q, (torch.Tensor, float)):
+                in_not_body = q
+            if isinstance(p, torch.nn.Parameter):
+                p = p.detach()
+            if isinstance(w, torch.Tensor):
+                w = w.item()
+            w = w if w else p
+            return v, p, in_not_body, in_elif, in_else, w
+
+        def fit(model, criterion, x, y):
+            loss = criterion(model(x), y)
+            loss.backward()
+            add(loss, loss, loss, loss)
+    """})
+    values = lambda code, occurrence=-1: project.values("meter.py", code, occurrence)  # noqa: E731
+    assert not _attached(values("v", -1))  # the fall-through of the chain: not a tensor
+    assert not _attached(values("in_elif", -1))  # `isinstance(v, Variable)` was false: no tensor gets here
+    assert not _attached(values("in_else", -1))  # past two false tests
+    assert not _attached(values("in_not_body", -1))  # `if not isinstance(q, torch.Tensor)`: not a tensor
+    assert _attached(values("p", -1))  # a tensor need not be a Parameter: the loss passes through
+    assert _attached(values("w", -1))  # rebound after the test (from `p`): the test says nothing of it
+    assert not _attached(values("w", -3))  # `w if w else v`: past the test that took `.item()`
+
+
 @pytest.mark.parametrize("backward", [
     "scaler.scale(loss).backward()", "accelerator.backward(loss)", "(loss / accum).backward()",
     "torch.autograd.backward(loss)", "self.manual_backward(loss)",

@@ -41,7 +41,9 @@ class GraphKeptAcrossIterations(Rule):
     after `loss` was computed anew earlier in the same iteration (on every branch) carries
     nothing over. `meter.add(loss)` on an object of a class of the project that defines `add` is
     not a container's append: the method's own body says what it keeps (`v.data.sum()` keeps a
-    number; `self.sum += v` keeps the graph, and is reported there). A conditional that converts
+    number; `self.sum += v` keeps the graph, and is reported there), and a type test is taken into
+    account (`if isinstance(v, torch.Tensor): v = v.item()` before `self.sum += v` keeps a number;
+    a test for `nn.Parameter` says nothing of a loss). A conditional that converts
     on one branch and keeps the value on the other (`loss.item() if task > 0 else loss`, where
     `loss` is the number 0.0 on the first task) is taken at its word: the engine cannot relate
     the two conditions.
@@ -197,16 +199,15 @@ def _plain(value: Value) -> bool:
 
 def _message(ctx: FileContext, accumulation: Accumulation, values: Values) -> str:
     value = ctx.short_code(accumulation.value)
+    operand = value if is_atomic(accumulation.value) else f"({value})"
     target = ctx.short_code(accumulation.target)
     evidence = evidence_text([v for v in values if isinstance(v, Facts) and v.attached])
     where = "across the loop's iterations" if accumulation.loop is not None else "on every training iteration"
     return (
         f"`{target}` keeps `{value}`{evidence} with its autograd graph {where}: every iteration's graph stays "
         f"reachable from it (a backward frees the saved activations, not the graph), so memory grows with each "
-        f"iteration for as long as `{target}` lives; accumulate `{value}.item()` or `{value}.detach()`"
+        f"iteration for as long as `{target}` lives; accumulate `{operand}.item()` or `{operand}.detach()`"
     )
-
-
 
 
 # -- the fix ---------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 ``flow = ctx.get(ValueFlow)``; ``flow.values(expr)`` answers with :class:`Values` for any
 expression of the file. The engine follows, within the file and across the project's files:
 
-- local names through the bindings that reach them (:mod:`.scopes`), module globals read in
+- local names through the bindings that reach them (:mod:`.scopes`), without the tensors a false
+  ``isinstance(x, torch.Tensor)`` rules out (:mod:`.narrowing`), module globals read in
   functions, names of enclosing functions (closures), imports between the project's modules;
 - ``self.x`` from every method of the class and its bases, ``self.x = param`` through the
   parameter's default and the arguments at the constructor's call sites (:mod:`.classes`);
@@ -49,6 +50,7 @@ from trainlint.analysis.values.domain import (
 from trainlint.analysis.values.guard import Dependency
 from trainlint.analysis.values.scopes import ITEM, Binding, PathStep, Scope, Scopes, target_paths
 from trainlint.analysis.values.hooks import GradientHooksMixin
+from trainlint.analysis.values.narrowing import TensorTests, is_tensor
 from trainlint.analysis.values.torch_calls import TorchCallsMixin
 from trainlint.analysis.values.torch_semantics import LOWERCASE_CLASSES
 
@@ -69,6 +71,7 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin, AutogradMixin, Gradie
         self.prefix = ctx.module_name or "__main__"
         self._memo: dict[tuple[cst.CSTNode, bool], tuple[Values, frozenset[Dependency]]] = {}
         self._reading_variables: set[str] = set()  # module_variable's questions under way (cycles)
+        self.tensor_tests = TensorTests(ctx)
         self._init_calls()
         self._init_classes()
         self._init_autograd()
@@ -149,12 +152,18 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin, AutogradMixin, Gradie
         if own is not None:  # the target of a binding: the value it is given there
             return self.binding_values(own, symbolic)
         reaching = self.scopes.reaching(name, scope)
-        parts = [self.binding_values(b, symbolic) for b in reaching.bindings]
+        parts = [self._narrowed(self.binding_values(b, symbolic), b, name) for b in reaching.bindings]
         if reaching.unresolved and not (reaching.bindings and self.scopes.binds_locally(scope, name.value)):
             # No binding of the scope reaches: a global or a closure's name. (When some do, the
             # rest of the paths leave it unbound, which raises: no value comes from them.)
             parts.append(self._outer_name(name.value, scope))
         return Values.union(parts) if parts else UNKNOWN
+
+    def _narrowed(self, values: Values, binding: Binding, read: cst.Name) -> Values:
+        """Without the tensors where a false ``isinstance(name, torch.Tensor)`` stands between."""
+        if not values.may(is_tensor) or not self.tensor_tests.not_a_tensor(binding, read):
+            return values
+        return values.without(is_tensor)
 
     def binding_values(self, binding: Binding, symbolic: bool) -> Values:
         """What one binding of a name gives it; a value the code backpropagates (itself or as a
