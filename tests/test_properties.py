@@ -179,3 +179,25 @@ def test_non_overlapping_fixes_are_those_touching_no_earlier_choice(spans: list[
         if not any(start <= t_end and t_start <= end for t_start, t_end in chosen):  # pairwise, quadratic
             chosen.append((start, end))
     assert [f.fix.span for f in non_overlapping(findings)] == chosen  # type: ignore[union-attr]
+
+
+@PROPERTY_SETTINGS
+@given(hypothesmith.from_grammar())
+def test_source_order_compares_as_the_positions_do(source: str) -> None:
+    """``ctx.order`` stands for ``ctx.span`` wherever an analysis only compares places: a node
+    that ends before another starts in order does so in the text, and starts are ordered alike."""
+    from trainlint.context import FileContext
+    from trainlint.source import SourceText
+
+    try:
+        module = cst.parse_module(source)
+    except Exception:  # noqa: BLE001 - a source LibCST's grammar rejects says nothing here
+        return
+    ctx = FileContext("generated.py", SourceText(source), module, ProjectIndex([]))
+    nodes = [n for kind in (cst.Name, cst.Call, cst.SimpleStatementLine, cst.If, cst.FunctionDef) for n in ctx.nodes.of(kind)]
+    for a in nodes[:40]:
+        for b in nodes[:40]:
+            if ctx.order(a)[1] < ctx.order(b)[0]:
+                assert ctx.span(a)[1] <= ctx.span(b)[0]
+            if ctx.order(a)[0] < ctx.order(b)[0]:
+                assert ctx.span(a)[0] <= ctx.span(b)[0]

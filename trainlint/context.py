@@ -124,6 +124,8 @@ class NodeIndex:
         self._calls_by_name: dict[str, list[cst.Call]] | None = None
         self._call_order: dict[int, int] | None = None
         self._words: dict[type, dict[str, list[cst.CSTNode]]] = {}
+        self._order: dict[int, tuple[int, int]] | None = None
+        self._root = module
         by_type, parents = self.by_type, self.parents
         stack: list[cst.CSTNode] = [module]
         while stack:
@@ -166,6 +168,15 @@ class NodeIndex:
         order = self._call_order
         return sorted(found.values(), key=lambda c: order[id(c)])
 
+    def order(self, node: cst.CSTNode) -> tuple[int, int]:
+        """The node's place in source order: its rank in a walk of the tree in source order, and
+        the rank of its last descendant. Compares as ``span`` does (``a`` ends before ``b``
+        starts when ``order(a)[1] < order(b)[0]``) without computing the file's positions, which
+        costs a code generation of the whole module."""
+        if self._order is None:
+            self._order = _source_order(self._root)
+        return self._order[id(node)]
+
     def spelled(self, word: str, node_type: type[cst.Name] | type[cst.Attribute]) -> list[cst.CSTNode]:
         """The ``Name`` nodes reading ``word``, or the ``Attribute`` nodes ``x.word``."""
         if node_type not in self._words:
@@ -174,6 +185,22 @@ class NodeIndex:
                 index.setdefault(node.attr.value if isinstance(node, cst.Attribute) else node.value, []).append(node)  # type: ignore[attr-defined]
             self._words[node_type] = index
         return self._words[node_type].get(word, [])
+
+
+def _source_order(module: cst.Module) -> dict[int, tuple[int, int]]:
+    order: dict[int, tuple[int, int]] = {}
+    rank = 0
+    stack: list[tuple[cst.CSTNode, bool]] = [(module, False)]
+    while stack:
+        node, finished = stack.pop()
+        if finished:  # every descendant has its rank: the last one is rank - 1
+            order[id(node)] = (order[id(node)][0], rank - 1)
+            continue
+        order[id(node)] = (rank, rank)
+        rank += 1
+        stack.append((node, True))
+        stack.extend((child, False) for child in reversed(child_nodes(node)))
+    return order
 
 
 class FileContext:
@@ -290,6 +317,10 @@ class FileContext:
 
     def range(self, node: cst.CSTNode) -> CodeRange:
         return self._positions[node]
+
+    def order(self, node: cst.CSTNode) -> tuple[int, int]:
+        """Where the node is in source order (see :meth:`NodeIndex.order`): for comparing places."""
+        return self.nodes.order(node)
 
     def span(self, node: cst.CSTNode) -> tuple[int, int]:
         """Character offsets of the node's code, without surrounding whitespace."""

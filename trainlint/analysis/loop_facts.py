@@ -138,7 +138,7 @@ class LoopFacts:
         for loop in (*self.ctx.nodes.of(cst.For), *self.ctx.nodes.of(cst.While)):
             if loop in found:
                 continue
-            calls = tuple(sorted((c for c in calls_within(loop.body) if self._runs_a_step(c)), key=lambda c: self.ctx.span(c)[0]))
+            calls = tuple(sorted((c for c in calls_within(loop.body) if self._runs_a_step(c)), key=lambda c: self.ctx.order(c)[0]))
             if calls:
                 found[loop] = TrainingLoop(loop, self.flow.scopes.scope_of(loop), runs=calls)
         return list(found.values())

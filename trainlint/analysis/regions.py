@@ -417,9 +417,9 @@ class Regions:
         if isinstance(node, cst.Call) and self._runs_a_model_that_switches_gradients(node):
             return True
         function = self.flow.scopes.scope_of(node)
-        start = self.ctx.span(node)[0]
+        start = self.ctx.order(node)[0]
         return any(
-            self.flow.scopes.scope_of(call) is function and self.ctx.span(call)[0] < start for call in self._gradient_switches_off
+            self.flow.scopes.scope_of(call) is function and self.ctx.order(call)[0] < start for call in self._gradient_switches_off
         )
 
     def _runs_a_model_that_switches_gradients(self, call: cst.Call) -> bool:

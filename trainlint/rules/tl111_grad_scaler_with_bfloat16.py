@@ -177,7 +177,7 @@ def _autocasts_of(ctx: FileContext, step: TrainingStep) -> list[cst.Call]:
                     call = instance.call
                     if call is not None and instance.site is not None and instance.site.ctx is ctx and _is_autocast(ctx, call):
                         found[call] = None
-    return sorted(found, key=lambda call: ctx.span(call)[0])
+    return sorted(found, key=lambda call: ctx.order(call)[0])
 
 
 def _is_autocast(ctx: FileContext, call: cst.Call) -> bool:

@@ -272,11 +272,11 @@ def _trains(ctx: FileContext, function: cst.FunctionDef | None) -> bool:
 def _loads_weights_before(ctx: FileContext, loop: cst.For, function: cst.FunctionDef | None) -> bool:
     """True when weights are loaded (``load_state_dict``, a checkpoint) before the loop in the
     same scope: the clamp then acts on trained weights, not on the initialization."""
-    loop_start = ctx.span(loop)[0]
+    loop_start = ctx.order(loop)[0]
     for call in ctx.nodes.of(cst.Call):
         name = dotted_name(call.func) or ""
         loads = "load" in name.rpartition(".")[2].lower()
-        if loads and ctx.enclosing(call, cst.FunctionDef) is function and ctx.span(call)[0] < loop_start:
+        if loads and ctx.enclosing(call, cst.FunctionDef) is function and ctx.order(call)[0] < loop_start:
             return True
     return False
 

@@ -390,12 +390,12 @@ class _Masking:
             return False
         if in_place:
             name = _name_of(expr)
-            return name is not None and self._reaches_backward(name, function, 2, after=self.ctx.span(site)[1])
+            return name is not None and self._reaches_backward(name, function, 2, after=self.ctx.order(site)[1])
         top = _loss_expression_top(self.ctx, site)
         if _is_backward_operand(self.ctx, top) or self._returned_from_loss_function(top, function):
             return True
         stored = _stored_name(self.ctx, top)
-        return stored is not None and self._reaches_backward(stored, function, 2, after=self.ctx.span(top)[1])
+        return stored is not None and self._reaches_backward(stored, function, 2, after=self.ctx.order(top)[1])
 
     def _returned_from_loss_function(self, site: cst.CSTNode, function: cst.FunctionDef) -> bool:
         parent = self.ctx.parent(site)
@@ -405,14 +405,14 @@ class _Masking:
 
     def _reaches_backward(self, name: str, function: cst.FunctionDef, depth: int, after: int) -> bool:
         for use in self.flow.uses(name, function):
-            if self.ctx.span(use)[0] < after:
+            if self.ctx.order(use)[0] <= after:  # inside or before the value's expression
                 continue
             top = _loss_expression_top(self.ctx, use)
             if _is_backward_operand(self.ctx, top) or self._returned_from_loss_function(top, function):
                 return True
             stored = _stored_name(self.ctx, top)
             followed = depth > 0 and stored is not None and stored != name
-            if followed and self._reaches_backward(stored, function, depth - 1, self.ctx.span(top)[1]):  # type: ignore[arg-type]
+            if followed and self._reaches_backward(stored, function, depth - 1, self.ctx.order(top)[1]):  # type: ignore[arg-type]
                 return True
         return False
 

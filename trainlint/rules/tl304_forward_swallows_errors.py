@@ -285,9 +285,9 @@ def _bound_before(ctx: FileContext, name: str, statement: cst.Try) -> bool:
     function = scopes.function_of(statement)
     if function is None:
         return False
-    start = ctx.span(statement)[0]
+    start = ctx.order(statement)[0]
     return any(
-        binding.kind == "parameter" or ctx.span(binding.statement)[1] <= start
+        binding.kind == "parameter" or ctx.order(binding.statement)[1] < start
         for binding in scopes.records(function).get(name, ())
     )
 
@@ -295,5 +295,5 @@ def _bound_before(ctx: FileContext, name: str, statement: cst.Try) -> bool:
 def _used_after(ctx: FileContext, name: str, statement: cst.Try) -> bool:
     scopes = ctx.get(Scopes)
     function = scopes.function_of(statement)
-    end = ctx.span(statement)[1]
-    return function is not None and any(ctx.span(use)[0] >= end for use in scopes.uses(name, function))
+    end = ctx.order(statement)[1]
+    return function is not None and any(ctx.order(use)[0] > end for use in scopes.uses(name, function))

@@ -33,7 +33,14 @@ _NEEDS_GRADIENTS = ("backward", "autograd", ".grad", "requires_grad", "zero_grad
 class _Evaluation:
     runs: list[cst.Call]  # forward passes of the evaluated model, in source order
     block: Sequence[cst.BaseStatement]  # the statements the evaluation is written in
-    why: str  # "after `model.eval()` (line 12)" or "in `validate()`"
+    why: str  # "in `validate()`", or what follows the anchor's description
+    anchor: cst.CSTNode | None = None  # the `model.eval()` the runs come after
+
+    def describe(self, ctx: FileContext) -> str:
+        """``after `model.eval()` (line 12)``: the line only for a report (positions cost a code generation)."""
+        if self.anchor is None:
+            return self.why
+        return f"after `{ctx.short_code(self.anchor)}` (line {ctx.range(self.anchor).start.line}){self.why}"
 
 
 class EvaluationWithoutNoGrad(Rule):
@@ -153,7 +160,7 @@ class EvaluationWithoutNoGrad(Rule):
         for evaluation in _evaluations(ctx):
             run = evaluation.runs[0]
             message = (
-                f"`{ctx.short_code(run)}` runs {evaluation.why}, with gradients enabled: autograd keeps every "
+                f"`{ctx.short_code(run)}` runs {evaluation.describe(ctx)}, with gradients enabled: autograd keeps every "
                 "activation of each batch for a backward that never comes (and the graph of every batch whose "
                 "outputs are kept); wrap the evaluation in `with torch.no_grad():`"
             )
@@ -198,8 +205,8 @@ def _parameters_frozen_before(ctx: FileContext, scope: cst.CSTNode, run: cst.CST
     for node in (*ctx.nodes.of(cst.For), *ctx.nodes.calls_spelled("requires_grad_")):
         switch = _requires_grad_switch(ctx, node, model)
         if switch is not None and scopes.scope_of(node) is scope:
-            switches.append((ctx.span(node)[0], switch))
-    before = [found for found in switches if found[0] < ctx.span(run)[0]]
+            switches.append((ctx.order(node)[0], switch))
+    before = [found for found in switches if found[0] < ctx.order(run)[0]]
     return bool(before) and not max(before)[1]  # the last switch before the call decides
 
 
@@ -263,19 +270,19 @@ def _after_eval(ctx: FileContext, scope: cst.CSTNode, runs: list[ModelRun]) -> I
     regions = ctx.get(Regions)
     found: dict[tuple[int, int], tuple[list[cst.Call], cst.Call, str]] = {}
     group: dict[int, tuple[int, int]] = {}  # block -> (group number, end of the group's last run)
-    for switch in sorted(_switches(ctx, scope), key=lambda c: ctx.span(c)[0]):
+    for switch in sorted(_switches(ctx, scope), key=lambda c: ctx.order(c)[0]):
         model = dotted_name(switch.func.value)  # type: ignore[attr-defined]
         block = _block_holding(ctx, switch)
         number, last_run = group.get(id(block), (0, -1))
-        if ctx.span(switch)[0] > last_run >= 0:
+        if ctx.order(switch)[0] > last_run >= 0:
             number += 1  # switches after the runs of the previous ones: another evaluation
         key = (id(block), number)
         for call in _calls_after(ctx, block, switch):
             target = call.func.value if isinstance(call.func, cst.Attribute) and call.func.attr.value == "forward" else call.func
             if dotted_name(target) == model and _dominating_eval(ctx, scope, call, model) is switch:
-                entry = found.setdefault(key, ([], switch, f"after `{ctx.short_code(switch)}` (line {ctx.range(switch).start.line})"))
+                entry = found.setdefault(key, ([], switch, ""))
                 entry[0].append(call)
-                last_run = max(last_run, ctx.span(call)[1])
+                last_run = max(last_run, ctx.order(call)[1])
         group[id(block)] = (number, last_run)
     modes = ctx.get(ModelModes)
     for run in runs:
@@ -284,7 +291,7 @@ def _after_eval(ctx: FileContext, scope: cst.CSTNode, runs: list[ModelRun]) -> I
             if tag is not None and isinstance(tag.anchor, cst.Call) and _same_function(ctx, tag.anchor, run.call):
                 block = _block_holding(ctx, tag.anchor)
                 if _holds(ctx, block, run.call) and not any(run.call in calls for calls, _, _ in found.values()):
-                    why = f"after `{ctx.short_code(tag.anchor)}` (line {ctx.range(tag.anchor).start.line}), which puts `{instance.name}` in eval mode"
+                    why = f", which puts `{instance.name}` in eval mode"
                     found.setdefault((id(tag.anchor), -1), ([], tag.anchor, why))[0].append(run.call)
                 break
     for calls, switch, why in found.values():
@@ -295,11 +302,11 @@ def _after_eval(ctx: FileContext, scope: cst.CSTNode, runs: list[ModelRun]) -> I
                 # a forward whose result is dropped (a warm-up `model(torch.zeros(...))`) frees its graph at once
                 if not _result_dropped(ctx, c) and not regions.may_compute_no_gradient(c) and not _in_lambda(ctx, c)
             },
-            key=lambda c: ctx.span(c)[0],
+            key=lambda c: ctx.order(c)[0],
         )
         block = _block_holding(ctx, switch)
         if calls and not _needs_gradients(ctx, switch, block):
-            yield _Evaluation(calls, _statements(block), why)
+            yield _Evaluation(calls, _statements(block), why, switch)
 
 
 def _named_evaluation(ctx: FileContext, scope: cst.CSTNode, runs: list[ModelRun]) -> Iterator[_Evaluation]:
@@ -348,21 +355,21 @@ def _statements(block: cst.CSTNode) -> list[cst.BaseStatement]:
 
 
 def _calls_after(ctx: FileContext, block: cst.CSTNode, switch: cst.Call) -> Iterator[cst.Call]:
-    position = ctx.span(switch)[1]
+    position = ctx.order(switch)[1]
     for statement in _statements(block):
-        if ctx.span(statement)[0] >= position:
+        if ctx.order(statement)[0] > position:
             yield from calls_within(statement)
 
 
 def _dominating_eval(ctx: FileContext, scope: cst.CSTNode, run: cst.Call, model: str) -> cst.Call | None:
     """The ``m.eval()`` (or ``m.train(False)``) in a statement of a block around the run, before
     it, with no other mode switch of the same model between them."""
-    position = ctx.span(run)[0]
+    position = ctx.order(run)[0]
     switch: cst.Call | None = None
     for ancestor in ctx.ancestors(run):
         if isinstance(ancestor, (cst.IndentedBlock, cst.Module)):
             for statement in _statements(ancestor):
-                if ctx.span(statement)[0] >= position:
+                if ctx.order(statement)[0] >= position:
                     break
                 if isinstance(statement, cst.SimpleStatementLine):
                     switch = next((c for c in calls_within(statement) if _is_switch(c, model, to_eval=True)), switch)
@@ -372,9 +379,9 @@ def _dominating_eval(ctx: FileContext, scope: cst.CSTNode, run: cst.Call, model:
             break
     if switch is None:
         return None
-    begin = ctx.span(switch)[1]
+    begin = ctx.order(switch)[1]
     for call in calls_within(scope):
-        if begin <= ctx.span(call)[0] < position and (_is_switch(call, model, False) or _is_switch(call, model, True)):
+        if begin < ctx.order(call)[0] < position and (_is_switch(call, model, False) or _is_switch(call, model, True)):
             return None  # switched again before the run
     return switch
 
