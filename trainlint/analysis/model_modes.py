@@ -75,7 +75,7 @@ Tag = str | Eval
 
 @dataclass(frozen=True)
 class ModelKey:
-    """A model as the modes table knows it: its class and where it was built (file, offset).
+    """A model as the modes table knows it: its class and where it was built (file, place in source order).
     Engine values compare by the node of their construction; a key stays the same when a file
     is parsed again (a second lint, a fix pass), whichever parse the engine's answer came from."""
 
@@ -88,7 +88,7 @@ class ModelKey:
         site = instance.site
         if site is None or not site.ctx.nodes.holds(site.node):
             return ModelKey(instance.cls, site.ctx.path if site is not None else None)
-        return ModelKey(instance.cls, site.ctx.path, site.ctx.span(site.node)[0])
+        return ModelKey(instance.cls, site.ctx.path, site.ctx.order(site.node)[0])
 
     def same(self, other: ModelKey) -> bool:
         """One construction, or ``self`` of the class (whose construction is unknown)."""
@@ -141,6 +141,9 @@ class TrainingPoint:
     anchor: cst.CSTNode
     modes: Modes
     models: frozenset[Instance]
+    # the `.eval()` calls a helper made on its way to this backward (an adversarial attack on a
+    # model in eval mode): the helper's own choice, not a mode left over from an evaluation
+    set_on_the_way: frozenset[Site] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -316,7 +319,10 @@ class ModelModes:
             if changed is not None:
                 return changed
             for summary in self._callees(call, budget - 1):
-                points.extend(TrainingPoint(call, modes.after(p.modes, call), p.models) for p in summary.points)
+                points.extend(
+                    TrainingPoint(call, modes.after(p.modes, call), p.models, p.set_on_the_way | _evals_in(p.modes))
+                    for p in summary.points
+                )
                 modes = modes.after(summary.exit, call)
             return modes
 
@@ -324,11 +330,11 @@ class ModelModes:
         exit_modes = walker.run(scope, Modes())
         if not decided:  # what the scope's own analysis sees, whatever its callers pass
             self._seen[scope] = walker.seen
-        merged: dict[tuple[cst.CSTNode, frozenset[Instance]], Modes] = {}
+        merged: dict[tuple[cst.CSTNode, frozenset[Instance], frozenset[Site]], Modes] = {}
         for point in points:
-            key = (point.anchor, point.models)
+            key = (point.anchor, point.models, point.set_on_the_way)
             merged[key] = merged[key].join(point.modes) if key in merged else point.modes
-        points = [TrainingPoint(anchor, modes, models) for (anchor, models), modes in merged.items()]
+        points = [TrainingPoint(anchor, modes, models, inner) for (anchor, models, inner), modes in merged.items()]
         self._points[scope] = points
         return _Summary(exit_modes, tuple(points))
 
@@ -422,13 +428,15 @@ class ModelModes:
 
     # -- what a training point sees ----------------------------------------------------------------
     def _evals_left(self, point: TrainingPoint) -> Iterator[LeftInEval]:
-        start = self.ctx.span(point.anchor)[0]
+        start = self.ctx.order(point.anchor)[0]
         for model in sorted(point.models, key=lambda i: i.cls):
             tags = [tag for _, tags in _related(point.modes, ModelKey.of(model), self) for tag in tags]
             if UNKNOWN in tags:
                 continue
             for tag in tags:
-                if isinstance(tag, Eval) and (self.ctx.span(tag.anchor)[0] > start or _evaluation_before(tag)):
+                if not isinstance(tag, Eval) or tag.origin in point.set_on_the_way:
+                    continue
+                if self.ctx.order(tag.anchor)[0] > start or _evaluation_before(tag):
                     if self._matters(model, tag):
                         yield LeftInEval(point, model, tag)
                         break
@@ -491,6 +499,10 @@ def _names_a_model_call(func: cst.BaseExpression) -> bool:
     return isinstance(func, cst.Name) and func.value == "self"
 
 
+
+
+def _evals_in(modes: Modes) -> frozenset[Site]:
+    return frozenset(t.origin for tags in (modes.default, *(t for _, t in modes.table)) for t in tags if isinstance(t, Eval))
 
 
 def _evaluation_before(tag: Eval) -> bool:

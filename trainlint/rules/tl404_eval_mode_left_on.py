@@ -37,8 +37,10 @@ class EvalModeLeftOn(Rule):
     not reported when `model.train()` runs on every path before the backward (the top of the
     iteration, the end of `validate()`), when a `train(...)` of unknown receiver may have set the
     mode back, when the model is put in eval mode before its own forward in the same iteration
-    (deliberate: a frozen backbone), nor in frameworks that manage the mode (Lightning's
-    `validation_step`, the HF `Trainer`, Keras-like `fit` loops of libraries).
+    (deliberate: a frozen backbone), nor for a backward that a helper runs after its own
+    `eval()` (an adversarial evaluation attacking the evaluated model: `evaluate_pgd(model)`
+    computes input gradients of a model it put in eval mode itself), nor in frameworks that
+    manage the mode (Lightning's `validation_step`, the HF `Trainer`, Keras-like `fit` loops of libraries).
 
     ## Why is this bad?
     `eval()` switches dropout off and makes batch norm normalize with its running statistics,
