@@ -557,6 +557,29 @@ def test_a_false_tensor_type_test_narrows_a_name_to_what_is_not_a_tensor(tmp_pat
     assert not _attached(values("w", -3))  # `w if w else v`: past the test that took `.item()`
 
 
+def test_a_loop_that_rewrites_every_entry_of_a_dict_decides_what_its_entries_are(tmp_path: Path) -> None:
+    project = Project(tmp_path, {"train.py": """
+        def fit(model, criterion, batches):
+            for x, y in batches:
+                losses = criterion(model(x), y)
+                losses["loss"].backward()
+                before = losses["loss"]
+                for key, value in losses.items():
+                    losses[key] = value.item()
+                converted = losses["loss"]
+                partial = criterion(model(x), y)
+                partial["loss"].backward()
+                for i, (key, value) in enumerate(partial.items()):
+                    if key == "loss":
+                        continue
+                    partial[key] = value.item()
+                skipped = partial["loss"]
+    """})
+    assert _attached(project.values("train.py", "before", -1))
+    assert not _attached(project.values("train.py", "converted", -1))
+    assert _attached(project.values("train.py", "skipped", -1))  # the total is skipped before the store
+
+
 @pytest.mark.parametrize("backward", [
     "scaler.scale(loss).backward()", "accelerator.backward(loss)", "(loss / accum).backward()",
     "torch.autograd.backward(loss)", "self.manual_backward(loss)",

@@ -43,7 +43,9 @@ class GraphKeptAcrossIterations(Rule):
     not a container's append: the method's own body says what it keeps (`v.data.sum()` keeps a
     number; `self.sum += v` keeps the graph, and is reported there), and a type test is taken into
     account (`if isinstance(v, torch.Tensor): v = v.item()` before `self.sum += v` keeps a number;
-    a test for `nn.Parameter` says nothing of a loss). A conditional that converts
+    a test for `nn.Parameter` says nothing of a loss), and so is a loop that converts every entry
+    of a dict in place (`for k, v in losses.items(): losses[k] = v.item()` before
+    `total += losses["loss"]`). A conditional that converts
     on one branch and keeps the value on the other (`loss.item() if task > 0 else loss`, where
     `loss` is the number 0.0 on the first task) is taken at its word: the engine cannot relate
     the two conditions.

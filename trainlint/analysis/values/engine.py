@@ -50,7 +50,7 @@ from trainlint.analysis.values.domain import (
 from trainlint.analysis.values.guard import Dependency
 from trainlint.analysis.values.scopes import ITEM, Binding, PathStep, Scope, Scopes, target_paths
 from trainlint.analysis.values.hooks import GradientHooksMixin
-from trainlint.analysis.values.narrowing import TensorTests, is_tensor
+from trainlint.analysis.values.narrowing import Narrowing, is_tensor
 from trainlint.analysis.values.torch_calls import TorchCallsMixin
 from trainlint.analysis.values.torch_semantics import LOWERCASE_CLASSES
 
@@ -71,7 +71,7 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin, AutogradMixin, Gradie
         self.prefix = ctx.module_name or "__main__"
         self._memo: dict[tuple[cst.CSTNode, bool], tuple[Values, frozenset[Dependency]]] = {}
         self._reading_variables: set[str] = set()  # module_variable's questions under way (cycles)
-        self.tensor_tests = TensorTests(ctx)
+        self.narrowing = Narrowing(ctx)
         self._init_calls()
         self._init_classes()
         self._init_autograd()
@@ -161,7 +161,7 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin, AutogradMixin, Gradie
 
     def _narrowed(self, values: Values, binding: Binding, read: cst.Name) -> Values:
         """Without the tensors where a false ``isinstance(name, torch.Tensor)`` stands between."""
-        if not values.may(is_tensor) or not self.tensor_tests.not_a_tensor(binding, read):
+        if not values.may(is_tensor) or not self.narrowing.not_a_tensor(binding, read):
             return values
         return values.without(is_tensor)
 
@@ -313,6 +313,11 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin, AutogradMixin, Gradie
         return Values.of(Collection("dict", tuple(items), tuple(keys)))
 
     def _subscript(self, expr: cst.Subscript, symbolic: bool) -> Values:
+        if isinstance(expr.value, cst.Name):  # `losses["loss"]` after a loop that rewrote every entry
+            reaching = self.scopes.reaching(expr.value)
+            stored = None if reaching.unresolved else self.narrowing.rewritten_entries(expr, reaching.bindings)
+            if stored is not None:
+                return Values.union(self.evaluate(value, symbolic) for value in stored)
         receiver = self.evaluate(expr.value, symbolic)
         index: int | str | None = None
         if len(expr.slice) == 1 and isinstance(expr.slice[0].slice, cst.Index):

@@ -1,30 +1,36 @@
-"""Type tests that narrow what a name may be: where ``isinstance(v, torch.Tensor)`` was false,
-``v`` is not a tensor.
+"""What the code did to a name between its binding and a read, besides rebinding it.
 
-Utility code accepts numbers and tensors alike and converts by type::
+Two things the bindings alone do not say:
 
-    def add(self, v):
-        if isinstance(v, Variable):   # true for every tensor
-            v = v.data.sum()
-        elif isinstance(v, torch.Tensor):
-            v = v.sum()
-        self.sum += v                 # a tensor passed in never gets here unconverted
+- **Type tests.** Utility code accepts numbers and tensors alike and converts by type::
 
-Without the test the engine would let a loss passed to ``add`` reach ``self.sum`` through the
-``elif`` branch and through the fall-through path. The answer for a name drops the tensors a
-binding gives it when every path from that binding to the read passes a false tensor test of the
-name: the read is in the ``elif``/``else`` (or ``if not isinstance(...)``) branch of a test made
-after the binding, or follows an ``if``/``elif`` chain of such tests each of whose branches
-rebinds the name or leaves (``return``, ``raise``, ``continue``, ``break``).
+      def add(self, v):
+          if isinstance(v, Variable):   # true for every tensor
+              v = v.data.sum()
+          elif isinstance(v, torch.Tensor):
+              v = v.sum()
+          self.sum += v                 # a tensor passed in never gets here unconverted
+
+  The answer for a name drops the tensors a binding gives it when every path from that binding
+  to the read passes a false tensor test of the name: the read is in the ``elif``/``else`` (or
+  ``if not isinstance(...)``) branch of a test made after the binding, or follows an
+  ``if``/``elif`` chain of such tests each of whose branches rebinds the name or leaves
+  (``return``, ``raise``, ``continue``, ``break``).
+
+- **Entries rewritten in place.** ``for key, value in losses.items(): losses[key] = value.item()``
+  replaces every entry of the dict; ``losses["loss"]`` read after that loop is what the loop
+  stored, not what the dict was built with.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import libcst as cst
 
 from trainlint.analysis.values.domain import Facts, Tensor, Value
+from trainlint.context import child_nodes
 
 if TYPE_CHECKING:
     from trainlint.context import FileContext
@@ -42,12 +48,13 @@ def is_tensor(value: Value) -> bool:
     return isinstance(value, (Tensor, Facts))
 
 
-class TensorTests:
-    """The tensor tests of one module: which names are tested, and where a read is past a false one."""
+class Narrowing:
+    """Per module: where a read is past a false tensor test, or past a loop rewriting every entry."""
 
     def __init__(self, ctx: FileContext) -> None:
         self.ctx = ctx
         self._tested: set[str] | None = None
+        self._rewritten: set[str] | None = None
 
     def not_a_tensor(self, binding: Binding, read: cst.Name) -> bool:
         """Every path on which ``binding`` gives ``read`` its value passes a false tensor test of the name."""
@@ -67,6 +74,16 @@ class TensorTests:
         return False
 
     # -- the pieces ----------------------------------------------------------------------------
+    def _names_rewritten(self) -> set[str]:
+        """The dicts some loop of the module rewrites entry by entry (most modules have none)."""
+        if self._rewritten is None:
+            self._rewritten = set()
+            for loop in self.ctx.nodes.of(cst.For):
+                name = _iterated_dict(loop.iter)
+                if name is not None and _rewrites_every_entry(loop, name) is not None:
+                    self._rewritten.add(name)
+        return self._rewritten
+
     def _names_tested(self) -> set[str]:
         if self._tested is None:
             self._tested = {
@@ -96,12 +113,44 @@ class TensorTests:
     def _after_exiting_test(self, block: cst.IndentedBlock | cst.Module, child: cst.CSTNode, binding: Binding, name: str) -> bool:
         """An earlier statement of the block (after the binding, when the binding is in the block)
         is an ``if``/``elif`` chain of positive tensor tests whose every branch rebinds the name or leaves."""
+        return any(self._tensor_chain_settles(s, name) for s in self._before_in_block(block, child, binding) if isinstance(s, cst.If))
+
+    def _before_in_block(self, block: cst.IndentedBlock | cst.Module, child: cst.CSTNode, binding: Binding) -> list[cst.BaseStatement]:
+        """The statements of the block that run after the binding and before ``child`` (a
+        statement of the block) on every path from one to the other."""
         statements = list(block.body)
         end = next((i for i, s in enumerate(statements) if s is child), None)
         if end is None:
-            return False
+            return []
         start = next((i + 1 for i, s in enumerate(statements[:end]) if self._holds(s, binding)), 0)
-        return any(self._tensor_chain_settles(s, name) for s in statements[start:end] if isinstance(s, cst.If))
+        return statements[start:end]
+
+    def _passed(self, binding: Binding, read: cst.CSTNode) -> Iterator[cst.BaseStatement]:
+        """Statements every path from the binding to the read runs through: earlier statements of
+        each block around the read, up to the read's function."""
+        child: cst.CSTNode = read
+        for ancestor in self.ctx.ancestors(read):
+            if isinstance(ancestor, _SCOPES):
+                return
+            if isinstance(ancestor, (cst.IndentedBlock, cst.Module)):
+                yield from self._before_in_block(ancestor, child, binding)
+            child = ancestor
+
+    # -- entries rewritten in place ------------------------------------------------------------
+    def rewritten_entries(self, read: cst.Subscript, bindings: Iterable[Binding]) -> list[cst.BaseExpression] | None:
+        """What ``d[...]`` is when every binding of ``d`` reaches the read only through a loop
+        storing into every entry (``for k, v in d.items(): d[k] = v.item()``): the stored
+        expressions. None when some binding may reach it unrewritten."""
+        name = read.value
+        if not isinstance(name, cst.Name) or name.value not in self._names_rewritten():
+            return None
+        stored: list[cst.BaseExpression] = []
+        for binding in bindings:
+            found = next((e for s in self._passed(binding, read) if (e := _rewrites_every_entry(s, name.value)) is not None), None)
+            if found is None:
+                return None
+            stored.append(found)
+        return stored or None
 
     def _tensor_chain_settles(self, statement: cst.If, name: str) -> bool:
         branch: cst.If | cst.Else | None = statement
@@ -122,4 +171,68 @@ def _settles(body: cst.BaseSuite, name: str) -> bool:
                 return True
             if isinstance(line, cst.Assign) and any(isinstance(t.target, cst.Name) and t.target.value == name for t in line.targets):
                 return True
+    return False
+
+
+def _rewrites_every_entry(statement: cst.BaseStatement, name: str) -> cst.BaseExpression | None:
+    """``for k, v in name.items():`` (or ``in name``, ``in name.keys()``, under ``enumerate``)
+    whose body stores ``name[k] = expr`` before anything that may skip the rest of an iteration:
+    ``expr``."""
+    if not isinstance(statement, cst.For) or statement.orelse is not None:
+        return None
+    key = _key_target(statement.iter, statement.target, name)
+    if key is None or not isinstance(statement.body, cst.IndentedBlock):
+        return None
+    for line in statement.body.body:
+        if _may_skip(line):
+            return None
+        small = line.body if isinstance(line, cst.SimpleStatementLine) else ()
+        for assign in small:
+            if isinstance(assign, cst.Assign) and len(assign.targets) == 1 and _stores_entry(assign.targets[0].target, name, key):
+                return assign.value
+    return None
+
+
+def _key_target(iterable: cst.BaseExpression, target: cst.BaseExpression, name: str) -> str | None:
+    """The loop variable that takes each key of the dict ``name``."""
+    if isinstance(iterable, cst.Call) and isinstance(iterable.func, cst.Name) and iterable.func.value == "enumerate":
+        if len(iterable.args) != 1 or not (isinstance(target, cst.Tuple) and len(target.elements) == 2):
+            return None
+        iterable, target = iterable.args[0].value, target.elements[1].value
+    method = None
+    if isinstance(iterable, cst.Call) and isinstance(iterable.func, cst.Attribute) and not iterable.args:
+        method, iterable = iterable.func.attr.value, iterable.func.value
+    if not (isinstance(iterable, cst.Name) and iterable.value == name):
+        return None
+    if method == "items" and isinstance(target, cst.Tuple) and len(target.elements) == 2:
+        target = target.elements[0].value
+    elif method not in (None, "keys"):
+        return None
+    return target.value if isinstance(target, cst.Name) else None
+
+
+def _iterated_dict(iterable: cst.BaseExpression) -> str | None:
+    """``d`` of ``d``, ``d.items()``, ``d.keys()``, under ``enumerate`` or not."""
+    if isinstance(iterable, cst.Call) and isinstance(iterable.func, cst.Name) and iterable.func.value == "enumerate":
+        iterable = iterable.args[0].value if len(iterable.args) == 1 else iterable
+    if isinstance(iterable, cst.Call) and isinstance(iterable.func, cst.Attribute) and iterable.func.attr.value in ("items", "keys"):
+        iterable = iterable.func.value
+    return iterable.value if isinstance(iterable, cst.Name) else None
+
+
+def _stores_entry(target: cst.BaseExpression, name: str, key: str) -> bool:
+    if not (isinstance(target, cst.Subscript) and isinstance(target.value, cst.Name) and target.value.value == name):
+        return False
+    index = target.slice[0].slice if len(target.slice) == 1 else None
+    return isinstance(index, cst.Index) and isinstance(index.value, cst.Name) and index.value.value == key
+
+
+def _may_skip(statement: cst.BaseStatement) -> bool:
+    """The statement may end the iteration early (a ``continue``, ``break``, ``return`` or ``raise`` in it)."""
+    stack: list[cst.CSTNode] = [statement]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (*_LEAVING, cst.FunctionDef, cst.ClassDef)):
+            return isinstance(node, _LEAVING)
+        stack.extend(child_nodes(node))
     return False
