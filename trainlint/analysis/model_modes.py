@@ -174,6 +174,7 @@ class ModelModes:
         self._summaries: dict[tuple[cst.FunctionDef, frozenset[tuple[str, bool]]], tuple[int, _Summary]] = {}
         self._seen: dict[cst.CSTNode, dict[cst.Call, Modes]] = {}
         self._points: dict[cst.CSTNode, list[TrainingPoint]] = {}
+        self._held: dict[str, frozenset[str]] = {}
         self._nodes_by_scope: tuple[dict[cst.CSTNode, list[cst.Call]], dict[cst.CSTNode, list[cst.For | cst.While]]] | None = None
 
     # -- questions -----------------------------------------------------------------------------
@@ -248,6 +249,22 @@ class ModelModes:
             name = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else None
             if name is not None and (name in methods or name in reaching):
                 found.append(call)
+        return found
+
+    def held_classes(self, cls: str) -> frozenset[str]:
+        """The classes of the modules a model class of the project keeps in its attributes,
+        whoever built them (``self.model = nn.DataParallel(model)`` with ``model`` passed in)."""
+        found = self._held.get(cls)
+        if found is None:
+            self._held[cls] = frozenset()  # a class holding itself: not through itself
+            instance = Instance(cls)
+            found = frozenset(
+                value.cls
+                for attr in self.flow.attribute_names(cls)
+                for value in self.flow.attribute_of(instance, attr).of_type(Instance)
+                if value.cls != cls and self.structure.is_model(value)
+            )
+            self._held[cls] = found
         return found
 
     def mode_dependent(self, instance: Instance) -> bool:
@@ -522,11 +539,12 @@ def _everything_may_be(modes: Modes, tag: Tag) -> Modes:
 
 
 def _contains(modes: ModelModes, outer: ModelKey, inner: ModelKey) -> bool:
-    """``outer`` builds a module of ``inner``'s class (``train()`` of ``outer`` reaches it)."""
+    """``outer`` builds a module of ``inner``'s class, or keeps one in an attribute (a trainer
+    module given the model: ``self.model = model``); ``train()`` of ``outer`` reaches it."""
     if outer.same(inner):
         return True
     importer = Path(outer.path) if outer.path is not None else modes.ctx.real_path
-    return inner.cls in modes.ctx.project.built_by_class(outer.cls, importer)
+    return inner.cls in modes.ctx.project.built_by_class(outer.cls, importer) or inner.cls in modes.held_classes(outer.cls)
 
 
 def _related(modes: Modes, model: ModelKey, analysis: ModelModes) -> list[tuple[ModelKey, frozenset[Tag]]]:

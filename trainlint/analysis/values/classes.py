@@ -151,6 +151,15 @@ class ClassesMixin:
                 parts.append(self.element(self.evaluate(assignment.value, False), assignment.path))
         return Values.union(parts)
 
+    def attribute_names(self: ValueFlow, qualified: str) -> list[str]:
+        """The attributes the class of the project and its bases assign (``self.x = ...``,
+        class-level names, properties); empty for a class the project does not define."""
+        found = self.class_definition(qualified)
+        if found is None:
+            return []
+        flow, class_def = found
+        return list(dict.fromkeys(name for f, node in flow.lineage(class_def) for name in f._attribute_table(node)))
+
     def summary_for_instance(self: ValueFlow, method: cst.FunctionDef, instance: Values) -> Values:
         """A method's summary with ``self`` as the given instance (its other parameters unknown)."""
         from trainlint.analysis.values.calls import _substitute
