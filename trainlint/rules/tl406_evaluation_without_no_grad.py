@@ -65,7 +65,9 @@ class EvaluationWithoutNoGrad(Rule):
     `Trainer`'s evaluation), nor a model's own inference method (`infer`, `predict` of a class
     with a `forward`), whose callers choose the gradient mode, nor a model whose `forward`
     turns gradients off itself on some path (`model(data, mode="inference")` where that mode runs
-    under `torch.no_grad()`), nor a model whose parameters the function froze before the call
+    under `torch.no_grad()`), nor a function that returns the forward's output as it is
+    (`model.eval(); return model(x, t)`, a model-call wrapper whose callers choose the gradient
+    mode), nor a model whose parameters the function froze before the call
     (`for p in model.parameters(): p.requires_grad = False`, `model.requires_grad_(False)`).
 
     ## Why is this bad?
@@ -188,8 +190,18 @@ def _evaluations(ctx: FileContext) -> Iterator[_Evaluation]:
                 continue
             if all(_parameters_frozen_before(ctx, scope, run) for run in evaluation.runs):
                 continue  # no parameter requires a gradient: autograd records nothing
+            if all(_returned_as_it_is(ctx, scope, run) for run in evaluation.runs):
+                continue  # a wrapper around the forward: its callers choose (and may need the graph)
             reported.update(evaluation.runs)
             yield evaluation
+
+
+def _returned_as_it_is(ctx: FileContext, scope: cst.CSTNode, run: cst.CSTNode) -> bool:
+    """``return model(x, labels)``, outside any loop of the function: the function wraps one
+    forward pass (``model_fn = get_model_fn(model, train=False)``), and what happens to the
+    output's graph is its caller's choice; a sampler calls it under ``no_grad``, a likelihood
+    takes the gradient of the output with respect to the input."""
+    return isinstance(ctx.parent(run), cst.Return) and not ctx.nested_in(run, (cst.For, cst.While), scope)
 
 
 def _parameters_frozen_before(ctx: FileContext, scope: cst.CSTNode, run: cst.CSTNode) -> bool:
