@@ -32,7 +32,7 @@ import libcst as cst
 from trainlint.analysis.imports import dotted_name
 from trainlint.analysis.training_step import BACKWARD_KINDS, STEP_KINDS, EventKind, StepEvent, TrainingStep, TrainingSteps
 from trainlint.analysis.values import FunctionRef, Instance, ValueFlow
-from trainlint.context import calls_within
+from trainlint.context import calls_within, scope_nodes
 
 if TYPE_CHECKING:
     from trainlint.context import FileContext
@@ -45,16 +45,16 @@ _APPENDING = frozenset({"append", "extend", "add", "insert", "appendleft"})
 _SCOPES = (cst.FunctionDef, cst.ClassDef, cst.Lambda)
 
 
-def callees(ctx: FileContext, call: cst.Call, words: tuple[bytes, ...]) -> list[tuple[FileContext, cst.FunctionDef]]:
+def callees(ctx: FileContext, call: cst.Call, words: tuple[bytes, ...] | None) -> list[tuple[FileContext, cst.FunctionDef]]:
     """The functions and methods of the project that ``call`` may run (``validate(model)``,
     ``self.helper()``, ``model.train_emb(x)`` for a model of a project class), when a function of
     that name spells one of ``words`` (or calls one that does: see
-    ``ProjectIndex.functions_reaching``); none for library calls and calls the engine cannot
-    follow."""
+    ``ProjectIndex.functions_reaching``; None: any function); none for library calls and calls
+    the engine cannot follow."""
     flow = ctx.get(ValueFlow)
     func = call.func
     name = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else None
-    if name is None or name not in ctx.project.functions_reaching(words):
+    if name is None or (words is not None and name not in ctx.project.functions_reaching(words)):
         return []  # no function of the project by that name does what the caller looks for
     qualified = ctx.qualified_name(func)
     if qualified is not None and flow.definition(qualified) is None:
@@ -344,6 +344,21 @@ class LoopFacts:
                 return True
             if isinstance(node, cst.AugAssign) and isinstance(node.operator, (cst.DivideAssign, cst.MultiplyAssign)):
                 return True
+            if isinstance(node, cst.Call) and depth > 0 and self._divided_in_the_function(node, depth - 1):
+                return True
+        return False
+
+    def _divided_in_the_function(self, call: cst.Call, depth: int) -> bool:
+        """The loss is what a function of the project returns, and it divides it on the way
+        (``loss, correct = self._forward_pass(batch)`` where the helper ends in
+        ``loss = loss / cfg.gradient_accumulation_steps; return loss, correct``)."""
+        for ctx, function in callees(self.ctx, call, None):  # a division is no call: no index to ask
+            facts = ctx.get(LoopFacts)
+            for returned in (n.value for n in scope_nodes(function.body) if isinstance(n, cst.Return) and n.value is not None):
+                values = returned.elements if isinstance(returned, cst.Tuple) else None
+                parts = [e.value for e in values] if values is not None else [returned]
+                if any(facts.divided_on_the_way(part, depth) for part in parts):
+                    return True
         return False
 
     def _scales_down(self, factor: cst.BaseExpression) -> bool:

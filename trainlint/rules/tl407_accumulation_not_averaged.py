@@ -25,7 +25,8 @@ class AccumulationNotAveraged(Rule):
     (`for i in range(0, n, micro)`, `for part in batch.split(k)`, a helper called on each
     part) with no step and no `zero_grad` in that loop, when the loss on its way to the backward
     is not divided (`loss / accum`, `loss /= accum`, `loss.div(k)`, `loss * 0.25`, a factor
-    computed as a quotient or named for accumulation) nor computed by a function that receives
+    computed as a quotient or named for accumulation; also in the project function that returns
+    the loss, `loss, correct = forward_pass(batch)`) nor computed by a function that receives
     the accumulation count.
 
     When every optimizer the step uses is known (through the value-flow engine, from wherever

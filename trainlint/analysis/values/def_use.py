@@ -81,7 +81,7 @@ class DefUseMixin:
         receivers: ``(loss / k).mean()``; not into the arguments of calls), and for each name
         among them, up to ``depth`` bindings deep, what the bindings reaching it give: the
         assigned value (followed the same way), the loss that apex's ``amp.scale_loss`` scales,
-        and the statement itself for an in-place update ``x op= v`` (whose operand ``v`` is not
+        the call a name is unpacked from (``loss, correct = forward_pass(...)``), and the statement itself for an in-place update ``x op= v`` (whose operand ``v`` is not
         what ``x`` is: it is not followed)."""
         seen: set[int] = set()
         queue: deque[tuple[cst.CSTNode, int]] = deque([(expr, depth)])
@@ -99,6 +99,8 @@ class DefUseMixin:
                         queue.append((binding.statement, 0))
                         continue
                     source = _whole_value(binding)
+                    if source is None and binding.kind == "opaque" and isinstance(binding.source, cst.Call):
+                        source = binding.source  # `loss, correct = forward_pass(...)`: computed by the call
                     if source is not None:
                         queue.append((source, left - 1))
 
