@@ -53,8 +53,10 @@ class EvaluationWithoutNoGrad(Rule):
     decorator, not in every caller.
 
     A function named for inference (`predict`, `sliding_window_inference`) is an API whose
-    callers choose the gradient mode, and a file that uses another framework's models (MegEngine,
-    JAX, TensorFlow) and not torch is not torch's autograd: neither is reported.
+    callers choose the gradient mode: its loop is not reported for the name alone (it is when the
+    function puts the model in eval mode itself and runs it with gradients on, as a scikit-learn
+    style `predict(X)` returning NumPy arrays does). A file that uses another framework's models
+    (MegEngine, JAX, TensorFlow) and not torch is not torch's autograd: it is not reported.
 
     It does not report code that needs gradients there (a `backward`, `torch.autograd`, `.grad`
     or `requires_grad` in the evaluation: saliency maps, adversarial examples, test-time
