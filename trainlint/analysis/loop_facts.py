@@ -329,48 +329,60 @@ class LoopFacts:
             return any(self._splits_a_batch(a, depth) for a in arguments)
         return False
 
-    def divided_on_the_way(self, expr: cst.BaseExpression, depth: int = 4) -> bool:
+    def divided_on_the_way(self, expr: cst.BaseExpression, depth: int = 4, by_the_count: bool = False) -> bool:
         """The loss reaching a backward was divided (or scaled down) on its way: ``loss / k``,
         ``loss /= k``, ``loss.div(k)``, ``loss * 0.25``, ``loss * scale`` with ``scale = 1 / k``,
         a factor named for accumulation, in what it is computed from (names followed ``depth``
-        bindings deep in its function, apex's ``amp.scale_loss`` included)."""
+        bindings deep in its function, apex's ``amp.scale_loss`` included), and in the project
+        function that returns it. ``by_the_count``: only by a count named for accumulation (in
+        such a function, ``lbox *= 0.05`` weighs a loss term, it does not average micro-batches)."""
         for node in self.flow.scopes.computed_from(expr, depth):
             if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, (cst.Divide, cst.FloorDivide)):
-                return True
+                if not by_the_count or _named_for_accumulation(node.right):
+                    return True
             if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Multiply):
-                if self._scales_down(node.left) or self._scales_down(node.right):
+                if self._scales_down(node.left, by_the_count) or self._scales_down(node.right, by_the_count):
                     return True
             if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and node.func.attr.value in ("div", "div_", "true_divide"):
-                return True
+                if not by_the_count or any(_named_for_accumulation(a.value) for a in node.args[:1]):
+                    return True
             if isinstance(node, cst.AugAssign) and isinstance(node.operator, (cst.DivideAssign, cst.MultiplyAssign)):
-                return True
+                if not by_the_count or (isinstance(node.operator, cst.DivideAssign) and _named_for_accumulation(node.value)):
+                    return True
             if isinstance(node, cst.Call) and depth > 0 and self._divided_in_the_function(node, depth - 1):
                 return True
         return False
 
     def _divided_in_the_function(self, call: cst.Call, depth: int) -> bool:
-        """The loss is what a function of the project returns, and it divides it on the way
-        (``loss, correct = self._forward_pass(batch)`` where the helper ends in
-        ``loss = loss / cfg.gradient_accumulation_steps; return loss, correct``)."""
+        """The loss is what a function of the project returns, and it divides it by the
+        accumulation count on the way (``loss, correct = self._forward_pass(batch)`` where the
+        helper ends in ``loss = loss / cfg.gradient_accumulation_steps; return loss, correct``)."""
         for ctx, function in callees(self.ctx, call, None):  # a division is no call: no index to ask
             facts = ctx.get(LoopFacts)
             for returned in (n.value for n in scope_nodes(function.body) if isinstance(n, cst.Return) and n.value is not None):
                 values = returned.elements if isinstance(returned, cst.Tuple) else None
                 parts = [e.value for e in values] if values is not None else [returned]
-                if any(facts.divided_on_the_way(part, depth) for part in parts):
+                if any(facts.divided_on_the_way(part, depth, by_the_count=True) for part in parts):
                     return True
         return False
 
-    def _scales_down(self, factor: cst.BaseExpression) -> bool:
-        """A factor named for accumulation, or a known constant between 0 and 1 (a factor
-        computed by a division is found by ``divided_on_the_way`` among what the loss is
-        computed from)."""
-        name = (dotted_name(factor) or "").lower()
-        if any(word in name for word in ("accum", "micro", "grad_acc", "n_acc")):
+    def _scales_down(self, factor: cst.BaseExpression, by_the_count: bool = False) -> bool:
+        """A factor named for accumulation, or (unless ``by_the_count``) a known constant between
+        0 and 1 (a factor computed by a division is found by ``divided_on_the_way`` among what the
+        loss is computed from)."""
+        if _named_for_accumulation(factor):
             return True
+        if by_the_count:
+            return False
         values = self.flow.values(factor)
         numbers = [c for c in values.constants() if isinstance(c, (int, float)) and not isinstance(c, bool)]
         return not values.unknown and bool(numbers) and len(numbers) == len(values) and all(0 < n < 1 for n in numbers)
+
+
+def _named_for_accumulation(expr: cst.BaseExpression) -> bool:
+    """``accum``, ``cfg.gradient_accumulation_steps``, ``n_micro``: a count of micro-batches by its name."""
+    name = (dotted_name(expr) or "").lower()
+    return any(word in name for word in ("accum", "micro", "grad_acc", "n_acc"))
 
 
 # -- additions to storage --------------------------------------------------------------------------
