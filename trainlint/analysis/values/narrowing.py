@@ -232,7 +232,8 @@ def _may_skip(statement: cst.BaseStatement) -> bool:
     stack: list[cst.CSTNode] = [statement]
     while stack:
         node = stack.pop()
-        if isinstance(node, (*_LEAVING, cst.FunctionDef, cst.ClassDef)):
-            return isinstance(node, _LEAVING)
-        stack.extend(child_nodes(node))
+        if isinstance(node, _LEAVING):
+            return True
+        if not isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):  # their returns are their own
+            stack.extend(child_nodes(node))
     return False
