@@ -111,6 +111,11 @@ class Modes:
     def keys(self) -> list[ModelKey]:
         return [key for key, _ in self.table]
 
+    def tags(self) -> Iterator[Tag]:
+        """Every tag of every model, the default's included."""
+        for tags in (self.default, *(tags for _, tags in self.table)):
+            yield from tags
+
     def with_tags(self, key: ModelKey, tags: frozenset[Tag]) -> Modes:
         kept = frozenset((k, t) for k, t in self.table if k != key)
         return Modes(self.default, kept | {(key, tags)})
@@ -216,10 +221,7 @@ class ModelModes:
             return False
         self._analyze(scope)
         return any(
-            isinstance(tag, Eval)
-            for modes in self._seen.get(scope, {}).values()
-            for tags in (modes.default, *(tags for _, tags in modes.table))
-            for tag in tags
+            isinstance(tag, Eval) for modes in self._seen.get(scope, {}).values() for tag in modes.tags()
         )
 
     def _runs_a_call_after(self, scope: cst.CSTNode, switching: list[cst.Call]) -> bool:
@@ -519,7 +521,7 @@ def _names_a_model_call(func: cst.BaseExpression) -> bool:
 
 
 def _evals_in(modes: Modes) -> frozenset[Site]:
-    return frozenset(t.origin for tags in (modes.default, *(t for _, t in modes.table)) for t in tags if isinstance(t, Eval))
+    return frozenset(tag.origin for tag in modes.tags() if isinstance(tag, Eval))
 
 
 def _evaluation_before(tag: Eval) -> bool:

@@ -79,9 +79,9 @@ class Narrowing:
         if self._rewritten is None:
             self._rewritten = set()
             for loop in self.ctx.nodes.of(cst.For):
-                name = _iterated_dict(loop.iter)
-                if name is not None and _rewrites_every_entry(loop, name) is not None:
-                    self._rewritten.add(name)
+                found = _dict_loop(loop)
+                if found is not None and _rewrites_every_entry(loop, found[0]) is not None:
+                    self._rewritten.add(found[0])
         return self._rewritten
 
     def _names_tested(self) -> set[str]:
@@ -180,9 +180,10 @@ def _rewrites_every_entry(statement: cst.BaseStatement, name: str) -> cst.BaseEx
     ``expr``."""
     if not isinstance(statement, cst.For) or statement.orelse is not None:
         return None
-    key = _key_target(statement.iter, statement.target, name)
-    if key is None or not isinstance(statement.body, cst.IndentedBlock):
+    loop = _dict_loop(statement)
+    if loop is None or loop[0] != name or not isinstance(statement.body, cst.IndentedBlock):
         return None
+    key = loop[1]
     for line in statement.body.body:
         if _may_skip(line):
             return None
@@ -193,8 +194,10 @@ def _rewrites_every_entry(statement: cst.BaseStatement, name: str) -> cst.BaseEx
     return None
 
 
-def _key_target(iterable: cst.BaseExpression, target: cst.BaseExpression, name: str) -> str | None:
-    """The loop variable that takes each key of the dict ``name``."""
+def _dict_loop(loop: cst.For) -> tuple[str, str] | None:
+    """The dict a loop runs over and the variable that takes each of its keys: ``for k in d``,
+    ``for k in d.keys()``, ``for k, v in d.items()``, under ``enumerate`` or not."""
+    iterable, target = loop.iter, loop.target
     if isinstance(iterable, cst.Call) and isinstance(iterable.func, cst.Name) and iterable.func.value == "enumerate":
         if len(iterable.args) != 1 or not (isinstance(target, cst.Tuple) and len(target.elements) == 2):
             return None
@@ -202,22 +205,13 @@ def _key_target(iterable: cst.BaseExpression, target: cst.BaseExpression, name: 
     method = None
     if isinstance(iterable, cst.Call) and isinstance(iterable.func, cst.Attribute) and not iterable.args:
         method, iterable = iterable.func.attr.value, iterable.func.value
-    if not (isinstance(iterable, cst.Name) and iterable.value == name):
+    if not isinstance(iterable, cst.Name):
         return None
     if method == "items" and isinstance(target, cst.Tuple) and len(target.elements) == 2:
         target = target.elements[0].value
     elif method not in (None, "keys"):
         return None
-    return target.value if isinstance(target, cst.Name) else None
-
-
-def _iterated_dict(iterable: cst.BaseExpression) -> str | None:
-    """``d`` of ``d``, ``d.items()``, ``d.keys()``, under ``enumerate`` or not."""
-    if isinstance(iterable, cst.Call) and isinstance(iterable.func, cst.Name) and iterable.func.value == "enumerate":
-        iterable = iterable.args[0].value if len(iterable.args) == 1 else iterable
-    if isinstance(iterable, cst.Call) and isinstance(iterable.func, cst.Attribute) and iterable.func.attr.value in ("items", "keys"):
-        iterable = iterable.func.value
-    return iterable.value if isinstance(iterable, cst.Name) else None
+    return (iterable.value, target.value) if isinstance(target, cst.Name) else None
 
 
 def _stores_entry(target: cst.BaseExpression, name: str, key: str) -> bool:
