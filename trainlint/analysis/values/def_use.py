@@ -81,7 +81,8 @@ class DefUseMixin:
         receivers: ``(loss / k).mean()``; not into the arguments of calls), and for each name
         among them, up to ``depth`` bindings deep, what the bindings reaching it give: the
         assigned value (followed the same way), the loss that apex's ``amp.scale_loss`` scales,
-        the call a name is unpacked from (``loss, correct = forward_pass(...)``), and the statement itself for an in-place update ``x op= v`` (whose operand ``v`` is not
+        the call a name is unpacked from (``loss, correct = forward_pass(...)``), and the
+        statement itself for an in-place update ``x op= v`` (whose operand ``v`` is not
         what ``x`` is: it is not followed)."""
         seen: set[int] = set()
         queue: deque[tuple[cst.CSTNode, int]] = deque([(expr, depth)])

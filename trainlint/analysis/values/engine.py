@@ -313,7 +313,8 @@ class ValueFlow(CallsMixin, ClassesMixin, TorchCallsMixin, AutogradMixin, Gradie
         return Values.of(Collection("dict", tuple(items), tuple(keys)))
 
     def _subscript(self, expr: cst.Subscript, symbolic: bool) -> Values:
-        if isinstance(expr.value, cst.Name):  # `losses["loss"]` after a loop that rewrote every entry
+        if isinstance(expr.value, cst.Name) and self.narrowing.rewrites_entries_of(expr.value.value):
+            # `losses["loss"]` after a loop that rewrote every entry
             reaching = self.scopes.reaching(expr.value)
             stored = None if reaching.unresolved else self.narrowing.rewritten_entries(expr, reaching.bindings)
             if stored is not None:

@@ -74,8 +74,12 @@ class Narrowing:
         return False
 
     # -- the pieces ----------------------------------------------------------------------------
+    def rewrites_entries_of(self, name: str) -> bool:
+        """Some loop of the module rewrites the dict ``name`` entry by entry (most modules have
+        none: asked before the bindings of a subscript's name are looked up)."""
+        return name in self._names_rewritten()
+
     def _names_rewritten(self) -> set[str]:
-        """The dicts some loop of the module rewrites entry by entry (most modules have none)."""
         if self._rewritten is None:
             self._rewritten = set()
             for loop in self.ctx.nodes.of(cst.For):
@@ -142,7 +146,7 @@ class Narrowing:
         storing into every entry (``for k, v in d.items(): d[k] = v.item()``): the stored
         expressions. None when some binding may reach it unrewritten."""
         name = read.value
-        if not isinstance(name, cst.Name) or name.value not in self._names_rewritten():
+        if not isinstance(name, cst.Name) or not self.rewrites_entries_of(name.value):
             return None
         stored: list[cst.BaseExpression] = []
         for binding in bindings:
